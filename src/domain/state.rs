@@ -1,0 +1,537 @@
+//! The occupancy rules as a pure state machine: sessions (leases),
+//! connections, attachments, presence members and the counts they feed.
+//!
+//! Time is passed in as milliseconds, so the rules can be tested without a
+//! clock. The in-memory store is this machine behind a mutex; the Redis
+//! store implements the same rules in Lua (`store/redis/lua/`), and both
+//! pass one conformance suite.
+//!
+//! Ownership: a connection belongs to the session that last wrote for it.
+//! A write naming a connection owned by another live session moves the whole
+//! connection (every attachment and presence member) to the writer's session
+//! (a resume on another front end), so the old session's expiry leaves it be.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
+use super::list::{
+    busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel,
+};
+use super::metrics::Metrics;
+use super::mode::{Mode, ModeSet};
+use super::ops::{KeepAliveOutcome, OpResult, OpStatus, Operation};
+
+/// A channel whose metrics changed in one atomic step, with its metrics
+/// after the step.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Change {
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its metrics after the step.
+    pub metrics: Metrics,
+}
+
+#[derive(Debug)]
+struct Lease {
+    session: SessionId,
+    ttl_ms: u64,
+    deadline: u64,
+    conns: HashSet<ConnectionId>,
+}
+
+#[derive(Debug)]
+struct Conn {
+    token: u64,
+    channels: HashMap<ChannelName, Attachment>,
+}
+
+#[derive(Debug, Default)]
+struct Attachment {
+    modes: ModeSet,
+    members: BTreeSet<ClientId>,
+}
+
+#[derive(Debug, Default)]
+struct Chan {
+    metrics: Metrics,
+    clients: HashMap<ClientId, u32>,
+}
+
+/// The whole occupancy state of one deployment.
+#[derive(Debug, Default)]
+pub struct OccupancyState {
+    sessions: HashMap<SessionId, u64>,
+    leases: HashMap<u64, Lease>,
+    deadlines: BTreeSet<(u64, u64)>,
+    conns: HashMap<ConnectionId, Conn>,
+    channels: HashMap<ChannelName, Chan>,
+    by_name: BTreeSet<String>,
+    by_busy: BTreeSet<String>,
+    next_token: u64,
+}
+
+/// Collects the channels touched by one atomic step and reports each once.
+#[derive(Default)]
+struct Touched(BTreeMap<ChannelName, ()>);
+
+impl OccupancyState {
+    /// An empty state.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The metrics of `channel` (all zero when it is not active).
+    pub fn metrics(&self, channel: &ChannelName) -> Metrics {
+        self.channels
+            .get(channel)
+            .map(|c| c.metrics)
+            .unwrap_or_default()
+    }
+
+    /// Number of live sessions (for tests and gauges).
+    pub fn session_count(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Applies `ops` in order within `session`, opening its lease with
+    /// `default_ttl_ms` when it has none, and extending it.
+    pub fn apply(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        default_ttl_ms: u64,
+        ops: &[Operation],
+        include_metrics: bool,
+        changes: &mut Vec<Change>,
+    ) -> Vec<OpResult> {
+        self.expire(now, changes);
+        let token = self.open(now, session, default_ttl_ms);
+        let mut touched = Touched::default();
+        let mut results = Vec::with_capacity(ops.len());
+        for op in ops {
+            let status = self.apply_one(token, op, &mut touched);
+            let metrics = include_metrics.then(|| self.metrics(op.channel()));
+            results.push(OpResult { status, metrics });
+        }
+        self.report(touched, changes);
+        results
+    }
+
+    /// Extends `session`'s lease (to `ttl_ms` when given), or opens a new
+    /// empty one and says the session was unknown.
+    pub fn keep_alive(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        ttl_ms: Option<u64>,
+        default_ttl_ms: u64,
+        changes: &mut Vec<Change>,
+    ) -> KeepAliveOutcome {
+        self.expire(now, changes);
+        let known = self.sessions.contains_key(session);
+        let token = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms));
+        let lease = self
+            .leases
+            .get_mut(&token)
+            .expect("open returns a live lease");
+        if let Some(ttl) = ttl_ms {
+            lease.ttl_ms = ttl;
+        }
+        let ttl_ms = lease.ttl_ms;
+        let old = lease.deadline;
+        lease.deadline = now + ttl_ms;
+        self.deadlines.remove(&(old, token));
+        self.deadlines.insert((now + ttl_ms, token));
+        if known {
+            KeepAliveOutcome::Active { ttl_ms }
+        } else {
+            KeepAliveOutcome::Unknown { ttl_ms }
+        }
+    }
+
+    /// Removes everything of `session` now; false when it had no live lease.
+    pub fn close_session(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        changes: &mut Vec<Change>,
+    ) -> bool {
+        self.expire(now, changes);
+        match self.sessions.get(session).copied() {
+            Some(token) => {
+                self.retire(token, changes);
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Removes every session whose lease ran out by `now`; returns how many.
+    pub fn expire(&mut self, now: u64, changes: &mut Vec<Change>) -> usize {
+        let mut n = 0;
+        while let Some(&(deadline, token)) = self.deadlines.first() {
+            if deadline > now {
+                break;
+            }
+            self.retire(token, changes);
+            n += 1;
+        }
+        n
+    }
+
+    /// The earliest lease deadline, if any session is open.
+    pub fn next_deadline(&self) -> Option<u64> {
+        self.deadlines.first().map(|(d, _)| *d)
+    }
+
+    /// One page of active channels.
+    pub fn list(&self, q: &ListQuery) -> ListPage {
+        let limit = q.limit as usize;
+        let mut keys: Vec<&String> = Vec::with_capacity(limit + 1);
+        match q.order {
+            ListOrder::Name => {
+                let (start, inclusive) = q.name_start();
+                let lower = if inclusive {
+                    std::ops::Bound::Included(start)
+                } else {
+                    std::ops::Bound::Excluded(start)
+                };
+                for k in self.by_name.range((lower, std::ops::Bound::Unbounded)) {
+                    if !q.matches(k) || keys.len() > limit {
+                        break;
+                    }
+                    keys.push(k);
+                }
+            }
+            ListOrder::ConnectionsDesc => {
+                let lower = match &q.after {
+                    Some(a) => std::ops::Bound::Excluded(a.clone()),
+                    None => std::ops::Bound::Unbounded,
+                };
+                for k in self.by_busy.range((lower, std::ops::Bound::Unbounded)) {
+                    if keys.len() > limit {
+                        break;
+                    }
+                    if q.matches(name_of_busy_key(k)) {
+                        keys.push(k);
+                    }
+                }
+            }
+        }
+        let more = keys.len() > limit;
+        keys.truncate(limit);
+        let next_cursor = if more {
+            keys.last().map(|k| encode_cursor(q.order, k))
+        } else {
+            None
+        };
+        let channels = keys
+            .into_iter()
+            .map(|k| {
+                let name = match q.order {
+                    ListOrder::Name => k.as_str(),
+                    ListOrder::ConnectionsDesc => name_of_busy_key(k),
+                };
+                let name = ChannelName::parse("channel", name).expect("indexed names are valid");
+                let metrics = q.with_metrics.then(|| self.metrics(&name));
+                ListedChannel { name, metrics }
+            })
+            .collect();
+        ListPage {
+            channels,
+            next_cursor,
+        }
+    }
+
+    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64) -> u64 {
+        if let Some(&token) = self.sessions.get(session) {
+            let lease = self
+                .leases
+                .get_mut(&token)
+                .expect("session maps to a lease");
+            let old = lease.deadline;
+            lease.deadline = now + lease.ttl_ms;
+            let new = lease.deadline;
+            self.deadlines.remove(&(old, token));
+            self.deadlines.insert((new, token));
+            return token;
+        }
+        self.next_token += 1;
+        let token = self.next_token;
+        self.sessions.insert(session.clone(), token);
+        self.leases.insert(
+            token,
+            Lease {
+                session: session.clone(),
+                ttl_ms: default_ttl_ms,
+                deadline: now + default_ttl_ms,
+                conns: HashSet::new(),
+            },
+        );
+        self.deadlines.insert((now + default_ttl_ms, token));
+        token
+    }
+
+    fn retire(&mut self, token: u64, changes: &mut Vec<Change>) {
+        let Some(lease) = self.leases.remove(&token) else {
+            return;
+        };
+        self.deadlines.remove(&(lease.deadline, token));
+        if self.sessions.get(&lease.session) == Some(&token) {
+            self.sessions.remove(&lease.session);
+        }
+        let mut touched = Touched::default();
+        for conn in lease.conns {
+            self.purge_conn(&conn, &mut touched);
+        }
+        self.report(touched, changes);
+    }
+
+    fn report(&self, touched: Touched, changes: &mut Vec<Change>) {
+        for (channel, ()) in touched.0 {
+            let metrics = self.metrics(&channel);
+            changes.push(Change { channel, metrics });
+        }
+    }
+
+    /// Makes `token` the owner of `conn` if the connection exists; returns
+    /// whether it does.
+    fn claim(&mut self, token: u64, conn: &ConnectionId) -> bool {
+        let Some(c) = self.conns.get_mut(conn) else {
+            return false;
+        };
+        if c.token != token {
+            let old = std::mem::replace(&mut c.token, token);
+            if let Some(lease) = self.leases.get_mut(&old) {
+                lease.conns.remove(conn);
+            }
+            if let Some(lease) = self.leases.get_mut(&token) {
+                lease.conns.insert(conn.clone());
+            }
+        }
+        true
+    }
+
+    fn apply_one(&mut self, token: u64, op: &Operation, touched: &mut Touched) -> OpStatus {
+        let exists = self.claim(token, op.connection());
+        match op {
+            Operation::Attach {
+                connection,
+                channel,
+                modes,
+            } => {
+                if !exists {
+                    self.conns.insert(
+                        connection.clone(),
+                        Conn {
+                            token,
+                            channels: HashMap::new(),
+                        },
+                    );
+                    if let Some(lease) = self.leases.get_mut(&token) {
+                        lease.conns.insert(connection.clone());
+                    }
+                }
+                self.attach(connection, channel, *modes, touched);
+                OpStatus::Ok
+            }
+            Operation::Detach {
+                connection,
+                channel,
+            } => {
+                if exists {
+                    self.detach(connection, channel, touched);
+                    self.drop_conn_if_empty(connection);
+                }
+                OpStatus::Ok
+            }
+            Operation::Enter {
+                connection,
+                channel,
+                client,
+            } => {
+                let attached = exists
+                    && self.conns[connection]
+                        .channels
+                        .get(channel)
+                        .is_some_and(|a| a.modes.contains(Mode::Presence));
+                if !attached {
+                    return OpStatus::NotPresenceAttached;
+                }
+                self.enter(connection, channel, client, touched);
+                OpStatus::Ok
+            }
+            Operation::Leave {
+                connection,
+                channel,
+                client,
+            } => {
+                if exists {
+                    self.leave(connection, channel, client, touched);
+                }
+                OpStatus::Ok
+            }
+        }
+    }
+
+    fn attach(
+        &mut self,
+        conn: &ConnectionId,
+        channel: &ChannelName,
+        modes: ModeSet,
+        touched: &mut Touched,
+    ) {
+        let c = self
+            .conns
+            .get_mut(conn)
+            .expect("attach on an existing connection");
+        let old = c.channels.get(channel).map(|a| a.modes);
+        if old == Some(modes) {
+            return;
+        }
+        let dropped_members: Vec<ClientId> = match (old, modes.contains(Mode::Presence)) {
+            (Some(o), false) if o.contains(Mode::Presence) => {
+                c.channels[channel].members.iter().cloned().collect()
+            }
+            _ => Vec::new(),
+        };
+        for client in &dropped_members {
+            self.leave(conn, channel, client, touched);
+        }
+        let c = self.conns.get_mut(conn).expect("still there");
+        c.channels.entry(channel.clone()).or_default().modes = modes;
+        let before = self.metrics(channel);
+        let chan = self.channels.entry(channel.clone()).or_default();
+        if let Some(o) = old {
+            chan.metrics.add_connection(o, -1);
+        }
+        chan.metrics.add_connection(modes, 1);
+        let after = chan.metrics;
+        self.reindex(channel, before, after);
+        touched.0.insert(channel.clone(), ());
+    }
+
+    fn detach(&mut self, conn: &ConnectionId, channel: &ChannelName, touched: &mut Touched) {
+        let Some(att) = self.conns.get(conn).and_then(|c| c.channels.get(channel)) else {
+            return;
+        };
+        let members: Vec<ClientId> = att.members.iter().cloned().collect();
+        for client in &members {
+            self.leave(conn, channel, client, touched);
+        }
+        let c = self.conns.get_mut(conn).expect("checked above");
+        let att = c.channels.remove(channel).expect("checked above");
+        let before = self.metrics(channel);
+        let chan = self
+            .channels
+            .get_mut(channel)
+            .expect("attached channel exists");
+        chan.metrics.add_connection(att.modes, -1);
+        let after = chan.metrics;
+        if after.connections == 0 {
+            self.channels.remove(channel);
+        }
+        self.reindex(channel, before, after);
+        touched.0.insert(channel.clone(), ());
+    }
+
+    fn enter(
+        &mut self,
+        conn: &ConnectionId,
+        channel: &ChannelName,
+        client: &ClientId,
+        touched: &mut Touched,
+    ) {
+        let att = self
+            .conns
+            .get_mut(conn)
+            .and_then(|c| c.channels.get_mut(channel))
+            .expect("caller checked the attachment");
+        if !att.members.insert(client.clone()) {
+            return;
+        }
+        let chan = self
+            .channels
+            .get_mut(channel)
+            .expect("attached channel exists");
+        chan.metrics.presence_members += 1;
+        let n = chan.clients.entry(client.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            chan.metrics.presence_clients += 1;
+        }
+        touched.0.insert(channel.clone(), ());
+    }
+
+    fn leave(
+        &mut self,
+        conn: &ConnectionId,
+        channel: &ChannelName,
+        client: &ClientId,
+        touched: &mut Touched,
+    ) {
+        let Some(att) = self
+            .conns
+            .get_mut(conn)
+            .and_then(|c| c.channels.get_mut(channel))
+        else {
+            return;
+        };
+        if !att.members.remove(client) {
+            return;
+        }
+        let chan = self
+            .channels
+            .get_mut(channel)
+            .expect("attached channel exists");
+        chan.metrics.presence_members -= 1;
+        if let Some(n) = chan.clients.get_mut(client) {
+            *n -= 1;
+            if *n == 0 {
+                chan.clients.remove(client);
+                chan.metrics.presence_clients -= 1;
+            }
+        }
+        touched.0.insert(channel.clone(), ());
+    }
+
+    fn purge_conn(&mut self, conn: &ConnectionId, touched: &mut Touched) {
+        let channels: Vec<ChannelName> = match self.conns.get(conn) {
+            Some(c) => c.channels.keys().cloned().collect(),
+            None => return,
+        };
+        for channel in channels {
+            self.detach(conn, &channel, touched);
+        }
+        self.conns.remove(conn);
+    }
+
+    fn drop_conn_if_empty(&mut self, conn: &ConnectionId) {
+        if let Some(c) = self.conns.get(conn) {
+            if c.channels.is_empty() {
+                let token = c.token;
+                self.conns.remove(conn);
+                if let Some(lease) = self.leases.get_mut(&token) {
+                    lease.conns.remove(conn);
+                }
+            }
+        }
+    }
+
+    fn reindex(&mut self, channel: &ChannelName, before: Metrics, after: Metrics) {
+        if before.connections == after.connections {
+            return;
+        }
+        if before.connections > 0 {
+            self.by_busy
+                .remove(&busy_key(before.connections, channel.as_str()));
+        }
+        if after.connections > 0 {
+            self.by_busy
+                .insert(busy_key(after.connections, channel.as_str()));
+            self.by_name.insert(channel.as_str().to_string());
+        } else {
+            self.by_name.remove(channel.as_str());
+        }
+    }
+}

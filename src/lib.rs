@@ -1,0 +1,5 @@
+//! Occupancy service.
+pub mod domain;
+pub mod error;
+pub mod store;
+pub use error::Error;

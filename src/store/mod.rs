@@ -1,0 +1,87 @@
+//! Where occupancy state lives: the [`Store`] trait and its two
+//! implementations, in memory (one process) and Redis (any number of
+//! replicas). Both pass the conformance suite in `tests/it/conformance.rs`.
+
+use async_trait::async_trait;
+
+use crate::domain::{
+    ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, SessionId,
+};
+use crate::error::Result;
+
+pub mod memory;
+pub mod redis;
+pub use self::redis::{RedisConfig, RedisStore};
+
+pub use memory::MemoryStore;
+
+/// Progress of one round of lease expiry work.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReapReport {
+    /// Sessions whose lease ran out and were retired in this round.
+    pub sessions_expired: usize,
+    /// Connections removed in this round.
+    pub connections_removed: usize,
+    /// Whether more work is waiting (call again soon).
+    pub more: bool,
+}
+
+/// Occupancy state shared by the service's handlers.
+///
+/// Every method is atomic with respect to the others, whichever replica
+/// calls it.
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    /// Applies `ops` in order within `session`, opening or extending its
+    /// lease.
+    ///
+    /// # Errors
+    /// [`crate::Error::Unavailable`] when the store cannot be reached.
+    async fn apply(
+        &self,
+        session: &SessionId,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<Vec<OpResult>>;
+
+    /// Extends `session`'s lease (to `ttl_ms` when given).
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn keep_alive(
+        &self,
+        session: &SessionId,
+        ttl_ms: Option<u64>,
+    ) -> Result<KeepAliveOutcome>;
+
+    /// Removes everything of `session` now; false when it had no live lease.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn close_session(&self, session: &SessionId) -> Result<bool>;
+
+    /// The metrics of each channel, in order (zero for inactive ones).
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>>;
+
+    /// One page of active channels.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// Does one round of lease expiry. Safe to call from every replica at
+    /// once: each expired session is removed exactly once.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn reap(&self) -> Result<ReapReport>;
+
+    /// Checks that the store answers.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,139 @@
+//! Every Redis key the service uses, built in one place. The Lua scripts
+//! (`lua/common.lua`) build the same names; `tests/it/redis_layout.rs`
+//! checks that the two agree.
+//!
+//! Layout under the configurable prefix `P`:
+//!
+//! | key | type | holds |
+//! |---|---|---|
+//! | `P:{ch:NAME}:m` | hash | the channel's counters (`c pub sub pc pm ps op os pcl`) |
+//! | `P:{ch:NAME}:cl` | hash | client id → presence members of that client |
+//! | `P:idx:name` | sorted set, score 0 | names of active channels (lexical walk) |
+//! | `P:idx:busy` | sorted set, score 0 | [`busy_key`](crate::domain::list::busy_key)s of active channels |
+//! | `P:conn:ID` | hash | `s` → owning token, `a:CH` → mode bits, `n:CH` → member count, `p:CH\0CLIENT` → 1 |
+//! | `P:sess:ID` | string | the session's current token |
+//! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms |
+//! | `P:tok:T:conns` | set | connections owned by token `T` |
+//! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
+//! | `P:reaping` | set | retired tokens whose connections are still being removed |
+//! | `P:tokseq` | string | token counter |
+//! | `P:{ev:N}` | stream | events of shard `N` |
+//!
+//! A session id maps to a fresh token each time its lease is opened, so the
+//! remains of an expired lease can be reaped while the same session id is
+//! already writing again.
+//!
+//! All keys of one channel share the hash tag `{ch:NAME}`. Scripts also
+//! touch the session and index keys, so a Redis Cluster deployment would
+//! need those split per slot; today the service targets one Redis primary.
+
+/// Validates a key prefix: non-empty, no braces (they would change hash
+/// tags), no white space or control characters.
+///
+/// # Errors
+/// A message saying what is wrong.
+pub fn validate_prefix(prefix: &str) -> Result<(), String> {
+    if prefix.is_empty() || prefix.len() > 64 {
+        return Err("key prefix must be 1 to 64 bytes".into());
+    }
+    if prefix
+        .chars()
+        .any(|c| c == '{' || c == '}' || c.is_whitespace() || c.is_control())
+    {
+        return Err("key prefix must not contain braces, white space or control characters".into());
+    }
+    Ok(())
+}
+
+/// The channel's counters.
+pub fn channel_metrics(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:{{ch:{channel}}}:m")
+}
+
+/// The channel's client-id counts.
+pub fn channel_clients(prefix: &str, channel: &str) -> String {
+    format!("{prefix}:{{ch:{channel}}}:cl")
+}
+
+/// The name index of active channels.
+pub fn name_index(prefix: &str) -> String {
+    format!("{prefix}:idx:name")
+}
+
+/// The busiest-first index of active channels.
+pub fn busy_index(prefix: &str) -> String {
+    format!("{prefix}:idx:busy")
+}
+
+/// A connection's record.
+pub fn connection(prefix: &str, connection: &str) -> String {
+    format!("{prefix}:conn:{connection}")
+}
+
+/// A session's current token.
+pub fn session(prefix: &str, session: &str) -> String {
+    format!("{prefix}:sess:{session}")
+}
+
+/// The lease deadlines.
+pub fn leases(prefix: &str) -> String {
+    format!("{prefix}:leases")
+}
+
+/// The event stream of one shard.
+pub fn events(prefix: &str, shard: u32) -> String {
+    format!("{prefix}:{{ev:{shard}}}")
+}
+
+/// The event stream shard of a channel: 32-bit FNV-1a of its name modulo
+/// the number of shards (the same function as `shard_of` in the scripts).
+pub fn shard_of(channel: &str, shards: u32) -> u32 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in channel.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(16_777_619);
+    }
+    h % shards.max(1)
+}
+
+/// The exclusive upper bound, for `ZRANGE BYLEX`, of names starting with
+/// `prefix`: `+` when there is none.
+pub fn prefix_upper_bound(prefix: &str) -> Vec<u8> {
+    let mut bytes = prefix.as_bytes().to_vec();
+    while let Some(last) = bytes.pop() {
+        if last < 0xff {
+            bytes.push(last + 1);
+            let mut out = vec![b'('];
+            out.extend(bytes);
+            return out;
+        }
+    }
+    b"+".to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn upper_bounds() {
+        assert_eq!(prefix_upper_bound(""), b"+");
+        assert_eq!(prefix_upper_bound("ab"), b"(ac");
+        assert_eq!(prefix_upper_bound("a\u{7f}"), b"(a\x80");
+    }
+
+    #[test]
+    fn prefixes() {
+        assert!(validate_prefix("occupancy").is_ok());
+        assert!(validate_prefix("").is_err());
+        assert!(validate_prefix("a{b").is_err());
+        assert!(validate_prefix("a b").is_err());
+    }
+
+    #[test]
+    fn fnv_known_values() {
+        // FNV-1a 32 of "a" is 0xe40c292c
+        assert_eq!(shard_of("a", u32::MAX), 0xe40c_292c % u32::MAX);
+        assert!(shard_of("anything", 8) < 8);
+    }
+}

@@ -1,0 +1,54 @@
+-- One page of active channels. ARGV[4] order ('n' by name, 'c' busiest
+-- first), ARGV[5] index key to start from ('' for the beginning), ARGV[6]
+-- '1' if that key is included, ARGV[7] upper bound for the name index
+-- ('+' or '(' followed by the first name past the prefix), ARGV[8] the
+-- prefix, ARGV[9] limit, ARGV[10] '1' to return metrics.
+-- Returns {keys, metrics, more}: up to limit index keys, the metrics of
+-- each (when asked), and 1 when more channels follow.
+
+local order, start, incl, upper, prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
+local limit = tonumber(ARGV[9])
+local with_metrics = ARGV[10] == '1'
+local keys = {}
+local more = 0
+
+local function name_of(key)
+  if order == 'c' then return string.sub(key, 12) end
+  return key
+end
+
+if order == 'n' then
+  local lower = '-'
+  if start ~= '' then lower = (incl == '1' and '[' or '(') .. start end
+  keys = redis.call('ZRANGE', K_IDX_NAME, lower, upper, 'BYLEX', 'LIMIT', 0, limit + 1)
+  if #keys > limit then
+    more = 1
+    keys[#keys] = nil
+  end
+else
+  -- Busiest first: walk the busy index, keeping names under the prefix.
+  -- With a prefix, the cost grows with the busier channels outside it.
+  local lower = '-'
+  if start ~= '' then lower = '(' .. start end
+  local batch = math.max(limit + 1, 256)
+  while true do
+    local chunk = redis.call('ZRANGE', K_IDX_BUSY, lower, '+', 'BYLEX', 'LIMIT', 0, batch)
+    for _, k in ipairs(chunk) do
+      if string.sub(name_of(k), 1, #prefix) == prefix then
+        if #keys == limit then
+          more = 1
+          break
+        end
+        keys[#keys + 1] = k
+      end
+    end
+    if more == 1 or #chunk < batch then break end
+    lower = '(' .. chunk[#chunk]
+  end
+end
+
+local metrics = {}
+if with_metrics then
+  for i, k in ipairs(keys) do metrics[i] = metrics_of(name_of(k)) end
+end
+return { keys, metrics, more }

@@ -1,0 +1,378 @@
+//! The Redis store: state shared by any number of replicas.
+//!
+//! Every change is one Lua script (files under `lua/`, each prefixed with
+//! `lua/common.lua`, loaded once and called by EVALSHA), so a change is
+//! atomic and counts are maintained incrementally: reading a channel is one
+//! HMGET whatever its size. Lease deadlines use the Redis clock (`TIME`),
+//! so replicas with skewed clocks agree on when a session expires.
+
+use std::sync::LazyLock;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::aio::{ConnectionManager, ConnectionManagerConfig};
+use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+
+use super::{ReapReport, Store};
+use crate::domain::list::{name_of_busy_key, ListOrder};
+use crate::domain::{
+    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus,
+    Operation, SessionId,
+};
+use crate::error::{Error, Result};
+
+pub mod keys;
+
+macro_rules! script {
+    ($file:literal) => {
+        LazyLock::new(|| {
+            Script::new(concat!(
+                include_str!("lua/common.lua"),
+                "\n",
+                include_str!(concat!("lua/", $file))
+            ))
+        })
+    };
+}
+
+static APPLY: LazyLock<Script> = script!("apply.lua");
+static KEEP_ALIVE: LazyLock<Script> = script!("keep_alive.lua");
+static CLOSE: LazyLock<Script> = script!("close.lua");
+static REAP: LazyLock<Script> = script!("reap.lua");
+static LIST: LazyLock<Script> = script!("list.lua");
+
+/// Connections a reap round may remove in one script call; bounds how long
+/// one call holds Redis.
+const REAP_BUDGET: usize = 1000;
+
+/// How to reach and lay out the Redis state.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL.
+    pub url: String,
+    /// Prefix of every key, so deployments can share a Redis.
+    pub key_prefix: String,
+    /// Bound on connecting and on every call.
+    pub timeout: Duration,
+    /// Lease of a new session.
+    pub default_ttl: Duration,
+    /// Number of event stream shards.
+    pub event_shards: u32,
+    /// Approximate length each event stream is trimmed to.
+    pub stream_max_len: u64,
+}
+
+impl RedisConfig {
+    /// A configuration with the service defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            key_prefix: "occupancy".into(),
+            timeout: Duration::from_secs(1),
+            default_ttl: Duration::from_secs(15),
+            event_shards: 8,
+            stream_max_len: 10_000,
+        }
+    }
+}
+
+/// Occupancy state in Redis.
+#[derive(Clone)]
+pub struct RedisStore {
+    conn: ConnectionManager,
+    cfg: RedisConfig,
+}
+
+impl std::fmt::Debug for RedisStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisStore")
+            .field("cfg", &self.cfg)
+            .finish()
+    }
+}
+
+impl From<RedisError> for Error {
+    fn from(e: RedisError) -> Self {
+        let unavailable = e.is_timeout()
+            || e.is_io_error()
+            || e.is_connection_refusal()
+            || e.is_connection_dropped()
+            || matches!(
+                e.kind(),
+                ErrorKind::Server(
+                    ServerErrorKind::BusyLoading
+                        | ServerErrorKind::TryAgain
+                        | ServerErrorKind::MasterDown
+                        | ServerErrorKind::ReadOnly
+                        | ServerErrorKind::ClusterDown
+                )
+            );
+        if unavailable {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(format!("redis: {e}"))
+        }
+    }
+}
+
+impl RedisStore {
+    /// A store on the Redis at `cfg.url`. Connects lazily: the service can
+    /// start while Redis is down and reports NOT_SERVING until it answers.
+    ///
+    /// # Errors
+    /// [`Error::InvalidInput`] for a malformed URL or key prefix.
+    pub fn new(cfg: RedisConfig) -> Result<Self> {
+        keys::validate_prefix(&cfg.key_prefix)
+            .map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
+        let client = redis::Client::open(cfg.url.as_str())
+            .map_err(|e| crate::domain::InvalidInput::new("redis_url", e.to_string()))?;
+        let mgr_cfg = ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some(cfg.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_millis(500));
+        let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)?;
+        Ok(Self { conn, cfg })
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RedisConfig {
+        &self.cfg
+    }
+
+    /// A clone of the multiplexed connection, for the event readers.
+    pub fn connection(&self) -> ConnectionManager {
+        self.conn.clone()
+    }
+
+    async fn bounded<T>(
+        &self,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(self.cfg.timeout, fut).await {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::Unavailable(format!(
+                "no answer from redis within {:?}",
+                self.cfg.timeout
+            ))),
+        }
+    }
+
+    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
+        let mut inv = script.prepare_invoke();
+        inv.arg(&self.cfg.key_prefix)
+            .arg(self.cfg.event_shards)
+            .arg(self.cfg.stream_max_len);
+        inv
+    }
+
+    fn ttl_ms(&self) -> u64 {
+        self.cfg.default_ttl.as_millis() as u64
+    }
+
+    async fn reap_with(&self, only_token: &str) -> Result<ReapReport> {
+        let mut inv = self.invocation(&REAP);
+        inv.arg(REAP_BUDGET).arg(only_token);
+        let mut conn = self.conn.clone();
+        let (expired, removed, more): (usize, usize, u8) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(ReapReport {
+            sessions_expired: expired,
+            connections_removed: removed,
+            more: more == 1,
+        })
+    }
+}
+
+fn metrics_from(values: &[i64]) -> Metrics {
+    let mut a = [0u32; 9];
+    for (slot, v) in a.iter_mut().zip(values) {
+        *slot = u32::try_from(*v).unwrap_or(0);
+    }
+    Metrics::from_array(a)
+}
+
+#[async_trait]
+impl Store for RedisStore {
+    async fn apply(
+        &self,
+        session: &SessionId,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<Vec<OpResult>> {
+        let mut inv = self.invocation(&APPLY);
+        inv.arg(session.as_str())
+            .arg(self.ttl_ms())
+            .arg(if include_metrics { "1" } else { "0" });
+        for op in ops {
+            match op {
+                Operation::Attach {
+                    connection,
+                    channel,
+                    modes,
+                } => inv
+                    .arg("A")
+                    .arg(connection.as_str())
+                    .arg(channel.as_str())
+                    .arg(modes.bits()),
+                Operation::Detach {
+                    connection,
+                    channel,
+                } => inv
+                    .arg("D")
+                    .arg(connection.as_str())
+                    .arg(channel.as_str())
+                    .arg(""),
+                Operation::Enter {
+                    connection,
+                    channel,
+                    client,
+                } => inv
+                    .arg("E")
+                    .arg(connection.as_str())
+                    .arg(channel.as_str())
+                    .arg(client.as_str()),
+                Operation::Leave {
+                    connection,
+                    channel,
+                    client,
+                } => inv
+                    .arg("L")
+                    .arg(connection.as_str())
+                    .arg(channel.as_str())
+                    .arg(client.as_str()),
+            };
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<i64>> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        if raw.len() != ops.len() {
+            return Err(Error::Internal(format!(
+                "apply script returned {} results for {} operations",
+                raw.len(),
+                ops.len()
+            )));
+        }
+        Ok(raw
+            .into_iter()
+            .map(|r| OpResult {
+                status: if r.first() == Some(&2) {
+                    OpStatus::NotPresenceAttached
+                } else {
+                    OpStatus::Ok
+                },
+                metrics: include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
+            })
+            .collect())
+    }
+
+    async fn keep_alive(
+        &self,
+        session: &SessionId,
+        ttl_ms: Option<u64>,
+    ) -> Result<KeepAliveOutcome> {
+        let mut inv = self.invocation(&KEEP_ALIVE);
+        inv.arg(session.as_str())
+            .arg(ttl_ms.unwrap_or(0))
+            .arg(self.ttl_ms());
+        let mut conn = self.conn.clone();
+        let (status, ttl_ms): (u8, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        Ok(if status == 1 {
+            KeepAliveOutcome::Active { ttl_ms }
+        } else {
+            KeepAliveOutcome::Unknown { ttl_ms }
+        })
+    }
+
+    async fn close_session(&self, session: &SessionId) -> Result<bool> {
+        let mut inv = self.invocation(&CLOSE);
+        inv.arg(session.as_str());
+        let mut conn = self.conn.clone();
+        let (token, alive): (Option<String>, u8) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        if let Some(token) = token {
+            // Remove everything of the token before answering, in bounded
+            // script calls so that a huge session does not stall Redis.
+            while self.reap_with(&token).await?.more {}
+        }
+        Ok(alive == 1)
+    }
+
+    async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {
+        const FIELDS: [&str; 9] = ["c", "pub", "sub", "pc", "pm", "ps", "op", "os", "pcl"];
+        let mut pipe = redis::pipe();
+        for ch in channels {
+            pipe.cmd("HMGET")
+                .arg(keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()))
+                .arg(&FIELDS[..]);
+        }
+        let mut conn = self.conn.clone();
+        let raw: Vec<Vec<Option<i64>>> = self.bounded(pipe.query_async(&mut conn)).await?;
+        Ok(raw
+            .iter()
+            .map(|r| metrics_from(&r.iter().map(|v| v.unwrap_or(0)).collect::<Vec<_>>()))
+            .collect())
+    }
+
+    async fn list(&self, q: &ListQuery) -> Result<ListPage> {
+        let mut inv = self.invocation(&LIST);
+        let (start, inclusive) = match q.order {
+            ListOrder::Name => q.name_start(),
+            ListOrder::ConnectionsDesc => (q.after.clone().unwrap_or_default(), false),
+        };
+        let upper = keys::prefix_upper_bound(&q.prefix);
+        inv.arg(match q.order {
+            ListOrder::Name => "n",
+            ListOrder::ConnectionsDesc => "c",
+        })
+        .arg(start)
+        .arg(if inclusive { "1" } else { "0" })
+        .arg(upper)
+        .arg(&q.prefix)
+        .arg(q.limit)
+        .arg(if q.with_metrics { "1" } else { "0" });
+        let mut conn = self.conn.clone();
+        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) =
+            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let next_cursor = (more == 1)
+            .then(|| {
+                keys.last()
+                    .map(|k| crate::domain::list::encode_cursor(q.order, k))
+            })
+            .flatten();
+        let mut channels = Vec::with_capacity(keys.len());
+        for (i, key) in keys.iter().enumerate() {
+            let name = match q.order {
+                ListOrder::Name => key.as_str(),
+                ListOrder::ConnectionsDesc => name_of_busy_key(key),
+            };
+            let name = ChannelName::parse("channel", name)
+                .map_err(|e| Error::Internal(format!("corrupt channel index entry: {e}")))?;
+            channels.push(ListedChannel {
+                name,
+                metrics: q
+                    .with_metrics
+                    .then(|| metrics_from(metrics.get(i).map_or(&[][..], |m| m))),
+            });
+        }
+        Ok(ListPage {
+            channels,
+            next_cursor,
+        })
+    }
+
+    async fn reap(&self) -> Result<ReapReport> {
+        self.reap_with("").await
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        let pong: String = self
+            .bounded(redis::cmd("PING").query_async(&mut conn))
+            .await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(Error::Internal(format!("unexpected PING reply {pong}")))
+        }
+    }
+}

@@ -1,5 +1,28 @@
-//! Occupancy service.
+//! Occupancy service: which connections are attached to which realtime
+//! channels, with which permissions, and who is in presence, counted
+//! exactly and shared by any number of stateless replicas through Redis.
+//!
+//! # Layout
+//! - [`domain`]: identifiers, modes, metrics, operations and the occupancy
+//!   rules as a pure state machine; no tonic, no Redis.
+//! - [`store`]: the [`store::Store`] trait, with an in-memory
+//!   implementation (one process) and a Redis one (Lua scripts under
+//!   `src/store/redis/lua/`, every key built in `store::redis::keys`).
+//! - [`api`]: gRPC adapters from protobuf to the domain and back.
+//! - [`error`]: the one error type and its mapping to gRPC codes.
+//! - [`config`]: command line and environment configuration.
+//! - [`server`]: [`run`] assembles the services, health, reflection,
+//!   background tasks and graceful shutdown on an already-bound listener.
+//! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.
+
+pub mod api;
+pub mod config;
 pub mod domain;
 pub mod error;
+pub mod proto;
+pub mod server;
 pub mod store;
-pub use error::Error;
+
+pub use config::Config;
+pub use error::{Error, Result};
+pub use server::{run, run_with_store};

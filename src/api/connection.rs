@@ -1,0 +1,176 @@
+//! `ConnectionService`: the write side, called by realtime front ends.
+
+use std::sync::Arc;
+
+use tonic::{Request, Response, Status};
+use tracing::instrument;
+
+use super::convert;
+use crate::config::{MAX_SESSION_TTL, MIN_SESSION_TTL};
+use crate::domain::{InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
+use crate::error::Error;
+use crate::proto::v1 as pb;
+use crate::store::Store;
+
+/// gRPC adapter of the write side.
+pub struct ConnectionApi {
+    store: Arc<dyn Store>,
+}
+
+impl ConnectionApi {
+    /// The service over `store`.
+    pub fn new(store: Arc<dyn Store>) -> Self {
+        Self { store }
+    }
+
+    /// Applies one operation and returns the channel's metrics after it.
+    async fn one(
+        &self,
+        session: &str,
+        op: Result<Operation, InvalidInput>,
+    ) -> Result<Metrics, Error> {
+        let session = convert::session(session)?;
+        let op = op?;
+        let r = self
+            .store
+            .apply(&session, std::slice::from_ref(&op), true)
+            .await?;
+        let r = r
+            .into_iter()
+            .next()
+            .ok_or_else(|| Error::Internal("no result".into()))?;
+        match r.status {
+            OpStatus::Ok => Ok(r.metrics.unwrap_or_default()),
+            s => Err(Error::FailedPrecondition(s.message().into())),
+        }
+    }
+}
+
+fn some_metrics(m: Metrics) -> Option<pb::Metrics> {
+    Some(convert::metrics(m))
+}
+
+#[tonic::async_trait]
+impl pb::connection_service_server::ConnectionService for ConnectionApi {
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    async fn attach(
+        &self,
+        req: Request<pb::AttachRequest>,
+    ) -> Result<Response<pb::AttachResponse>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .one(
+                &r.session_id,
+                convert::attach(&r.connection_id, &r.channel, &r.modes),
+            )
+            .await?;
+        Ok(Response::new(pb::AttachResponse {
+            metrics: some_metrics(m),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    async fn detach(
+        &self,
+        req: Request<pb::DetachRequest>,
+    ) -> Result<Response<pb::DetachResponse>, Status> {
+        let r = req.into_inner();
+        let m = self
+            .one(&r.session_id, convert::detach(&r.connection_id, &r.channel))
+            .await?;
+        Ok(Response::new(pb::DetachResponse {
+            metrics: some_metrics(m),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    async fn enter_presence(
+        &self,
+        req: Request<pb::EnterPresenceRequest>,
+    ) -> Result<Response<pb::EnterPresenceResponse>, Status> {
+        let r = req.into_inner();
+        let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, false);
+        let m = self.one(&r.session_id, op).await?;
+        Ok(Response::new(pb::EnterPresenceResponse {
+            metrics: some_metrics(m),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    async fn leave_presence(
+        &self,
+        req: Request<pb::LeavePresenceRequest>,
+    ) -> Result<Response<pb::LeavePresenceResponse>, Status> {
+        let r = req.into_inner();
+        let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, true);
+        let m = self.one(&r.session_id, op).await?;
+        Ok(Response::new(pb::LeavePresenceResponse {
+            metrics: some_metrics(m),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, ops = req.get_ref().operations.len()))]
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let r = req.into_inner();
+        let session = convert::session(&r.session_id).map_err(Error::from)?;
+        let ops = convert::operations(&r.operations).map_err(Error::from)?;
+        let results = self.store.apply(&session, &ops, r.include_metrics).await?;
+        Ok(Response::new(pb::ApplyResponse {
+            results: results
+                .into_iter()
+                .map(|res| pb::OperationResult {
+                    status: match res.status {
+                        OpStatus::Ok => pb::OperationStatus::Ok,
+                        OpStatus::NotPresenceAttached => pb::OperationStatus::FailedPrecondition,
+                    } as i32,
+                    message: res.status.message().to_string(),
+                    metrics: res.metrics.map(convert::metrics),
+                })
+                .collect(),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id))]
+    async fn keep_alive(
+        &self,
+        req: Request<pb::KeepAliveRequest>,
+    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let r = req.into_inner();
+        let session = convert::session(&r.session_id).map_err(Error::from)?;
+        let ttl = match r.ttl_ms {
+            0 => None,
+            t if u128::from(t) < MIN_SESSION_TTL.as_millis()
+                || u128::from(t) > MAX_SESSION_TTL.as_millis() =>
+            {
+                return Err(Error::from(InvalidInput::new(
+                    "ttl_ms",
+                    "must be 0 or between 1000 and 600000",
+                ))
+                .into())
+            }
+            t => Some(u64::from(t)),
+        };
+        let (status, ttl_ms) = match self.store.keep_alive(&session, ttl).await? {
+            KeepAliveOutcome::Active { ttl_ms } => (pb::SessionStatus::Active, ttl_ms),
+            KeepAliveOutcome::Unknown { ttl_ms } => (pb::SessionStatus::Unknown, ttl_ms),
+        };
+        Ok(Response::new(pb::KeepAliveResponse {
+            status: status as i32,
+            ttl_ms: u32::try_from(ttl_ms).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id))]
+    async fn close_session(
+        &self,
+        req: Request<pb::CloseSessionRequest>,
+    ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let session: SessionId =
+            convert::session(&req.into_inner().session_id).map_err(Error::from)?;
+        let closed = self.store.close_session(&session).await?;
+        Ok(Response::new(pb::CloseSessionResponse { closed }))
+    }
+}

@@ -1,0 +1,170 @@
+//! Conversions between protobuf messages and domain types. Validation
+//! failures name the request field.
+
+use crate::domain::list::ListOrder;
+use crate::domain::{
+    self, ChannelName, ClientId, ConnectionId, InvalidInput, ModeSet, Operation, SessionId,
+};
+use crate::proto::v1 as pb;
+
+/// Validates a list of proto modes.
+pub(crate) fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput> {
+    let mut set = ModeSet::EMPTY;
+    for (i, v) in values.iter().enumerate() {
+        let mode = match pb::Mode::try_from(*v) {
+            Ok(pb::Mode::Publish) => domain::Mode::Publish,
+            Ok(pb::Mode::Subscribe) => domain::Mode::Subscribe,
+            Ok(pb::Mode::Presence) => domain::Mode::Presence,
+            Ok(pb::Mode::PresenceSubscribe) => domain::Mode::PresenceSubscribe,
+            Ok(pb::Mode::ObjectPublish) => domain::Mode::ObjectPublish,
+            Ok(pb::Mode::ObjectSubscribe) => domain::Mode::ObjectSubscribe,
+            Ok(pb::Mode::Unspecified) => {
+                return Err(InvalidInput::new(
+                    format!("{field}[{i}]"),
+                    "MODE_UNSPECIFIED is not a mode",
+                ))
+            }
+            Err(_) => {
+                return Err(InvalidInput::new(
+                    format!("{field}[{i}]"),
+                    format!("unknown mode {v}"),
+                ))
+            }
+        };
+        set = set.with(mode);
+    }
+    Ok(set)
+}
+
+/// Domain metrics as proto metrics.
+pub(crate) fn metrics(m: domain::Metrics) -> pb::Metrics {
+    pb::Metrics {
+        connections: m.connections,
+        publishers: m.publishers,
+        subscribers: m.subscribers,
+        presence_connections: m.presence_connections,
+        presence_members: m.presence_members,
+        presence_subscribers: m.presence_subscribers,
+        object_publishers: m.object_publishers,
+        object_subscribers: m.object_subscribers,
+        presence_clients: m.presence_clients,
+    }
+}
+
+/// Ably's ChannelDetails for a channel and its metrics.
+pub(crate) fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
+    pb::ChannelDetails {
+        channel_id: name,
+        status: m.map(|m| pb::ChannelStatus {
+            is_active: m.is_active(),
+            occupancy: Some(pb::Occupancy {
+                metrics: Some(metrics(m)),
+            }),
+        }),
+    }
+}
+
+/// The list order of a request.
+pub(crate) fn list_order(v: i32) -> Result<ListOrder, InvalidInput> {
+    match pb::ListOrder::try_from(v) {
+        Ok(pb::ListOrder::Unspecified | pb::ListOrder::Name) => Ok(ListOrder::Name),
+        Ok(pb::ListOrder::ConnectionsDesc) => Ok(ListOrder::ConnectionsDesc),
+        Err(_) => Err(InvalidInput::new("order", format!("unknown order {v}"))),
+    }
+}
+
+/// Whether a list request wants metrics.
+pub(crate) fn list_by_value(v: i32) -> Result<bool, InvalidInput> {
+    match pb::ListBy::try_from(v) {
+        Ok(pb::ListBy::Unspecified | pb::ListBy::Value) => Ok(true),
+        Ok(pb::ListBy::Id) => Ok(false),
+        Err(_) => Err(InvalidInput::new("by", format!("unknown value {v}"))),
+    }
+}
+
+/// A session id field.
+pub(crate) fn session(v: &str) -> Result<SessionId, InvalidInput> {
+    SessionId::parse("session_id", v)
+}
+
+/// An attach from its fields.
+pub(crate) fn attach(conn: &str, channel: &str, m: &[i32]) -> Result<Operation, InvalidInput> {
+    Ok(Operation::Attach {
+        connection: ConnectionId::parse("connection_id", conn)?,
+        channel: ChannelName::parse("channel", channel)?,
+        modes: modes("modes", m)?,
+    })
+}
+
+/// A detach from its fields.
+pub(crate) fn detach(conn: &str, channel: &str) -> Result<Operation, InvalidInput> {
+    Ok(Operation::Detach {
+        connection: ConnectionId::parse("connection_id", conn)?,
+        channel: ChannelName::parse("channel", channel)?,
+    })
+}
+
+/// An enter (or, with `leave`, a leave) from its fields.
+pub(crate) fn presence(
+    conn: &str,
+    channel: &str,
+    client: &str,
+    leave: bool,
+) -> Result<Operation, InvalidInput> {
+    let connection = ConnectionId::parse("connection_id", conn)?;
+    let channel = ChannelName::parse("channel", channel)?;
+    let client = ClientId::parse("client_id", client)?;
+    Ok(if leave {
+        Operation::Leave {
+            connection,
+            channel,
+            client,
+        }
+    } else {
+        Operation::Enter {
+            connection,
+            channel,
+            client,
+        }
+    })
+}
+
+/// One operation of an Apply batch.
+pub(crate) fn operation(op: &pb::Operation) -> Result<Operation, InvalidInput> {
+    use pb::operation::Op;
+    match &op.op {
+        Some(Op::Attach(a)) => {
+            attach(&a.connection_id, &a.channel, &a.modes).map_err(|e| e.within("attach"))
+        }
+        Some(Op::Detach(d)) => detach(&d.connection_id, &d.channel).map_err(|e| e.within("detach")),
+        Some(Op::Enter(p)) => presence(&p.connection_id, &p.channel, &p.client_id, false)
+            .map_err(|e| e.within("enter")),
+        Some(Op::Leave(p)) => presence(&p.connection_id, &p.channel, &p.client_id, true)
+            .map_err(|e| e.within("leave")),
+        None => Err(InvalidInput::new(
+            "op",
+            "one of attach, detach, enter or leave must be set",
+        )),
+    }
+}
+
+/// Every operation of an Apply batch, or the first invalid one.
+pub(crate) fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, InvalidInput> {
+    if ops.is_empty() {
+        return Err(InvalidInput::new("operations", "must not be empty"));
+    }
+    if ops.len() > domain::ops::MAX_BATCH {
+        return Err(InvalidInput::new(
+            "operations",
+            format!(
+                "at most {} operations per batch, got {}",
+                domain::ops::MAX_BATCH,
+                ops.len()
+            ),
+        ));
+    }
+    ops.iter()
+        .enumerate()
+        .map(|(i, op)| operation(op).map_err(|e| e.within(&format!("operations[{i}]"))))
+        .collect()
+}

@@ -1,0 +1,10 @@
+//! gRPC adapters: each handler converts the request into domain types
+//! (failures become INVALID_ARGUMENT naming the field), calls the store,
+//! and converts the result back.
+
+mod connection;
+pub(crate) mod convert;
+mod occupancy;
+
+pub use connection::ConnectionApi;
+pub use occupancy::OccupancyApi;

@@ -1,0 +1,213 @@
+//! Assembles the gRPC server: services, health, reflection, background
+//! tasks (lease reaper, health probe) and graceful shutdown.
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::Server;
+use tonic_health::server::HealthReporter;
+use tracing::{info, warn};
+
+use crate::api::{ConnectionApi, OccupancyApi};
+use crate::config::{Config, StoreConfig};
+use crate::error::{Error, Result};
+use crate::proto::v1 as pb;
+use crate::store::{MemoryStore, RedisStore, Store};
+
+/// Builds the configured store.
+///
+/// # Errors
+/// [`Error::InvalidInput`] for a malformed Redis URL or key prefix.
+pub fn build_store(config: &Config) -> Result<Arc<dyn Store>> {
+    Ok(match &config.store {
+        StoreConfig::Memory => Arc::new(MemoryStore::new(config.session_ttl)),
+        StoreConfig::Redis(r) => Arc::new(RedisStore::new(r.clone())?),
+    })
+}
+
+/// Serves the occupancy API on `listener` until `shutdown` completes, then
+/// drains open calls for at most the configured grace period.
+///
+/// # Errors
+/// A bad store configuration or a transport failure.
+pub async fn run(
+    listener: TcpListener,
+    config: Config,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let store = build_store(&config)?;
+    run_with_store(listener, config, store, shutdown).await
+}
+
+/// [`run`] with a store built by the caller.
+///
+/// # Errors
+/// A transport failure.
+pub async fn run_with_store(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
+    let addr = listener
+        .local_addr()
+        .map_err(|e| Error::Internal(e.to_string()))?;
+    let cancel = CancellationToken::new();
+    let (health, health_service) = tonic_health::server::health_reporter();
+    set_serving(&health, store.ping().await.is_ok()).await;
+
+    let tasks = [
+        tokio::spawn(reaper(store.clone(), config.reap_interval, cancel.clone())),
+        tokio::spawn(health_probe(
+            store.clone(),
+            health.clone(),
+            config.health_interval,
+            cancel.clone(),
+        )),
+    ];
+
+    // Both reflection versions: v1 for current tools, v1alpha for the
+    // many grpcurl and IDE builds that still ask only for it.
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection()
+        .build_v1()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+    let reflection_v1alpha = reflection()
+        .build_v1alpha()
+        .map_err(|e| Error::Internal(format!("reflection: {e}")))?;
+
+    let signal = {
+        let cancel = cancel.clone();
+        let health = health.clone();
+        async move {
+            shutdown.await;
+            info!("shutting down");
+            set_serving(&health, false).await;
+            cancel.cancel();
+        }
+    };
+
+    info!(%addr, "serving");
+    let server = Server::builder()
+        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(pb::occupancy_service_server::OccupancyServiceServer::new(
+            OccupancyApi::new(store.clone()),
+        ))
+        .add_service(pb::connection_service_server::ConnectionServiceServer::new(
+            ConnectionApi::new(store.clone()),
+        ))
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), signal);
+    tokio::pin!(server);
+    let grace = config.shutdown_grace;
+    let result = tokio::select! {
+        r = &mut server => r.map_err(|e| Error::Internal(format!("transport: {e}"))),
+        () = async { cancel.cancelled().await; tokio::time::sleep(grace).await } => {
+            warn!(?grace, "grace period over, closing remaining calls");
+            Ok(())
+        }
+    };
+    cancel.cancel();
+    for t in tasks {
+        let _ = t.await;
+    }
+    info!("stopped");
+    result
+}
+
+async fn set_serving(health: &HealthReporter, serving: bool) {
+    use pb::connection_service_server::ConnectionServiceServer as C;
+    use pb::occupancy_service_server::OccupancyServiceServer as O;
+    let status = if serving {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    health.set_service_status("", status).await;
+    health
+        .set_service_status(
+            <O<OccupancyApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+    health
+        .set_service_status(
+            <C<ConnectionApi> as tonic::server::NamedService>::NAME,
+            status,
+        )
+        .await;
+}
+
+/// Runs lease expiry rounds until cancelled. Every replica runs one; the
+/// store makes concurrent rounds safe.
+async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        // Keep going while work remains, at most 100 rounds per tick so a
+        // backlog cannot starve shutdown.
+        for _ in 0..100 {
+            match store.reap().await {
+                Ok(r) => {
+                    if r.sessions_expired > 0 {
+                        info!(
+                            sessions = r.sessions_expired,
+                            connections = r.connections_removed,
+                            "expired sessions"
+                        );
+                    }
+                    if !r.more || cancel.is_cancelled() {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    warn!(cause = %e, "reap round failed");
+                    break;
+                }
+            }
+        }
+    }
+}
+
+/// Keeps the health service's status in line with the store's.
+async fn health_probe(
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    every: Duration,
+    cancel: CancellationToken,
+) {
+    let mut serving = None;
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let ok = store.ping().await.is_ok();
+        if serving != Some(ok) {
+            if ok {
+                info!("store reachable: SERVING");
+            } else {
+                warn!("store unreachable: NOT_SERVING");
+            }
+            set_serving(&health, ok).await;
+            serving = Some(ok);
+        }
+    }
+}

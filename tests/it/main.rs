@@ -1,0 +1,7 @@
+//! The integration test binary: one module per area, sharing `support`.
+
+#![allow(unreachable_pub)]
+
+mod conformance;
+mod fixture;
+mod support;

@@ -1,0 +1,190 @@
+//! Test support: private Redis servers, in-process servers over either
+//! store, and gRPC clients.
+
+pub mod redis;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use occupancy::config::Config;
+use occupancy::proto::v1 as pb;
+use occupancy::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use tokio::sync::oneshot;
+use tonic::transport::Channel;
+
+pub use self::redis::RedisServer;
+
+/// Read-side client.
+pub type ReadClient = pb::occupancy_service_client::OccupancyServiceClient<Channel>;
+/// Write-side client.
+pub type WriteClient = pb::connection_service_client::ConnectionServiceClient<Channel>;
+
+/// Where a harness keeps state: one memory store shared by its "replicas",
+/// or one private Redis with a store per replica.
+pub enum Backend {
+    /// In-memory.
+    Memory(Arc<MemoryStore>),
+    /// Redis.
+    Redis(RedisServer),
+}
+
+/// A store backend plus the settings every replica of a test uses.
+pub struct Harness {
+    /// The backend.
+    pub backend: Backend,
+    /// Lease of new sessions.
+    pub ttl: Duration,
+}
+
+impl Harness {
+    /// In-memory backend.
+    pub fn memory(ttl: Duration) -> Self {
+        Self {
+            backend: Backend::Memory(Arc::new(MemoryStore::new(ttl))),
+            ttl,
+        }
+    }
+
+    /// A private redis-server backend.
+    pub fn redis(ttl: Duration) -> Self {
+        Self {
+            backend: Backend::Redis(RedisServer::start()),
+            ttl,
+        }
+    }
+
+    /// Redis configuration for this harness's server.
+    pub fn redis_config(&self) -> Option<RedisConfig> {
+        match &self.backend {
+            Backend::Memory(_) => None,
+            Backend::Redis(r) => {
+                let mut c = RedisConfig::new(r.url());
+                c.default_ttl = self.ttl;
+                c.key_prefix = "test".into();
+                Some(c)
+            }
+        }
+    }
+
+    /// A store handle as one replica would hold it: the shared memory
+    /// store, or a new Redis store (own connection) on the same Redis.
+    pub fn store(&self) -> Arc<dyn Store> {
+        match &self.backend {
+            Backend::Memory(m) => m.clone(),
+            Backend::Redis(_) => Arc::new(RedisStore::new(self.redis_config().expect("redis")).expect("redis store")),
+        }
+    }
+
+    /// Server configuration with fast reaping for tests.
+    pub fn config(&self) -> Config {
+        let mut c = match self.redis_config() {
+            Some(r) => Config::redis(r),
+            None => Config::memory(),
+        };
+        c.session_ttl = self.ttl;
+        c.reap_interval = Duration::from_millis(50);
+        c.health_interval = Duration::from_millis(100);
+        c.shutdown_grace = Duration::from_secs(2);
+        c
+    }
+
+    /// Starts a server replica over a new store handle.
+    pub async fn server(&self) -> TestServer {
+        TestServer::start(self.config(), self.store()).await
+    }
+}
+
+/// An in-process server on a loopback port, shut down on drop.
+pub struct TestServer {
+    /// Its address.
+    pub addr: SocketAddr,
+    shutdown: Option<oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<occupancy::Result<()>>>,
+}
+
+impl TestServer {
+    /// Starts `run_with_store` on port 0.
+    pub async fn start(config: Config, store: Arc<dyn Store>) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let (tx, rx) = oneshot::channel();
+        let task = tokio::spawn(occupancy::run_with_store(listener, config, store, async {
+            let _ = rx.await;
+        }));
+        Self {
+            addr,
+            shutdown: Some(tx),
+            task: Some(task),
+        }
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// A connected channel.
+    pub async fn channel(&self) -> Channel {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(10))
+            .connect()
+            .await
+            .expect("connect to test server")
+    }
+
+    /// Read-side client.
+    pub async fn read(&self) -> ReadClient {
+        ReadClient::new(self.channel().await)
+    }
+
+    /// Write-side client.
+    pub async fn write(&self) -> WriteClient {
+        WriteClient::new(self.channel().await)
+    }
+
+    /// Stops the server and waits for it.
+    pub async fn stop(mut self) -> occupancy::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("task").await.expect("server task panicked")
+    }
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// Polls `check` until it returns `Some`, at most `within`; panics with
+/// `what` otherwise. For state that changes on a timer (lease expiry),
+/// where no signal exists.
+pub async fn eventually<T, F, Fut>(within: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Builds attach modes.
+pub fn modes(m: &[pb::Mode]) -> Vec<i32> {
+    m.iter().map(|m| *m as i32).collect()
+}

@@ -159,8 +159,7 @@ impl ServeArgs {
         let store = match &self.redis_url {
             None => StoreConfig::Memory,
             Some(url) => {
-                redis::Client::open(url.as_str())
-                    .map_err(|e| format!("invalid --redis-url: {e}"))?;
+                redis::Client::open(url.as_str()).map_err(|e| format!("invalid --redis-url: {e}"))?;
                 crate::store::redis::keys::validate_prefix(&self.key_prefix)
                     .map_err(|e| format!("invalid --key-prefix: {e}"))?;
                 StoreConfig::Redis(RedisConfig {
@@ -197,14 +196,7 @@ mod tests {
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "500ms"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "11m"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "nope"]).is_err());
-        let cli = Cli::try_parse_from([
-            "occupancy",
-            "--redis-url",
-            "redis://x",
-            "--key-prefix",
-            "a{b",
-        ])
-        .unwrap();
+        let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--key-prefix", "a{b"]).unwrap();
         assert!(cli.serve.to_config().unwrap_err().contains("key-prefix"));
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "nope://"]).unwrap();
         assert!(cli.serve.to_config().is_err());

@@ -47,8 +47,7 @@ mod tests {
 
     #[test]
     fn codes() {
-        let s: tonic::Status =
-            Error::from(InvalidInput::new("channel", "must not be empty")).into();
+        let s: tonic::Status = Error::from(InvalidInput::new("channel", "must not be empty")).into();
         assert_eq!(s.code(), tonic::Code::InvalidArgument);
         assert!(s.message().contains("channel"));
         let s: tonic::Status = Error::Unavailable("x".into()).into();

@@ -7,6 +7,5 @@ pub mod v1 {
     tonic::include_proto!("occupancy.v1");
 
     /// Encoded file descriptor set, served by gRPC reflection.
-    pub const FILE_DESCRIPTOR_SET: &[u8] =
-        tonic::include_file_descriptor_set!("occupancy_descriptor");
+    pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("occupancy_descriptor");
 }

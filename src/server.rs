@@ -53,9 +53,7 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
-    let addr = listener
-        .local_addr()
-        .map_err(|e| Error::Internal(e.to_string()))?;
+    let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let cancel = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, store.ping().await.is_ok()).await;
@@ -136,16 +134,10 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
     };
     health.set_service_status("", status).await;
     health
-        .set_service_status(
-            <O<OccupancyApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
+        .set_service_status(<O<OccupancyApi> as tonic::server::NamedService>::NAME, status)
         .await;
     health
-        .set_service_status(
-            <C<ConnectionApi> as tonic::server::NamedService>::NAME,
-            status,
-        )
+        .set_service_status(<C<ConnectionApi> as tonic::server::NamedService>::NAME, status)
         .await;
 }
 
@@ -185,12 +177,7 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
 }
 
 /// Keeps the health service's status in line with the store's.
-async fn health_probe(
-    store: Arc<dyn Store>,
-    health: HealthReporter,
-    every: Duration,
-    cancel: CancellationToken,
-) {
+async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Duration, cancel: CancellationToken) {
     let mut serving = None;
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

@@ -24,17 +24,10 @@ impl ConnectionApi {
     }
 
     /// Applies one operation and returns the channel's metrics after it.
-    async fn one(
-        &self,
-        session: &str,
-        op: Result<Operation, InvalidInput>,
-    ) -> Result<Metrics, Error> {
+    async fn one(&self, session: &str, op: Result<Operation, InvalidInput>) -> Result<Metrics, Error> {
         let session = convert::session(session)?;
         let op = op?;
-        let r = self
-            .store
-            .apply(&session, std::slice::from_ref(&op), true)
-            .await?;
+        let r = self.store.apply(&session, std::slice::from_ref(&op), true).await?;
         let r = r
             .into_iter()
             .next()
@@ -53,16 +46,10 @@ fn some_metrics(m: Metrics) -> Option<pb::Metrics> {
 #[tonic::async_trait]
 impl pb::connection_service_server::ConnectionService for ConnectionApi {
     #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
-    async fn attach(
-        &self,
-        req: Request<pb::AttachRequest>,
-    ) -> Result<Response<pb::AttachResponse>, Status> {
+    async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
         let r = req.into_inner();
         let m = self
-            .one(
-                &r.session_id,
-                convert::attach(&r.connection_id, &r.channel, &r.modes),
-            )
+            .one(&r.session_id, convert::attach(&r.connection_id, &r.channel, &r.modes))
             .await?;
         Ok(Response::new(pb::AttachResponse {
             metrics: some_metrics(m),
@@ -70,10 +57,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     }
 
     #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
-    async fn detach(
-        &self,
-        req: Request<pb::DetachRequest>,
-    ) -> Result<Response<pb::DetachResponse>, Status> {
+    async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::DetachResponse>, Status> {
         let r = req.into_inner();
         let m = self
             .one(&r.session_id, convert::detach(&r.connection_id, &r.channel))
@@ -110,10 +94,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     }
 
     #[instrument(skip_all, fields(session = %req.get_ref().session_id, ops = req.get_ref().operations.len()))]
-    async fn apply(
-        &self,
-        req: Request<pb::ApplyRequest>,
-    ) -> Result<Response<pb::ApplyResponse>, Status> {
+    async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ops = convert::operations(&r.operations).map_err(Error::from)?;
@@ -134,22 +115,13 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     }
 
     #[instrument(skip_all, fields(session = %req.get_ref().session_id))]
-    async fn keep_alive(
-        &self,
-        req: Request<pb::KeepAliveRequest>,
-    ) -> Result<Response<pb::KeepAliveResponse>, Status> {
+    async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ttl = match r.ttl_ms {
             0 => None,
-            t if u128::from(t) < MIN_SESSION_TTL.as_millis()
-                || u128::from(t) > MAX_SESSION_TTL.as_millis() =>
-            {
-                return Err(Error::from(InvalidInput::new(
-                    "ttl_ms",
-                    "must be 0 or between 1000 and 600000",
-                ))
-                .into())
+            t if u128::from(t) < MIN_SESSION_TTL.as_millis() || u128::from(t) > MAX_SESSION_TTL.as_millis() => {
+                return Err(Error::from(InvalidInput::new("ttl_ms", "must be 0 or between 1000 and 600000")).into())
             }
             t => Some(u64::from(t)),
         };
@@ -168,8 +140,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         &self,
         req: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
-        let session: SessionId =
-            convert::session(&req.into_inner().session_id).map_err(Error::from)?;
+        let session: SessionId = convert::session(&req.into_inner().session_id).map_err(Error::from)?;
         let closed = self.store.close_session(&session).await?;
         Ok(Response::new(pb::CloseSessionResponse { closed }))
     }

@@ -2,9 +2,7 @@
 //! failures name the request field.
 
 use crate::domain::list::ListOrder;
-use crate::domain::{
-    self, ChannelName, ClientId, ConnectionId, InvalidInput, ModeSet, Operation, SessionId,
-};
+use crate::domain::{self, ChannelName, ClientId, ConnectionId, InvalidInput, ModeSet, Operation, SessionId};
 use crate::proto::v1 as pb;
 
 /// Validates a list of proto modes.
@@ -24,12 +22,7 @@ pub(crate) fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput
                     "MODE_UNSPECIFIED is not a mode",
                 ))
             }
-            Err(_) => {
-                return Err(InvalidInput::new(
-                    format!("{field}[{i}]"),
-                    format!("unknown mode {v}"),
-                ))
-            }
+            Err(_) => return Err(InvalidInput::new(format!("{field}[{i}]"), format!("unknown mode {v}"))),
         };
         set = set.with(mode);
     }
@@ -105,12 +98,7 @@ pub(crate) fn detach(conn: &str, channel: &str) -> Result<Operation, InvalidInpu
 }
 
 /// An enter (or, with `leave`, a leave) from its fields.
-pub(crate) fn presence(
-    conn: &str,
-    channel: &str,
-    client: &str,
-    leave: bool,
-) -> Result<Operation, InvalidInput> {
+pub(crate) fn presence(conn: &str, channel: &str, client: &str, leave: bool) -> Result<Operation, InvalidInput> {
     let connection = ConnectionId::parse("connection_id", conn)?;
     let channel = ChannelName::parse("channel", channel)?;
     let client = ClientId::parse("client_id", client)?;
@@ -133,14 +121,12 @@ pub(crate) fn presence(
 pub(crate) fn operation(op: &pb::Operation) -> Result<Operation, InvalidInput> {
     use pb::operation::Op;
     match &op.op {
-        Some(Op::Attach(a)) => {
-            attach(&a.connection_id, &a.channel, &a.modes).map_err(|e| e.within("attach"))
-        }
+        Some(Op::Attach(a)) => attach(&a.connection_id, &a.channel, &a.modes).map_err(|e| e.within("attach")),
         Some(Op::Detach(d)) => detach(&d.connection_id, &d.channel).map_err(|e| e.within("detach")),
-        Some(Op::Enter(p)) => presence(&p.connection_id, &p.channel, &p.client_id, false)
-            .map_err(|e| e.within("enter")),
-        Some(Op::Leave(p)) => presence(&p.connection_id, &p.channel, &p.client_id, true)
-            .map_err(|e| e.within("leave")),
+        Some(Op::Enter(p)) => {
+            presence(&p.connection_id, &p.channel, &p.client_id, false).map_err(|e| e.within("enter"))
+        }
+        Some(Op::Leave(p)) => presence(&p.connection_id, &p.channel, &p.client_id, true).map_err(|e| e.within("leave")),
         None => Err(InvalidInput::new(
             "op",
             "one of attach, detach, enter or leave must be set",

@@ -31,8 +31,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         &self,
         req: Request<pb::GetOccupancyRequest>,
     ) -> Result<Response<pb::GetOccupancyResponse>, Status> {
-        let channel =
-            ChannelName::parse("channel", req.into_inner().channel).map_err(Error::from)?;
+        let channel = ChannelName::parse("channel", req.into_inner().channel).map_err(Error::from)?;
         let m = self.store.get(std::slice::from_ref(&channel)).await?;
         let m = m.into_iter().next().unwrap_or_default();
         Ok(Response::new(pb::GetOccupancyResponse {
@@ -49,10 +48,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         if names.is_empty() || names.len() > MAX_BATCH_GET {
             return Err(Error::from(InvalidInput::new(
                 "channels",
-                format!(
-                    "must hold 1 to {MAX_BATCH_GET} channels, got {}",
-                    names.len()
-                ),
+                format!("must hold 1 to {MAX_BATCH_GET} channels, got {}", names.len()),
             ))
             .into());
         }
@@ -80,8 +76,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         let r = req.into_inner();
         let order = convert::list_order(r.order).map_err(Error::from)?;
         let by_value = convert::list_by_value(r.by).map_err(Error::from)?;
-        let q =
-            ListQuery::new(r.prefix, r.limit, &r.cursor, order, by_value).map_err(Error::from)?;
+        let q = ListQuery::new(r.prefix, r.limit, &r.cursor, order, by_value).map_err(Error::from)?;
         let page = self.store.list(&q).await?;
         Ok(Response::new(pb::ListChannelsResponse {
             channels: page

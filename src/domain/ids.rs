@@ -48,10 +48,7 @@ fn check_text(field: &str, value: &str, max: usize) -> Result<(), InvalidInput> 
         ));
     }
     if value.chars().any(char::is_control) {
-        return Err(InvalidInput::new(
-            field,
-            "must not contain control characters",
-        ));
+        return Err(InvalidInput::new(field, "must not contain control characters"));
     }
     Ok(())
 }
@@ -163,9 +160,6 @@ mod tests {
         assert!(ClientId::parse("client_id", "[ok]").is_ok());
         assert!(ConnectionId::parse("connection_id", "\0").is_err());
         let e = ConnectionId::parse("connection_id", "").unwrap_err();
-        assert_eq!(
-            e.within("operations[2]").field,
-            "operations[2].connection_id"
-        );
+        assert_eq!(e.within("operations[2]").field, "operations[2].connection_id");
     }
 }

@@ -89,10 +89,7 @@ impl ListQuery {
             return Err(InvalidInput::new("prefix", "must be at most 1024 bytes"));
         }
         if prefix.chars().any(char::is_control) {
-            return Err(InvalidInput::new(
-                "prefix",
-                "must not contain control characters",
-            ));
+            return Err(InvalidInput::new("prefix", "must not contain control characters"));
         }
         let after = if cursor.is_empty() {
             None
@@ -166,8 +163,7 @@ fn decode_cursor(cursor: &str, order: ListOrder) -> Result<String, InvalidInput>
             if *tag != order.tag() {
                 return Err(bad("belongs to a walk in another order"));
             }
-            let key = std::str::from_utf8(key)
-                .map_err(|_| bad("is not a cursor returned by ListChannels"))?;
+            let key = std::str::from_utf8(key).map_err(|_| bad("is not a cursor returned by ListChannels"))?;
             if key.is_empty() || (order == ListOrder::ConnectionsDesc && key.len() < 12) {
                 return Err(bad("is not a cursor returned by ListChannels"));
             }
@@ -183,7 +179,7 @@ mod tests {
 
     #[test]
     fn busy_keys_sort_busiest_first_then_by_name() {
-        let mut keys = vec![
+        let mut keys = [
             busy_key(1, "b"),
             busy_key(5, "z"),
             busy_key(1, "a"),

@@ -83,9 +83,7 @@ impl OpStatus {
     pub fn message(self) -> &'static str {
         match self {
             OpStatus::Ok => "",
-            OpStatus::NotPresenceAttached => {
-                "connection is not attached to the channel with MODE_PRESENCE"
-            }
+            OpStatus::NotPresenceAttached => "connection is not attached to the channel with MODE_PRESENCE",
         }
     }
 }

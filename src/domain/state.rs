@@ -14,9 +14,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
-use super::list::{
-    busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel,
-};
+use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
 use super::metrics::Metrics;
 use super::mode::{Mode, ModeSet};
 use super::ops::{KeepAliveOutcome, OpResult, OpStatus, Operation};
@@ -82,10 +80,7 @@ impl OccupancyState {
 
     /// The metrics of `channel` (all zero when it is not active).
     pub fn metrics(&self, channel: &ChannelName) -> Metrics {
-        self.channels
-            .get(channel)
-            .map(|c| c.metrics)
-            .unwrap_or_default()
+        self.channels.get(channel).map(|c| c.metrics).unwrap_or_default()
     }
 
     /// Number of live sessions (for tests and gauges).
@@ -130,10 +125,7 @@ impl OccupancyState {
         self.expire(now, changes);
         let known = self.sessions.contains_key(session);
         let token = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms));
-        let lease = self
-            .leases
-            .get_mut(&token)
-            .expect("open returns a live lease");
+        let lease = self.leases.get_mut(&token).expect("open returns a live lease");
         if let Some(ttl) = ttl_ms {
             lease.ttl_ms = ttl;
         }
@@ -150,12 +142,7 @@ impl OccupancyState {
     }
 
     /// Removes everything of `session` now; false when it had no live lease.
-    pub fn close_session(
-        &mut self,
-        now: u64,
-        session: &SessionId,
-        changes: &mut Vec<Change>,
-    ) -> bool {
+    pub fn close_session(&mut self, now: u64, session: &SessionId, changes: &mut Vec<Change>) -> bool {
         self.expire(now, changes);
         match self.sessions.get(session).copied() {
             Some(token) => {
@@ -237,18 +224,12 @@ impl OccupancyState {
                 ListedChannel { name, metrics }
             })
             .collect();
-        ListPage {
-            channels,
-            next_cursor,
-        }
+        ListPage { channels, next_cursor }
     }
 
     fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64) -> u64 {
         if let Some(&token) = self.sessions.get(session) {
-            let lease = self
-                .leases
-                .get_mut(&token)
-                .expect("session maps to a lease");
+            let lease = self.leases.get_mut(&token).expect("session maps to a lease");
             let old = lease.deadline;
             lease.deadline = now + lease.ttl_ms;
             let new = lease.deadline;
@@ -335,10 +316,7 @@ impl OccupancyState {
                 self.attach(connection, channel, *modes, touched);
                 OpStatus::Ok
             }
-            Operation::Detach {
-                connection,
-                channel,
-            } => {
+            Operation::Detach { connection, channel } => {
                 if exists {
                     self.detach(connection, channel, touched);
                     self.drop_conn_if_empty(connection);
@@ -374,25 +352,14 @@ impl OccupancyState {
         }
     }
 
-    fn attach(
-        &mut self,
-        conn: &ConnectionId,
-        channel: &ChannelName,
-        modes: ModeSet,
-        touched: &mut Touched,
-    ) {
-        let c = self
-            .conns
-            .get_mut(conn)
-            .expect("attach on an existing connection");
+    fn attach(&mut self, conn: &ConnectionId, channel: &ChannelName, modes: ModeSet, touched: &mut Touched) {
+        let c = self.conns.get_mut(conn).expect("attach on an existing connection");
         let old = c.channels.get(channel).map(|a| a.modes);
         if old == Some(modes) {
             return;
         }
         let dropped_members: Vec<ClientId> = match (old, modes.contains(Mode::Presence)) {
-            (Some(o), false) if o.contains(Mode::Presence) => {
-                c.channels[channel].members.iter().cloned().collect()
-            }
+            (Some(o), false) if o.contains(Mode::Presence) => c.channels[channel].members.iter().cloned().collect(),
             _ => Vec::new(),
         };
         for client in &dropped_members {
@@ -422,10 +389,7 @@ impl OccupancyState {
         let c = self.conns.get_mut(conn).expect("checked above");
         let att = c.channels.remove(channel).expect("checked above");
         let before = self.metrics(channel);
-        let chan = self
-            .channels
-            .get_mut(channel)
-            .expect("attached channel exists");
+        let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.add_connection(att.modes, -1);
         let after = chan.metrics;
         if after.connections == 0 {
@@ -435,13 +399,7 @@ impl OccupancyState {
         touched.0.insert(channel.clone(), ());
     }
 
-    fn enter(
-        &mut self,
-        conn: &ConnectionId,
-        channel: &ChannelName,
-        client: &ClientId,
-        touched: &mut Touched,
-    ) {
+    fn enter(&mut self, conn: &ConnectionId, channel: &ChannelName, client: &ClientId, touched: &mut Touched) {
         let att = self
             .conns
             .get_mut(conn)
@@ -450,10 +408,7 @@ impl OccupancyState {
         if !att.members.insert(client.clone()) {
             return;
         }
-        let chan = self
-            .channels
-            .get_mut(channel)
-            .expect("attached channel exists");
+        let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members += 1;
         let n = chan.clients.entry(client.clone()).or_insert(0);
         *n += 1;
@@ -463,27 +418,14 @@ impl OccupancyState {
         touched.0.insert(channel.clone(), ());
     }
 
-    fn leave(
-        &mut self,
-        conn: &ConnectionId,
-        channel: &ChannelName,
-        client: &ClientId,
-        touched: &mut Touched,
-    ) {
-        let Some(att) = self
-            .conns
-            .get_mut(conn)
-            .and_then(|c| c.channels.get_mut(channel))
-        else {
+    fn leave(&mut self, conn: &ConnectionId, channel: &ChannelName, client: &ClientId, touched: &mut Touched) {
+        let Some(att) = self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) else {
             return;
         };
         if !att.members.remove(client) {
             return;
         }
-        let chan = self
-            .channels
-            .get_mut(channel)
-            .expect("attached channel exists");
+        let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members -= 1;
         if let Some(n) = chan.clients.get_mut(client) {
             *n -= 1;
@@ -523,12 +465,10 @@ impl OccupancyState {
             return;
         }
         if before.connections > 0 {
-            self.by_busy
-                .remove(&busy_key(before.connections, channel.as_str()));
+            self.by_busy.remove(&busy_key(before.connections, channel.as_str()));
         }
         if after.connections > 0 {
-            self.by_busy
-                .insert(busy_key(after.connections, channel.as_str()));
+            self.by_busy.insert(busy_key(after.connections, channel.as_str()));
             self.by_name.insert(channel.as_str().to_string());
         } else {
             self.by_name.remove(channel.as_str());

@@ -10,8 +10,7 @@ use tokio::time::Instant;
 
 use super::{ReapReport, Store};
 use crate::domain::{
-    Change, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState, OpResult,
-    Operation, SessionId,
+    Change, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState, OpResult, Operation, SessionId,
 };
 use crate::error::{Error, Result};
 
@@ -37,10 +36,7 @@ impl MemoryStore {
         self.epoch.elapsed().as_millis() as u64
     }
 
-    fn with<T>(
-        &self,
-        f: impl FnOnce(&mut OccupancyState, u64, &mut Vec<Change>) -> T,
-    ) -> Result<T> {
+    fn with<T>(&self, f: impl FnOnce(&mut OccupancyState, u64, &mut Vec<Change>) -> T) -> Result<T> {
         let mut changes = Vec::new();
         let now = self.now();
         let out = {
@@ -56,21 +52,12 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn apply(
-        &self,
-        session: &SessionId,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> Result<Vec<OpResult>> {
+    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>> {
         let ttl = self.default_ttl_ms;
         self.with(|s, now, ch| s.apply(now, session, ttl, ops, include_metrics, ch))
     }
 
-    async fn keep_alive(
-        &self,
-        session: &SessionId,
-        ttl_ms: Option<u64>,
-    ) -> Result<KeepAliveOutcome> {
+    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let ttl = self.default_ttl_ms;
         self.with(|s, now, ch| s.keep_alive(now, session, ttl_ms, ttl, ch))
     }

@@ -4,9 +4,7 @@
 
 use async_trait::async_trait;
 
-use crate::domain::{
-    ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, SessionId,
-};
+use crate::domain::{ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, SessionId};
 use crate::error::Result;
 
 pub mod memory;
@@ -37,22 +35,13 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`crate::Error::Unavailable`] when the store cannot be reached.
-    async fn apply(
-        &self,
-        session: &SessionId,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> Result<Vec<OpResult>>;
+    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>>;
 
     /// Extends `session`'s lease (to `ttl_ms` when given).
     ///
     /// # Errors
     /// As [`Store::apply`].
-    async fn keep_alive(
-        &self,
-        session: &SessionId,
-        ttl_ms: Option<u64>,
-    ) -> Result<KeepAliveOutcome>;
+    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome>;
 
     /// Removes everything of `session` now; false when it had no live lease.
     ///

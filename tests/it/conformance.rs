@@ -125,7 +125,9 @@ async fn reattach_replaces_modes(h: Harness) {
     fx.enter("fe", "c2", "ch", "bob").await;
     assert_eq!(fx.get("ch").await, [2, 1, 0, 2, 2, 0, 0, 0, 2]);
     // c1 now only subscribes: publisher and presence go, its member leaves
-    let m = fx.attach("fe", "c1", "ch", &[Mode::Subscribe, Mode::ObjectSubscribe]).await;
+    let m = fx
+        .attach("fe", "c1", "ch", &[Mode::Subscribe, Mode::ObjectSubscribe])
+        .await;
     assert_eq!(m, [2, 0, 1, 1, 1, 0, 0, 1, 1]);
     // entering again needs presence back
     let e = fx.try_enter("fe", "c1", "ch", "alice").await.unwrap_err();
@@ -168,7 +170,8 @@ async fn enter_needs_presence_mode(h: Harness) {
     fx.keep_alive("fe", LONG_TTL_MS).await;
     let e = fx.try_enter("fe", "c1", "ch", "alice").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "not attached");
-    fx.attach("fe", "c1", "ch", &[Mode::Subscribe, Mode::PresenceSubscribe]).await;
+    fx.attach("fe", "c1", "ch", &[Mode::Subscribe, Mode::PresenceSubscribe])
+        .await;
     let e = fx.try_enter("fe", "c1", "ch", "alice").await.unwrap_err();
     assert_eq!(e.code(), Code::FailedPrecondition, "no presence mode");
     fx.attach("fe", "c1", "other", &[Mode::Presence]).await;
@@ -205,7 +208,10 @@ async fn apply_reports_each_operation(h: Harness) {
     assert_eq!(m[5], [1, 0, 1, 0, 0, 0, 0, 0, 0]);
     assert_eq!(m[6], [1, 0, 0, 0, 0, 0, 0, 0, 0]);
     // without include_metrics, none are returned
-    let r = fx.try_apply("fe", vec![attach_op("c4", "y", &[])], false).await.unwrap();
+    let r = fx
+        .try_apply("fe", vec![attach_op("c4", "y", &[])], false)
+        .await
+        .unwrap();
     assert!(r[0].metrics.is_none());
     assert_eq!(fx.get("y").await[0], 2);
 }
@@ -218,7 +224,8 @@ async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
     let fb = Fx::new(&b).await;
     // a long-lived session whose counts must stay exact
     fa.keep_alive("keeper", LONG_TTL_MS).await;
-    fa.attach("keeper", "k1", "shared", &[Mode::Presence, Mode::Publish]).await;
+    fa.attach("keeper", "k1", "shared", &[Mode::Presence, Mode::Publish])
+        .await;
     fa.enter("keeper", "k1", "shared", "kate").await;
     let kept = fa.get("shared").await;
     // twenty short sessions spread over both replicas, with presence
@@ -232,7 +239,11 @@ async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
             ops.push(enter_op(&conn, "shared", &format!("user{j}")));
             ops.push(attach_op(&conn, &format!("own-{i}"), &[Mode::Publish]));
         }
-        assert!(fx.apply(&session, ops).await.iter().all(|r| r.status == pb::OperationStatus::Ok as i32));
+        assert!(fx
+            .apply(&session, ops)
+            .await
+            .iter()
+            .all(|r| r.status == pb::OperationStatus::Ok as i32));
     }
     assert_eq!(fa.get("shared").await, [201, 1, 200, 201, 201, 0, 0, 0, 11]);
     // keep the keeper alive while the short leases run out
@@ -296,16 +307,19 @@ async fn keep_alive_and_close_session(h: Harness) {
     let r = fx.keep_alive("fe", 5_000).await;
     assert_eq!((r.status, r.ttl_ms), (pb::SessionStatus::Active as i32, 5_000));
     let r = fx.keep_alive("fe", 0).await;
-    assert_eq!((r.status, r.ttl_ms), (pb::SessionStatus::Active as i32, 5_000), "ttl sticks");
+    assert_eq!(
+        (r.status, r.ttl_ms),
+        (pb::SessionStatus::Active as i32, 5_000),
+        "ttl sticks"
+    );
     for bad in [1, 999, 600_001] {
-        let e = fx
-            .w
-            .clone()
-            .keep_alive(pb::KeepAliveRequest {
-                session_id: "fe".into(),
-                ttl_ms: bad,
-            })
-            .await;
+        let e =
+            fx.w.clone()
+                .keep_alive(pb::KeepAliveRequest {
+                    session_id: "fe".into(),
+                    ttl_ms: bad,
+                })
+                .await;
         assert_invalid(e, "ttl_ms");
     }
     fx.attach("fe", "c1", "a", &[Mode::Presence]).await;
@@ -359,7 +373,11 @@ async fn list_walk_survives_churn(h: Harness) {
                 prefix: "p:".into(),
                 limit: 50,
                 cursor: cursor.clone(),
-                by: if pages % 2 == 0 { pb::ListBy::Id } else { pb::ListBy::Value } as i32,
+                by: if pages % 2 == 0 {
+                    pb::ListBy::Id
+                } else {
+                    pb::ListBy::Value
+                } as i32,
                 order: pb::ListOrder::Name as i32,
             })
             .await
@@ -385,7 +403,11 @@ async fn list_walk_survives_churn(h: Harness) {
         }
         removed += 20;
         for k in 0..5 {
-            ops.push(attach_op(&format!("new{pages}-{k}"), &format!("p:new-{pages}-{k}"), &[]));
+            ops.push(attach_op(
+                &format!("new{pages}-{k}"),
+                &format!("p:new-{pages}-{k}"),
+                &[],
+            ));
         }
         fx.apply("fe", ops).await;
         if page.next_cursor.is_empty() {
@@ -399,7 +421,11 @@ async fn list_walk_survives_churn(h: Harness) {
     sorted.sort();
     assert_eq!(sorted, seen, "pages are in byte order");
     for i in (0..2_500).filter(|i| !churn.contains(i)) {
-        assert!(unique.contains(&name(i)), "{} was active throughout but not seen", name(i));
+        assert!(
+            unique.contains(&name(i)),
+            "{} was active throughout but not seen",
+            name(i)
+        );
     }
     assert!(pages > 40, "the walk took {pages} pages");
     // limits and cursors are checked
@@ -490,21 +516,24 @@ async fn batch_get_keeps_request_order(h: Harness) {
     fx.attach("fe", "c1", "a", &[Mode::Publish]).await;
     fx.attach("fe", "c1", "b", &[Mode::Subscribe]).await;
     fx.attach("fe", "c2", "b", &[Mode::Subscribe]).await;
-    let r = fx
-        .r
-        .clone()
-        .batch_get_occupancy(pb::BatchGetOccupancyRequest {
-            channels: vec!["b".into(), "none".into(), "a".into(), "b".into()],
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let r =
+        fx.r.clone()
+            .batch_get_occupancy(pb::BatchGetOccupancyRequest {
+                channels: vec!["b".into(), "none".into(), "a".into(), "b".into()],
+            })
+            .await
+            .unwrap()
+            .into_inner();
     let got: Vec<(String, bool, u32)> = r
         .channels
         .into_iter()
         .map(|c| {
             let st = c.status.unwrap();
-            (c.channel_id, st.is_active, st.occupancy.unwrap().metrics.unwrap().connections)
+            (
+                c.channel_id,
+                st.is_active,
+                st.occupancy.unwrap().metrics.unwrap().connections,
+            )
         })
         .collect();
     assert_eq!(
@@ -517,35 +546,31 @@ async fn batch_get_keeps_request_order(h: Harness) {
         ]
     );
     let many: Vec<String> = (0..1_000).map(|i| format!("ch{i}")).collect();
-    let r = fx
-        .r
-        .clone()
-        .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: many.clone() })
-        .await
-        .unwrap();
+    let r =
+        fx.r.clone()
+            .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: many.clone() })
+            .await
+            .unwrap();
     let names: Vec<String> = r.into_inner().channels.into_iter().map(|c| c.channel_id).collect();
     assert_eq!(names, many);
     let mut too_many = many;
     too_many.push("one more".into());
-    let r = fx
-        .r
-        .clone()
-        .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: too_many })
-        .await;
+    let r =
+        fx.r.clone()
+            .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: too_many })
+            .await;
     assert_invalid(r, "channels");
-    let r = fx
-        .r
-        .clone()
-        .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: vec![] })
-        .await;
+    let r =
+        fx.r.clone()
+            .batch_get_occupancy(pb::BatchGetOccupancyRequest { channels: vec![] })
+            .await;
     assert_invalid(r, "channels");
-    let r = fx
-        .r
-        .clone()
-        .batch_get_occupancy(pb::BatchGetOccupancyRequest {
-            channels: vec!["ok".into(), "".into()],
-        })
-        .await;
+    let r =
+        fx.r.clone()
+            .batch_get_occupancy(pb::BatchGetOccupancyRequest {
+                channels: vec!["ok".into(), "".into()],
+            })
+            .await;
     assert_invalid(r, "channels[1]");
 }
 
@@ -622,7 +647,10 @@ async fn bad_input_is_rejected_and_changes_nothing(h: Harness) {
         .await;
     assert_invalid(r, "operations[0].op");
     // reads
-    let r = fx.r.clone().get_occupancy(pb::GetOccupancyRequest { channel: "".into() }).await;
+    let r =
+        fx.r.clone()
+            .get_occupancy(pb::GetOccupancyRequest { channel: "".into() })
+            .await;
     assert_invalid(r, "channel");
     for (req, field) in [
         (

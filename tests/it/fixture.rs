@@ -231,5 +231,9 @@ pub fn leave_op(conn: &str, channel: &str, client: &str) -> pb::operation::Op {
 pub fn assert_invalid<T: std::fmt::Debug>(r: Result<T, Status>, field: &str) {
     let e = r.expect_err("expected INVALID_ARGUMENT");
     assert_eq!(e.code(), Code::InvalidArgument, "{e:?}");
-    assert!(e.message().contains(field), "message {:?} should name {field}", e.message());
+    assert!(
+        e.message().contains(field),
+        "message {:?} should name {field}",
+        e.message()
+    );
 }

@@ -4,4 +4,6 @@
 
 mod conformance;
 mod fixture;
+mod process;
+mod redis_store;
 mod support;

@@ -16,8 +16,8 @@ use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 use super::{ReapReport, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
-    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus,
-    Operation, SessionId,
+    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus, Operation,
+    SessionId,
 };
 use crate::error::{Error, Result};
 
@@ -85,9 +85,7 @@ pub struct RedisStore {
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RedisStore")
-            .field("cfg", &self.cfg)
-            .finish()
+        f.debug_struct("RedisStore").field("cfg", &self.cfg).finish()
     }
 }
 
@@ -122,8 +120,7 @@ impl RedisStore {
     /// # Errors
     /// [`Error::InvalidInput`] for a malformed URL or key prefix.
     pub fn new(cfg: RedisConfig) -> Result<Self> {
-        keys::validate_prefix(&cfg.key_prefix)
-            .map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
+        keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
         let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| crate::domain::InvalidInput::new("redis_url", e.to_string()))?;
         let mgr_cfg = ConnectionManagerConfig::new()
@@ -145,10 +142,7 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn bounded<T>(
-        &self,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T> {
+    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
         match tokio::time::timeout(self.cfg.timeout, fut).await {
             Ok(r) => r.map_err(Error::from),
             Err(_) => Err(Error::Unavailable(format!(
@@ -174,8 +168,7 @@ impl RedisStore {
         let mut inv = self.invocation(&REAP);
         inv.arg(REAP_BUDGET).arg(only_token);
         let mut conn = self.conn.clone();
-        let (expired, removed, more): (usize, usize, u8) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (expired, removed, more): (usize, usize, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(ReapReport {
             sessions_expired: expired,
             connections_removed: removed,
@@ -194,12 +187,7 @@ fn metrics_from(values: &[i64]) -> Metrics {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn apply(
-        &self,
-        session: &SessionId,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> Result<Vec<OpResult>> {
+    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>> {
         let mut inv = self.invocation(&APPLY);
         inv.arg(session.as_str())
             .arg(self.ttl_ms())
@@ -215,14 +203,9 @@ impl Store for RedisStore {
                     .arg(connection.as_str())
                     .arg(channel.as_str())
                     .arg(modes.bits()),
-                Operation::Detach {
-                    connection,
-                    channel,
-                } => inv
-                    .arg("D")
-                    .arg(connection.as_str())
-                    .arg(channel.as_str())
-                    .arg(""),
+                Operation::Detach { connection, channel } => {
+                    inv.arg("D").arg(connection.as_str()).arg(channel.as_str()).arg("")
+                }
                 Operation::Enter {
                     connection,
                     channel,
@@ -265,15 +248,9 @@ impl Store for RedisStore {
             .collect())
     }
 
-    async fn keep_alive(
-        &self,
-        session: &SessionId,
-        ttl_ms: Option<u64>,
-    ) -> Result<KeepAliveOutcome> {
+    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let mut inv = self.invocation(&KEEP_ALIVE);
-        inv.arg(session.as_str())
-            .arg(ttl_ms.unwrap_or(0))
-            .arg(self.ttl_ms());
+        inv.arg(session.as_str()).arg(ttl_ms.unwrap_or(0)).arg(self.ttl_ms());
         let mut conn = self.conn.clone();
         let (status, ttl_ms): (u8, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
         Ok(if status == 1 {
@@ -287,8 +264,7 @@ impl Store for RedisStore {
         let mut inv = self.invocation(&CLOSE);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let (token, alive): (Option<String>, u8) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (token, alive): (Option<String>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
         if let Some(token) = token {
             // Remove everything of the token before answering, in bounded
             // script calls so that a huge session does not stall Redis.
@@ -331,13 +307,9 @@ impl Store for RedisStore {
         .arg(q.limit)
         .arg(if q.with_metrics { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) =
-            self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
         let next_cursor = (more == 1)
-            .then(|| {
-                keys.last()
-                    .map(|k| crate::domain::list::encode_cursor(q.order, k))
-            })
+            .then(|| keys.last().map(|k| crate::domain::list::encode_cursor(q.order, k)))
             .flatten();
         let mut channels = Vec::with_capacity(keys.len());
         for (i, key) in keys.iter().enumerate() {
@@ -354,10 +326,7 @@ impl Store for RedisStore {
                     .then(|| metrics_from(metrics.get(i).map_or(&[][..], |m| m))),
             });
         }
-        Ok(ListPage {
-            channels,
-            next_cursor,
-        })
+        Ok(ListPage { channels, next_cursor })
     }
 
     async fn reap(&self) -> Result<ReapReport> {
@@ -366,9 +335,7 @@ impl Store for RedisStore {
 
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let pong: String = self
-            .bounded(redis::cmd("PING").query_async(&mut conn))
-            .await?;
+        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         if pong == "PONG" {
             Ok(())
         } else {

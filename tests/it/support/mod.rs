@@ -1,6 +1,7 @@
 //! Test support: private Redis servers, in-process servers over either
 //! store, and gRPC clients.
 
+pub mod process;
 pub mod redis;
 
 use std::future::Future;
@@ -145,14 +146,6 @@ impl TestServer {
     pub async fn write(&self) -> WriteClient {
         WriteClient::new(self.channel().await)
     }
-
-    /// Stops the server and waits for it.
-    pub async fn stop(mut self) -> occupancy::Result<()> {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-        self.task.take().expect("task").await.expect("server task panicked")
-    }
 }
 
 impl Drop for TestServer {
@@ -179,7 +172,10 @@ where
         if let Some(v) = check().await {
             return v;
         }
-        assert!(Instant::now() < deadline, "timed out after {within:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {within:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }

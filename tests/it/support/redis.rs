@@ -102,11 +102,6 @@ impl RedisServer {
         format!("redis://127.0.0.1:{}/", self.port)
     }
 
-    /// The server's port.
-    pub fn port(&self) -> u16 {
-        self.port
-    }
-
     /// A blocking connection for inspecting state.
     pub fn connection(&self) -> redis::Connection {
         redis::Client::open(self.url())

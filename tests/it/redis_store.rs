@@ -1,0 +1,205 @@
+//! Redis-specific behaviour: failing fast when Redis is unreachable,
+//! health following Redis, and the key layout agreeing with `keys.rs`.
+
+use std::time::{Duration, Instant};
+
+use occupancy::proto::v1 as pb;
+use occupancy::store::redis::keys;
+use occupancy::store::{RedisConfig, RedisStore};
+use pb::Mode;
+use tonic::Code;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
+use tonic_health::pb::HealthCheckRequest;
+
+use crate::fixture::Fx;
+use crate::support::{eventually, Harness, TestServer};
+
+async fn health(s: &TestServer, service: &str) -> i32 {
+    HealthClient::new(s.channel().await)
+        .check(HealthCheckRequest {
+            service: service.into(),
+        })
+        .await
+        .expect("health check")
+        .into_inner()
+        .status
+}
+
+fn config_for(url: String) -> occupancy::Config {
+    let mut r = RedisConfig::new(url);
+    r.timeout = Duration::from_millis(300);
+    let mut c = occupancy::Config::redis(r);
+    c.health_interval = Duration::from_millis(100);
+    c
+}
+
+/// A listener that accepts connections and never answers: a hung Redis.
+async fn black_hole() -> (std::net::SocketAddr, tokio::task::JoinHandle<()>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let mut held = Vec::new();
+        // bounded: a test makes a handful of connections
+        for _ in 0..1_000 {
+            match l.accept().await {
+                Ok((s, _)) => held.push(s),
+                Err(_) => return,
+            }
+        }
+    });
+    (addr, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_redis_fails_fast_with_unavailable() {
+    let (hung, _guard) = black_hole().await;
+    let refused = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    for addr in [hung, refused] {
+        let cfg = config_for(format!("redis://{addr}/"));
+        let store = occupancy::server::build_store(&cfg).unwrap();
+        let s = TestServer::start(cfg, store).await;
+        let fx = Fx::new(&s).await;
+        for _ in 0..3 {
+            let started = Instant::now();
+            let e =
+                fx.r.clone()
+                    .get_occupancy(pb::GetOccupancyRequest { channel: "x".into() })
+                    .await
+                    .unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{addr}: {e:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{addr}: took {:?}",
+                started.elapsed()
+            );
+            let started = Instant::now();
+            let e =
+                fx.w.clone()
+                    .attach(pb::AttachRequest {
+                        session_id: "s".into(),
+                        connection_id: "c".into(),
+                        channel: "x".into(),
+                        modes: vec![],
+                    })
+                    .await
+                    .unwrap_err();
+            assert_eq!(e.code(), Code::Unavailable, "{addr}: {e:?}");
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "{addr}: took {:?}",
+                started.elapsed()
+            );
+        }
+        assert_eq!(health(&s, "").await, ServingStatus::NotServing as i32);
+        assert_eq!(
+            health(&s, "occupancy.v1.OccupancyService").await,
+            ServingStatus::NotServing as i32
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_follows_redis_and_calls_recover() {
+    let mut h = Harness::redis(Duration::from_secs(15));
+    let cfg = match &h.backend {
+        crate::support::Backend::Redis(r) => config_for(r.url()),
+        _ => unreachable!(),
+    };
+    let store = occupancy::server::build_store(&cfg).unwrap();
+    let s = TestServer::start(cfg, store).await;
+    let fx = Fx::new(&s).await;
+    assert_eq!(health(&s, "").await, ServingStatus::Serving as i32);
+    fx.attach("fe", "c1", "x", &[]).await;
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.kill();
+    eventually(Duration::from_secs(10), "NOT_SERVING", || async {
+        (health(&s, "").await == ServingStatus::NotServing as i32).then_some(())
+    })
+    .await;
+    redis.restart();
+    eventually(Duration::from_secs(10), "SERVING again", || async {
+        (health(&s, "").await == ServingStatus::Serving as i32).then_some(())
+    })
+    .await;
+    // the restarted Redis is empty, and the server works on it
+    assert_eq!(fx.get("x").await, [0; 9]);
+    fx.attach("fe", "c1", "x", &[]).await;
+    assert_eq!(fx.get("x").await[0], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scripts_and_keys_rs_agree_on_the_layout() {
+    let h = Harness::redis(Duration::from_secs(15));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let channels = ["plain", "ünïcødé 😀", "with{braces}", "a:b:c"];
+    for ch in channels {
+        fx.attach("fe", "conn-1", ch, &[Mode::Presence, Mode::Publish]).await;
+        fx.enter("fe", "conn-1", ch, "alice").await;
+    }
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let cfg = h.redis_config().unwrap();
+    let p = cfg.key_prefix.as_str();
+    for ch in channels {
+        let m: std::collections::HashMap<String, i64> = ::redis::cmd("HGETALL")
+            .arg(keys::channel_metrics(p, ch))
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(m.get("c"), Some(&1), "{ch}: {m:?}");
+        assert_eq!(m.get("pm"), Some(&1), "{ch}: {m:?}");
+        let cl: i64 = ::redis::cmd("HGET")
+            .arg(keys::channel_clients(p, ch))
+            .arg("alice")
+            .query(&mut c)
+            .unwrap();
+        assert_eq!(cl, 1);
+        let shard = keys::shard_of(ch, cfg.event_shards);
+        let entries: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XRANGE")
+            .arg(keys::events(p, shard))
+            .arg("-")
+            .arg("+")
+            .query(&mut c)
+            .unwrap();
+        assert!(
+            entries.iter().any(|(_, f)| f.iter().any(|(k, v)| k == "c" && v == ch)),
+            "{ch}: no event in shard {shard}"
+        );
+    }
+    let names: Vec<String> = ::redis::cmd("ZRANGE")
+        .arg(keys::name_index(p))
+        .arg(0)
+        .arg(-1)
+        .query(&mut c)
+        .unwrap();
+    let mut want: Vec<String> = channels.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(names, want);
+    let busy: usize = ::redis::cmd("ZCARD").arg(keys::busy_index(p)).query(&mut c).unwrap();
+    assert_eq!(busy, channels.len());
+    let owner: String = ::redis::cmd("HGET")
+        .arg(keys::connection(p, "conn-1"))
+        .arg("s")
+        .query(&mut c)
+        .unwrap();
+    let token: String = ::redis::cmd("GET").arg(keys::session(p, "fe")).query(&mut c).unwrap();
+    assert_eq!(owner, token);
+    let deadline: Option<f64> = ::redis::cmd("ZSCORE")
+        .arg(keys::leases(p))
+        .arg(&token)
+        .query(&mut c)
+        .unwrap();
+    assert!(deadline.is_some());
+    // a store refuses a prefix that would break hash tags
+    let mut bad = RedisConfig::new(redis.url());
+    bad.key_prefix = "x{y".into();
+    assert!(RedisStore::new(bad).is_err());
+}

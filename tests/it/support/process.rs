@@ -1,0 +1,99 @@
+//! The real `occupancy` binary as a child process, killed on drop.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// A running `occupancy serve` process.
+pub struct Proc {
+    child: Child,
+    /// The address it serves on.
+    pub addr: SocketAddr,
+}
+
+/// The binary under test.
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_occupancy")
+}
+
+impl Proc {
+    /// Starts the binary with `args` (plus `--listen 127.0.0.1:0`) and
+    /// waits for the log line that names its address. Its output is
+    /// drained in the background so it never blocks on a full pipe.
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn occupancy");
+        let stdout = child.stdout.take().expect("stdout");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut tx = Some(tx);
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if line.contains("serving") {
+                    if let Some(addr) = line.split("addr=").nth(1) {
+                        if let Some(tx) = tx.take() {
+                            let _ = tx.send(addr.split_whitespace().next().unwrap_or("").to_string());
+                        }
+                    }
+                }
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20));
+        let mut proc = Self {
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        proc.addr = addr
+            .expect("occupancy printed no 'serving' line within 20 s")
+            .parse()
+            .expect("addr");
+        proc
+    }
+
+    /// The server's URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal (`TERM`, `KILL`, ...).
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit, at most `within`.
+    pub fn wait(&mut self, within: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if let Some(s) = self.child.try_wait().expect("try_wait") {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

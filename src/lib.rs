@@ -19,6 +19,7 @@ pub mod api;
 pub mod config;
 pub mod domain;
 pub mod error;
+pub mod fanout;
 pub mod proto;
 pub mod server;
 pub mod store;

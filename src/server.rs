@@ -58,6 +58,9 @@ pub async fn run_with_store(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, store.ping().await.is_ok()).await;
 
+    let hub = crate::fanout::Hub::new(store.shards());
+    store.feed(hub.clone(), cancel.clone());
+
     let tasks = [
         tokio::spawn(reaper(store.clone(), config.reap_interval, cancel.clone())),
         tokio::spawn(health_probe(
@@ -101,7 +104,7 @@ pub async fn run_with_store(
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(pb::occupancy_service_server::OccupancyServiceServer::new(
-            OccupancyApi::new(store.clone()),
+            OccupancyApi::new(store.clone(), hub.clone(), cancel.clone()),
         ))
         .add_service(pb::connection_service_server::ConnectionServiceServer::new(
             ConnectionApi::new(store.clone()),

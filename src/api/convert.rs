@@ -1,8 +1,12 @@
 //! Conversions between protobuf messages and domain types. Validation
 //! failures name the request field.
 
+use std::time::Duration;
+
+use crate::domain::events::parse_event_id;
 use crate::domain::list::ListOrder;
 use crate::domain::{self, ChannelName, ClientId, ConnectionId, InvalidInput, ModeSet, Operation, SessionId};
+use crate::fanout::Spec;
 use crate::proto::v1 as pb;
 
 /// Validates a list of proto modes.
@@ -153,4 +157,89 @@ pub(crate) fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, Invali
         .enumerate()
         .map(|(i, op)| operation(op).map_err(|e| e.within(&format!("operations[{i}]"))))
         .collect()
+}
+
+/// Largest number of named channels in one subscription.
+pub(crate) const MAX_SUBSCRIBE_CHANNELS: usize = 1000;
+/// Longest debounce window.
+pub(crate) const MAX_DEBOUNCE_MS: u32 = 60_000;
+
+/// A metric category.
+pub(crate) fn category(field: &str, v: i32) -> Result<domain::Category, InvalidInput> {
+    use domain::Category as C;
+    Ok(match pb::MetricCategory::try_from(v) {
+        Ok(pb::MetricCategory::Connections) => C::Connections,
+        Ok(pb::MetricCategory::Publishers) => C::Publishers,
+        Ok(pb::MetricCategory::Subscribers) => C::Subscribers,
+        Ok(pb::MetricCategory::PresenceConnections) => C::PresenceConnections,
+        Ok(pb::MetricCategory::PresenceMembers) => C::PresenceMembers,
+        Ok(pb::MetricCategory::PresenceSubscribers) => C::PresenceSubscribers,
+        Ok(pb::MetricCategory::ObjectPublishers) => C::ObjectPublishers,
+        Ok(pb::MetricCategory::ObjectSubscribers) => C::ObjectSubscribers,
+        Ok(pb::MetricCategory::PresenceClients) => C::PresenceClients,
+        Ok(pb::MetricCategory::Unspecified) => {
+            return Err(InvalidInput::new(
+                field,
+                "METRIC_CATEGORY_UNSPECIFIED is not a category",
+            ))
+        }
+        Err(_) => return Err(InvalidInput::new(field, format!("unknown category {v}"))),
+    })
+}
+
+/// A subscription request, validated.
+pub(crate) fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spec, InvalidInput> {
+    if r.channels.len() > MAX_SUBSCRIBE_CHANNELS {
+        return Err(InvalidInput::new(
+            "channels",
+            format!(
+                "at most {MAX_SUBSCRIBE_CHANNELS} channels per subscription, got {}",
+                r.channels.len()
+            ),
+        ));
+    }
+    let channels = r
+        .channels
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| ChannelName::parse(&format!("channels[{i}]"), c))
+        .collect::<Result<Vec<_>, _>>()?;
+    let prefix = if r.prefix.is_empty() {
+        None
+    } else {
+        if r.prefix.len() > domain::ids::MAX_CHANNEL_LEN || r.prefix.chars().any(char::is_control) {
+            return Err(InvalidInput::new(
+                "prefix",
+                "must be at most 1024 bytes without control characters",
+            ));
+        }
+        Some(r.prefix)
+    };
+    if channels.is_empty() && prefix.is_none() {
+        return Err(InvalidInput::new("channels", "give at least one channel or a prefix"));
+    }
+    let categories = r
+        .categories
+        .iter()
+        .enumerate()
+        .map(|(i, c)| category(&format!("categories[{i}]"), *c))
+        .collect::<Result<Vec<_>, _>>()?;
+    if r.debounce_ms > MAX_DEBOUNCE_MS {
+        return Err(InvalidInput::new(
+            "debounce_ms",
+            format!("must be at most {MAX_DEBOUNCE_MS}"),
+        ));
+    }
+    let resume = if r.resume_from.is_empty() {
+        None
+    } else {
+        Some(parse_event_id(&r.resume_from, shards)?)
+    };
+    Ok(Spec {
+        channels,
+        prefix,
+        categories,
+        debounce: Duration::from_millis(u64::from(r.debounce_ms)),
+        resume,
+    })
 }

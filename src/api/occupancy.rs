@@ -1,7 +1,11 @@
 //! `OccupancyService`: the read side.
 
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures::{Stream, StreamExt};
+use tokio_stream::wrappers::ReceiverStream;
+use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
@@ -9,23 +13,58 @@ use super::convert;
 use crate::domain::list::MAX_BATCH_GET;
 use crate::domain::{ChannelName, InvalidInput, ListQuery};
 use crate::error::Error;
+use crate::fanout::subscription::{self, Item};
+use crate::fanout::Hub;
 use crate::proto::v1 as pb;
 use crate::store::Store;
+
+/// Events buffered per stream before the subscription coalesces.
+const STREAM_BUFFER: usize = 32;
 
 /// gRPC adapter of the read side.
 pub struct OccupancyApi {
     store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    cancel: CancellationToken,
 }
 
 impl OccupancyApi {
-    /// The service over `store`.
-    pub fn new(store: Arc<dyn Store>) -> Self {
-        Self { store }
+    /// The service over `store`, streaming from `hub`; open streams end
+    /// with UNAVAILABLE when `cancel` fires.
+    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, cancel: CancellationToken) -> Self {
+        Self { store, hub, cancel }
     }
 }
 
 #[tonic::async_trait]
 impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
+    type SubscribeOccupancyStream = Pin<Box<dyn Stream<Item = Item> + Send + 'static>>;
+
+    #[instrument(skip_all, fields(channels = req.get_ref().channels.len(), prefix = %req.get_ref().prefix))]
+    async fn subscribe_occupancy(
+        &self,
+        req: Request<pb::SubscribeOccupancyRequest>,
+    ) -> Result<Response<Self::SubscribeOccupancyStream>, Status> {
+        let spec = convert::subscription(req.into_inner(), self.store.shards()).map_err(Error::from)?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(STREAM_BUFFER);
+        tokio::spawn(subscription::run(
+            self.store.clone(),
+            self.hub.clone(),
+            spec,
+            tx,
+            self.cancel.clone(),
+        ));
+        // on shutdown, stop at once (even with events still buffered) and
+        // end with UNAVAILABLE so the client reconnects elsewhere
+        let cancel = self.cancel.clone();
+        let items = ReceiverStream::new(rx).take_until(cancel.clone().cancelled_owned());
+        let tail = futures::stream::once(async move { cancel.is_cancelled() }).filter_map(|cancelled| async move {
+            cancelled.then(|| Err(Status::unavailable("server shutting down; reconnect with resume_from")))
+        });
+        let stream = items.chain(tail);
+        Ok(Response::new(Box::pin(stream)))
+    }
+
     #[instrument(skip_all, fields(channel = %req.get_ref().channel))]
     async fn get_occupancy(
         &self,

@@ -2,6 +2,7 @@
 //! enumeration and the rules that tie them together. Free of tonic and
 //! Redis, so every rule is tested without IO.
 
+pub mod events;
 pub mod ids;
 pub mod list;
 pub mod metrics;
@@ -9,6 +10,7 @@ pub mod mode;
 pub mod ops;
 pub mod state;
 
+pub use events::{ChangeEvent, Pos, ResumeToken};
 pub use ids::{ChannelName, ClientId, ConnectionId, InvalidInput, SessionId};
 pub use list::{ListOrder, ListPage, ListQuery, ListedChannel};
 pub use metrics::{Category, Metrics};

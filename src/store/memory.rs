@@ -1,34 +1,81 @@
 //! The in-memory store: [`OccupancyState`] behind a mutex, for a single
-//! process with no Redis. Same semantics as the Redis store; time comes from
-//! tokio's clock, so tests can pause and advance it.
+//! process with no Redis. Same semantics as the Redis store, including the
+//! sharded event log (bounded per shard) that subscriptions resume from.
+//! Time comes from tokio's clock, so tests can pause and advance it.
 
-use std::sync::Mutex;
-use std::time::Duration;
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
 
-use super::{ReapReport, Store};
+use super::{ChangeSink, History, ReapReport, Snapshot, Store};
+use crate::domain::events::shard_of;
 use crate::domain::{
-    Change, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState, OpResult, Operation, SessionId,
+    Change, ChangeEvent, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState, OpResult,
+    Operation, Pos, SessionId,
 };
 use crate::error::{Error, Result};
 
+/// Default number of event log shards.
+pub const DEFAULT_SHARDS: u32 = 8;
+/// Default entries kept per shard.
+pub const DEFAULT_LOG_LEN: usize = 10_000;
+
+#[derive(Debug, Default)]
+struct ShardLog {
+    entries: VecDeque<(Pos, ChannelName)>,
+    last: Pos,
+    max_deleted: Pos,
+}
+
+struct Inner {
+    state: OccupancyState,
+    logs: Vec<ShardLog>,
+    sinks: Vec<Arc<dyn ChangeSink>>,
+}
+
 /// Occupancy state held in this process.
-#[derive(Debug)]
 pub struct MemoryStore {
-    state: Mutex<OccupancyState>,
+    inner: Mutex<Inner>,
     epoch: Instant,
     default_ttl_ms: u64,
+    log_len: usize,
+}
+
+impl std::fmt::Debug for MemoryStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MemoryStore")
+            .field("default_ttl_ms", &self.default_ttl_ms)
+            .finish()
+    }
+}
+
+fn wall_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl MemoryStore {
     /// An empty store whose sessions open with `default_ttl`.
     pub fn new(default_ttl: Duration) -> Self {
+        Self::with_log(default_ttl, DEFAULT_SHARDS, DEFAULT_LOG_LEN)
+    }
+
+    /// An empty store with `shards` event logs of about `log_len` entries.
+    pub fn with_log(default_ttl: Duration, shards: u32, log_len: usize) -> Self {
         Self {
-            state: Mutex::new(OccupancyState::new()),
+            inner: Mutex::new(Inner {
+                state: OccupancyState::new(),
+                logs: (0..shards.max(1)).map(|_| ShardLog::default()).collect(),
+                sinks: Vec::new(),
+            }),
             epoch: Instant::now(),
             default_ttl_ms: default_ttl.as_millis() as u64,
+            log_len: log_len.max(1),
         }
     }
 
@@ -36,16 +83,48 @@ impl MemoryStore {
         self.epoch.elapsed().as_millis() as u64
     }
 
+    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Inner>> {
+        self.inner
+            .lock()
+            .map_err(|_| Error::Internal("memory store lock poisoned".into()))
+    }
+
+    /// Runs a state transition, then logs and publishes its changes while
+    /// still holding the lock, so every sink sees them in commit order.
     fn with<T>(&self, f: impl FnOnce(&mut OccupancyState, u64, &mut Vec<Change>) -> T) -> Result<T> {
         let mut changes = Vec::new();
         let now = self.now();
-        let out = {
-            let mut state = self
-                .state
-                .lock()
-                .map_err(|_| Error::Internal("memory store lock poisoned".into()))?;
-            f(&mut state, now, &mut changes)
-        };
+        let mut inner = self.lock()?;
+        let out = f(&mut inner.state, now, &mut changes);
+        if !changes.is_empty() {
+            let ts = wall_ms();
+            let shards = inner.logs.len() as u32;
+            for c in changes {
+                let shard = shard_of(c.channel.as_str(), shards);
+                let log = &mut inner.logs[shard as usize];
+                log.last = Pos {
+                    ms: 0,
+                    seq: log.last.seq + 1,
+                };
+                let pos = log.last;
+                log.entries.push_back((pos, c.channel.clone()));
+                while log.entries.len() > self.log_len {
+                    if let Some((p, _)) = log.entries.pop_front() {
+                        log.max_deleted = p;
+                    }
+                }
+                let event = ChangeEvent {
+                    shard,
+                    pos,
+                    channel: c.channel,
+                    metrics: c.metrics,
+                    timestamp_ms: ts,
+                };
+                for sink in &inner.sinks {
+                    sink.publish(event.clone());
+                }
+            }
+        }
         Ok(out)
     }
 }
@@ -67,11 +146,12 @@ impl Store for MemoryStore {
     }
 
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {
-        self.with(|s, _, _| channels.iter().map(|c| s.metrics(c)).collect())
+        let inner = self.lock()?;
+        Ok(channels.iter().map(|c| inner.state.metrics(c)).collect())
     }
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
-        self.with(|s, _, _| s.list(query))
+        Ok(self.lock()?.state.list(query))
     }
 
     async fn reap(&self) -> Result<ReapReport> {
@@ -83,6 +163,43 @@ impl Store for MemoryStore {
                 more: false,
             }
         })
+    }
+
+    fn shards(&self) -> u32 {
+        self.inner.lock().map_or(DEFAULT_SHARDS, |i| i.logs.len() as u32)
+    }
+
+    async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {
+        let inner = self.lock()?;
+        Ok(Snapshot {
+            metrics: channels.iter().map(|c| inner.state.metrics(c)).collect(),
+            positions: inner.logs.iter().map(|l| l.last).collect(),
+        })
+    }
+
+    async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History> {
+        let inner = self.lock()?;
+        let log = inner
+            .logs
+            .get(shard as usize)
+            .ok_or_else(|| Error::Internal(format!("no event shard {shard}")))?;
+        let gap = log.max_deleted > after;
+        let mut changes: Vec<(Pos, ChannelName)> = log
+            .entries
+            .iter()
+            .filter(|(p, _)| *p > after)
+            .take(limit + 1)
+            .cloned()
+            .collect();
+        let more = changes.len() > limit;
+        changes.truncate(limit);
+        Ok(History { changes, gap, more })
+    }
+
+    fn feed(&self, sink: Arc<dyn ChangeSink>, _cancel: CancellationToken) {
+        if let Ok(mut inner) = self.inner.lock() {
+            inner.sinks.push(sink);
+        }
     }
 
     async fn ping(&self) -> Result<()> {

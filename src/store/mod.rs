@@ -2,9 +2,14 @@
 //! implementations, in memory (one process) and Redis (any number of
 //! replicas). Both pass the conformance suite in `tests/it/conformance.rs`.
 
-use async_trait::async_trait;
+use std::sync::Arc;
 
-use crate::domain::{ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, SessionId};
+use async_trait::async_trait;
+use tokio_util::sync::CancellationToken;
+
+use crate::domain::{
+    ChangeEvent, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+};
 use crate::error::Result;
 
 pub mod memory;
@@ -21,6 +26,38 @@ pub struct ReapReport {
     /// Connections removed in this round.
     pub connections_removed: usize,
     /// Whether more work is waiting (call again soon).
+    pub more: bool,
+}
+
+/// Receives every committed change, in log order per shard.
+pub trait ChangeSink: Send + Sync + 'static {
+    /// One change. Must not block: it runs on the event reader.
+    fn publish(&self, event: ChangeEvent);
+    /// Changes may have been missed (the event log was lost or trimmed past
+    /// a reader): every subscriber should take a fresh snapshot.
+    fn resync(&self);
+}
+
+/// Metrics of some channels together with the log positions they reflect,
+/// read atomically: a later event of one of these channels has a position
+/// after `positions[shard]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Per requested channel, in order.
+    pub metrics: Vec<Metrics>,
+    /// Per shard: the last position of its log.
+    pub positions: Vec<Pos>,
+}
+
+/// Channels changed in one shard's log after a position.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct History {
+    /// The changes, in log order (a channel may repeat).
+    pub changes: Vec<(Pos, ChannelName)>,
+    /// Entries after the position were trimmed or lost: the history is
+    /// incomplete.
+    pub gap: bool,
+    /// Whether more entries follow the last one returned.
     pub more: bool,
 }
 
@@ -67,6 +104,25 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// As [`Store::apply`].
     async fn reap(&self) -> Result<ReapReport>;
+
+    /// Number of event log shards.
+    fn shards(&self) -> u32;
+
+    /// Current metrics of `channels` with the log positions they reflect.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot>;
+
+    /// Up to `limit` changes of shard `shard` after `after`.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History>;
+
+    /// Starts feeding every change committed from now on, by any replica,
+    /// to `sink`, until `cancel`.
+    fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken);
 
     /// Checks that the store answers.
     ///

@@ -85,16 +85,7 @@ pub fn events(prefix: &str, shard: u32) -> String {
     format!("{prefix}:{{ev:{shard}}}")
 }
 
-/// The event stream shard of a channel: 32-bit FNV-1a of its name modulo
-/// the number of shards (the same function as `shard_of` in the scripts).
-pub fn shard_of(channel: &str, shards: u32) -> u32 {
-    let mut h: u32 = 0x811c_9dc5;
-    for b in channel.bytes() {
-        h ^= u32::from(b);
-        h = h.wrapping_mul(16_777_619);
-    }
-    h % shards.max(1)
-}
+pub use crate::domain::events::shard_of;
 
 /// The exclusive upper bound, for `ZRANGE BYLEX`, of names starting with
 /// `prefix`: `+` when there is none.
@@ -128,12 +119,5 @@ mod tests {
         assert!(validate_prefix("").is_err());
         assert!(validate_prefix("a{b").is_err());
         assert!(validate_prefix("a b").is_err());
-    }
-
-    #[test]
-    fn fnv_known_values() {
-        // FNV-1a 32 of "a" is 0xe40c292c
-        assert_eq!(shard_of("a", 1 << 31), 0xe40c_292c % (1 << 31));
-        assert!(shard_of("anything", 8) < 8);
     }
 }

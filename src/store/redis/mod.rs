@@ -13,15 +13,20 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
 
-use super::{ReapReport, Store};
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
-    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus, Operation,
+    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus, Operation, Pos,
     SessionId,
 };
 use crate::error::{Error, Result};
 
 pub mod keys;
+mod reader;
 
 macro_rules! script {
     ($file:literal) => {
@@ -40,6 +45,9 @@ static KEEP_ALIVE: LazyLock<Script> = script!("keep_alive.lua");
 static CLOSE: LazyLock<Script> = script!("close.lua");
 static REAP: LazyLock<Script> = script!("reap.lua");
 static LIST: LazyLock<Script> = script!("list.lua");
+static SNAPSHOT: LazyLock<Script> = script!("snapshot.lua");
+static HISTORY: LazyLock<Script> = script!("history.lua");
+pub(crate) static STREAM_STATE: LazyLock<Script> = script!("stream_state.lua");
 
 /// Connections a reap round may remove in one script call; bounds how long
 /// one call holds Redis.
@@ -79,6 +87,7 @@ impl RedisConfig {
 /// Occupancy state in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
+    client: redis::Client,
     conn: ConnectionManager,
     cfg: RedisConfig,
 }
@@ -128,8 +137,8 @@ impl RedisStore {
             .set_response_timeout(Some(cfg.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
-        let conn = ConnectionManager::new_lazy_with_config(client, mgr_cfg)?;
-        Ok(Self { conn, cfg })
+        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
+        Ok(Self { client, conn, cfg })
     }
 
     /// The configuration in force.
@@ -177,7 +186,7 @@ impl RedisStore {
     }
 }
 
-fn metrics_from(values: &[i64]) -> Metrics {
+pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
     let mut a = [0u32; 9];
     for (slot, v) in a.iter_mut().zip(values) {
         *slot = u32::try_from(*v).unwrap_or(0);
@@ -331,6 +340,68 @@ impl Store for RedisStore {
 
     async fn reap(&self) -> Result<ReapReport> {
         self.reap_with("").await
+    }
+
+    fn shards(&self) -> u32 {
+        self.cfg.event_shards
+    }
+
+    async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {
+        let mut inv = self.invocation(&SNAPSHOT);
+        for c in channels {
+            inv.arg(c.as_str());
+        }
+        let mut conn = self.conn.clone();
+        let mut raw: Vec<redis::Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let bad = |what: &str| Error::Internal(format!("snapshot script returned {what}"));
+        let positions: Vec<String> =
+            redis::from_redis_value(raw.pop().ok_or_else(|| bad("nothing"))?).map_err(|e| bad(&e.to_string()))?;
+        if raw.len() != channels.len() || positions.len() != self.cfg.event_shards as usize {
+            return Err(bad("the wrong number of entries"));
+        }
+        let metrics = raw
+            .into_iter()
+            .map(|v| redis::from_redis_value::<Vec<i64>>(v).map(|m| metrics_from(&m)))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| bad(&e.to_string()))?;
+        let positions = positions
+            .iter()
+            .map(|p| Pos::parse(p).ok_or_else(|| bad("a malformed stream id")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Snapshot { metrics, positions })
+    }
+
+    async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History> {
+        let mut inv = self.invocation(&HISTORY);
+        inv.arg(shard).arg(after.to_string()).arg(limit);
+        let mut conn = self.conn.clone();
+        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let mut changes = Vec::with_capacity(flat.len() / 2);
+        for pair in flat.chunks(2) {
+            let (Some(pos), Some(ch)) = (Pos::parse(&pair[0]), pair.get(1)) else {
+                return Err(Error::Internal("history script returned a malformed entry".into()));
+            };
+            if let Ok(ch) = ChannelName::parse("channel", ch.as_str()) {
+                changes.push((pos, ch));
+            }
+        }
+        Ok(History {
+            changes,
+            gap: gap == 1,
+            more: more == 1,
+        })
+    }
+
+    fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+        for shard in 0..self.cfg.event_shards {
+            tokio::spawn(reader::run(
+                self.client.clone(),
+                self.cfg.clone(),
+                shard,
+                sink.clone(),
+                cancel.clone(),
+            ));
+        }
     }
 
     async fn ping(&self) -> Result<()> {

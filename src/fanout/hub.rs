@@ -1,0 +1,281 @@
+//! The replica's event hub: receives every committed change from the
+//! store's feed (one reader per event shard) and drops it into the inbox of
+//! each local subscription that follows the channel.
+//!
+//! An inbox keeps only the newest event per channel, so a subscriber that
+//! stops reading costs at most one event per followed channel, however many
+//! changes happen, and the hub never waits for a subscriber. Events are full
+//! snapshots, so keeping only the newest loses nothing a subscriber needs.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use tokio::sync::{watch, Notify};
+
+use super::wire;
+use crate::api::convert;
+use crate::domain::events::EVENT_NAME;
+use crate::domain::{ChangeEvent, ChannelName, Metrics, Pos};
+use crate::proto::v1 as pb;
+use crate::store::ChangeSink;
+
+/// A change as subscribers receive it, with its body encoded once.
+#[derive(Debug)]
+pub struct HubEvent {
+    /// Log shard.
+    pub shard: u32,
+    /// Position in the shard's log.
+    pub pos: Pos,
+    /// The channel.
+    pub channel: ChannelName,
+    /// Metrics after the change.
+    pub metrics: Metrics,
+    /// Encoded `OccupancyEvent` without its id (see [`wire`]).
+    pub body: Bytes,
+}
+
+impl HubEvent {
+    /// Builds the event and encodes its shared body.
+    pub fn new(shard: u32, pos: Pos, channel: ChannelName, metrics: Metrics, timestamp_ms: i64) -> Self {
+        let body = wire::shared_body(&pb::OccupancyEvent {
+            id: String::new(),
+            name: EVENT_NAME.to_string(),
+            channel: channel.as_str().to_string(),
+            timestamp_ms,
+            metrics: Some(convert::metrics(metrics)),
+        });
+        Self {
+            shard,
+            pos,
+            channel,
+            metrics,
+            body,
+        }
+    }
+}
+
+/// The newest undelivered event per channel of one subscription.
+#[derive(Debug, Default)]
+pub struct Inbox {
+    id: u64,
+    pending: Mutex<HashMap<ChannelName, Arc<HubEvent>>>,
+    /// Woken when an event arrives.
+    pub notify: Notify,
+}
+
+impl Inbox {
+    /// Takes everything waiting.
+    pub fn take(&self) -> HashMap<ChannelName, Arc<HubEvent>> {
+        match self.pending.lock() {
+            Ok(mut p) => std::mem::take(&mut *p),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
+    }
+
+    fn put(&self, e: &Arc<HubEvent>) {
+        let mut p = match self.pending.lock() {
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        p.insert(e.channel.clone(), e.clone());
+        drop(p);
+        self.notify.notify_one();
+    }
+
+    /// Number of channels waiting (for tests and gauges).
+    pub fn len(&self) -> usize {
+        self.pending.lock().map_or(0, |p| p.len())
+    }
+
+    /// Whether nothing is waiting.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[derive(Default)]
+struct Registry {
+    by_channel: HashMap<ChannelName, Vec<Arc<Inbox>>>,
+    by_prefix: HashMap<String, Vec<Arc<Inbox>>>,
+    longest_prefix: usize,
+}
+
+/// Routes committed changes to local subscriptions.
+pub struct Hub {
+    registry: RwLock<Registry>,
+    watermark: Vec<Mutex<Pos>>,
+    resync: watch::Sender<u64>,
+    next_id: AtomicU64,
+    published: AtomicU64,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub").field("shards", &self.watermark.len()).finish()
+    }
+}
+
+/// A subscription's place in the hub; leaving it (drop) unregisters.
+pub struct Registration {
+    hub: Arc<Hub>,
+    /// The subscription's inbox.
+    pub inbox: Arc<Inbox>,
+    channels: Vec<ChannelName>,
+    prefix: Option<String>,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        self.hub.unregister(self);
+    }
+}
+
+impl Hub {
+    /// A hub for a store with `shards` event shards.
+    pub fn new(shards: u32) -> Arc<Self> {
+        Arc::new(Self {
+            registry: RwLock::new(Registry::default()),
+            watermark: (0..shards).map(|_| Mutex::new(Pos::ZERO)).collect(),
+            resync: watch::channel(0).0,
+            next_id: AtomicU64::new(1),
+            published: AtomicU64::new(0),
+        })
+    }
+
+    /// Number of event shards.
+    pub fn shards(&self) -> u32 {
+        self.watermark.len() as u32
+    }
+
+    /// Changes published so far (for tests and gauges).
+    pub fn published(&self) -> u64 {
+        self.published.load(Ordering::Relaxed)
+    }
+
+    /// Per shard, the position of the last change dispatched. Every change
+    /// up to it is already in the inboxes that follow its channel.
+    pub fn watermark(&self) -> Vec<Pos> {
+        self.watermark
+            .iter()
+            .map(|m| m.lock().map_or(Pos::ZERO, |p| *p))
+            .collect()
+    }
+
+    /// Signals raised when every subscription should take a new snapshot.
+    pub fn resyncs(&self) -> watch::Receiver<u64> {
+        self.resync.subscribe()
+    }
+
+    /// Registers a subscription to `channels` and to names under `prefix`.
+    pub fn register(self: &Arc<Self>, channels: &[ChannelName], prefix: Option<&str>) -> Registration {
+        let inbox = Arc::new(Inbox {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            ..Default::default()
+        });
+        let mut channels = channels.to_vec();
+        channels.sort();
+        channels.dedup();
+        if let Ok(mut r) = self.registry.write() {
+            for c in &channels {
+                r.by_channel.entry(c.clone()).or_default().push(inbox.clone());
+            }
+            if let Some(p) = prefix {
+                r.by_prefix.entry(p.to_string()).or_default().push(inbox.clone());
+                r.longest_prefix = r.longest_prefix.max(p.len());
+            }
+        }
+        Registration {
+            hub: self.clone(),
+            inbox,
+            channels,
+            prefix: prefix.map(str::to_string),
+        }
+    }
+
+    fn unregister(&self, reg: &Registration) {
+        let Ok(mut r) = self.registry.write() else { return };
+        let id = reg.inbox.id;
+        for c in &reg.channels {
+            if let Some(v) = r.by_channel.get_mut(c) {
+                v.retain(|i| i.id != id);
+                if v.is_empty() {
+                    r.by_channel.remove(c);
+                }
+            }
+        }
+        if let Some(p) = &reg.prefix {
+            if let Some(v) = r.by_prefix.get_mut(p) {
+                v.retain(|i| i.id != id);
+                if v.is_empty() {
+                    r.by_prefix.remove(p);
+                    r.longest_prefix = r.by_prefix.keys().map(String::len).max().unwrap_or(0);
+                }
+            }
+        }
+    }
+
+    /// Number of registered subscriptions' channel and prefix entries.
+    pub fn registrations(&self) -> usize {
+        self.registry.read().map_or(0, |r| {
+            r.by_channel.values().map(Vec::len).sum::<usize>() + r.by_prefix.values().map(Vec::len).sum::<usize>()
+        })
+    }
+}
+
+impl ChangeSink for Hub {
+    fn publish(&self, e: ChangeEvent) {
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let shard = e.shard as usize;
+        let pos = e.pos;
+        if let Ok(r) = self.registry.read() {
+            let name = e.channel.as_str();
+            let mut targets: Vec<&Arc<Inbox>> = Vec::new();
+            if let Some(v) = r.by_channel.get(&e.channel) {
+                targets.extend(v.iter());
+            }
+            if !r.by_prefix.is_empty() {
+                // every prefix of the name, at character boundaries: the
+                // cost depends on the name, not on the number of prefixes
+                let limit = r.longest_prefix.min(name.len());
+                for (i, _) in name.char_indices().skip(1).chain(std::iter::once((name.len(), ' '))) {
+                    if i > limit {
+                        break;
+                    }
+                    if let Some(v) = r.by_prefix.get(&name[..i]) {
+                        targets.extend(v.iter());
+                    }
+                }
+            }
+            if !targets.is_empty() {
+                let ev = Arc::new(HubEvent::new(
+                    e.shard,
+                    e.pos,
+                    e.channel.clone(),
+                    e.metrics,
+                    e.timestamp_ms,
+                ));
+                for inbox in targets {
+                    inbox.put(&ev);
+                }
+            }
+        }
+        if let Some(w) = self.watermark.get(shard) {
+            if let Ok(mut w) = w.lock() {
+                if pos > *w {
+                    *w = pos;
+                }
+            }
+        }
+    }
+
+    fn resync(&self) {
+        for w in &self.watermark {
+            if let Ok(mut w) = w.lock() {
+                *w = Pos::ZERO;
+            }
+        }
+        self.resync.send_modify(|g| *g += 1);
+    }
+}

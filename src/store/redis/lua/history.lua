@@ -1,0 +1,46 @@
+-- Changes of one event stream after a position, and whether entries after
+-- it were trimmed or lost. ARGV[4] shard, ARGV[5] position 'ms-seq',
+-- ARGV[6] limit. Returns {gap, {id, channel, id, channel, ...}, more}.
+
+local key = k_events(tonumber(ARGV[4]))
+local after = ARGV[5]
+local limit = tonumber(ARGV[6])
+
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local function greater(a, b)
+  local ams, aseq = parse(a)
+  local bms, bseq = parse(b)
+  return ams > bms or (ams == bms and aseq > bseq)
+end
+
+if redis.call('EXISTS', key) == 0 then
+  -- no stream: nothing happened, or it was lost with Redis' data
+  if after == '0-0' then return { 0, {}, 0 } end
+  return { 1, {}, 0 }
+end
+local gap = 0
+local info = redis.call('XINFO', 'STREAM', key)
+for i = 1, #info, 2 do
+  if info[i] == 'max-deleted-entry-id' and greater(info[i + 1], after) then gap = 1 end
+  if info[i] == 'last-generated-id' and greater(after, info[i + 1]) then gap = 1 end
+end
+local entries = redis.call('XRANGE', key, '(' .. after, '+', 'COUNT', limit + 1)
+local flat = {}
+local more = 0
+for i, e in ipairs(entries) do
+  if i > limit then
+    more = 1
+    break
+  end
+  local fields = e[2]
+  local ch = nil
+  for j = 1, #fields, 2 do
+    if fields[j] == 'c' then ch = fields[j + 1] end
+  end
+  flat[#flat + 1] = e[1]
+  flat[#flat + 1] = ch or ''
+end
+return { gap, flat, more }

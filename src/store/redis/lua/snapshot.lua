@@ -1,0 +1,13 @@
+-- Metrics of some channels and the last position of every event stream,
+-- read atomically. ARGV[4..] channel names.
+-- Returns {metrics per channel..., {last id per shard}}.
+
+local out = {}
+for i = 4, #ARGV do out[#out + 1] = metrics_of(ARGV[i]) end
+local positions = {}
+for s = 0, NSHARDS - 1 do
+  local last = redis.call('XREVRANGE', k_events(s), '+', '-', 'COUNT', 1)
+  if last[1] then positions[#positions + 1] = last[1][1] else positions[#positions + 1] = '0-0' end
+end
+out[#out + 1] = positions
+return out

@@ -1,0 +1,158 @@
+//! Event stream readers: one task per stream shard, each on its own
+//! connection (a blocking XREAD would stall a shared multiplexed one),
+//! feeding every committed change to the replica's [`ChangeSink`].
+//!
+//! When Redis goes away a reader retries with backoff. When it is back,
+//! the reader continues where it stopped if the stream still holds that
+//! position; if the stream was lost (Redis restarted empty) or trimmed
+//! past it, the reader starts at the stream's end and asks the sink to
+//! resync, so subscribers take fresh snapshots instead of missing changes.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use redis::streams::StreamReadReply;
+use redis::AsyncConnectionConfig;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use super::{keys, metrics_from, RedisConfig, STREAM_STATE};
+use crate::domain::{ChangeEvent, ChannelName, Pos};
+use crate::store::ChangeSink;
+
+/// How long one XREAD blocks.
+const BLOCK: Duration = Duration::from_millis(1000);
+/// Entries one XREAD returns at most.
+const BATCH: usize = 1024;
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+/// Reads shard `shard` until `cancel`.
+pub(super) async fn run(
+    client: redis::Client,
+    cfg: RedisConfig,
+    shard: u32,
+    sink: Arc<dyn ChangeSink>,
+    cancel: CancellationToken,
+) {
+    let key = keys::events(&cfg.key_prefix, shard);
+    let conn_cfg = AsyncConnectionConfig::new()
+        .set_connection_timeout(Some(cfg.timeout))
+        .set_response_timeout(Some(BLOCK + cfg.timeout));
+    let mut last: Option<Pos> = None;
+    let mut backoff = Duration::from_millis(100);
+    let mut failing = false;
+    while !cancel.is_cancelled() {
+        let attempt = async {
+            let mut conn = client.get_multiplexed_async_connection_with_config(&conn_cfg).await?;
+            let mut inv = STREAM_STATE.prepare_invoke();
+            inv.arg(&cfg.key_prefix)
+                .arg(cfg.event_shards)
+                .arg(cfg.stream_max_len)
+                .arg(shard);
+            let (exists, last_generated, max_deleted): (u8, String, String) = inv.invoke_async(&mut conn).await?;
+            Ok::<_, redis::RedisError>((conn, exists == 1, last_generated, max_deleted))
+        };
+        let (mut conn, exists, last_generated, max_deleted) = match tokio::time::timeout(cfg.timeout * 2, attempt).await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), failing).await;
+                continue;
+            }
+            Err(_) => {
+                failing = backoff_wait(&cancel, &mut backoff, shard, "timed out", failing).await;
+                continue;
+            }
+        };
+        let last_generated = Pos::parse(&last_generated).unwrap_or_default();
+        let max_deleted = Pos::parse(&max_deleted).unwrap_or_default();
+        let (start, resync) = match last {
+            None => (last_generated, true),
+            Some(_) if !exists => (Pos::ZERO, true),
+            Some(l) if last_generated < l || max_deleted > l => (last_generated, true),
+            Some(l) => (l, false),
+        };
+        if failing {
+            info!(shard, "event stream reader reconnected");
+        }
+        backoff = Duration::from_millis(100);
+        last = Some(start);
+        if resync {
+            sink.resync();
+        }
+        let mut pos = start;
+        loop {
+            let mut cmd = redis::cmd("XREAD");
+            cmd.arg("COUNT")
+                .arg(BATCH)
+                .arg("BLOCK")
+                .arg(BLOCK.as_millis() as u64)
+                .arg("STREAMS")
+                .arg(&key)
+                .arg(pos.to_string());
+            let read = cmd.query_async::<Option<StreamReadReply>>(&mut conn);
+            let reply = tokio::select! {
+                () = cancel.cancelled() => return,
+                r = read => r,
+            };
+            match reply {
+                Ok(Some(reply)) => {
+                    for k in reply.keys {
+                        for entry in k.ids {
+                            let Some(p) = Pos::parse(&entry.id) else { continue };
+                            pos = p;
+                            if let Some(e) = decode(shard, p, &entry.map) {
+                                sink.publish(e);
+                            }
+                        }
+                    }
+                    last = Some(pos);
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), false).await;
+                    break;
+                }
+            }
+        }
+    }
+}
+
+fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::Value>) -> Option<ChangeEvent> {
+    let text = |k: &str| -> Option<String> { map.get(k).and_then(|v| redis::from_redis_value_ref(v).ok()) };
+    let channel = match ChannelName::parse("channel", text("c")?) {
+        Ok(c) => c,
+        Err(e) => {
+            warn!(cause = %e, "skipping event with an invalid channel");
+            return None;
+        }
+    };
+    let values: Vec<i64> = text("m")?.split(',').filter_map(|v| v.parse().ok()).collect();
+    Some(ChangeEvent {
+        shard,
+        pos,
+        channel,
+        metrics: metrics_from(&values),
+        timestamp_ms: i64::try_from(pos.ms).unwrap_or(i64::MAX),
+    })
+}
+
+/// Waits before the next attempt (doubling up to 5 s); returns that the
+/// reader is now failing. Logs the first failure of a run only.
+async fn backoff_wait(
+    cancel: &CancellationToken,
+    backoff: &mut Duration,
+    shard: u32,
+    cause: &str,
+    already_failing: bool,
+) -> bool {
+    if !already_failing {
+        warn!(shard, %cause, "event stream reader lost redis, retrying");
+    }
+    tokio::select! {
+        () = cancel.cancelled() => {}
+        () = tokio::time::sleep(*backoff) => {}
+    }
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    true
+}

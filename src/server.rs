@@ -53,12 +53,27 @@ pub async fn run_with_store(
     store: Arc<dyn Store>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let hub = crate::fanout::Hub::new(store.shards());
+    run_with(listener, config, store, hub, shutdown).await
+}
+
+/// [`run_with_store`] with the event hub given too, so tests can look at
+/// its queues.
+///
+/// # Errors
+/// A transport failure.
+pub async fn run_with(
+    listener: TcpListener,
+    config: Config,
+    store: Arc<dyn Store>,
+    hub: Arc<crate::fanout::Hub>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let cancel = CancellationToken::new();
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, store.ping().await.is_ok()).await;
 
-    let hub = crate::fanout::Hub::new(store.shards());
     store.feed(hub.clone(), cancel.clone());
 
     let tasks = [

@@ -2,12 +2,13 @@
 //! store's feed (one reader per event shard) and drops it into the inbox of
 //! each local subscription that follows the channel.
 //!
-//! An inbox keeps only the newest event per channel, so a subscriber that
-//! stops reading costs at most one event per followed channel, however many
-//! changes happen, and the hub never waits for a subscriber. Events are full
+//! An inbox queues events in order while its subscriber keeps up and keeps
+//! only the newest per channel once it falls behind, so a subscriber that
+//! stops reading costs a bounded amount of memory however many changes
+//! happen, and the hub never waits for a subscriber. Events are full
 //! snapshots, so keeping only the newest loses nothing a subscriber needs.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -56,37 +57,61 @@ impl HubEvent {
     }
 }
 
-/// The newest undelivered event per channel of one subscription.
+/// Events queued in an inbox before it starts coalescing.
+pub const INBOX_QUEUE: usize = 1024;
+
+#[derive(Debug, Default)]
+struct Pending {
+    /// Events in arrival order, while the subscriber keeps up.
+    queue: VecDeque<Arc<HubEvent>>,
+    /// Newest event per channel once the queue is full. Every event here is
+    /// newer than any queued event of the same channel.
+    overflow: HashMap<ChannelName, Arc<HubEvent>>,
+}
+
+/// A subscription's undelivered events: every event in order while the
+/// subscriber keeps up, then only the newest per channel, so its size is
+/// bounded by [`INBOX_QUEUE`] plus the number of followed channels.
 #[derive(Debug, Default)]
 pub struct Inbox {
     id: u64,
-    pending: Mutex<HashMap<ChannelName, Arc<HubEvent>>>,
+    pending: Mutex<Pending>,
     /// Woken when an event arrives.
     pub notify: Notify,
 }
 
 impl Inbox {
-    /// Takes everything waiting.
-    pub fn take(&self) -> HashMap<ChannelName, Arc<HubEvent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
         match self.pending.lock() {
-            Ok(mut p) => std::mem::take(&mut *p),
-            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+            Ok(p) => p,
+            Err(poisoned) => poisoned.into_inner(),
         }
     }
 
+    /// Takes everything waiting, in an order that keeps each channel's
+    /// events in log order.
+    pub fn take(&self) -> Vec<Arc<HubEvent>> {
+        let mut p = self.lock();
+        let mut out: Vec<Arc<HubEvent>> = p.queue.drain(..).collect();
+        out.extend(p.overflow.drain().map(|(_, e)| e));
+        out
+    }
+
     fn put(&self, e: &Arc<HubEvent>) {
-        let mut p = match self.pending.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        p.insert(e.channel.clone(), e.clone());
+        let mut p = self.lock();
+        if p.overflow.is_empty() && p.queue.len() < INBOX_QUEUE {
+            p.queue.push_back(e.clone());
+        } else {
+            p.overflow.insert(e.channel.clone(), e.clone());
+        }
         drop(p);
         self.notify.notify_one();
     }
 
-    /// Number of channels waiting (for tests and gauges).
+    /// Number of events waiting (for tests and gauges).
     pub fn len(&self) -> usize {
-        self.pending.lock().map_or(0, |p| p.len())
+        let p = self.lock();
+        p.queue.len() + p.overflow.len()
     }
 
     /// Whether nothing is waiting.
@@ -214,6 +239,19 @@ impl Hub {
                 }
             }
         }
+    }
+
+    /// Events waiting in all inboxes (for tests and gauges).
+    pub fn pending(&self) -> usize {
+        let Ok(r) = self.registry.read() else { return 0 };
+        let mut seen = std::collections::HashSet::new();
+        r.by_channel
+            .values()
+            .chain(r.by_prefix.values())
+            .flatten()
+            .filter(|i| seen.insert(i.id))
+            .map(|i| i.len())
+            .sum()
     }
 
     /// Number of registered subscriptions' channel and prefix entries.

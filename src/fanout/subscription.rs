@@ -62,18 +62,16 @@ const RESYNC_RETRY: Duration = Duration::from_millis(500);
 #[derive(Debug)]
 struct Chan {
     shard: u32,
-    /// What the client holds.
-    sent: Option<Metrics>,
+    /// What the client will hold once the write queue is flushed.
+    latest_out: Option<Metrics>,
     /// Latest position accounted for.
     known: Pos,
-    /// Newest state not yet written to the client.
-    pending: Option<Arc<HubEvent>>,
-    /// Position of the oldest change not yet written, while one is pending.
-    unsent_since: Option<Pos>,
+    /// Newest change held back by the debounce window.
+    held: Option<Arc<HubEvent>>,
+    /// Position of the oldest change held back.
+    held_since: Option<Pos>,
     /// End of the debounce window opened by the last write.
     window_until: Option<Instant>,
-    /// In the ready queue.
-    queued: bool,
 }
 
 struct Sub {
@@ -83,8 +81,10 @@ struct Sub {
     shards: u32,
     chans: HashMap<ChannelName, Chan>,
     seen: Vec<Pos>,
+    /// Per shard, positions of changes not yet written (queued or held).
     unsent: Vec<BTreeMap<Pos, u32>>,
-    ready: VecDeque<ChannelName>,
+    /// Events to write, in order, each with its key in `unsent`.
+    ready: VecDeque<(Arc<HubEvent>, Pos)>,
     timers: BinaryHeap<Reverse<(Instant, ChannelName)>>,
 }
 
@@ -185,66 +185,91 @@ impl Sub {
         let shards = self.shards;
         self.chans.entry(ch.clone()).or_insert_with(|| Chan {
             shard: shard_of(ch.as_str(), shards),
-            sent: None,
+            latest_out: None,
             known: Pos::ZERO,
-            pending: None,
-            unsent_since: None,
+            held: None,
+            held_since: None,
             window_until: None,
-            queued: false,
         })
     }
 
-    fn set_unsent(&mut self, ch: &ChannelName, pos: Option<Pos>) {
-        let c = self.chan(ch);
-        let shard = c.shard as usize;
-        let old = std::mem::replace(&mut c.unsent_since, pos);
-        if old == pos {
-            return;
-        }
-        if let Some(o) = old {
-            if let Some(n) = self.unsent[shard].get_mut(&o) {
-                *n -= 1;
-                if *n == 0 {
-                    self.unsent[shard].remove(&o);
-                }
+    fn mark_unsent(&mut self, shard: u32, pos: Pos) {
+        *self.unsent[shard as usize].entry(pos).or_insert(0) += 1;
+    }
+
+    fn clear_unsent(&mut self, shard: u32, pos: Pos) {
+        let u = &mut self.unsent[shard as usize];
+        if let Some(n) = u.get_mut(&pos) {
+            *n -= 1;
+            if *n == 0 {
+                u.remove(&pos);
             }
-        }
-        if let Some(p) = pos {
-            *self.unsent[shard].entry(p).or_insert(0) += 1;
         }
     }
 
-    /// Takes a change into account; queues or schedules it for writing.
-    /// `force` writes it even when the client's view already matches.
+    /// Drops the channel's held change, if any.
+    fn drop_held(&mut self, ch: &ChannelName) -> Option<Pos> {
+        let c = self.chan(ch);
+        let shard = c.shard;
+        c.held = None;
+        let since = c.held_since.take();
+        if let Some(p) = since {
+            self.clear_unsent(shard, p);
+        }
+        since
+    }
+
+    /// Queues `ev` for writing; `unsent` is the oldest change it covers.
+    fn enqueue(&mut self, ev: Arc<HubEvent>, unsent: Pos) {
+        let debounce = self.spec.debounce;
+        let c = self.chan(&ev.channel);
+        c.latest_out = Some(ev.metrics);
+        c.window_until = (!debounce.is_zero()).then(|| Instant::now() + debounce);
+        let shard = c.shard;
+        self.mark_unsent(shard, unsent);
+        self.ready.push_back((ev, unsent));
+    }
+
+    /// Takes a change into account: writes it now, holds it for the end of
+    /// the debounce window, or drops it when the client's view already
+    /// matches. `force` writes it in any case.
     fn consider(&mut self, ev: Arc<HubEvent>, force: bool) {
         let ch = ev.channel.clone();
         let debounce = self.spec.debounce;
         let c = self.chan(&ch);
-        let reference = c.sent.unwrap_or_default();
-        let never_sent = c.sent.is_none();
+        let reference = c.latest_out.unwrap_or_default();
+        let never_sent = c.latest_out.is_none();
         let window_until = c.window_until;
-        if !force && !self.changed(&reference, &ev.metrics) {
-            // the client's view is current for what it asked for
-            self.chan(&ch).pending = None;
-            self.set_unsent(&ch, None);
+        // a channel this subscription never wrote may be held by the client
+        // in any state (after a resume), so its first change always goes
+        if !force && !never_sent && !self.changed(&reference, &ev.metrics) {
+            // back to what the client holds (for what it asked for)
+            self.drop_held(&ch);
             return;
         }
-        let flips = self.flips(&reference, &ev.metrics);
-        let pos = ev.pos;
-        let c = self.chan(&ch);
-        c.pending = Some(ev);
-        let first_unsent = c.unsent_since.unwrap_or(pos);
-        self.set_unsent(&ch, Some(first_unsent));
         let now = Instant::now();
-        let immediate = force || debounce.is_zero() || never_sent || flips || window_until.is_none_or(|w| now >= w);
-        let c = self.chan(&ch);
+        let immediate = force
+            || debounce.is_zero()
+            || never_sent
+            || self.flips(&reference, &ev.metrics)
+            || window_until.is_none_or(|w| now >= w);
         if immediate {
-            if !c.queued {
-                c.queued = true;
-                self.ready.push_back(ch);
+            let since = self.drop_held(&ch).unwrap_or(ev.pos).min(ev.pos);
+            self.enqueue(ev, since);
+        } else {
+            let c = self.chan(&ch);
+            let shard = c.shard;
+            let first = c.held_since.is_none();
+            if first {
+                c.held_since = Some(ev.pos);
             }
-        } else if let Some(w) = window_until {
-            self.timers.push(Reverse((w, ch)));
+            c.held = Some(ev.clone());
+            if first {
+                self.mark_unsent(shard, ev.pos);
+                if let Some(w) = window_until {
+                    self.timers.push(Reverse((w, ch)));
+                }
+            }
         }
     }
 
@@ -257,9 +282,10 @@ impl Sub {
                 break;
             };
             let Some(c) = self.chans.get_mut(&ch) else { continue };
-            if c.pending.is_some() && !c.queued && c.window_until.is_none_or(|w| w <= now) {
-                c.queued = true;
-                self.ready.push_back(ch);
+            if let (Some(ev), Some(since)) = (c.held.take(), c.held_since.take()) {
+                let shard = c.shard;
+                self.clear_unsent(shard, since);
+                self.enqueue(ev, since);
             }
         }
     }
@@ -269,8 +295,7 @@ impl Sub {
         // read the watermark first: every change it covers is already in
         // the inbox (or was taken before)
         let watermark = self.hub.watermark();
-        let events = reg.inbox.take();
-        for (_, ev) in events {
+        for ev in reg.inbox.take() {
             if !self.matches(&ev.channel) {
                 continue;
             }
@@ -301,16 +326,10 @@ impl Sub {
         }
     }
 
-    /// Writes every queued channel's newest state.
+    /// Writes every queued event, in order.
     async fn flush(&mut self, tx: &mpsc::Sender<Item>, cancel: &CancellationToken) -> Result<(), ()> {
-        while let Some(ch) = self.ready.pop_front() {
-            let debounce = self.spec.debounce;
-            let c = self.chan(&ch);
-            c.queued = false;
-            let Some(ev) = c.pending.take() else { continue };
-            c.sent = Some(ev.metrics);
-            c.window_until = (!debounce.is_zero()).then(|| Instant::now() + debounce);
-            self.set_unsent(&ch, None);
+        while let Some((ev, unsent)) = self.ready.pop_front() {
+            self.clear_unsent(ev.shard, unsent);
             let id = event_id(ev.pos, &self.token());
             let item = Ok(SubscribeOccupancyResponse::from_parts(&id, &ev.body));
             tokio::select! {
@@ -346,7 +365,7 @@ impl Sub {
     async fn snapshot(&mut self, reg: &Registration, resync: bool) -> Result<(), Error> {
         let mut named: BTreeSet<ChannelName> = self.spec.channels.iter().cloned().collect();
         let mut positions = self
-            .snapshot_of(&named.iter().cloned().collect::<Vec<_>>(), resync, true)
+            .snapshot_of(&named.iter().cloned().collect::<Vec<_>>(), resync, !resync)
             .await?;
         if let Some(prefix) = self.spec.prefix.clone() {
             let mut cursor = String::new();
@@ -371,7 +390,7 @@ impl Sub {
             let others: Vec<ChannelName> = self
                 .chans
                 .iter()
-                .filter(|(n, c)| !named.contains(*n) && c.sent.is_some_and(|m| m != Metrics::default()))
+                .filter(|(n, c)| !named.contains(*n) && c.latest_out.is_some_and(|m| m != Metrics::default()))
                 .map(|(n, _)| n.clone())
                 .collect();
             let p = self.snapshot_of(&others, true, false).await?;
@@ -392,12 +411,16 @@ impl Sub {
     /// Takes a fresh snapshot after the hub said changes may be lost;
     /// returns when to retry if it failed.
     async fn resync(&mut self, reg: &Registration) -> Option<Instant> {
-        for c in self.chans.values_mut() {
-            c.pending = None;
-            c.unsent_since = None;
-        }
-        for u in &mut self.unsent {
-            u.clear();
+        // held changes are superseded by the snapshot; queued ones are
+        // still written (they are older states, corrected right after)
+        let held: Vec<ChannelName> = self
+            .chans
+            .iter()
+            .filter(|(_, c)| c.held.is_some())
+            .map(|(n, _)| n.clone())
+            .collect();
+        for ch in held {
+            self.drop_held(&ch);
         }
         match self.snapshot(reg, true).await {
             Ok(()) => {

@@ -6,4 +6,5 @@ mod conformance;
 mod fixture;
 mod process;
 mod redis_store;
+mod subscribe;
 mod support;

@@ -101,6 +101,8 @@ impl Harness {
 pub struct TestServer {
     /// Its address.
     pub addr: SocketAddr,
+    /// Its event hub.
+    pub hub: Arc<occupancy::fanout::Hub>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<occupancy::Result<()>>>,
 }
@@ -111,11 +113,19 @@ impl TestServer {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
         let (tx, rx) = oneshot::channel();
-        let task = tokio::spawn(occupancy::run_with_store(listener, config, store, async {
-            let _ = rx.await;
-        }));
+        let hub = occupancy::fanout::Hub::new(store.shards());
+        let task = tokio::spawn(occupancy::server::run_with(
+            listener,
+            config,
+            store,
+            hub.clone(),
+            async {
+                let _ = rx.await;
+            },
+        ));
         Self {
             addr,
+            hub,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -145,6 +155,16 @@ impl TestServer {
     /// Write-side client.
     pub async fn write(&self) -> WriteClient {
         WriteClient::new(self.channel().await)
+    }
+}
+
+impl TestServer {
+    /// Stops the server (as on SIGTERM) and waits for it.
+    pub async fn stop(mut self) -> occupancy::Result<()> {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        self.task.take().expect("task").await.expect("server task panicked")
     }
 }
 

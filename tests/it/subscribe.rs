@@ -1,0 +1,487 @@
+//! SubscribeOccupancy, against both stores: snapshot, order, filters,
+//! debounce, prefixes, resume on another replica, slow subscribers,
+//! shutdown; and Redis restarts.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+use tonic::{Code, Streaming};
+
+use crate::fixture::*;
+use crate::support::{eventually, Harness, TestServer};
+
+type Response = occupancy::fanout::wire::SubscribeOccupancyResponse;
+
+/// A client-side subscription.
+pub struct Sub {
+    stream: Streaming<Response>,
+}
+
+pub async fn subscribe(s: &TestServer, req: pb::SubscribeOccupancyRequest) -> Result<Sub, tonic::Status> {
+    let stream = s.read().await.subscribe_occupancy(req).await?.into_inner();
+    Ok(Sub { stream })
+}
+
+pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
+    pb::SubscribeOccupancyRequest {
+        channels: channels.iter().map(|c| c.to_string()).collect(),
+        ..Default::default()
+    }
+}
+
+impl Sub {
+    /// The next event, within `within`.
+    pub async fn next_within(&mut self, within: Duration) -> Option<Result<pb::OccupancyEvent, tonic::Status>> {
+        match tokio::time::timeout(within, self.stream.message()).await {
+            Err(_) => None,
+            Ok(Ok(Some(r))) => Some(Ok(r.into_event().expect("decode").expect("an event"))),
+            Ok(Ok(None)) => panic!("stream ended"),
+            Ok(Err(status)) => Some(Err(status)),
+        }
+    }
+
+    /// The next event; panics after 10 s.
+    pub async fn next(&mut self) -> pb::OccupancyEvent {
+        self.next_within(Duration::from_secs(10))
+            .await
+            .expect("an event within 10 s")
+            .expect("an event, not an error")
+    }
+
+    /// Reads events until one satisfies `pred` (at most 10 s, 1,000,000
+    /// events); returns every event read.
+    pub async fn until(&mut self, mut pred: impl FnMut(&pb::OccupancyEvent) -> bool) -> Vec<pb::OccupancyEvent> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut out = Vec::new();
+        for _ in 0..1_000_000 {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let e = self
+                .next_within(left)
+                .await
+                .unwrap_or_else(|| {
+                    panic!(
+                        "condition not met within 10 s; last events {:?}",
+                        out.iter().rev().take(3).collect::<Vec<_>>()
+                    )
+                })
+                .expect("event");
+            let done = pred(&e);
+            out.push(e);
+            if done {
+                return out;
+            }
+        }
+        panic!("condition not met within 1,000,000 events");
+    }
+
+    /// Reads until no event arrives for `quiet` (at most 20 s); returns
+    /// the newest metrics per channel.
+    pub async fn settle(&mut self, quiet: Duration) -> HashMap<String, [u32; 9]> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let mut latest = HashMap::new();
+        while Instant::now() < deadline {
+            match self.next_within(quiet).await {
+                None => return latest,
+                Some(e) => {
+                    let e = e.expect("event");
+                    latest.insert(e.channel.clone(), m(&e));
+                }
+            }
+        }
+        panic!("events kept coming for 20 s");
+    }
+
+    /// Asserts no event arrives within `within`.
+    pub async fn quiet_for(&mut self, within: Duration) {
+        if let Some(e) = self.next_within(within).await {
+            panic!("unexpected event {e:?}");
+        }
+    }
+}
+
+pub fn m(e: &pb::OccupancyEvent) -> [u32; 9] {
+    arr(e.metrics.as_ref().expect("metrics"))
+}
+
+macro_rules! both {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::memory(super::TTL)).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::redis(super::TTL)).await;
+                }
+            )*
+        }
+    };
+}
+
+const TTL: Duration = Duration::from_secs(30);
+
+both!(
+    snapshot_first_then_every_change_in_order,
+    categories_filter_events,
+    zero_flips_skip_the_debounce,
+    debounce_sends_the_trailing_edge,
+    prefix_follows_new_channels,
+    resume_on_another_replica_misses_nothing,
+    stalled_subscriber_stays_bounded_then_catches_up,
+    shutdown_ends_streams_with_unavailable,
+    bad_subscriptions_are_rejected,
+);
+
+async fn snapshot_first_then_every_change_in_order(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "a", &[Mode::Publish]).await;
+    fx.attach("fe", "c1", "b", &[Mode::Subscribe]).await;
+    let mut sub = subscribe(&s, req(&["b", "a", "never"])).await.unwrap();
+    // the snapshot: one event per named channel, inactive ones as zero
+    let mut snap = HashMap::new();
+    for _ in 0..3 {
+        let e = sub.next().await;
+        assert_eq!(e.name, "[meta]occupancy");
+        assert!(e.timestamp_ms > 0);
+        assert!(!e.id.is_empty());
+        snap.insert(e.channel.clone(), m(&e));
+    }
+    assert_eq!(snap["a"], [1, 1, 0, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(snap["b"], [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(snap["never"], [0; 9]);
+    // each change, waited for before the next one: every one arrives
+    let mut last_id = String::new();
+    for i in 2..=30u32 {
+        fx.attach("fe", &format!("c{i}"), "a", &[]).await;
+        let e = sub.next().await;
+        assert_eq!((e.channel.as_str(), m(&e)[0]), ("a", i));
+        assert!(e.id > last_id, "ids increase per channel");
+        last_id = e.id;
+    }
+    // a burst: events arrive in order and end on the final state
+    let mut ops = Vec::new();
+    for i in 31..=130 {
+        ops.push(attach_op(&format!("c{i}"), "a", &[]));
+    }
+    for chunk in ops.chunks(10) {
+        fx.apply("fe", chunk.to_vec()).await;
+    }
+    let events = sub.until(|e| m(e)[0] == 130).await;
+    let counts: Vec<u32> = events.iter().map(|e| m(e)[0]).collect();
+    assert!(counts.windows(2).all(|w| w[0] < w[1]), "never backwards: {counts:?}");
+    assert!(events.windows(2).all(|w| w[0].id < w[1].id));
+    // the channel's detach to zero is an event too
+    fx.close("fe").await;
+    let events = sub.until(|e| e.channel == "b" && m(e) == [0; 9]).await;
+    assert!(events.iter().all(|e| e.channel != "never"));
+}
+
+async fn categories_filter_events(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let mut r = req(&["x"]);
+    r.categories = vec![
+        pb::MetricCategory::Publishers as i32,
+        pb::MetricCategory::PresenceMembers as i32,
+    ];
+    let mut sub = subscribe(&s, r).await.unwrap();
+    assert_eq!(m(&sub.next().await), [0; 9]);
+    // subscribers come and go: not a selected category
+    fx.attach("fe", "s1", "x", &[Mode::Subscribe]).await;
+    fx.attach("fe", "s2", "x", &[Mode::Subscribe, Mode::Presence]).await;
+    // a publisher is; the event carries the full metrics
+    fx.attach("fe", "p1", "x", &[Mode::Publish]).await;
+    let e = sub.next().await;
+    assert_eq!(m(&e), [3, 1, 2, 1, 0, 0, 0, 0, 0]);
+    fx.enter("fe", "s2", "x", "alice").await;
+    assert_eq!(m(&sub.next().await)[4], 1);
+    fx.detach("fe", "s1", "x").await;
+    fx.attach("fe", "p2", "x", &[Mode::Publish]).await;
+    let e = sub.next().await;
+    assert_eq!(
+        m(&e),
+        [3, 2, 1, 1, 1, 0, 0, 0, 1],
+        "the subscriber change was not sent on its own"
+    );
+}
+
+async fn zero_flips_skip_the_debounce(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "x", &[Mode::Subscribe]).await;
+    let mut r = req(&["x"]);
+    r.debounce_ms = 5_000;
+    let mut sub = subscribe(&s, r).await.unwrap();
+    assert_eq!(m(&sub.next().await)[0], 1);
+    // a plain count change opens nothing new... the first publisher is a
+    // flip and goes at once, well inside the 5 s window
+    let started = Instant::now();
+    fx.attach("fe", "c2", "x", &[Mode::Publish]).await;
+    let e = sub.next().await;
+    assert_eq!(m(&e)[1], 1);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+    // a mode change that removes the last subscriber is a flip too
+    let started = Instant::now();
+    fx.attach("fe", "c1", "x", &[Mode::Presence]).await;
+    let e = sub.next().await;
+    assert_eq!(m(&e), [2, 1, 0, 1, 0, 0, 0, 0, 0]);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "took {:?}",
+        started.elapsed()
+    );
+}
+
+async fn debounce_sends_the_trailing_edge(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c0", "x", &[Mode::Subscribe]).await;
+    let mut r = req(&["x"]);
+    r.debounce_ms = 400;
+    let mut sub = subscribe(&s, r).await.unwrap();
+    assert_eq!(m(&sub.next().await)[0], 1);
+    // twenty changes that flip nothing, in quick succession
+    for i in 1..=20 {
+        fx.attach("fe", &format!("c{i}"), "x", &[Mode::Subscribe]).await;
+    }
+    let events = sub.until(|e| m(e)[0] == 21).await;
+    assert!(events.len() < 20, "{} events: not debounced", events.len());
+    assert_eq!(m(events.last().unwrap()), [21, 0, 21, 0, 0, 0, 0, 0, 0]);
+    // and nothing stale follows
+    sub.quiet_for(Duration::from_millis(600)).await;
+}
+
+async fn prefix_follows_new_channels(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "room:a", &[]).await;
+    fx.attach("fe", "c1", "other", &[]).await;
+    let mut sub = subscribe(
+        &s,
+        pb::SubscribeOccupancyRequest {
+            prefix: "room:".into(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("room:a", 1));
+    fx.attach("fe", "c2", "other", &[]).await;
+    fx.attach("fe", "c2", "roo", &[]).await;
+    fx.attach("fe", "c2", "room:b", &[]).await;
+    let e = sub.next().await;
+    assert_eq!(
+        (e.channel.as_str(), m(&e)[0]),
+        ("room:b", 1),
+        "channels outside the prefix are not sent"
+    );
+    fx.detach("fe", "c2", "room:b").await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)), ("room:b", [0; 9]));
+    fx.attach("fe", "c3", "room:ü", &[]).await;
+    assert_eq!(sub.next().await.channel, "room:ü");
+}
+
+async fn resume_on_another_replica_misses_nothing(h: Harness) {
+    let a = h.server().await;
+    let b = h.server().await;
+    let fx = Fx::new(&a).await;
+    fx.attach("fe", "c1", "x", &[]).await;
+    fx.attach("fe", "c1", "y", &[]).await;
+    fx.attach("fe", "c1", "z", &[]).await;
+    let mut sub = subscribe(&a, req(&["x", "y"])).await.unwrap();
+    sub.next().await;
+    let mut last = sub.next().await;
+    fx.attach("fe", "c2", "x", &[]).await;
+    last = sub
+        .until(|e| e.channel == "x" && m(e)[0] == 2)
+        .await
+        .pop()
+        .unwrap_or(last);
+    drop(sub);
+    // while disconnected: x changes twice, z (not followed) changes, y not
+    fx.attach("fe", "c3", "x", &[]).await;
+    fx.attach("fe", "c4", "x", &[Mode::Publish]).await;
+    fx.attach("fe", "c2", "z", &[]).await;
+    let mut r = req(&["x", "y"]);
+    r.resume_from = last.id.clone();
+    let mut sub = subscribe(&b, r).await.unwrap();
+    // x with its current metrics, once; nothing for y, which did not change
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)), ("x", [4, 1, 0, 0, 0, 0, 0, 0, 0]));
+    sub.quiet_for(Duration::from_millis(300)).await;
+    // live again, through replica b, for writes on replica a
+    fx.detach("fe", "c1", "y").await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)), ("y", [0; 9]));
+    // resuming from the newest id, on the other replica: nothing to replay
+    let mut r = req(&["x", "y"]);
+    r.resume_from = e.id;
+    let mut again = subscribe(&a, r).await.unwrap();
+    again.quiet_for(Duration::from_millis(300)).await;
+}
+
+async fn stalled_subscriber_stays_bounded_then_catches_up(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let channels: Vec<String> = (0..10).map(|i| format!("hot-{i}")).collect();
+    let names: Vec<&str> = channels.iter().map(String::as_str).collect();
+    let mut sub = subscribe(&s, req(&names)).await.unwrap();
+    for _ in 0..10 {
+        sub.next().await;
+    }
+    // 100,000 changes while the client reads nothing
+    let mut peak = 0;
+    for round in 0..100 {
+        let mut ops = Vec::with_capacity(1_000);
+        for i in 0..1_000 {
+            let ch = &channels[i % 10];
+            let conn = format!("c{}", (round * 1_000 + i) % 37);
+            if (round + i) % 2 == 0 {
+                ops.push(attach_op(&conn, ch, &[Mode::Subscribe]));
+            } else {
+                ops.push(detach_op(&conn, ch));
+            }
+        }
+        fx.apply("fe", ops).await;
+        peak = peak.max(s.hub.pending());
+    }
+    let bound = occupancy::fanout::hub::INBOX_QUEUE + channels.len();
+    assert!(peak <= bound, "{peak} events waited in the hub, bound {bound}");
+    // now read: every channel ends on its current state
+    let truth: HashMap<String, [u32; 9]> = {
+        let mut t = HashMap::new();
+        for c in &channels {
+            t.insert(c.clone(), fx.get(c).await);
+        }
+        t
+    };
+    let latest = sub.settle(Duration::from_millis(500)).await;
+    for c in &channels {
+        assert_eq!(latest.get(c), truth.get(c), "{c} ends on its current state");
+    }
+}
+
+async fn shutdown_ends_streams_with_unavailable(h: Harness) {
+    let s = h.server().await;
+    let mut sub = subscribe(&s, req(&["x"])).await.unwrap();
+    sub.next().await;
+    let stopping = tokio::spawn(s.stop());
+    let e = sub.next_within(Duration::from_secs(5)).await.expect("an answer");
+    assert_eq!(e.unwrap_err().code(), Code::Unavailable);
+    stopping.await.unwrap().unwrap();
+}
+
+async fn bad_subscriptions_are_rejected(h: Harness) {
+    let s = h.server().await;
+    let bad: Vec<(pb::SubscribeOccupancyRequest, &str)> = vec![
+        (pb::SubscribeOccupancyRequest::default(), "channels"),
+        (
+            pb::SubscribeOccupancyRequest {
+                channels: (0..1_001).map(|i| format!("c{i}")).collect(),
+                ..Default::default()
+            },
+            "channels",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                channels: (0..100_000).map(|i| format!("c{i}")).collect(),
+                ..Default::default()
+            },
+            "channels",
+        ),
+        (req(&["ok", "[meta]x"]), "channels[1]"),
+        (
+            pb::SubscribeOccupancyRequest {
+                categories: vec![0],
+                ..req(&["x"])
+            },
+            "categories[0]",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                categories: vec![77],
+                ..req(&["x"])
+            },
+            "categories[0]",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                debounce_ms: 60_001,
+                ..req(&["x"])
+            },
+            "debounce_ms",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                resume_from: "garbage".into(),
+                ..req(&["x"])
+            },
+            "resume_from",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                prefix: "a\u{1}".into(),
+                ..Default::default()
+            },
+            "prefix",
+        ),
+    ];
+    for (r, field) in bad {
+        let got = subscribe(&s, r).await.map(|_| ());
+        assert_invalid(got, field);
+    }
+    assert_eq!(s.hub.registrations(), 0, "nothing stays registered");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_restart_mid_stream_resyncs_without_reconnecting() {
+    let mut h = Harness::redis(TTL);
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "x", &[Mode::Publish]).await;
+    fx.attach("fe", "c1", "y", &[]).await;
+    let mut sub = subscribe(&s, req(&["x", "y"])).await.unwrap();
+    sub.next().await;
+    sub.next().await;
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.restart();
+    // the restarted Redis is empty: both channels read back as zero
+    let mut latest: HashMap<String, [u32; 9]> = HashMap::new();
+    sub.until(|e| {
+        latest.insert(e.channel.clone(), m(e));
+        latest.get("x") == Some(&[0; 9]) && latest.get("y") == Some(&[0; 9])
+    })
+    .await;
+    // and live events flow again on the same stream
+    eventually(Duration::from_secs(10), "writes to work again", || async {
+        fx.w.clone()
+            .attach(pb::AttachRequest {
+                session_id: "fe".into(),
+                connection_id: "c9".into(),
+                channel: "x".into(),
+                modes: vec![Mode::Subscribe as i32],
+            })
+            .await
+            .ok()
+    })
+    .await;
+    sub.until(|e| e.channel == "x" && m(e) == [1, 0, 1, 0, 0, 0, 0, 0, 0])
+        .await;
+}

@@ -46,6 +46,12 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         req: Request<pb::SubscribeOccupancyRequest>,
     ) -> Result<Response<Self::SubscribeOccupancyStream>, Status> {
         let spec = convert::subscription(req.into_inner(), self.store.shards()).map_err(Error::from)?;
+        tracing::info!(
+            channels = spec.channels.len(),
+            prefix = spec.prefix.as_deref().unwrap_or(""),
+            resume = spec.resume.is_some(),
+            "subscription opened"
+        );
         let (tx, rx) = tokio::sync::mpsc::channel::<Item>(STREAM_BUFFER);
         tokio::spawn(subscription::run(
             self.store.clone(),

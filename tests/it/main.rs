@@ -4,6 +4,7 @@
 
 mod conformance;
 mod fixture;
+mod nginx;
 mod process;
 mod redis_store;
 mod subscribe;

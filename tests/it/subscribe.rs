@@ -32,6 +32,11 @@ pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
 }
 
 impl Sub {
+    /// Wraps an open stream.
+    pub fn from_stream(stream: Streaming<Response>) -> Self {
+        Self { stream }
+    }
+
     /// The next event, within `within`.
     pub async fn next_within(&mut self, within: Duration) -> Option<Result<pb::OccupancyEvent, tonic::Status>> {
         match tokio::time::timeout(within, self.stream.message()).await {

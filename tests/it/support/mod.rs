@@ -1,6 +1,7 @@
 //! Test support: private Redis servers, in-process servers over either
 //! store, and gRPC clients.
 
+pub mod nginx;
 pub mod process;
 pub mod redis;
 

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// A running `occupancy serve` process.
@@ -11,6 +11,8 @@ pub struct Proc {
     child: Child,
     /// The address it serves on.
     pub addr: SocketAddr,
+    /// Every line it printed.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 /// The binary under test.
@@ -33,10 +35,15 @@ impl Proc {
             .expect("spawn occupancy");
         let stdout = child.stdout.take().expect("stdout");
         let (tx, rx) = mpsc::channel();
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut tx = Some(tx);
             for line in BufReader::new(stdout).lines() {
                 let Ok(line) = line else { break };
+                if let Ok(mut l) = sink.lock() {
+                    l.push(line.clone());
+                }
                 if line.contains("serving") {
                     if let Some(addr) = line.split("addr=").nth(1) {
                         if let Some(tx) = tx.take() {
@@ -50,6 +57,7 @@ impl Proc {
         let mut proc = Self {
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            log,
         };
         proc.addr = addr
             .expect("occupancy printed no 'serving' line within 20 s")
@@ -61,6 +69,14 @@ impl Proc {
     /// The server's URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// Whether it printed a line containing `needle`.
+    pub fn logged(&self, needle: &str) -> bool {
+        self.log
+            .lock()
+            .map(|l| l.iter().any(|x| x.contains(needle)))
+            .unwrap_or(false)
     }
 
     /// The process id.

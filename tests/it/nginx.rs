@@ -1,0 +1,96 @@
+//! Three replicas and one Redis behind the shipped nginx configuration: a
+//! client subscribed through nginx sees every write made through nginx, and
+//! when the replica holding its stream is killed it resumes on another one
+//! and converges to the right state.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+use tonic::transport::Channel;
+
+use crate::fixture::*;
+use crate::subscribe::{m, req, Sub};
+use crate::support::nginx::Nginx;
+use crate::support::process::Proc;
+use crate::support::{ReadClient, RedisServer, WriteClient};
+
+async fn through(url: &str) -> (Fx, Channel) {
+    let ch = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .expect("connect to nginx");
+    (
+        Fx {
+            r: ReadClient::new(ch.clone()),
+            w: WriteClient::new(ch.clone()),
+        },
+        ch,
+    )
+}
+
+async fn subscribe_via(ch: &Channel, r: pb::SubscribeOccupancyRequest) -> Sub {
+    let stream = ReadClient::new(ch.clone())
+        .subscribe_occupancy(r)
+        .await
+        .expect("subscribe through nginx")
+        .into_inner();
+    Sub::from_stream(stream)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_replicas_behind_nginx_survive_a_killed_replica() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let mut replicas: Vec<Proc> = (0..3).map(|_| Proc::spawn(&["--redis-url", &url])).collect();
+    let nginx = Nginx::start(&replicas.iter().map(|p| p.addr).collect::<Vec<_>>());
+    let (fx, ch) = through(&nginx.url()).await;
+    let channels = ["lobby", "game-1"];
+    let mut sub = subscribe_via(&ch, req(&channels)).await;
+    let mut last = sub.next().await;
+    sub.next().await;
+    // every write through nginx (spread over the replicas) arrives, in order
+    for i in 1..=30 {
+        let channel = channels[i % 2];
+        fx.attach("fe-1", &format!("c{i}"), channel, &[Mode::Subscribe]).await;
+        let e = sub.next().await;
+        assert_eq!(e.channel, channel);
+        assert_eq!(m(&e)[0] as usize, i.div_ceil(2));
+        last = e;
+    }
+    // which replica holds the stream: the one that logged it
+    let holder = replicas
+        .iter()
+        .position(|p| p.logged("subscription opened"))
+        .expect("a replica logged the subscription");
+    let mut killed = replicas.remove(holder);
+    killed.signal("KILL");
+    killed.wait(Duration::from_secs(5)).expect("killed replica exited");
+    // the stream breaks; meanwhile writes go on through nginx
+    let broke = sub.next_within(Duration::from_secs(10)).await;
+    assert!(
+        matches!(broke, Some(Err(_)) | None),
+        "stream should fail, got {broke:?}"
+    );
+    for i in 31..=40 {
+        let channel = channels[i % 2];
+        fx.attach("fe-2", &format!("c{i}"), channel, &[Mode::Publish]).await;
+    }
+    fx.detach("fe-1", "c1", "game-1").await;
+    // resume through nginx, necessarily on another replica
+    let mut r = req(&channels);
+    r.resume_from = last.id.clone();
+    let mut sub = subscribe_via(&ch, r).await;
+    let latest: HashMap<String, [u32; 9]> = sub.settle(Duration::from_millis(500)).await;
+    for c in channels {
+        let truth = fx.get(c).await;
+        assert_eq!(latest.get(c), Some(&truth), "{c} converged after resume");
+    }
+    assert!(
+        replicas.iter().any(|p| p.logged("subscription opened")),
+        "resumed on a surviving replica"
+    );
+}

@@ -4,7 +4,6 @@
 //! occupancy, from an Attach returning on replica A to the event arriving at
 //! each of N subscribers on replica B.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
@@ -105,7 +104,7 @@ async fn latency(a: String, b: String, subscribers: usize, changes: usize, rate:
         }));
     }
     let mut writer = ConnectionServiceClient::new(channel(&a).await?);
-    let returned: Arc<std::sync::Mutex<Vec<Duration>>> = Arc::new(std::sync::Mutex::new(vec![Duration::ZERO; changes + 1]));
+    let mut returned = vec![Duration::ZERO; changes + 1];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
     for i in 1..=changes {
         tick.tick().await;
@@ -117,11 +116,8 @@ async fn latency(a: String, b: String, subscribers: usize, changes: usize, rate:
                 modes: vec![pb::Mode::Subscribe as i32],
             })
             .await?;
-        if let Ok(mut r) = returned.lock() {
-            r[i] = start.elapsed();
-        }
+        returned[i] = start.elapsed();
     }
-    let returned = returned.lock().map(|r| r.clone()).unwrap_or_default();
     let mut samples = Vec::with_capacity(subscribers * changes);
     let mut missing = 0usize;
     for r in readers {

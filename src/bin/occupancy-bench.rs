@@ -106,7 +106,7 @@ async fn latency(a: String, b: String, subscribers: usize, changes: usize, rate:
     let mut writer = ConnectionServiceClient::new(channel(&a).await?);
     let mut returned = vec![Duration::ZERO; changes + 1];
     let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    for i in 1..=changes {
+    for (i, slot) in returned.iter_mut().enumerate().skip(1) {
         tick.tick().await;
         writer
             .attach(pb::AttachRequest {
@@ -116,7 +116,7 @@ async fn latency(a: String, b: String, subscribers: usize, changes: usize, rate:
                 modes: vec![pb::Mode::Subscribe as i32],
             })
             .await?;
-        returned[i] = start.elapsed();
+        *slot = start.elapsed();
     }
     let mut samples = Vec::with_capacity(subscribers * changes);
     let mut missing = 0usize;

@@ -6,7 +6,6 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
-use crate::config::{MAX_SESSION_TTL, MIN_SESSION_TTL};
 use crate::domain::{InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
 use crate::error::Error;
 use crate::proto::v1 as pb;
@@ -118,13 +117,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
-        let ttl = match r.ttl_ms {
-            0 => None,
-            t if u128::from(t) < MIN_SESSION_TTL.as_millis() || u128::from(t) > MAX_SESSION_TTL.as_millis() => {
-                return Err(Error::from(InvalidInput::new("ttl_ms", "must be 0 or between 1000 and 600000")).into())
-            }
-            t => Some(u64::from(t)),
-        };
+        let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
         let (status, ttl_ms) = match self.store.keep_alive(&session, ttl).await? {
             KeepAliveOutcome::Active { ttl_ms } => (pb::SessionStatus::Active, ttl_ms),
             KeepAliveOutcome::Unknown { ttl_ms } => (pb::SessionStatus::Unknown, ttl_ms),
@@ -132,6 +125,34 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         Ok(Response::new(pb::KeepAliveResponse {
             status: status as i32,
             ttl_ms: u32::try_from(ttl_ms).unwrap_or(u32::MAX),
+        }))
+    }
+
+    #[instrument(skip_all, fields(session = %req.get_ref().session_id, attachments = req.get_ref().attachments.len()))]
+    async fn sync_session(
+        &self,
+        req: Request<pb::SyncSessionRequest>,
+    ) -> Result<Response<pb::SyncSessionResponse>, Status> {
+        let r = req.into_inner();
+        let session = convert::session(&r.session_id).map_err(Error::from)?;
+        let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
+        let desired = convert::held(&r.attachments).map_err(Error::from)?;
+        let out = self.store.sync_session(&session, &desired, ttl).await?;
+        if out.added + out.removed > 0 {
+            tracing::info!(
+                added = out.added,
+                removed = out.removed,
+                "session synced with corrections"
+            );
+        }
+        Ok(Response::new(pb::SyncSessionResponse {
+            status: if out.was_alive {
+                pb::SessionStatus::Active
+            } else {
+                pb::SessionStatus::Unknown
+            } as i32,
+            added: out.added,
+            removed: out.removed,
         }))
     }
 

@@ -243,3 +243,61 @@ pub(crate) fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Res
         resume,
     })
 }
+
+/// A lease length field: 0 for none, else 1 s to 10 min.
+pub(crate) fn ttl(v: u32) -> Result<Option<u64>, InvalidInput> {
+    use crate::config::{MAX_SESSION_TTL, MIN_SESSION_TTL};
+    match v {
+        0 => Ok(None),
+        t if u128::from(t) < MIN_SESSION_TTL.as_millis() || u128::from(t) > MAX_SESSION_TTL.as_millis() => {
+            Err(InvalidInput::new("ttl_ms", "must be 0 or between 1000 and 600000"))
+        }
+        t => Ok(Some(u64::from(t))),
+    }
+}
+
+/// The holdings a SyncSession declares.
+pub(crate) fn held(list: &[pb::SessionAttachment]) -> Result<Vec<domain::HeldAttachment>, InvalidInput> {
+    use domain::ops::MAX_SYNC_ATTACHMENTS;
+    if list.len() > MAX_SYNC_ATTACHMENTS {
+        return Err(InvalidInput::new(
+            "attachments",
+            format!("at most {MAX_SYNC_ATTACHMENTS} per call, got {}", list.len()),
+        ));
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(list.len());
+    for (i, a) in list.iter().enumerate() {
+        let at = |f: &str| format!("attachments[{i}].{f}");
+        let connection = ConnectionId::parse(&at("connection_id"), a.connection_id.as_str())?;
+        let channel = ChannelName::parse(&at("channel"), a.channel.as_str())?;
+        let modes = modes(&at("modes"), &a.modes)?;
+        let mut members = a
+            .presence_client_ids
+            .iter()
+            .enumerate()
+            .map(|(j, c)| ClientId::parse(&at(&format!("presence_client_ids[{j}]")), c.as_str()))
+            .collect::<Result<Vec<_>, _>>()?;
+        members.sort();
+        members.dedup();
+        if !members.is_empty() && !modes.contains(domain::Mode::Presence) {
+            return Err(InvalidInput::new(
+                at("presence_client_ids"),
+                "presence members need MODE_PRESENCE",
+            ));
+        }
+        if !seen.insert((connection.clone(), channel.clone())) {
+            return Err(InvalidInput::new(
+                at("channel"),
+                "the same connection and channel appear twice",
+            ));
+        }
+        out.push(domain::HeldAttachment {
+            connection,
+            channel,
+            modes,
+            members,
+        });
+    }
+    Ok(out)
+}

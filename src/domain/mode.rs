@@ -42,7 +42,7 @@ impl Mode {
 }
 
 /// A set of modes, stored as a bit mask (the same encoding in every store).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct ModeSet(u8);
 
 impl ModeSet {

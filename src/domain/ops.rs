@@ -111,3 +111,84 @@ pub enum KeepAliveOutcome {
         ttl_ms: u64,
     },
 }
+
+/// One attachment of a session with its presence members: what a session
+/// holds, as read from a store or as a front end declares it.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct HeldAttachment {
+    /// The connection.
+    pub connection: ConnectionId,
+    /// The channel.
+    pub channel: ChannelName,
+    /// Its modes.
+    pub modes: ModeSet,
+    /// Presence members entered through it, sorted.
+    pub members: Vec<ClientId>,
+}
+
+/// Largest number of attachments in one SyncSession.
+pub const MAX_SYNC_ATTACHMENTS: usize = 50_000;
+
+/// The operations that turn `current` into `desired` (both the complete
+/// holdings of one session), and how many holdings they add or correct and
+/// remove.
+pub fn sync_operations(current: &[HeldAttachment], desired: &[HeldAttachment]) -> (Vec<Operation>, u32, u32) {
+    use std::collections::BTreeMap;
+    let key = |a: &HeldAttachment| (a.connection.clone(), a.channel.clone());
+    let cur: BTreeMap<_, &HeldAttachment> = current.iter().map(|a| (key(a), a)).collect();
+    let want: BTreeMap<_, &HeldAttachment> = desired.iter().map(|a| (key(a), a)).collect();
+    let mut ops = Vec::new();
+    let (mut added, mut removed) = (0u32, 0u32);
+    for (k, a) in &cur {
+        if !want.contains_key(k) {
+            removed += 1 + a.members.len() as u32;
+            ops.push(Operation::Detach {
+                connection: a.connection.clone(),
+                channel: a.channel.clone(),
+            });
+        }
+    }
+    for (k, d) in &want {
+        let held = cur.get(k);
+        let same_modes = held.is_some_and(|h| h.modes == d.modes);
+        if !same_modes {
+            added += 1;
+            ops.push(Operation::Attach {
+                connection: d.connection.clone(),
+                channel: d.channel.clone(),
+                modes: d.modes,
+            });
+        }
+        // members that survive the attach (a mode change that drops
+        // presence removes them)
+        let kept: Vec<&ClientId> = match held {
+            Some(h) if h.modes.contains(super::Mode::Presence) && d.modes.contains(super::Mode::Presence) => {
+                h.members.iter().collect()
+            }
+            _ => Vec::new(),
+        };
+        if let Some(h) = held {
+            removed += h.members.iter().filter(|m| !d.members.contains(m)).count() as u32;
+        }
+        for m in &kept {
+            if !d.members.contains(m) {
+                ops.push(Operation::Leave {
+                    connection: d.connection.clone(),
+                    channel: d.channel.clone(),
+                    client: (*m).clone(),
+                });
+            }
+        }
+        for m in &d.members {
+            if !kept.contains(&m) {
+                added += 1;
+                ops.push(Operation::Enter {
+                    connection: d.connection.clone(),
+                    channel: d.channel.clone(),
+                    client: m.clone(),
+                });
+            }
+        }
+    }
+    (ops, added, removed)
+}

@@ -17,7 +17,7 @@ use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
 use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
 use super::metrics::Metrics;
 use super::mode::{Mode, ModeSet};
-use super::ops::{KeepAliveOutcome, OpResult, OpStatus, Operation};
+use super::ops::{HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 
 /// A channel whose metrics changed in one atomic step, with its metrics
 /// after the step.
@@ -81,6 +81,34 @@ impl OccupancyState {
     /// The metrics of `channel` (all zero when it is not active).
     pub fn metrics(&self, channel: &ChannelName) -> Metrics {
         self.channels.get(channel).map(|c| c.metrics).unwrap_or_default()
+    }
+
+    /// Everything `session` holds while its lease is alive at `now`,
+    /// sorted; empty for an unknown or expired session.
+    pub fn session_state(&self, now: u64, session: &SessionId) -> Vec<HeldAttachment> {
+        let Some(lease) = self
+            .sessions
+            .get(session)
+            .and_then(|t| self.leases.get(t))
+            .filter(|l| l.deadline > now)
+        else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for conn in &lease.conns {
+            if let Some(c) = self.conns.get(conn) {
+                for (channel, a) in &c.channels {
+                    out.push(HeldAttachment {
+                        connection: conn.clone(),
+                        channel: channel.clone(),
+                        modes: a.modes,
+                        members: a.members.iter().cloned().collect(),
+                    });
+                }
+            }
+        }
+        out.sort();
+        out
     }
 
     /// Number of live sessions (for tests and gauges).

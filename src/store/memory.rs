@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::events::shard_of;
 use crate::domain::{
-    Change, ChangeEvent, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState, OpResult,
-    Operation, Pos, SessionId,
+    Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState,
+    OpResult, Operation, Pos, SessionId,
 };
 use crate::error::{Error, Result};
 
@@ -152,6 +152,11 @@ impl Store for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         Ok(self.lock()?.state.list(query))
+    }
+
+    async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {
+        let now = self.now();
+        Ok(self.lock()?.state.session_state(now, session))
     }
 
     async fn reap(&self) -> Result<ReapReport> {

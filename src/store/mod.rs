@@ -8,7 +8,8 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    ChangeEvent, ChannelName, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+    ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos,
+    SessionId,
 };
 use crate::error::Result;
 
@@ -61,6 +62,17 @@ pub struct History {
     pub more: bool,
 }
 
+/// What a SyncSession did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SyncOutcome {
+    /// Whether the session's lease was alive before.
+    pub was_alive: bool,
+    /// Holdings added or corrected.
+    pub added: u32,
+    /// Holdings removed.
+    pub removed: u32,
+}
+
 /// Occupancy state shared by the service's handlers.
 ///
 /// Every method is atomic with respect to the others, whichever replica
@@ -97,6 +109,48 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// As [`Store::apply`].
     async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// Everything `session` holds while its lease is alive, sorted; empty
+    /// for an unknown or expired session.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>>;
+
+    /// Makes `session` hold exactly `desired` (idempotent): opens or
+    /// extends its lease (to `ttl_ms` when given), then applies the
+    /// difference from what it holds, re-reading until nothing differs (at
+    /// most three rounds: a connection moved in from another session may
+    /// bring attachments of its own, which the next round removes).
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn sync_session(
+        &self,
+        session: &SessionId,
+        desired: &[HeldAttachment],
+        ttl_ms: Option<u64>,
+    ) -> Result<SyncOutcome> {
+        let was = self.keep_alive(session, ttl_ms).await?;
+        let mut outcome = SyncOutcome {
+            was_alive: matches!(was, KeepAliveOutcome::Active { .. }),
+            added: 0,
+            removed: 0,
+        };
+        for _ in 0..3 {
+            let current = self.session_state(session).await?;
+            let (ops, added, removed) = crate::domain::ops::sync_operations(&current, desired);
+            if ops.is_empty() {
+                break;
+            }
+            outcome.added += added;
+            outcome.removed += removed;
+            for chunk in ops.chunks(crate::domain::ops::MAX_BATCH) {
+                self.apply(session, chunk, false).await?;
+            }
+        }
+        Ok(outcome)
+    }
 
     /// Does one round of lease expiry. Safe to call from every replica at
     /// once: each expired session is removed exactly once.

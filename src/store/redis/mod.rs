@@ -20,8 +20,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
-    ChannelName, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics, OpResult, OpStatus, Operation, Pos,
-    SessionId,
+    ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics,
+    ModeSet, OpResult, OpStatus, Operation, Pos, SessionId,
 };
 use crate::error::{Error, Result};
 
@@ -47,6 +47,7 @@ static REAP: LazyLock<Script> = script!("reap.lua");
 static LIST: LazyLock<Script> = script!("list.lua");
 static SNAPSHOT: LazyLock<Script> = script!("snapshot.lua");
 static HISTORY: LazyLock<Script> = script!("history.lua");
+static SESSION_STATE: LazyLock<Script> = script!("session_state.lua");
 pub(crate) static STREAM_STATE: LazyLock<Script> = script!("stream_state.lua");
 
 /// Connections a reap round may remove in one script call; bounds how long
@@ -336,6 +337,34 @@ impl Store for RedisStore {
             });
         }
         Ok(ListPage { channels, next_cursor })
+    }
+
+    async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {
+        let mut inv = self.invocation(&SESSION_STATE);
+        inv.arg(session.as_str());
+        let mut conn = self.conn.clone();
+        let flat: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let bad = || Error::Internal("session state script returned a malformed list".into());
+        let mut out = Vec::new();
+        let mut it = flat.into_iter();
+        while let Some(connection) = it.next() {
+            let channel = it.next().ok_or_else(bad)?;
+            let modes: u8 = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let n: usize = it.next().ok_or_else(bad)?.parse().map_err(|_| bad())?;
+            let mut members = Vec::with_capacity(n);
+            for _ in 0..n {
+                members.push(ClientId::parse("client_id", it.next().ok_or_else(bad)?).map_err(|_| bad())?);
+            }
+            members.sort();
+            out.push(HeldAttachment {
+                connection: ConnectionId::parse("connection_id", connection).map_err(|_| bad())?,
+                channel: ChannelName::parse("channel", channel).map_err(|_| bad())?,
+                modes: ModeSet::from_bits(modes),
+                members,
+            });
+        }
+        out.sort();
+        Ok(out)
     }
 
     async fn reap(&self) -> Result<ReapReport> {

@@ -4,6 +4,8 @@
 
 mod conformance;
 mod fixture;
+mod model;
+mod model_check;
 mod nginx;
 mod process;
 mod redis_store;

@@ -1,0 +1,229 @@
+//! A reference model of occupancy in plain Rust, written independently of
+//! the service's state machine: sessions, the connections they own, each
+//! connection's channels with modes and presence members. Metrics are
+//! computed by scanning everything, the slow obvious way.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub const PUBLISH: u8 = 1;
+pub const SUBSCRIBE: u8 = 2;
+pub const PRESENCE: u8 = 4;
+pub const PRESENCE_SUBSCRIBE: u8 = 8;
+pub const OBJECT_PUBLISH: u8 = 16;
+pub const OBJECT_SUBSCRIBE: u8 = 32;
+
+/// One write, as the test sends it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    Attach {
+        conn: String,
+        channel: String,
+        modes: u8,
+    },
+    Detach {
+        conn: String,
+        channel: String,
+    },
+    Enter {
+        conn: String,
+        channel: String,
+        client: String,
+    },
+    Leave {
+        conn: String,
+        channel: String,
+        client: String,
+    },
+}
+
+#[derive(Debug, Default, Clone)]
+struct Conn {
+    session: String,
+    channels: BTreeMap<String, (u8, BTreeSet<String>)>,
+}
+
+/// The model.
+#[derive(Debug, Default, Clone)]
+pub struct Model {
+    conns: BTreeMap<String, Conn>,
+}
+
+impl Model {
+    /// Applies `op` written by `session`; false when it was refused
+    /// (entering presence without presence mode).
+    pub fn apply(&mut self, session: &str, op: &Op) -> bool {
+        let conn_id = match op {
+            Op::Attach { conn, .. } | Op::Detach { conn, .. } | Op::Enter { conn, .. } | Op::Leave { conn, .. } => conn,
+        };
+        // any write naming a connection moves it to the writer's session
+        if let Some(c) = self.conns.get_mut(conn_id) {
+            c.session = session.to_string();
+        }
+        match op {
+            Op::Attach { conn, channel, modes } => {
+                let c = self.conns.entry(conn.clone()).or_insert_with(|| Conn {
+                    session: session.to_string(),
+                    channels: BTreeMap::new(),
+                });
+                let entry = c.channels.entry(channel.clone()).or_insert((0, BTreeSet::new()));
+                if modes & PRESENCE == 0 {
+                    entry.1.clear();
+                }
+                entry.0 = *modes;
+                true
+            }
+            Op::Detach { conn, channel } => {
+                if let Some(c) = self.conns.get_mut(conn) {
+                    c.channels.remove(channel);
+                    if c.channels.is_empty() {
+                        self.conns.remove(conn);
+                    }
+                }
+                true
+            }
+            Op::Enter { conn, channel, client } => {
+                match self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) {
+                    Some((modes, members)) if *modes & PRESENCE != 0 => {
+                        members.insert(client.clone());
+                        true
+                    }
+                    _ => false,
+                }
+            }
+            Op::Leave { conn, channel, client } => {
+                if let Some((_, members)) = self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) {
+                    members.remove(client);
+                }
+                true
+            }
+        }
+    }
+
+    /// The session's lease ran out (or it was closed): everything it owns goes.
+    pub fn expire(&mut self, session: &str) {
+        self.conns.retain(|_, c| c.session != session);
+    }
+
+    /// What `session` holds: (connection, channel, modes, members).
+    pub fn holdings(&self, session: &str) -> Vec<(String, String, u8, Vec<String>)> {
+        let mut out = Vec::new();
+        for (id, c) in &self.conns {
+            if c.session == session {
+                for (ch, (modes, members)) in &c.channels {
+                    out.push((id.clone(), ch.clone(), *modes, members.iter().cloned().collect()));
+                }
+            }
+        }
+        out
+    }
+
+    /// Metrics in the fixture's order: connections, publishers,
+    /// subscribers, presence_connections, presence_members,
+    /// presence_subscribers, object_publishers, object_subscribers,
+    /// presence_clients.
+    pub fn metrics(&self, channel: &str) -> [u32; 9] {
+        let mut m = [0u32; 9];
+        let mut clients = BTreeSet::new();
+        for c in self.conns.values() {
+            if let Some((modes, members)) = c.channels.get(channel) {
+                m[0] += 1;
+                for (bit, slot) in [
+                    (PUBLISH, 1),
+                    (SUBSCRIBE, 2),
+                    (PRESENCE, 3),
+                    (PRESENCE_SUBSCRIBE, 5),
+                    (OBJECT_PUBLISH, 6),
+                    (OBJECT_SUBSCRIBE, 7),
+                ] {
+                    if modes & bit != 0 {
+                        m[slot] += 1;
+                    }
+                }
+                m[4] += members.len() as u32;
+                clients.extend(members.iter().cloned());
+            }
+        }
+        m[8] = clients.len() as u32;
+        m
+    }
+
+    /// Active channels, in byte order.
+    pub fn active(&self) -> Vec<String> {
+        let set: BTreeSet<&String> = self.conns.values().flat_map(|c| c.channels.keys()).collect();
+        set.into_iter().cloned().collect()
+    }
+}
+
+#[test]
+fn model_follows_the_rules() {
+    let mut m = Model::default();
+    assert!(!m.apply(
+        "s",
+        &Op::Enter {
+            conn: "c".into(),
+            channel: "x".into(),
+            client: "a".into()
+        }
+    ));
+    m.apply(
+        "s",
+        &Op::Attach {
+            conn: "c".into(),
+            channel: "x".into(),
+            modes: PRESENCE | PUBLISH,
+        },
+    );
+    assert!(m.apply(
+        "s",
+        &Op::Enter {
+            conn: "c".into(),
+            channel: "x".into(),
+            client: "a".into()
+        }
+    ));
+    m.apply(
+        "s",
+        &Op::Attach {
+            conn: "d".into(),
+            channel: "x".into(),
+            modes: PRESENCE,
+        },
+    );
+    m.apply(
+        "s",
+        &Op::Enter {
+            conn: "d".into(),
+            channel: "x".into(),
+            client: "a".into(),
+        },
+    );
+    assert_eq!(m.metrics("x"), [2, 1, 0, 2, 2, 0, 0, 0, 1]);
+    // resume moves c to t; expiring s leaves it
+    m.apply(
+        "t",
+        &Op::Attach {
+            conn: "c".into(),
+            channel: "x".into(),
+            modes: PRESENCE | PUBLISH,
+        },
+    );
+    m.expire("s");
+    assert_eq!(m.metrics("x"), [1, 1, 0, 1, 1, 0, 0, 0, 1]);
+    m.apply(
+        "t",
+        &Op::Attach {
+            conn: "c".into(),
+            channel: "x".into(),
+            modes: SUBSCRIBE,
+        },
+    );
+    assert_eq!(m.metrics("x"), [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    m.apply(
+        "t",
+        &Op::Detach {
+            conn: "c".into(),
+            channel: "x".into(),
+        },
+    );
+    assert!(m.active().is_empty());
+}

@@ -1,0 +1,502 @@
+//! Model-based test: concurrent writers drive several replicas sharing one
+//! Redis with random batches, duplicated and retried requests, resumes,
+//! closes and lease expiries; then every channel's metrics, every
+//! ListChannels page and every live subscriber's last event are compared
+//! with the reference model, exactly.
+//!
+//! The seed is printed and can be replayed with `OCCUPANCY_MODEL_SEED`;
+//! `OCCUPANCY_MODEL_OPS` sets operations per writer (default 250; the long
+//! mode in TESTING.md uses 25,000 per writer for 100,000 operations).
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use occupancy::proto::v1 as pb;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use tonic::transport::{Channel, Endpoint};
+
+use crate::model::{self, Model, Op};
+use crate::subscribe::Sub;
+use crate::support::{Harness, ReadClient, TestServer, WriteClient};
+
+/// How a drive runs.
+#[derive(Debug, Clone)]
+pub struct Drive {
+    pub seed: u64,
+    pub writers: usize,
+    pub ops_per_writer: usize,
+    pub channels: usize,
+    /// Let leases run out now and then (needs the servers' TTL short).
+    pub expiries: bool,
+}
+
+/// What a drive did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Report {
+    pub operations: usize,
+    pub requests: usize,
+    pub retries: usize,
+    pub duplicates: usize,
+    pub resumes: usize,
+    pub closes: usize,
+    pub expiries: usize,
+    pub status_mismatches: usize,
+}
+
+impl Report {
+    fn add(&mut self, o: &Report) {
+        self.operations += o.operations;
+        self.requests += o.requests;
+        self.retries += o.retries;
+        self.duplicates += o.duplicates;
+        self.resumes += o.resumes;
+        self.closes += o.closes;
+        self.expiries += o.expiries;
+        self.status_mismatches += o.status_mismatches;
+    }
+}
+
+pub fn seed() -> u64 {
+    std::env::var("OCCUPANCY_MODEL_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| rand::rng().random())
+}
+
+pub fn ops_per_writer(default: usize) -> usize {
+    std::env::var("OCCUPANCY_MODEL_OPS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+fn lazy(url: &str) -> Channel {
+    Endpoint::from_shared(url.to_string())
+        .expect("url")
+        .connect_timeout(Duration::from_secs(1))
+        .timeout(Duration::from_secs(5))
+        .connect_lazy()
+}
+
+fn to_pb(op: &Op) -> pb::operation::Op {
+    use crate::support::modes;
+    let mode_list = |bits: u8| {
+        let mut v = Vec::new();
+        for (b, m) in [
+            (model::PUBLISH, pb::Mode::Publish),
+            (model::SUBSCRIBE, pb::Mode::Subscribe),
+            (model::PRESENCE, pb::Mode::Presence),
+            (model::PRESENCE_SUBSCRIBE, pb::Mode::PresenceSubscribe),
+            (model::OBJECT_PUBLISH, pb::Mode::ObjectPublish),
+            (model::OBJECT_SUBSCRIBE, pb::Mode::ObjectSubscribe),
+        ] {
+            if bits & b != 0 {
+                v.push(m);
+            }
+        }
+        modes(&v)
+    };
+    match op {
+        Op::Attach { conn, channel, modes } => pb::operation::Op::Attach(pb::AttachOperation {
+            connection_id: conn.clone(),
+            channel: channel.clone(),
+            modes: mode_list(*modes),
+        }),
+        Op::Detach { conn, channel } => pb::operation::Op::Detach(pb::DetachOperation {
+            connection_id: conn.clone(),
+            channel: channel.clone(),
+        }),
+        Op::Enter { conn, channel, client } => pb::operation::Op::Enter(pb::PresenceOperation {
+            connection_id: conn.clone(),
+            channel: channel.clone(),
+            client_id: client.clone(),
+        }),
+        Op::Leave { conn, channel, client } => pb::operation::Op::Leave(pb::PresenceOperation {
+            connection_id: conn.clone(),
+            channel: channel.clone(),
+            client_id: client.clone(),
+        }),
+    }
+}
+
+struct Writer {
+    id: usize,
+    rng: StdRng,
+    clients: Vec<(WriteClient, ReadClient)>,
+    model: Arc<Mutex<Model>>,
+    channels: usize,
+    report: Report,
+}
+
+impl Writer {
+    fn session(&self, s: usize) -> String {
+        format!("w{}-s{s}", self.id)
+    }
+
+    fn random_op(&mut self) -> Op {
+        let conn = format!("w{}-c{}", self.id, self.rng.random_range(0..6));
+        let channel = format!("ch:{:02}", self.rng.random_range(0..self.channels));
+        let client = ["alice", "bob", "carol", "dave"][self.rng.random_range(0..4)].to_string();
+        match self.rng.random_range(0..10) {
+            0..=3 => Op::Attach {
+                conn,
+                channel,
+                modes: self.rng.random_range(0..64),
+            },
+            4..=5 => Op::Detach { conn, channel },
+            6..=8 => Op::Enter { conn, channel, client },
+            _ => Op::Leave { conn, channel, client },
+        }
+    }
+
+    /// Sends an Apply, retrying on other replicas until one answers
+    /// (bounded), and maybe sending it again (a duplicate).
+    async fn apply(&mut self, session: &str, ops: &[Op]) -> Vec<pb::OperationResult> {
+        let req = pb::ApplyRequest {
+            session_id: session.to_string(),
+            operations: ops.iter().map(|o| pb::Operation { op: Some(to_pb(o)) }).collect(),
+            include_metrics: false,
+        };
+        let mut replica = self.rng.random_range(0..self.clients.len());
+        let mut result = None;
+        for attempt in 0..200 {
+            self.report.requests += 1;
+            match self.clients[replica].0.apply(req.clone()).await {
+                Ok(r) => {
+                    result = Some(r.into_inner().results);
+                    break;
+                }
+                Err(status) => {
+                    assert!(
+                        matches!(
+                            status.code(),
+                            tonic::Code::Unavailable
+                                | tonic::Code::Unknown
+                                | tonic::Code::Cancelled
+                                | tonic::Code::DeadlineExceeded
+                        ),
+                        "unexpected error {status:?}"
+                    );
+                    self.report.retries += 1;
+                    replica = (replica + 1) % self.clients.len();
+                    tokio::time::sleep(Duration::from_millis(10 * (attempt % 10 + 1))).await;
+                }
+            }
+        }
+        let results = result.expect("no replica answered in 200 attempts");
+        if self.rng.random_bool(0.1) {
+            // the client did not see the answer and sends it again
+            self.report.duplicates += 1;
+            let other = (replica + 1) % self.clients.len();
+            self.report.requests += 1;
+            if let Ok(r) = self.clients[other].0.apply(req).await {
+                let again = r.into_inner().results;
+                assert_eq!(again.len(), results.len());
+            }
+        }
+        results
+    }
+
+    async fn keep_alive(&mut self, session: &str) {
+        for i in 0..200 {
+            let n = self.clients.len();
+            let c = &mut self.clients[i % n].0;
+            if c.keep_alive(pb::KeepAliveRequest {
+                session_id: session.to_string(),
+                ttl_ms: 0,
+            })
+            .await
+            .is_ok()
+            {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("keep-alive failed 200 times");
+    }
+
+    async fn marker_connections(&mut self, channel: &str) -> Option<u32> {
+        let i = self.rng.random_range(0..self.clients.len());
+        let r = self.clients[i]
+            .1
+            .get_occupancy(pb::GetOccupancyRequest {
+                channel: channel.to_string(),
+            })
+            .await
+            .ok()?;
+        Some(r.into_inner().channel?.status?.occupancy?.metrics?.connections)
+    }
+
+    async fn run(mut self, steps: usize, expiries: bool) -> Report {
+        let mut since_keepalive = 0;
+        for _ in 0..steps {
+            since_keepalive += 1;
+            if since_keepalive >= 10 {
+                since_keepalive = 0;
+                for s in 0..2 {
+                    let name = self.session(s);
+                    self.keep_alive(&name).await;
+                }
+            }
+            let s = self.rng.random_range(0..2);
+            let session = self.session(s);
+            let roll = self.rng.random_range(0..100);
+            if roll < 2 {
+                // close a session: everything it owns goes at once
+                self.report.closes += 1;
+                for i in 0..200 {
+                    let n = self.clients.len();
+                    let c = &mut self.clients[i % n].0;
+                    if c.close_session(pb::CloseSessionRequest {
+                        session_id: session.clone(),
+                    })
+                    .await
+                    .is_ok()
+                    {
+                        break;
+                    }
+                }
+                self.model.lock().unwrap().expire(&session);
+                continue;
+            }
+            if roll < 4 && expiries {
+                // let the lease run out: mark the session, stop writing for
+                // it, and wait until its marker is gone
+                self.report.expiries += 1;
+                let marker = format!("marker:{session}");
+                let op = Op::Attach {
+                    conn: format!("{session}-marker"),
+                    channel: marker.clone(),
+                    modes: 0,
+                };
+                self.apply(&session, std::slice::from_ref(&op)).await;
+                self.model.lock().unwrap().apply(&session, &op);
+                let other = self.session(1 - s);
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    self.keep_alive(&other).await;
+                    if self.marker_connections(&marker).await == Some(0) {
+                        break;
+                    }
+                    assert!(Instant::now() < deadline, "{session} did not expire within 30 s");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                self.model.lock().unwrap().expire(&session);
+                continue;
+            }
+            let n = if roll < 80 { self.rng.random_range(1..=8) } else { 1 };
+            let ops: Vec<Op> = (0..n).map(|_| self.random_op()).collect();
+            {
+                let m = self.model.lock().unwrap();
+                for op in &ops {
+                    let conn = match op {
+                        Op::Attach { conn, .. }
+                        | Op::Detach { conn, .. }
+                        | Op::Enter { conn, .. }
+                        | Op::Leave { conn, .. } => conn,
+                    };
+                    let owner = m.holdings(&self.session(1 - s)).iter().any(|h| &h.0 == conn);
+                    if owner {
+                        self.report.resumes += 1;
+                    }
+                }
+            }
+            let results = self.apply(&session, &ops).await;
+            let mut m = self.model.lock().unwrap();
+            for (op, r) in ops.iter().zip(results) {
+                let accepted = m.apply(&session, op);
+                let ok = r.status == pb::OperationStatus::Ok as i32;
+                if accepted != ok {
+                    self.report.status_mismatches += 1;
+                }
+            }
+            self.report.operations += n;
+        }
+        // hold the leases through the checks that follow
+        for s in 0..2 {
+            let session = self.session(s);
+            for i in 0..200 {
+                let n = self.clients.len();
+                let c = &mut self.clients[i % n].0;
+                if c.keep_alive(pb::KeepAliveRequest {
+                    session_id: session.clone(),
+                    ttl_ms: 60_000,
+                })
+                .await
+                .is_ok()
+                {
+                    break;
+                }
+            }
+        }
+        self.report
+    }
+}
+
+/// Runs the writers against `urls` and returns what they did.
+pub async fn drive(urls: &[String], d: &Drive, model: Arc<Mutex<Model>>) -> Report {
+    let mut tasks = Vec::new();
+    for w in 0..d.writers {
+        let clients = urls
+            .iter()
+            .map(|u| {
+                let ch = lazy(u);
+                (WriteClient::new(ch.clone()), ReadClient::new(ch))
+            })
+            .collect();
+        let writer = Writer {
+            id: w,
+            rng: StdRng::seed_from_u64(d.seed.wrapping_add(w as u64 * 7919)),
+            clients,
+            model: model.clone(),
+            channels: d.channels,
+            report: Report::default(),
+        };
+        tasks.push(tokio::spawn(writer.run(d.ops_per_writer, d.expiries)));
+    }
+    let mut total = Report::default();
+    for t in tasks {
+        total.add(&t.await.expect("writer panicked"));
+    }
+    total
+}
+
+/// Compares every channel's metrics and a full ListChannels walk, on each
+/// replica, with the model; returns the number of mismatches.
+pub async fn check(urls: &[String], model: &Model, universe: &[String]) -> usize {
+    let mut mismatches = 0;
+    for url in urls {
+        let mut r = ReadClient::new(lazy(url));
+        for ch in universe {
+            let got = r
+                .get_occupancy(pb::GetOccupancyRequest { channel: ch.clone() })
+                .await
+                .expect("get")
+                .into_inner();
+            let m = got.channel.unwrap().status.unwrap().occupancy.unwrap().metrics.unwrap();
+            let got = crate::fixture::arr(&m);
+            let want = model.metrics(ch);
+            if got != want {
+                eprintln!("mismatch on {url} {ch}: got {got:?}, model {want:?}");
+                mismatches += 1;
+            }
+        }
+        let fx = crate::fixture::Fx {
+            r: r.clone(),
+            w: WriteClient::new(lazy(url)),
+        };
+        let listed = fx.list_all("", 7).await;
+        if listed != model.active() {
+            eprintln!("list mismatch on {url}: got {listed:?}, model {:?}", model.active());
+            mismatches += 1;
+        }
+    }
+    mismatches
+}
+
+/// Compares each subscriber's newest event per channel with the model.
+pub async fn check_subscribers(subs: &mut [Sub], model: &Model) -> usize {
+    let mut mismatches = 0;
+    for sub in subs.iter_mut() {
+        let latest: HashMap<String, [u32; 9]> = sub.settle(Duration::from_millis(700)).await;
+        for (ch, got) in &latest {
+            if *got != model.metrics(ch) {
+                eprintln!(
+                    "subscriber mismatch on {ch}: got {got:?}, model {:?}",
+                    model.metrics(ch)
+                );
+                mismatches += 1;
+            }
+        }
+        for ch in model.active() {
+            if ch.starts_with("ch:") && !latest.contains_key(&ch) {
+                eprintln!("subscriber never heard of active {ch}");
+                mismatches += 1;
+            }
+        }
+    }
+    mismatches
+}
+
+pub fn universe(d: &Drive) -> Vec<String> {
+    let mut u: Vec<String> = (0..d.channels).map(|i| format!("ch:{i:02}")).collect();
+    for w in 0..d.writers {
+        for s in 0..2 {
+            u.push(format!("marker:w{w}-s{s}"));
+        }
+    }
+    u
+}
+
+/// Prints the seed if the test fails, so it can be replayed.
+pub struct SeedGuard(pub u64);
+
+impl Drop for SeedGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("model test failed; replay with OCCUPANCY_MODEL_SEED={}", self.0);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_three_replicas_match_the_model() {
+    let d = Drive {
+        seed: seed(),
+        writers: 4,
+        ops_per_writer: ops_per_writer(250),
+        channels: 12,
+        expiries: true,
+    };
+    let _guard = SeedGuard(d.seed);
+    eprintln!(
+        "model test seed {} ({} writers x {} steps)",
+        d.seed, d.writers, d.ops_per_writer
+    );
+    let h = Harness::redis(Duration::from_millis(1_500));
+    let servers: Vec<TestServer> = futures::future::join_all((0..3).map(|_| h.server())).await;
+    let urls: Vec<String> = servers.iter().map(TestServer::url).collect();
+    let mut subs = Vec::new();
+    for s in &servers {
+        let mut sub = crate::subscribe::subscribe(
+            s,
+            pb::SubscribeOccupancyRequest {
+                prefix: "ch:".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+        // nothing is active yet: no snapshot events
+        sub.quiet_for(Duration::from_millis(100)).await;
+        subs.push(sub);
+    }
+    let model = Arc::new(Mutex::new(Model::default()));
+    let report = drive(&urls, &d, model.clone()).await;
+    let model = model.lock().unwrap().clone();
+    let mismatches = check(&urls, &model, &universe(&d)).await;
+    let sub_mismatches = check_subscribers(&mut subs, &model).await;
+    eprintln!(
+        "model test: {report:?}, replicas 3, mismatches {mismatches}, subscriber mismatches {sub_mismatches}, active channels {}",
+        model.active().len()
+    );
+    assert_eq!(report.status_mismatches, 0, "operation results disagree with the model");
+    assert_eq!(mismatches, 0, "metrics or pages disagree with the model");
+    assert_eq!(sub_mismatches, 0, "subscribers disagree with the model");
+    assert!(report.operations >= d.writers * d.ops_per_writer / 2);
+    // closing every session brings every count back to zero, exactly
+    let fx = crate::fixture::Fx::new(&servers[0]).await;
+    let mut model = model;
+    for w in 0..d.writers {
+        for s in 0..2 {
+            let session = format!("w{w}-s{s}");
+            fx.close(&session).await;
+            model.expire(&session);
+        }
+    }
+    assert!(model.active().is_empty());
+    assert_eq!(fx.list_all("", 100).await, Vec::<String>::new());
+    assert_eq!(check_subscribers(&mut subs, &model).await, 0, "subscribers end on zero");
+}

@@ -3,6 +3,7 @@
 #![allow(unreachable_pub)]
 
 mod conformance;
+mod faults;
 mod fixture;
 mod model;
 mod model_check;

@@ -25,6 +25,8 @@ const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries one XREAD returns at most.
 const BATCH: usize = 1024;
 const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// How often a reader checks that the stream it follows was not lost.
+const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads shard `shard` until `cancel`.
 pub(super) async fn run(
@@ -66,11 +68,23 @@ pub(super) async fn run(
         };
         let last_generated = Pos::parse(&last_generated).unwrap_or_default();
         let max_deleted = Pos::parse(&max_deleted).unwrap_or_default();
-        let (start, resync) = match last {
-            None => (last_generated, true),
-            Some(_) if !exists => (Pos::ZERO, true),
-            Some(l) if last_generated < l || max_deleted > l => (last_generated, true),
-            Some(l) => (l, false),
+        let start_over = match last {
+            None => true,
+            Some(l) if l == Pos::ZERO => false,
+            Some(_) if !exists => true,
+            Some(l) if last_generated < l || max_deleted >= l => true,
+            Some(l) => match entry_exists(&mut conn, &key, l).await {
+                Ok(found) => !found,
+                Err(e) => {
+                    failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), failing).await;
+                    continue;
+                }
+            },
+        };
+        let (start, resync) = if start_over {
+            (if exists { last_generated } else { Pos::ZERO }, true)
+        } else {
+            (last.unwrap_or_default(), false)
         };
         if failing {
             info!(shard, "event stream reader reconnected");
@@ -81,7 +95,25 @@ pub(super) async fn run(
             sink.resync();
         }
         let mut pos = start;
+        let mut verified = tokio::time::Instant::now();
         loop {
+            // Redis may lose its data without dropping the connection (a
+            // flush, a failover to an empty replica): once a second, check
+            // that the last entry read is still there.
+            if pos != Pos::ZERO && verified.elapsed() >= VERIFY_EVERY {
+                verified = tokio::time::Instant::now();
+                match entry_exists(&mut conn, &key, pos).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        warn!(shard, "event stream lost or trimmed past this reader, resyncing");
+                        break;
+                    }
+                    Err(e) => {
+                        failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), false).await;
+                        break;
+                    }
+                }
+            }
             let mut cmd = redis::cmd("XREAD");
             cmd.arg("COUNT")
                 .arg(BATCH)
@@ -116,6 +148,17 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+async fn entry_exists(conn: &mut redis::aio::MultiplexedConnection, key: &str, pos: Pos) -> redis::RedisResult<bool> {
+    let id = pos.to_string();
+    let found: Vec<redis::Value> = redis::cmd("XRANGE")
+        .arg(key)
+        .arg(&id)
+        .arg(&id)
+        .query_async(conn)
+        .await?;
+    Ok(!found.is_empty())
 }
 
 fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::Value>) -> Option<ChangeEvent> {

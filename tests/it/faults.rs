@@ -1,0 +1,368 @@
+//! Fault injection with real processes and a real redis-server: a replica
+//! killed mid-load, Redis losing its data, a front end that stops sending
+//! KeepAlive.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+use tonic::transport::Channel;
+
+use crate::fixture::*;
+use crate::model::{self, Model, Op};
+use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, SeedGuard};
+use crate::subscribe::{m, req, Sub};
+use crate::support::process::Proc;
+use crate::support::{Harness, ReadClient, RedisServer, WriteClient};
+
+async fn fx_for(url: &str) -> Fx {
+    let ch = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Fx {
+        r: ReadClient::new(ch.clone()),
+        w: WriteClient::new(ch),
+    }
+}
+
+async fn subscribe_url(url: &str, r: pb::SubscribeOccupancyRequest) -> Sub {
+    let ch = Channel::from_shared(url.to_string())
+        .unwrap()
+        .connect()
+        .await
+        .expect("connect");
+    Sub::from_stream(
+        ReadClient::new(ch)
+            .subscribe_occupancy(r)
+            .await
+            .expect("subscribe")
+            .into_inner(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
+    let d = Drive {
+        seed: seed(),
+        writers: 3,
+        ops_per_writer: 300,
+        channels: 10,
+        expiries: false,
+    };
+    let _guard = SeedGuard(d.seed);
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let replicas: Vec<Proc> = (0..3)
+        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
+        .collect();
+    let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
+    // subscribers on the two replicas that survive
+    let mut subs = Vec::new();
+    for u in &urls[1..] {
+        let mut s = subscribe_url(
+            u,
+            pb::SubscribeOccupancyRequest {
+                prefix: "ch:".into(),
+                ..Default::default()
+            },
+        )
+        .await;
+        s.quiet_for(Duration::from_millis(100)).await;
+        subs.push(s);
+    }
+    let model = Arc::new(Mutex::new(Model::default()));
+    let load = {
+        let urls = urls.clone();
+        let d = d.clone();
+        let model = model.clone();
+        tokio::spawn(async move { drive(&urls, &d, model).await })
+    };
+    // kill replica 0 while the writers are busy (they send to all three)
+    let victim = &replicas[0];
+    let started = Instant::now();
+    let fx = fx_for(&urls[1]).await;
+    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    victim.signal("KILL");
+    let report = load.await.expect("writers");
+    let model = model.lock().unwrap().clone();
+    let live = &urls[1..];
+    let mismatches = check(live, &model, &universe(&d)).await;
+    let sub_mismatches = check_subscribers(&mut subs, &model).await;
+    eprintln!("replica kill: {report:?}, mismatches {mismatches}, subscriber mismatches {sub_mismatches}");
+    assert!(
+        report.retries > 0,
+        "no request hit the killed replica: the fault was not exercised"
+    );
+    assert_eq!(report.status_mismatches, 0);
+    assert_eq!(mismatches, 0, "acknowledged writes lost or applied twice");
+    assert_eq!(sub_mismatches, 0, "subscribers on the other replicas missed changes");
+}
+
+fn holdings_to_pb(h: &[(String, String, u8, Vec<String>)]) -> Vec<pb::SessionAttachment> {
+    h.iter()
+        .map(|(conn, ch, modes, members)| {
+            let modes_pb: Vec<i32> = [
+                (model::PUBLISH, Mode::Publish),
+                (model::SUBSCRIBE, Mode::Subscribe),
+                (model::PRESENCE, Mode::Presence),
+                (model::PRESENCE_SUBSCRIBE, Mode::PresenceSubscribe),
+                (model::OBJECT_PUBLISH, Mode::ObjectPublish),
+                (model::OBJECT_SUBSCRIBE, Mode::ObjectSubscribe),
+            ]
+            .iter()
+            .filter(|(b, _)| modes & b != 0)
+            .map(|(_, m)| *m as i32)
+            .collect();
+            pb::SessionAttachment {
+                connection_id: conn.clone(),
+                channel: ch.clone(),
+                modes: modes_pb,
+                presence_client_ids: members.clone(),
+            }
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_truth() {
+    let mut h = Harness::redis(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let mut model = Model::default();
+    // three front ends with connections, modes and presence
+    for f in 0..3 {
+        let session = format!("fe-{f}");
+        for c in 0..5 {
+            let conn = format!("fe{f}-c{c}");
+            for ch in ["lobby", "game", &format!("fe-{f}-private")] {
+                let modes = model::PRESENCE | if c % 2 == 0 { model::PUBLISH } else { model::SUBSCRIBE };
+                let op = Op::Attach {
+                    conn: conn.clone(),
+                    channel: ch.to_string(),
+                    modes,
+                };
+                model.apply(&session, &op);
+                fx.attach(
+                    &session,
+                    &conn,
+                    ch,
+                    &[Mode::Presence, if c % 2 == 0 { Mode::Publish } else { Mode::Subscribe }],
+                )
+                .await;
+                let client = format!("user{}", c % 3);
+                model.apply(
+                    &session,
+                    &Op::Enter {
+                        conn: conn.clone(),
+                        channel: ch.to_string(),
+                        client: client.clone(),
+                    },
+                );
+                fx.enter(&session, &conn, ch, &client).await;
+            }
+        }
+    }
+    let channels = ["lobby", "game", "fe-0-private", "fe-1-private", "fe-2-private"];
+    for ch in channels {
+        assert_eq!(fx.get(ch).await, model.metrics(ch));
+    }
+    let mut sub = crate::subscribe::subscribe(&s, req(&channels)).await.unwrap();
+    for _ in 0..channels.len() {
+        sub.next().await;
+    }
+    // Redis restarts empty
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.restart();
+    crate::support::eventually(Duration::from_secs(10), "redis to answer", || async {
+        fx.w.clone()
+            .keep_alive(pb::KeepAliveRequest {
+                session_id: "probe".into(),
+                ttl_ms: 0,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    for ch in channels {
+        assert_eq!(fx.get(ch).await, [0; 9], "data lost");
+    }
+    // one KeepAlive round: every front end learns its session is unknown
+    // and re-sends its whole state
+    for f in 0..3 {
+        let session = format!("fe-{f}");
+        let r = fx.keep_alive(&session, 0).await;
+        assert_eq!(r.status, pb::SessionStatus::Unknown as i32);
+        let resp =
+            fx.w.clone()
+                .sync_session(pb::SyncSessionRequest {
+                    session_id: session.clone(),
+                    attachments: holdings_to_pb(&model.holdings(&session)),
+                    ttl_ms: 0,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+        assert_eq!(resp.removed, 0);
+        assert_eq!(resp.added, 15 + 15, "15 attachments and 15 members");
+    }
+    for ch in channels {
+        assert_eq!(fx.get(ch).await, model.metrics(ch), "{ch} restored");
+    }
+    // subscribers saw the loss and the recovery without reconnecting
+    let latest = sub.settle(Duration::from_millis(500)).await;
+    for ch in channels {
+        assert_eq!(
+            latest.get(ch),
+            Some(&model.metrics(ch)),
+            "{ch} as the subscriber sees it"
+        );
+    }
+}
+
+async fn sync_fixes_divergence(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    // stored: c1 on a (publish), c2 on b with presence alice+bob, c3 on c
+    fx.attach("fe", "c1", "a", &[Mode::Publish]).await;
+    fx.attach("fe", "c2", "b", &[Mode::Presence]).await;
+    fx.enter("fe", "c2", "b", "alice").await;
+    fx.enter("fe", "c2", "b", "bob").await;
+    fx.attach("fe", "c3", "c", &[]).await;
+    // another session holds c4, which the front end says is its own now
+    fx.attach("other", "c4", "d", &[Mode::Subscribe]).await;
+    fx.attach("other", "c4", "e", &[Mode::Subscribe]).await;
+    // the front end's truth: c1 subscribes on a, c2 on b with bob and carol,
+    // no c3, c4 on d only
+    let truth = vec![
+        pb::SessionAttachment {
+            connection_id: "c1".into(),
+            channel: "a".into(),
+            modes: vec![Mode::Subscribe as i32],
+            presence_client_ids: vec![],
+        },
+        pb::SessionAttachment {
+            connection_id: "c2".into(),
+            channel: "b".into(),
+            modes: vec![Mode::Presence as i32],
+            presence_client_ids: vec!["carol".into(), "bob".into()],
+        },
+        pb::SessionAttachment {
+            connection_id: "c4".into(),
+            channel: "d".into(),
+            modes: vec![Mode::Subscribe as i32],
+            presence_client_ids: vec![],
+        },
+    ];
+    let sync = |attachments: Vec<pb::SessionAttachment>| {
+        let mut w = fx.w.clone();
+        async move {
+            w.sync_session(pb::SyncSessionRequest {
+                session_id: "fe".into(),
+                attachments,
+                ttl_ms: 0,
+            })
+            .await
+            .map(|r| r.into_inner())
+        }
+    };
+    let r = sync(truth.clone()).await.unwrap();
+    assert_eq!(r.status, pb::SessionStatus::Active as i32);
+    assert!(r.added >= 2 && r.removed >= 3, "{r:?}");
+    assert_eq!(fx.get("a").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(fx.get("b").await, [1, 0, 0, 1, 2, 0, 0, 0, 2]);
+    assert_eq!(fx.get("c").await, [0; 9]);
+    assert_eq!(fx.get("d").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(fx.get("e").await, [0; 9], "c4 moved whole, its extra channel removed");
+    // idempotent
+    let r = sync(truth.clone()).await.unwrap();
+    assert_eq!((r.added, r.removed), (0, 0));
+    // the other session no longer owns c4
+    assert!(fx.close("other").await);
+    assert_eq!(fx.get("d").await[0], 1);
+    // bad input changes nothing
+    let mut bad = truth.clone();
+    bad[0].presence_client_ids = vec!["x".into()];
+    assert_invalid(sync(bad).await, "attachments[0].presence_client_ids");
+    let mut dup = truth.clone();
+    dup.push(truth[0].clone());
+    assert_invalid(sync(dup).await, "attachments[3].channel");
+    let mut bad = truth.clone();
+    bad[1].channel = String::new();
+    assert_invalid(sync(bad).await, "attachments[1].channel");
+    assert_eq!(fx.get("b").await, [1, 0, 0, 1, 2, 0, 0, 0, 2]);
+    // syncing nothing removes everything
+    let r = sync(vec![]).await.unwrap();
+    assert!(r.removed >= 3);
+    assert!(fx.list_all("", 10).await.is_empty());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_fixes_divergence_memory() {
+    sync_fixes_divergence(Harness::memory(Duration::from_secs(60))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sync_fixes_divergence_redis() {
+    sync_fixes_divergence(Harness::redis(Duration::from_secs(60))).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_front_end_disappears_within_ttl_plus_one_second() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let a = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
+    let b = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
+    let fa = fx_for(&a.url()).await;
+    let mut sub = subscribe_url(&b.url(), req(&["room"])).await;
+    sub.next().await;
+    // a front end attaches 20 connections with presence, then goes silent
+    let mut ops = Vec::new();
+    for i in 0..20 {
+        ops.push(attach_op(&format!("c{i}"), "room", &[Mode::Presence]));
+        ops.push(enter_op(&format!("c{i}"), "room", &format!("u{i}")));
+    }
+    fa.apply("fe", ops).await;
+    let silent_since = Instant::now();
+    sub.until(|e| m(e)[4] == 20).await;
+    // the subscriber on the other replica hears it leave
+    let events = sub.until(|e| m(e) == [0; 9]).await;
+    let gone_after = silent_since.elapsed();
+    eprintln!("silent front end gone after {gone_after:?}");
+    assert!(
+        gone_after <= Duration::from_secs(2),
+        "TTL 1 s + 1 s, took {gone_after:?}"
+    );
+    assert!(events.iter().all(|e| e.channel == "room"));
+    assert_eq!(fa.get("room").await, [0; 9]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flush_without_restart_is_noticed_by_subscribers() {
+    let h = Harness::redis(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "x", &[Mode::Publish]).await;
+    let mut sub = crate::subscribe::subscribe(&s, req(&["x"])).await.unwrap();
+    assert_eq!(m(&sub.next().await)[0], 1);
+    // more traffic after the flush must not hide the loss
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let _: () = ::redis::cmd("FLUSHALL").query(&mut c).unwrap();
+    fx.attach("fe2", "c9", "y", &[]).await;
+    let e = sub.next().await;
+    assert_eq!(
+        (e.channel.as_str(), m(&e)),
+        ("x", [0; 9]),
+        "the subscriber learns x is gone"
+    );
+    assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Unknown as i32);
+}

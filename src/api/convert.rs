@@ -10,7 +10,7 @@ use crate::fanout::Spec;
 use crate::proto::v1 as pb;
 
 /// Validates a list of proto modes.
-pub(crate) fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput> {
+pub fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput> {
     let mut set = ModeSet::EMPTY;
     for (i, v) in values.iter().enumerate() {
         let mode = match pb::Mode::try_from(*v) {
@@ -34,7 +34,7 @@ pub(crate) fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput
 }
 
 /// Domain metrics as proto metrics.
-pub(crate) fn metrics(m: domain::Metrics) -> pb::Metrics {
+pub fn metrics(m: domain::Metrics) -> pb::Metrics {
     pb::Metrics {
         connections: m.connections,
         publishers: m.publishers,
@@ -49,7 +49,7 @@ pub(crate) fn metrics(m: domain::Metrics) -> pb::Metrics {
 }
 
 /// Ably's ChannelDetails for a channel and its metrics.
-pub(crate) fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
+pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
     pb::ChannelDetails {
         channel_id: name,
         status: m.map(|m| pb::ChannelStatus {
@@ -62,7 +62,7 @@ pub(crate) fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDe
 }
 
 /// The list order of a request.
-pub(crate) fn list_order(v: i32) -> Result<ListOrder, InvalidInput> {
+pub fn list_order(v: i32) -> Result<ListOrder, InvalidInput> {
     match pb::ListOrder::try_from(v) {
         Ok(pb::ListOrder::Unspecified | pb::ListOrder::Name) => Ok(ListOrder::Name),
         Ok(pb::ListOrder::ConnectionsDesc) => Ok(ListOrder::ConnectionsDesc),
@@ -71,7 +71,7 @@ pub(crate) fn list_order(v: i32) -> Result<ListOrder, InvalidInput> {
 }
 
 /// Whether a list request wants metrics.
-pub(crate) fn list_by_value(v: i32) -> Result<bool, InvalidInput> {
+pub fn list_by_value(v: i32) -> Result<bool, InvalidInput> {
     match pb::ListBy::try_from(v) {
         Ok(pb::ListBy::Unspecified | pb::ListBy::Value) => Ok(true),
         Ok(pb::ListBy::Id) => Ok(false),
@@ -80,12 +80,12 @@ pub(crate) fn list_by_value(v: i32) -> Result<bool, InvalidInput> {
 }
 
 /// A session id field.
-pub(crate) fn session(v: &str) -> Result<SessionId, InvalidInput> {
+pub fn session(v: &str) -> Result<SessionId, InvalidInput> {
     SessionId::parse("session_id", v)
 }
 
 /// An attach from its fields.
-pub(crate) fn attach(conn: &str, channel: &str, m: &[i32]) -> Result<Operation, InvalidInput> {
+pub fn attach(conn: &str, channel: &str, m: &[i32]) -> Result<Operation, InvalidInput> {
     Ok(Operation::Attach {
         connection: ConnectionId::parse("connection_id", conn)?,
         channel: ChannelName::parse("channel", channel)?,
@@ -94,7 +94,7 @@ pub(crate) fn attach(conn: &str, channel: &str, m: &[i32]) -> Result<Operation, 
 }
 
 /// A detach from its fields.
-pub(crate) fn detach(conn: &str, channel: &str) -> Result<Operation, InvalidInput> {
+pub fn detach(conn: &str, channel: &str) -> Result<Operation, InvalidInput> {
     Ok(Operation::Detach {
         connection: ConnectionId::parse("connection_id", conn)?,
         channel: ChannelName::parse("channel", channel)?,
@@ -102,7 +102,7 @@ pub(crate) fn detach(conn: &str, channel: &str) -> Result<Operation, InvalidInpu
 }
 
 /// An enter (or, with `leave`, a leave) from its fields.
-pub(crate) fn presence(conn: &str, channel: &str, client: &str, leave: bool) -> Result<Operation, InvalidInput> {
+pub fn presence(conn: &str, channel: &str, client: &str, leave: bool) -> Result<Operation, InvalidInput> {
     let connection = ConnectionId::parse("connection_id", conn)?;
     let channel = ChannelName::parse("channel", channel)?;
     let client = ClientId::parse("client_id", client)?;
@@ -122,7 +122,7 @@ pub(crate) fn presence(conn: &str, channel: &str, client: &str, leave: bool) -> 
 }
 
 /// One operation of an Apply batch.
-pub(crate) fn operation(op: &pb::Operation) -> Result<Operation, InvalidInput> {
+pub fn operation(op: &pb::Operation) -> Result<Operation, InvalidInput> {
     use pb::operation::Op;
     match &op.op {
         Some(Op::Attach(a)) => attach(&a.connection_id, &a.channel, &a.modes).map_err(|e| e.within("attach")),
@@ -139,7 +139,7 @@ pub(crate) fn operation(op: &pb::Operation) -> Result<Operation, InvalidInput> {
 }
 
 /// Every operation of an Apply batch, or the first invalid one.
-pub(crate) fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, InvalidInput> {
+pub fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, InvalidInput> {
     if ops.is_empty() {
         return Err(InvalidInput::new("operations", "must not be empty"));
     }
@@ -160,12 +160,12 @@ pub(crate) fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, Invali
 }
 
 /// Largest number of named channels in one subscription.
-pub(crate) const MAX_SUBSCRIBE_CHANNELS: usize = 1000;
+pub const MAX_SUBSCRIBE_CHANNELS: usize = 1000;
 /// Longest debounce window.
-pub(crate) const MAX_DEBOUNCE_MS: u32 = 60_000;
+pub const MAX_DEBOUNCE_MS: u32 = 60_000;
 
 /// A metric category.
-pub(crate) fn category(field: &str, v: i32) -> Result<domain::Category, InvalidInput> {
+pub fn category(field: &str, v: i32) -> Result<domain::Category, InvalidInput> {
     use domain::Category as C;
     Ok(match pb::MetricCategory::try_from(v) {
         Ok(pb::MetricCategory::Connections) => C::Connections,
@@ -188,7 +188,7 @@ pub(crate) fn category(field: &str, v: i32) -> Result<domain::Category, InvalidI
 }
 
 /// A subscription request, validated.
-pub(crate) fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spec, InvalidInput> {
+pub fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spec, InvalidInput> {
     if r.channels.len() > MAX_SUBSCRIBE_CHANNELS {
         return Err(InvalidInput::new(
             "channels",
@@ -245,7 +245,7 @@ pub(crate) fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Res
 }
 
 /// A lease length field: 0 for none, else 1 s to 10 min.
-pub(crate) fn ttl(v: u32) -> Result<Option<u64>, InvalidInput> {
+pub fn ttl(v: u32) -> Result<Option<u64>, InvalidInput> {
     use crate::config::{MAX_SESSION_TTL, MIN_SESSION_TTL};
     match v {
         0 => Ok(None),
@@ -257,7 +257,7 @@ pub(crate) fn ttl(v: u32) -> Result<Option<u64>, InvalidInput> {
 }
 
 /// The holdings a SyncSession declares.
-pub(crate) fn held(list: &[pb::SessionAttachment]) -> Result<Vec<domain::HeldAttachment>, InvalidInput> {
+pub fn held(list: &[pb::SessionAttachment]) -> Result<Vec<domain::HeldAttachment>, InvalidInput> {
     use domain::ops::MAX_SYNC_ATTACHMENTS;
     if list.len() > MAX_SYNC_ATTACHMENTS {
         return Err(InvalidInput::new(

@@ -3,7 +3,7 @@
 //! and converts the result back.
 
 mod connection;
-pub(crate) mod convert;
+pub mod convert;
 mod occupancy;
 
 pub use connection::ConnectionApi;

@@ -2,9 +2,11 @@
 
 #![allow(unreachable_pub)]
 
+mod abuse;
 mod conformance;
 mod faults;
 mod fixture;
+mod fuzz;
 mod model;
 mod model_check;
 mod nginx;

@@ -122,6 +122,21 @@ async fn health_follows_redis_and_calls_recover() {
         (health(&s, "").await == ServingStatus::NotServing as i32).then_some(())
     })
     .await;
+    // meanwhile calls fail fast, never hanging past the timeout (300 ms)
+    for _ in 0..5 {
+        let started = Instant::now();
+        let e =
+            fx.r.clone()
+                .get_occupancy(pb::GetOccupancyRequest { channel: "x".into() })
+                .await
+                .unwrap_err();
+        assert_eq!(e.code(), Code::Unavailable);
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "took {:?}",
+            started.elapsed()
+        );
+    }
     redis.restart();
     eventually(Duration::from_secs(10), "SERVING again", || async {
         (health(&s, "").await == ServingStatus::Serving as i32).then_some(())

@@ -24,7 +24,9 @@ use crate::store::ChangeSink;
 const BLOCK: Duration = Duration::from_millis(1000);
 /// Entries one XREAD returns at most.
 const BATCH: usize = 1024;
-const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Longest wait between reconnection attempts: short, so subscribers are
+/// brought up to date soon after Redis returns.
+const MAX_BACKOFF: Duration = Duration::from_secs(1);
 /// How often a reader checks that the stream it follows was not lost.
 const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
@@ -180,7 +182,7 @@ fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::V
     })
 }
 
-/// Waits before the next attempt (doubling up to 5 s); returns that the
+/// Waits before the next attempt (doubling up to 1 s); returns that the
 /// reader is now failing. Logs the first failure of a run only.
 async fn backoff_wait(
     cancel: &CancellationToken,

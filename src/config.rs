@@ -35,6 +35,12 @@ pub struct Cli {
 pub enum Command {
     /// Run the gRPC server (the default).
     Serve(ServeArgs),
+    /// Print the occupancy of channels.
+    Get(crate::cli::GetArgs),
+    /// List active channels (every page).
+    List(crate::cli::ListArgs),
+    /// Follow channels live: a refreshing table, busiest first.
+    Watch(crate::cli::WatchArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -11,11 +11,13 @@
 //! - [`api`]: gRPC adapters from protobuf to the domain and back.
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.
+//! - [`cli`]: the `get`, `list` and `watch` client subcommands.
 //! - [`server`]: [`run`] assembles the services, health, reflection,
 //!   background tasks and graceful shutdown on an already-bound listener.
 //! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.
 
 pub mod api;
+pub mod cli;
 pub mod config;
 pub mod domain;
 pub mod error;

@@ -10,6 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
         None => cli.serve,
+        Some(Command::Get(a)) => std::process::exit(occupancy::cli::get(a).await),
+        Some(Command::List(a)) => std::process::exit(occupancy::cli::list(a).await),
+        Some(Command::Watch(a)) => std::process::exit(occupancy::cli::watch(a).await),
     };
     let config = match args.to_config() {
         Ok(c) => c,

@@ -1,0 +1,376 @@
+//! Rust client for the occupancy service.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), occupancy_client::Error> {
+//! use occupancy_client::Client;
+//!
+//! // several replicas, or one load balancer address
+//! let client = Client::builder()
+//!     .endpoint("http://127.0.0.1:50051")
+//!     .endpoint("http://127.0.0.1:50052")
+//!     .connect()?;
+//! let occupancy = client.room("rooms:lobby").occupancy();
+//! let now = occupancy.get().await?;
+//! println!("{} connections, {} in presence", now.connections, now.presence_members);
+//! let sub = occupancy.subscribe(|o| println!("now {} connections", o.connections));
+//! // ... later
+//! sub.unsubscribe();
+//! # Ok(()) }
+//! ```
+//!
+//! - [`Client`]: endpoints with failover, TLS for `https://` URLs, and
+//!   retries of every call (all of the service's calls are idempotent).
+//! - [`RoomOccupancy`]: Ably Chat's room occupancy shape: [`get`]
+//!   (one-off), [`subscribe`] returning a [`Subscription`] that
+//!   [`unsubscribe`]s (or is dropped), [`current`] (the latest value
+//!   received, no network call), and [`stream`] for async code.
+//!   Subscriptions survive a replica going away: they reconnect to another
+//!   endpoint with `resume_from`, and a listener never sees a value go
+//!   backwards.
+//! - [`Session`]: the front end's side: opens the lease, keeps it alive,
+//!   batches writes into `Apply` calls, re-sends its whole state with
+//!   `SyncSession` when the service lost it, and closes on drop.
+//!
+//! [`get`]: RoomOccupancy::get
+//! [`subscribe`]: RoomOccupancy::subscribe
+//! [`unsubscribe`]: Subscription::unsubscribe
+//! [`current`]: RoomOccupancy::current
+//! [`stream`]: RoomOccupancy::stream
+
+mod room;
+mod session;
+
+use std::future::Future;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::{Code, Status};
+
+pub use room::{OccupancyData, OccupancyStream, Room, RoomOccupancy, Subscription};
+pub use session::Session;
+
+/// Generated protobuf types and gRPC clients of `occupancy.v1`.
+#[allow(missing_docs, unreachable_pub, clippy::all, clippy::pedantic)]
+pub mod proto {
+    tonic::include_proto!("occupancy.v1");
+}
+
+use proto::connection_service_client::ConnectionServiceClient;
+use proto::occupancy_service_client::OccupancyServiceClient;
+
+/// Errors of the client.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// No endpoint was given, or one is not a valid URL.
+    #[error("invalid endpoint: {0}")]
+    InvalidEndpoint(String),
+    /// The service answered with an error (after retries where the error
+    /// was transient).
+    #[error("{}: {}", .0.code(), .0.message())]
+    Status(#[from] Status),
+}
+
+impl Error {
+    /// The gRPC code, if the service answered.
+    pub fn code(&self) -> Option<Code> {
+        match self {
+            Error::Status(s) => Some(s.code()),
+            Error::InvalidEndpoint(_) => None,
+        }
+    }
+}
+
+/// Whether a failed call may succeed on another try or replica.
+pub(crate) fn transient(status: &Status) -> bool {
+    matches!(
+        status.code(),
+        Code::Unavailable | Code::Unknown | Code::Cancelled | Code::DeadlineExceeded | Code::Aborted
+    )
+}
+
+/// Builds a [`Client`].
+#[derive(Debug, Clone)]
+pub struct ClientBuilder {
+    endpoints: Vec<String>,
+    connect_timeout: Duration,
+    request_timeout: Duration,
+    attempts: usize,
+    backoff: Duration,
+}
+
+impl Default for ClientBuilder {
+    fn default() -> Self {
+        Self {
+            endpoints: Vec::new(),
+            connect_timeout: Duration::from_secs(2),
+            request_timeout: Duration::from_secs(10),
+            attempts: 4,
+            backoff: Duration::from_millis(100),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// Adds an endpoint (`http://host:port`, or `https://` for TLS with the
+    /// system's roots). Calls go to one endpoint and move to the next when
+    /// it fails.
+    #[must_use]
+    pub fn endpoint(mut self, url: impl Into<String>) -> Self {
+        self.endpoints.push(url.into());
+        self
+    }
+
+    /// Bound on establishing a connection (default 2 s).
+    #[must_use]
+    pub fn connect_timeout(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Bound on each unary call (default 10 s).
+    #[must_use]
+    pub fn request_timeout(mut self, d: Duration) -> Self {
+        self.request_timeout = d;
+        self
+    }
+
+    /// Tries of a call across endpoints before giving up (default 4).
+    #[must_use]
+    pub fn attempts(mut self, n: usize) -> Self {
+        self.attempts = n.max(1);
+        self
+    }
+
+    /// Wait before the first retry, doubling after (default 100 ms).
+    #[must_use]
+    pub fn backoff(mut self, d: Duration) -> Self {
+        self.backoff = d;
+        self
+    }
+
+    /// The client. Connections are made lazily, on first use.
+    ///
+    /// # Errors
+    /// [`Error::InvalidEndpoint`] when no endpoint was given or one is not a
+    /// valid URL.
+    pub fn connect(self) -> Result<Client, Error> {
+        if self.endpoints.is_empty() {
+            return Err(Error::InvalidEndpoint("no endpoint given".into()));
+        }
+        let mut channels = Vec::with_capacity(self.endpoints.len());
+        for url in &self.endpoints {
+            let mut ep = Endpoint::from_shared(url.clone())
+                .map_err(|e| Error::InvalidEndpoint(format!("{url}: {e}")))?
+                .connect_timeout(self.connect_timeout)
+                .tcp_nodelay(true)
+                .http2_keep_alive_interval(Duration::from_secs(20))
+                .keep_alive_while_idle(true);
+            if url.starts_with("https://") {
+                ep = ep
+                    .tls_config(ClientTlsConfig::new().with_native_roots())
+                    .map_err(|e| Error::InvalidEndpoint(format!("{url}: {e}")))?;
+            }
+            channels.push(ep.connect_lazy());
+        }
+        Ok(Client {
+            inner: Arc::new(Inner {
+                channels,
+                current: AtomicUsize::new(0),
+                attempts: self.attempts,
+                backoff: self.backoff,
+                request_timeout: self.request_timeout,
+            }),
+        })
+    }
+}
+
+struct Inner {
+    channels: Vec<Channel>,
+    current: AtomicUsize,
+    attempts: usize,
+    backoff: Duration,
+    request_timeout: Duration,
+}
+
+/// A connection to the service through one or more endpoints. Cheap to
+/// clone; clones share connections.
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("endpoints", &self.inner.channels.len())
+            .finish()
+    }
+}
+
+impl Client {
+    /// A builder.
+    pub fn builder() -> ClientBuilder {
+        ClientBuilder::default()
+    }
+
+    /// A client for one endpoint with the defaults.
+    ///
+    /// # Errors
+    /// As [`ClientBuilder::connect`].
+    pub fn new(url: impl Into<String>) -> Result<Client, Error> {
+        Self::builder().endpoint(url).connect()
+    }
+
+    /// A room (channel) by name.
+    pub fn room(&self, name: impl Into<String>) -> Room {
+        Room::new(self.clone(), name.into())
+    }
+
+    /// Opens a front end's session (see [`Session`]).
+    ///
+    /// # Errors
+    /// As the first KeepAlive.
+    pub async fn session(&self, id: impl Into<String>, ttl: Duration) -> Result<Session, Error> {
+        Session::open(self.clone(), id.into(), ttl).await
+    }
+
+    /// The channel of the endpoint in use.
+    pub(crate) fn channel(&self) -> (usize, Channel) {
+        let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
+        (i, self.inner.channels[i].clone())
+    }
+
+    /// Moves to the next endpoint after `failed` failed (unless another
+    /// caller already moved on).
+    pub(crate) fn fail_over(&self, failed: usize) {
+        let n = self.inner.channels.len();
+        let _ = self
+            .inner
+            .current
+            .compare_exchange(failed, (failed + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
+    pub(crate) fn backoff(&self, attempt: u32) -> Duration {
+        self.inner
+            .backoff
+            .saturating_mul(1 << attempt.min(6))
+            .min(Duration::from_secs(5))
+    }
+
+    /// Runs `f` on the current endpoint, failing over and retrying
+    /// transient errors.
+    pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: Future<Output = Result<T, Status>>,
+    {
+        let mut last = None;
+        for attempt in 0..self.inner.attempts {
+            if attempt > 0 {
+                tokio::time::sleep(self.backoff(attempt as u32 - 1)).await;
+            }
+            let (i, ch) = self.channel();
+            let r = match tokio::time::timeout(self.inner.request_timeout, f(ch)).await {
+                Ok(r) => r,
+                Err(_) => Err(Status::deadline_exceeded("no answer within the request timeout")),
+            };
+            match r {
+                Ok(v) => return Ok(v),
+                Err(s) if transient(&s) => {
+                    tracing::debug!(endpoint = i, code = ?s.code(), "call failed, trying the next endpoint");
+                    self.fail_over(i);
+                    last = Some(s);
+                }
+                Err(s) => return Err(s.into()),
+            }
+        }
+        Err(last
+            .unwrap_or_else(|| Status::unavailable("no endpoint answered"))
+            .into())
+    }
+
+    /// The channel to the endpoint in use.
+    pub fn occupancy_service_channel(&self) -> Channel {
+        self.channel().1
+    }
+
+    /// Moves to the next endpoint.
+    pub fn rotate(&self) {
+        let (i, _) = self.channel();
+        self.fail_over(i);
+    }
+
+    /// The raw read-side client on the current endpoint.
+    pub fn occupancy_service(&self) -> OccupancyServiceClient<Channel> {
+        OccupancyServiceClient::new(self.channel().1)
+    }
+
+    /// The raw write-side client on the current endpoint.
+    pub fn connection_service(&self) -> ConnectionServiceClient<Channel> {
+        ConnectionServiceClient::new(self.channel().1)
+    }
+
+    /// Occupancy of up to 1,000 channels, in order.
+    ///
+    /// # Errors
+    /// The service's error after retries.
+    pub async fn batch_get(&self, channels: &[String]) -> Result<Vec<proto::ChannelDetails>, Error> {
+        let req = proto::BatchGetOccupancyRequest {
+            channels: channels.to_vec(),
+        };
+        self.call(|ch| {
+            let req = req.clone();
+            async move {
+                Ok(OccupancyServiceClient::new(ch)
+                    .batch_get_occupancy(req)
+                    .await?
+                    .into_inner()
+                    .channels)
+            }
+        })
+        .await
+    }
+
+    /// One page of active channels.
+    ///
+    /// # Errors
+    /// The service's error after retries.
+    pub async fn list_page(&self, req: proto::ListChannelsRequest) -> Result<proto::ListChannelsResponse, Error> {
+        self.call(|ch| {
+            let req = req.clone();
+            async move { Ok(OccupancyServiceClient::new(ch).list_channels(req).await?.into_inner()) }
+        })
+        .await
+    }
+
+    /// Every active channel under `prefix`, walking all pages.
+    ///
+    /// # Errors
+    /// The service's error after retries.
+    pub async fn list_all(&self, prefix: &str, by_value: bool) -> Result<Vec<proto::ChannelDetails>, Error> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        loop {
+            let page = self
+                .list_page(proto::ListChannelsRequest {
+                    prefix: prefix.to_string(),
+                    limit: 1000,
+                    cursor: cursor.clone(),
+                    by: if by_value {
+                        proto::ListBy::Value
+                    } else {
+                        proto::ListBy::Id
+                    } as i32,
+                    order: proto::ListOrder::Name as i32,
+                })
+                .await?;
+            out.extend(page.channels);
+            if page.next_cursor.is_empty() {
+                return Ok(out);
+            }
+            cursor = page.next_cursor;
+        }
+    }
+}

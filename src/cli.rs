@@ -1,0 +1,380 @@
+//! The client subcommands of the `occupancy` binary: `get`, `list` and
+//! `watch`, for people (tables) and scripts (`--json`, one object a line).
+//!
+//! Exit codes: 0 success, 1 other errors, 2 bad usage or an argument the
+//! service refused (INVALID_ARGUMENT), 3 the service could not be reached
+//! (UNAVAILABLE, DEADLINE_EXCEEDED).
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+use occupancy_client::proto::{self, occupancy_service_client::OccupancyServiceClient};
+use occupancy_client::{Client, Error};
+use serde_json::json;
+use tonic::Code;
+
+/// Exit code for bad usage or a refused argument.
+pub const EXIT_USAGE: i32 = 2;
+/// Exit code when the service cannot be reached.
+pub const EXIT_UNREACHABLE: i32 = 3;
+
+/// Where the service is.
+#[derive(Debug, Clone, Args)]
+pub struct Target {
+    /// Service URL(s), comma-separated (several replicas, or one load
+    /// balancer; https:// for TLS).
+    #[arg(
+        long,
+        env = "OCCUPANCY_ENDPOINT",
+        default_value = "http://127.0.0.1:50051",
+        value_delimiter = ','
+    )]
+    pub endpoint: Vec<String>,
+    /// Print JSON, one object a line, instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// Give up on a call after this long.
+    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+}
+
+/// `occupancy get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Channels to read (up to 1,000).
+    #[arg(required = true)]
+    pub channels: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only channels starting with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// `value` (with metrics) or `id` (names only).
+    #[arg(long, default_value = "value", value_parser = ["value", "id"])]
+    pub by: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy watch`.
+#[derive(Debug, Clone, Args)]
+pub struct WatchArgs {
+    /// Channels to follow.
+    pub channels: Vec<String>,
+    /// Also follow every channel under this prefix.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// Hold back changes for up to this many ms (zero/non-zero flips are
+    /// always shown at once).
+    #[arg(long, default_value_t = 0)]
+    pub debounce_ms: u32,
+    /// Exit after this many events (0: run until interrupted).
+    #[arg(long, default_value_t = 0)]
+    pub count: u64,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+fn client(t: &Target) -> Result<Client, Error> {
+    let mut b = Client::builder().request_timeout(t.timeout).attempts(2);
+    for e in &t.endpoint {
+        b = b.endpoint(e.trim());
+    }
+    b.connect()
+}
+
+/// Prints `err` and returns the exit code for it.
+fn fail(err: &Error) -> i32 {
+    match err.code() {
+        None => {
+            eprintln!("error: {err}");
+            EXIT_USAGE
+        }
+        Some(Code::InvalidArgument) => {
+            eprintln!("error: {}", err);
+            EXIT_USAGE
+        }
+        Some(Code::Unavailable | Code::DeadlineExceeded) => {
+            eprintln!("error: the occupancy service cannot be reached: {err}");
+            EXIT_UNREACHABLE
+        }
+        Some(_) => {
+            eprintln!("error: {err}");
+            1
+        }
+    }
+}
+
+const COLUMNS: [&str; 9] = [
+    "connections",
+    "publishers",
+    "subscribers",
+    "presenceConnections",
+    "presenceMembers",
+    "presenceSubscribers",
+    "objectPublishers",
+    "objectSubscribers",
+    "presenceClients",
+];
+
+fn values(m: &proto::Metrics) -> [u32; 9] {
+    [
+        m.connections,
+        m.publishers,
+        m.subscribers,
+        m.presence_connections,
+        m.presence_members,
+        m.presence_subscribers,
+        m.object_publishers,
+        m.object_subscribers,
+        m.presence_clients,
+    ]
+}
+
+fn metrics_json(m: &proto::Metrics) -> serde_json::Value {
+    let mut o = serde_json::Map::new();
+    for (k, v) in COLUMNS.iter().zip(values(m)) {
+        o.insert((*k).to_string(), json!(v));
+    }
+    serde_json::Value::Object(o)
+}
+
+/// Ably's ChannelDetails as JSON.
+fn details_json(d: &proto::ChannelDetails) -> serde_json::Value {
+    match &d.status {
+        None => json!({ "channelId": d.channel_id }),
+        Some(s) => {
+            let m = s.occupancy.as_ref().and_then(|o| o.metrics).unwrap_or_default();
+            json!({
+                "channelId": d.channel_id,
+                "status": { "isActive": s.is_active, "occupancy": { "metrics": metrics_json(&m) } }
+            })
+        }
+    }
+}
+
+const SHORT: [&str; 9] = [
+    "CONN",
+    "PUB",
+    "SUB",
+    "PRES_CONN",
+    "PRES_MEMB",
+    "PRES_SUB",
+    "OBJ_PUB",
+    "OBJ_SUB",
+    "PRES_CLI",
+];
+
+fn table(rows: &[(String, Option<proto::Metrics>, String)], extra: Option<&str>) -> String {
+    let width = rows.iter().map(|r| r.0.chars().count()).max().unwrap_or(7).max(7);
+    let mut out = format!("{:width$}", "CHANNEL");
+    for h in SHORT {
+        out.push_str(&format!(" {h:>9}"));
+    }
+    if let Some(e) = extra {
+        out.push_str(&format!("  {e}"));
+    }
+    out.push('\n');
+    for (name, m, tail) in rows {
+        out.push_str(&format!("{name:width$}"));
+        if let Some(m) = m {
+            for v in values(m) {
+                out.push_str(&format!(" {v:>9}"));
+            }
+        }
+        if !tail.is_empty() {
+            out.push_str(&format!("  {tail}"));
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// `occupancy get`: returns the exit code.
+pub async fn get(args: GetArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.batch_get(&args.channels).await {
+        Ok(details) => {
+            if args.target.json {
+                for d in &details {
+                    println!("{}", details_json(d));
+                }
+            } else {
+                let rows: Vec<_> = details
+                    .iter()
+                    .map(|d| {
+                        let m = d
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.occupancy.as_ref())
+                            .and_then(|o| o.metrics);
+                        (d.channel_id.clone(), Some(m.unwrap_or_default()), String::new())
+                    })
+                    .collect();
+                print!("{}", table(&rows, None));
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+/// `occupancy list`: returns the exit code.
+pub async fn list(args: ListArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let by_value = args.by == "value";
+    match client.list_all(&args.prefix, by_value).await {
+        Ok(channels) => {
+            if args.target.json {
+                for d in &channels {
+                    println!("{}", details_json(d));
+                }
+            } else if by_value {
+                let rows: Vec<_> = channels
+                    .iter()
+                    .map(|d| {
+                        let m = d
+                            .status
+                            .as_ref()
+                            .and_then(|s| s.occupancy.as_ref())
+                            .and_then(|o| o.metrics);
+                        (d.channel_id.clone(), Some(m.unwrap_or_default()), String::new())
+                    })
+                    .collect();
+                print!("{}", table(&rows, None));
+            } else {
+                for d in &channels {
+                    println!("{}", d.channel_id);
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
+}
+
+fn clock(ms: i64) -> String {
+    let secs = ms.div_euclid(1000);
+    let (h, m, s) = ((secs / 3600) % 24, (secs / 60) % 60, secs % 60);
+    format!("{h:02}:{m:02}:{s:02}.{:03} UTC", ms.rem_euclid(1000))
+}
+
+/// `occupancy watch`: returns the exit code.
+pub async fn watch(args: WatchArgs) -> i32 {
+    if args.channels.is_empty() && args.prefix.is_empty() {
+        eprintln!("error: give channels to watch, or --prefix");
+        return EXIT_USAGE;
+    }
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    let mut state: HashMap<String, (proto::Metrics, i64)> = HashMap::new();
+    let mut resume = String::new();
+    let mut seen: u64 = 0;
+    let mut failures = 0u32;
+    let mut last_draw = Instant::now() - Duration::from_secs(1);
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    loop {
+        let req = proto::SubscribeOccupancyRequest {
+            channels: args.channels.clone(),
+            prefix: args.prefix.clone(),
+            categories: vec![],
+            debounce_ms: args.debounce_ms,
+            resume_from: resume.clone(),
+        };
+        let mut svc = OccupancyServiceClient::new(client.occupancy_service_channel());
+        let stream = tokio::time::timeout(args.target.timeout, svc.subscribe_occupancy(req)).await;
+        let mut stream = match stream {
+            Ok(Ok(s)) => {
+                failures = 0;
+                s.into_inner()
+            }
+            Ok(Err(status)) if status.code() == Code::InvalidArgument => return fail(&Error::Status(status)),
+            Ok(Err(status)) => {
+                failures += 1;
+                if failures >= 3 {
+                    return fail(&Error::Status(status));
+                }
+                client.rotate();
+                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
+                continue;
+            }
+            Err(_) => {
+                failures += 1;
+                if failures >= 3 {
+                    return fail(&Error::Status(tonic::Status::deadline_exceeded("no answer")));
+                }
+                client.rotate();
+                continue;
+            }
+        };
+        while let Ok(Some(r)) = stream.message().await {
+            let Some(e) = r.event else { continue };
+            resume = e.id.clone();
+            seen += 1;
+            let m = e.metrics.unwrap_or_default();
+            if args.target.json {
+                println!(
+                    "{}",
+                    json!({
+                        "id": e.id, "name": e.name, "channel": e.channel,
+                        "timestampMs": e.timestamp_ms, "metrics": metrics_json(&m)
+                    })
+                );
+                let _ = std::io::stdout().flush();
+            } else {
+                state.insert(e.channel.clone(), (m, e.timestamp_ms));
+                if last_draw.elapsed() >= Duration::from_millis(200) || (args.count > 0 && seen >= args.count) {
+                    last_draw = Instant::now();
+                    draw(&state, tty);
+                }
+            }
+            if args.count > 0 && seen >= args.count {
+                return 0;
+            }
+        }
+        // the replica went away: continue on the next one where we were
+        client.rotate();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+fn draw(state: &HashMap<String, (proto::Metrics, i64)>, tty: bool) {
+    let mut rows: Vec<_> = state.iter().collect();
+    rows.sort_by(|a, b| b.1 .0.connections.cmp(&a.1 .0.connections).then(a.0.cmp(b.0)));
+    let rows: Vec<_> = rows
+        .into_iter()
+        .map(|(n, (m, ts))| (n.clone(), Some(*m), clock(*ts)))
+        .collect();
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let mut out = String::new();
+    if tty {
+        out.push_str("\x1b[2J\x1b[H");
+    }
+    out.push_str(&format!("occupancy at {}, busiest first\n", clock(now)));
+    out.push_str(&table(&rows, Some("LAST CHANGE")));
+    if !tty {
+        out.push('\n');
+    }
+    print!("{out}");
+    let _ = std::io::stdout().flush();
+}

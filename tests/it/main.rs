@@ -3,7 +3,10 @@
 #![allow(unreachable_pub)]
 
 mod abuse;
+mod cli;
+mod client;
 mod conformance;
+mod examples;
 mod faults;
 mod fixture;
 mod fuzz;

@@ -1,1 +1,867 @@
 //! The Python and Node examples against a live server, and the proto lint.
+//!
+//! Each test installs what it needs when it is missing: the packages of
+//! examples/python/requirements.txt under `target/example-deps/python`,
+//! examples/node/node_modules with `npm ci`, and buf from npm under
+//! `target/example-deps/buf`. Installs are built in a private staging
+//! directory and renamed into place, so concurrent runs never see half an
+//! install. A test skips, printing `skipping: <reason>`, only when its
+//! install failed and the package registry cannot be reached; every other
+//! failure fails it. Every child process is time-bound.
+
+use std::path::{Path, PathBuf};
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, BufReader, Lines};
+use tokio::process::{Child, ChildStdout, Command};
+use tokio::task::JoinHandle;
+use tonic::transport::Channel;
+
+use crate::fixture::{attach_op, Fx};
+use crate::support::process::{binary, Proc};
+use crate::support::{ReadClient, WriteClient};
+
+/// The pinned buf release (npm `@bufbuild/buf`).
+const BUF_VERSION: &str = "1.75.0";
+/// Bound of one install (pip, npm).
+const INSTALL_TIMEOUT: Duration = Duration::from_secs(300);
+/// Bound of a registry probe and of an "is it installed" check.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Bound of one run of an example client or of buf, and of the wait for
+/// each line a streaming client prints.
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+/// What records which requirements an install was made from.
+const STAMP: &str = ".requirements.txt";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_gets_lists_and_subscribes() {
+    let Some(deps) = python_deps().await else { return };
+    exercise(&Client::Python(deps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_gets_lists_and_subscribes() {
+    if !node_modules().await {
+        return;
+    }
+    exercise(&Client::Node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn proto_passes_buf_lint() {
+    let Some(buf) = buf().await else { return };
+    let mut cmd = Command::new(buf);
+    cmd.arg("lint").current_dir(repo());
+    let out = run(cmd, CLIENT_TIMEOUT).await;
+    assert!(
+        out.ok(),
+        "buf lint (buf.yaml, STANDARD rules) failed:\n{}",
+        out.describe()
+    );
+}
+
+/// The same session for either client: get, list over several pages,
+/// subscribe to named channels and to a prefix.
+async fn exercise(client: &Client) {
+    // leases outlive the test however slow the clients start
+    let proc = Proc::spawn(&["--session-ttl", "10m"]);
+    let addr = proc.addr.to_string();
+    let ch = Channel::from_shared(proc.url())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect");
+    let fx = Fx {
+        r: ReadClient::new(ch.clone()),
+        w: WriteClient::new(ch),
+    };
+
+    // get: one channel (GetOccupancy), then several (BatchGetOccupancy)
+    fx.attach("fe", "c1", "rooms:a", &[Mode::Publish, Mode::Presence]).await;
+    fx.attach("fe", "c2", "rooms:a", &[Mode::Subscribe]).await;
+    fx.enter("fe", "c1", "rooms:a", "alice").await;
+    let rooms_a = [
+        ("connections", 2),
+        ("publishers", 1),
+        ("subscribers", 1),
+        ("presenceConnections", 1),
+        ("presenceMembers", 1),
+        ("presenceSubscribers", 0),
+        ("objectPublishers", 0),
+        ("objectSubscribers", 0),
+        ("presenceClients", 1),
+    ];
+    let got = client.lines(&addr, &["get", "rooms:a"]).await;
+    assert_eq!(got.len(), 1, "{} get printed {got:?}", client.name());
+    assert_details(&got[0], "rooms:a", true, &rooms_a);
+    let got = client.lines(&addr, &["get", "rooms:none", "rooms:a"]).await;
+    assert_eq!(got.len(), 2, "{} get of two printed {got:?}", client.name());
+    assert_details(
+        &got[0],
+        "rooms:none",
+        false,
+        &[("connections", 0), ("presenceMembers", 0)],
+    );
+    assert_details(&got[1], "rooms:a", true, &rooms_a);
+
+    // list: 150 channels are two pages at the default page size (100)
+    let ops = (0..150)
+        .map(|i| attach_op(&format!("l{i}"), &format!("many:{i:03}"), &[Mode::Subscribe]))
+        .collect();
+    assert_eq!(fx.apply("fe", ops).await.len(), 150);
+    let want: Vec<String> = (0..150).map(|i| format!("many:{i:03}")).collect();
+    for args in [
+        &["list", "--prefix", "many:"][..],
+        &["list", "--prefix", "many:", "--limit", "7"],
+    ] {
+        let listed = client.lines(&addr, args).await;
+        assert_eq!(
+            ids(&listed),
+            want,
+            "{} {args:?}: every channel once, in name order",
+            client.name()
+        );
+        for d in &listed {
+            let id = str_at(d, &["channelId"]);
+            assert_details(
+                d,
+                &id,
+                true,
+                &[("connections", 1), ("subscribers", 1), ("publishers", 0)],
+            );
+        }
+    }
+    let everything = client.lines(&addr, &["list"]).await;
+    let mut want_all = want.clone();
+    want_all.push("rooms:a".into()); // byte order: 'm' < 'r'
+    assert_eq!(ids(&everything), want_all, "{} list without a prefix", client.name());
+
+    // subscribe: the snapshot, then a change made while the client runs
+    let mut sub = Stream::start(client, &addr, &["subscribe", "rooms:a", "--count", "2"]);
+    let snapshot = sub.next().await;
+    assert_event(&snapshot, "rooms:a", &[("connections", 2), ("presenceMembers", 1)]);
+    fx.attach("fe", "c3", "rooms:a", &[Mode::ObjectSubscribe]).await;
+    let change = sub.next().await;
+    assert_event(&change, "rooms:a", &[("connections", 3), ("objectSubscribers", 1)]);
+    assert_ne!(str_at(&snapshot, &["id"]), str_at(&change, &["id"]), "event ids differ");
+    sub.finish().await;
+
+    // subscribe to a prefix: a channel that appears after the call (or, if
+    // the attach wins the race, in the snapshot: either way the first event)
+    let mut sub = Stream::start(client, &addr, &["subscribe", "--prefix", "late:", "--count", "1"]);
+    fx.attach("fe", "c4", "late:x", &[Mode::Publish]).await;
+    let event = sub.next().await;
+    assert_event(&event, "late:x", &[("connections", 1), ("publishers", 1)]);
+    sub.finish().await;
+}
+
+/// Asserts a printed ChannelDetails.
+fn assert_details(d: &Json, channel: &str, active: bool, metrics: &[(&str, u64)]) {
+    assert_eq!(str_at(d, &["channelId"]), channel, "{d:?}");
+    assert_eq!(
+        d.at(&["status", "isActive"]).as_bool(),
+        Some(active),
+        "isActive of {d:?}"
+    );
+    let m = d.at(&["status", "occupancy", "metrics"]);
+    for (name, want) in metrics {
+        assert_eq!(m.get(name).as_u64(), Some(*want), "{name} of {d:?}");
+    }
+}
+
+/// Asserts a printed OccupancyEvent.
+fn assert_event(e: &Json, channel: &str, metrics: &[(&str, u64)]) {
+    assert_eq!(str_at(e, &["name"]), "[meta]occupancy", "{e:?}");
+    assert_eq!(str_at(e, &["channel"]), channel, "{e:?}");
+    assert!(!str_at(e, &["id"]).is_empty(), "{e:?}");
+    let ts = str_at(e, &["timestampMs"]); // int64: a string in proto JSON
+    assert!(ts.parse::<u64>().is_ok_and(|t| t > 0), "timestampMs of {e:?}");
+    for (name, want) in metrics {
+        assert_eq!(e.at(&["metrics", name]).as_u64(), Some(*want), "{name} of {e:?}");
+    }
+}
+
+fn str_at(j: &Json, path: &[&str]) -> String {
+    j.at(path)
+        .as_str()
+        .unwrap_or_else(|| panic!("no string at {path:?} in {j:?}"))
+        .to_string()
+}
+
+fn ids(list: &[Json]) -> Vec<String> {
+    list.iter().map(|d| str_at(d, &["channelId"])).collect()
+}
+
+/// One of the example clients.
+enum Client {
+    /// examples/python, with its packages in this directory.
+    Python(PathBuf),
+    /// examples/node.
+    Node,
+}
+
+impl Client {
+    fn name(&self) -> &'static str {
+        match self {
+            Client::Python(_) => "python client",
+            Client::Node => "node client",
+        }
+    }
+
+    fn command(&self, addr: &str, args: &[&str]) -> Command {
+        let mut cmd = match self {
+            Client::Python(deps) => {
+                let mut c = Command::new("python3");
+                c.arg(repo().join("examples/python/occupancy_client.py"))
+                    .env("PYTHONPATH", deps)
+                    .env("PYTHONDONTWRITEBYTECODE", "1");
+                c
+            }
+            Client::Node => {
+                let mut c = Command::new("node");
+                c.arg(repo().join("examples/node/occupancy-client.js"));
+                c
+            }
+        };
+        cmd.arg("--endpoint").arg(addr).args(args);
+        cmd
+    }
+
+    /// Runs the client to completion and parses each line it printed.
+    async fn lines(&self, addr: &str, args: &[&str]) -> Vec<Json> {
+        let out = run(self.command(addr, args), CLIENT_TIMEOUT).await;
+        assert!(out.ok(), "{} {args:?} failed:\n{}", self.name(), out.describe());
+        out.stdout
+            .lines()
+            .map(|l| Json::parse(l).unwrap_or_else(|e| panic!("{} printed {l:?}: not JSON ({e})", self.name())))
+            .collect()
+    }
+}
+
+/// A streaming client whose lines are read as they come.
+struct Stream {
+    what: String,
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
+    stderr: JoinHandle<String>,
+}
+
+impl Stream {
+    fn start(client: &Client, addr: &str, args: &[&str]) -> Self {
+        let mut cmd = client.command(addr, args);
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {}: {e}", client.name()));
+        let lines = BufReader::new(child.stdout.take().expect("stdout")).lines();
+        let stderr = tokio::spawn(read_all(child.stderr.take().expect("stderr")));
+        Self {
+            what: format!("{} {args:?}", client.name()),
+            child,
+            lines,
+            stderr,
+        }
+    }
+
+    /// The next line, parsed; fails after CLIENT_TIMEOUT.
+    async fn next(&mut self) -> Json {
+        match tokio::time::timeout(CLIENT_TIMEOUT, self.lines.next_line()).await {
+            Ok(Ok(Some(line))) => {
+                Json::parse(&line).unwrap_or_else(|e| panic!("{} printed {line:?}: not JSON ({e})", self.what))
+            }
+            Ok(Ok(None)) => {
+                let stderr = self.stop().await;
+                panic!("{} ended its output early; stderr:\n{stderr}", self.what)
+            }
+            Ok(Err(e)) => panic!("reading {}: {e}", self.what),
+            Err(_) => {
+                let stderr = self.stop().await;
+                panic!(
+                    "{} printed nothing within {CLIENT_TIMEOUT:?}; stderr:\n{stderr}",
+                    self.what
+                )
+            }
+        }
+    }
+
+    /// Kills the client and returns what it printed on stderr.
+    async fn stop(&mut self) -> String {
+        let _ = self.child.kill().await;
+        match tokio::time::timeout(Duration::from_secs(5), &mut self.stderr).await {
+            Ok(Ok(s)) => s,
+            _ => "(unavailable)".into(),
+        }
+    }
+
+    /// Waits for the client to exit on its own (it was given --count), and
+    /// checks it succeeded without printing anything more.
+    async fn finish(mut self) {
+        let status = match tokio::time::timeout(CLIENT_TIMEOUT, self.child.wait()).await {
+            Ok(s) => s.expect("wait"),
+            Err(_) => {
+                let stderr = self.stop().await;
+                panic!(
+                    "{} did not exit within {CLIENT_TIMEOUT:?} after its last event; stderr:\n{stderr}",
+                    self.what
+                )
+            }
+        };
+        let stderr = self.stop().await;
+        assert!(
+            status.success(),
+            "{} exited with {status}; stderr:\n{stderr}",
+            self.what
+        );
+        let rest = tokio::time::timeout(Duration::from_secs(5), self.lines.next_line()).await;
+        assert!(
+            matches!(rest, Ok(Ok(None))),
+            "{} printed more than --count events: {rest:?}",
+            self.what
+        );
+    }
+}
+
+// ---- child processes ----
+
+fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// `target/example-deps`, next to the profile directory of the binary
+/// under test (so a custom CARGO_TARGET_DIR is followed).
+fn deps_root() -> PathBuf {
+    Path::new(binary())
+        .parent()
+        .and_then(Path::parent)
+        .map(|target| target.join("example-deps"))
+        .unwrap_or_else(|| repo().join("target/example-deps"))
+}
+
+/// What a finished (or timed out) child printed.
+struct Output {
+    what: String,
+    /// None when it was killed for running too long.
+    status: Option<ExitStatus>,
+    stdout: String,
+    stderr: String,
+}
+
+impl Output {
+    fn ok(&self) -> bool {
+        self.status.is_some_and(|s| s.success())
+    }
+
+    fn describe(&self) -> String {
+        let status = match self.status {
+            Some(s) => s.to_string(),
+            None => "killed: still running after its time limit".into(),
+        };
+        format!(
+            "$ {}\n{status}\n--- stdout\n{}\n--- stderr\n{}",
+            self.what, self.stdout, self.stderr
+        )
+    }
+
+    /// The first line of its output that reports an error, else the last
+    /// line; at most 300 characters.
+    fn reason(&self) -> String {
+        if self.status.is_none() {
+            return "timed out".into();
+        }
+        let text = format!("{}\n{}", self.stderr, self.stdout);
+        let lines: Vec<&str> = text
+            .lines()
+            .map(str::trim)
+            .filter(|l| !l.is_empty() && !l.contains("Unknown user config") && !l.contains("complete log"))
+            .collect();
+        let line = lines
+            .iter()
+            .find(|l| l.to_ascii_lowercase().contains("error"))
+            .or(lines.last())
+            .map_or("no output", |l| l);
+        line.chars().take(300).collect()
+    }
+}
+
+async fn read_all(mut r: impl AsyncRead + Unpin) -> String {
+    let mut buf = Vec::new();
+    let _ = r.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// Runs `cmd` to completion, killing it after `limit`. Fails the test only
+/// when it cannot be started at all.
+async fn run(mut cmd: Command, limit: Duration) -> Output {
+    let what = format!("{:?}", cmd.as_std());
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+    let stdout = tokio::spawn(read_all(child.stdout.take().expect("stdout")));
+    let stderr = tokio::spawn(read_all(child.stderr.take().expect("stderr")));
+    let status = match tokio::time::timeout(limit, child.wait()).await {
+        Ok(s) => Some(s.unwrap_or_else(|e| panic!("wait for {what}: {e}"))),
+        Err(_) => {
+            let _ = child.kill().await;
+            None
+        }
+    };
+    // a grandchild may still hold the pipes: do not wait for it forever
+    let grace = Duration::from_secs(5);
+    let collect = |h: JoinHandle<String>| async move {
+        match tokio::time::timeout(grace, h).await {
+            Ok(Ok(s)) => s,
+            _ => "(output unavailable)".into(),
+        }
+    };
+    Output {
+        what,
+        status,
+        stdout: collect(stdout).await,
+        stderr: collect(stderr).await,
+    }
+}
+
+// ---- installs ----
+
+/// A fresh staging directory next to `dir`, private to this process.
+fn staging(dir: &Path) -> PathBuf {
+    let name = dir.file_name().expect("name").to_string_lossy();
+    let stage = dir.with_file_name(format!("{name}.stage-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&stage);
+    std::fs::create_dir_all(&stage).unwrap_or_else(|e| panic!("create {}: {e}", stage.display()));
+    stage
+}
+
+/// Moves a finished install into place, replacing a stale one. If another
+/// run got there first, its install is kept.
+fn publish(stage: &Path, dir: &Path) {
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+    if std::fs::rename(stage, dir).is_err() {
+        let _ = std::fs::remove_dir_all(stage);
+    }
+}
+
+/// After a failed install: prints why the test skips when the registry
+/// cannot be reached, else fails the test with the install's output.
+fn skip_or_fail(install: &Output, registry: &str, probe: Output) {
+    if probe.ok() {
+        panic!(
+            "install failed although {registry} is reachable:\n{}",
+            install.describe()
+        );
+    }
+    println!(
+        "skipping: {registry} cannot be reached ({}); the install failed with: {}",
+        probe.reason(),
+        install.reason()
+    );
+}
+
+/// Asks pip's configured index (not local wheel directories) for grpcio.
+async fn probe_pypi() -> Output {
+    let mut cmd = Command::new("python3");
+    cmd.args(["-m", "pip", "index", "versions", "grpcio"])
+        .args(["--retries", "0", "--timeout", "15", "--disable-pip-version-check"])
+        .env("PIP_FIND_LINKS", "");
+    run(cmd, PROBE_TIMEOUT).await
+}
+
+/// `npm ping` against npm's configured registry.
+async fn probe_npm() -> Output {
+    let mut cmd = Command::new("npm");
+    cmd.args(["ping", "--fetch-retries=0", "--fetch-timeout=15000"]);
+    run(cmd, PROBE_TIMEOUT).await
+}
+
+async fn python_ready(dir: &Path, requirements: &str) -> bool {
+    if std::fs::read_to_string(dir.join(STAMP)).ok().as_deref() != Some(requirements) {
+        return false;
+    }
+    let mut cmd = Command::new("python3");
+    cmd.args(["-c", "import grpc, grpc_tools.protoc"])
+        .env("PYTHONPATH", dir);
+    run(cmd, PROBE_TIMEOUT).await.ok()
+}
+
+/// The directory of the Python example's packages, installed with pip when
+/// missing or made from other requirements; None when PyPI cannot be
+/// reached.
+async fn python_deps() -> Option<PathBuf> {
+    let req_file = repo().join("examples/python/requirements.txt");
+    let requirements = std::fs::read_to_string(&req_file).expect("read examples/python/requirements.txt");
+    let dir = deps_root().join("python");
+    if python_ready(&dir, &requirements).await {
+        return Some(dir);
+    }
+    let stage = staging(&dir);
+    let mut cmd = Command::new("python3");
+    cmd.args([
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        "--no-input",
+        "--disable-pip-version-check",
+    ])
+    .args(["--retries", "2", "--timeout", "30", "--target"])
+    .arg(&stage)
+    .arg("-r")
+    .arg(&req_file);
+    let install = run(cmd, INSTALL_TIMEOUT).await;
+    if !install.ok() {
+        let _ = std::fs::remove_dir_all(&stage);
+        skip_or_fail(&install, "PyPI", probe_pypi().await);
+        return None;
+    }
+    std::fs::write(stage.join(STAMP), &requirements).expect("write stamp");
+    publish(&stage, &dir);
+    assert!(
+        python_ready(&dir, &requirements).await,
+        "grpc and grpc_tools do not import from {} after pip install:\n{}",
+        dir.display(),
+        install.describe()
+    );
+    Some(dir)
+}
+
+async fn node_ready(app: &Path) -> bool {
+    let mut cmd = Command::new("node");
+    cmd.args(["-e", "require('@grpc/grpc-js'); require('@grpc/proto-loader')"])
+        .current_dir(app);
+    run(cmd, PROBE_TIMEOUT).await.ok()
+}
+
+/// examples/node/node_modules, installed with `npm ci` when missing; false
+/// when the npm registry cannot be reached.
+async fn node_modules() -> bool {
+    let app = repo().join("examples/node");
+    if node_ready(&app).await {
+        return true;
+    }
+    let stage = staging(&deps_root().join("node"));
+    let locked = app.join("package-lock.json").exists();
+    for file in ["package.json", "package-lock.json"] {
+        if app.join(file).exists() {
+            std::fs::copy(app.join(file), stage.join(file)).unwrap_or_else(|e| panic!("copy {file}: {e}"));
+        }
+    }
+    let mut cmd = Command::new("npm");
+    cmd.arg(if locked { "ci" } else { "install" })
+        .args([
+            "--no-audit",
+            "--no-fund",
+            "--fetch-retries=2",
+            "--fetch-retry-maxtimeout=10000",
+        ])
+        .current_dir(&stage);
+    let install = run(cmd, INSTALL_TIMEOUT).await;
+    if !install.ok() {
+        let _ = std::fs::remove_dir_all(&stage);
+        skip_or_fail(&install, "the npm registry", probe_npm().await);
+        return false;
+    }
+    publish(&stage.join("node_modules"), &app.join("node_modules"));
+    let _ = std::fs::remove_dir_all(&stage);
+    assert!(
+        node_ready(&app).await,
+        "@grpc/grpc-js and @grpc/proto-loader do not load in examples/node after npm:\n{}",
+        install.describe()
+    );
+    true
+}
+
+async fn buf_version(bin: &Path) -> Option<String> {
+    if !bin.exists() {
+        return None;
+    }
+    let mut cmd = Command::new(bin);
+    cmd.arg("--version");
+    let out = run(cmd, PROBE_TIMEOUT).await;
+    out.ok()
+        .then(|| format!("{}{}", out.stdout, out.stderr).trim().to_string())
+}
+
+/// The pinned buf, installed from npm under target/ when missing; None when
+/// the npm registry cannot be reached.
+async fn buf() -> Option<PathBuf> {
+    let dir = deps_root().join("buf");
+    let bin = dir.join("node_modules/.bin/buf");
+    if buf_version(&bin).await.as_deref() == Some(BUF_VERSION) {
+        return Some(bin);
+    }
+    let stage = staging(&dir);
+    let mut cmd = Command::new("npm");
+    cmd.args([
+        "install",
+        "--no-audit",
+        "--no-fund",
+        "--fetch-retries=2",
+        "--fetch-retry-maxtimeout=10000",
+        "--prefix",
+    ])
+    .arg(&stage)
+    .arg(format!("@bufbuild/buf@{BUF_VERSION}"));
+    let install = run(cmd, INSTALL_TIMEOUT).await;
+    if !install.ok() {
+        let _ = std::fs::remove_dir_all(&stage);
+        skip_or_fail(&install, "the npm registry", probe_npm().await);
+        return None;
+    }
+    publish(&stage, &dir);
+    let version = buf_version(&bin).await;
+    assert_eq!(
+        version.as_deref(),
+        Some(BUF_VERSION),
+        "buf from npm does not run:\n{}",
+        install.describe()
+    );
+    Some(bin)
+}
+
+// ---- JSON ----
+
+/// A JSON value, enough to read what the clients print (the suite has no
+/// JSON dependency).
+#[derive(Debug, Clone, PartialEq)]
+#[allow(dead_code)] // a complete JSON value: not every variant is inspected
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    Obj(Vec<(String, Json)>),
+}
+
+static NULL: Json = Json::Null;
+
+impl Json {
+    fn parse(s: &str) -> Result<Json, String> {
+        let mut p = JsonParser { b: s.as_bytes(), i: 0 };
+        let v = p.value()?;
+        p.ws();
+        if p.i != p.b.len() {
+            return Err(format!("trailing input at byte {}", p.i));
+        }
+        Ok(v)
+    }
+
+    /// The member `key` of an object; Null when absent.
+    fn get(&self, key: &str) -> &Json {
+        match self {
+            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map_or(&NULL, |(_, v)| v),
+            _ => &NULL,
+        }
+    }
+
+    fn at(&self, path: &[&str]) -> &Json {
+        path.iter().fold(self, |j, k| j.get(k))
+    }
+
+    fn as_u64(&self) -> Option<u64> {
+        match self {
+            Json::Num(n) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
+            _ => None,
+        }
+    }
+
+    fn as_str(&self) -> Option<&str> {
+        match self {
+            Json::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    fn as_bool(&self) -> Option<bool> {
+        match self {
+            Json::Bool(b) => Some(*b),
+            _ => None,
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    b: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+            self.i += 1;
+        }
+    }
+
+    fn bump(&mut self) -> Result<u8, String> {
+        let c = *self.b.get(self.i).ok_or("unexpected end of input")?;
+        self.i += 1;
+        Ok(c)
+    }
+
+    fn expect(&mut self, want: u8) -> Result<(), String> {
+        self.ws();
+        match self.bump()? {
+            c if c == want => Ok(()),
+            c => Err(format!(
+                "expected {:?} at byte {}, found {:?}",
+                want as char,
+                self.i - 1,
+                c as char
+            )),
+        }
+    }
+
+    fn value(&mut self) -> Result<Json, String> {
+        self.ws();
+        match self.b.get(self.i).copied() {
+            Some(b'{') => {
+                self.i += 1;
+                let mut members = Vec::new();
+                self.ws();
+                if self.b.get(self.i) == Some(&b'}') {
+                    self.i += 1;
+                    return Ok(Json::Obj(members));
+                }
+                loop {
+                    self.ws();
+                    let key = self.string()?;
+                    self.expect(b':')?;
+                    members.push((key, self.value()?));
+                    self.ws();
+                    match self.bump()? {
+                        b',' => {}
+                        b'}' => return Ok(Json::Obj(members)),
+                        c => {
+                            return Err(format!(
+                                "expected ',' or '}}' at byte {}, found {:?}",
+                                self.i - 1,
+                                c as char
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(b'[') => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.b.get(self.i) == Some(&b']') {
+                    self.i += 1;
+                    return Ok(Json::Arr(items));
+                }
+                loop {
+                    items.push(self.value()?);
+                    self.ws();
+                    match self.bump()? {
+                        b',' => {}
+                        b']' => return Ok(Json::Arr(items)),
+                        c => {
+                            return Err(format!(
+                                "expected ',' or ']' at byte {}, found {:?}",
+                                self.i - 1,
+                                c as char
+                            ))
+                        }
+                    }
+                }
+            }
+            Some(b'"') => Ok(Json::Str(self.string()?)),
+            Some(b't') => self.literal("true", Json::Bool(true)),
+            Some(b'f') => self.literal("false", Json::Bool(false)),
+            Some(b'n') => self.literal("null", Json::Null),
+            Some(c) if c == b'-' || c.is_ascii_digit() => {
+                let start = self.i;
+                while matches!(self.b.get(self.i), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
+                    self.i += 1;
+                }
+                let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|e| e.to_string())?;
+                text.parse().map(Json::Num).map_err(|_| format!("bad number {text:?}"))
+            }
+            _ => Err(format!("unexpected input at byte {}", self.i)),
+        }
+    }
+
+    fn literal(&mut self, word: &str, v: Json) -> Result<Json, String> {
+        if self.b[self.i..].starts_with(word.as_bytes()) {
+            self.i += word.len();
+            Ok(v)
+        } else {
+            Err(format!("unexpected input at byte {}", self.i))
+        }
+    }
+
+    fn hex4(&mut self) -> Result<u32, String> {
+        let digits = self.b.get(self.i..self.i + 4).ok_or("short \\u escape")?;
+        let text = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
+        self.i += 4;
+        u32::from_str_radix(text, 16).map_err(|_| format!("bad \\u escape {text:?}"))
+    }
+
+    fn string(&mut self) -> Result<String, String> {
+        self.expect(b'"')?;
+        let mut out = Vec::new();
+        loop {
+            match self.bump()? {
+                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
+                b'\\' => {
+                    let c = match self.bump()? {
+                        b'"' => '"',
+                        b'\\' => '\\',
+                        b'/' => '/',
+                        b'b' => '\u{8}',
+                        b'f' => '\u{c}',
+                        b'n' => '\n',
+                        b'r' => '\r',
+                        b't' => '\t',
+                        b'u' => {
+                            let mut code = self.hex4()?;
+                            if (0xD800..0xDC00).contains(&code) && self.b[self.i..].starts_with(b"\\u") {
+                                self.i += 2;
+                                let low = self.hex4()?;
+                                code = 0x10000 + ((code - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
+                            }
+                            char::from_u32(code).unwrap_or('\u{FFFD}')
+                        }
+                        c => return Err(format!("bad escape \\{}", c as char)),
+                    };
+                    let mut utf8 = [0; 4];
+                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
+                }
+                c => out.push(c),
+            }
+        }
+    }
+}
+
+#[test]
+fn json_reader_reads_what_the_clients_print() {
+    let j = Json::parse(
+        r#" {"a":{"b":[1,-2.5e1,true,false,null]},"s":"x\"\\\/\n\u00e9\ud83d\ude00","t":"1795371127146","e":{}} "#,
+    )
+    .expect("parse");
+    assert_eq!(
+        j.get("a").get("b"),
+        &Json::Arr(vec![
+            Json::Num(1.0),
+            Json::Num(-25.0),
+            Json::Bool(true),
+            Json::Bool(false),
+            Json::Null
+        ])
+    );
+    assert_eq!(j.get("s").as_str(), Some("x\"\\/\né😀"));
+    assert_eq!(j.at(&["t"]).as_str(), Some("1795371127146"));
+    assert_eq!(j.get("e"), &Json::Obj(vec![]));
+    assert_eq!(j.get("missing"), &Json::Null);
+    for bad in ["", "{", "{\"a\" 1}", "[1,]", "tru", "\"x", "{} x"] {
+        assert!(Json::parse(bad).is_err(), "{bad:?} should not parse");
+    }
+}

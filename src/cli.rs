@@ -200,6 +200,21 @@ fn table(rows: &[(String, Option<proto::Metrics>, String)], extra: Option<&str>)
     out
 }
 
+fn details_table(details: &[proto::ChannelDetails]) -> String {
+    let rows: Vec<_> = details
+        .iter()
+        .map(|d| {
+            let m = d
+                .status
+                .as_ref()
+                .and_then(|s| s.occupancy.as_ref())
+                .and_then(|o| o.metrics);
+            (d.channel_id.clone(), Some(m.unwrap_or_default()), String::new())
+        })
+        .collect();
+    table(&rows, None)
+}
+
 /// `occupancy get`: returns the exit code.
 pub async fn get(args: GetArgs) -> i32 {
     let client = match client(&args.target) {
@@ -213,18 +228,7 @@ pub async fn get(args: GetArgs) -> i32 {
                     println!("{}", details_json(d));
                 }
             } else {
-                let rows: Vec<_> = details
-                    .iter()
-                    .map(|d| {
-                        let m = d
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.occupancy.as_ref())
-                            .and_then(|o| o.metrics);
-                        (d.channel_id.clone(), Some(m.unwrap_or_default()), String::new())
-                    })
-                    .collect();
-                print!("{}", table(&rows, None));
+                print!("{}", details_table(&details));
             }
             0
         }
@@ -246,18 +250,7 @@ pub async fn list(args: ListArgs) -> i32 {
                     println!("{}", details_json(d));
                 }
             } else if by_value {
-                let rows: Vec<_> = channels
-                    .iter()
-                    .map(|d| {
-                        let m = d
-                            .status
-                            .as_ref()
-                            .and_then(|s| s.occupancy.as_ref())
-                            .and_then(|o| o.metrics);
-                        (d.channel_id.clone(), Some(m.unwrap_or_default()), String::new())
-                    })
-                    .collect();
-                print!("{}", table(&rows, None));
+                print!("{}", details_table(&channels));
             } else {
                 for d in &channels {
                     println!("{}", d.channel_id);

@@ -20,34 +20,13 @@ const ALL_MODES: [Mode; 6] = [
     Mode::ObjectSubscribe,
 ];
 
-macro_rules! conformance {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Harness::memory(super::TTL)).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Harness::redis(super::TTL)).await;
-                }
-            )*
-        }
-    };
-}
-
 /// Lease of sessions in these tests (shorter than the service allows, so
 /// expiry tests are quick).
 const TTL: Duration = Duration::from_millis(600);
 /// Lease for sessions that must outlive a test.
 const LONG_TTL_MS: u32 = 60_000;
 
-conformance!(
+both_stores!(
     metrics_for_every_mode,
     writes_are_idempotent,
     reattach_replaces_modes,

@@ -168,7 +168,7 @@ fn assert_details(d: &Json, channel: &str, active: bool, metrics: &[(&str, u64)]
     );
     let m = d.at(&["status", "occupancy", "metrics"]);
     for (name, want) in metrics {
-        assert_eq!(m.get(name).as_u64(), Some(*want), "{name} of {d:?}");
+        assert_eq!(m[*name].as_u64(), Some(*want), "{name} of {d:?}");
     }
 }
 
@@ -236,7 +236,9 @@ impl Client {
         assert!(out.ok(), "{} {args:?} failed:\n{}", self.name(), out.describe());
         out.stdout
             .lines()
-            .map(|l| Json::parse(l).unwrap_or_else(|e| panic!("{} printed {l:?}: not JSON ({e})", self.name())))
+            .map(|l| {
+                <Json as JsonPath>::parse(l).unwrap_or_else(|e| panic!("{} printed {l:?}: not JSON ({e})", self.name()))
+            })
             .collect()
     }
 }
@@ -270,9 +272,8 @@ impl Stream {
     /// The next line, parsed; fails after CLIENT_TIMEOUT.
     async fn next(&mut self) -> Json {
         match tokio::time::timeout(CLIENT_TIMEOUT, self.lines.next_line()).await {
-            Ok(Ok(Some(line))) => {
-                Json::parse(&line).unwrap_or_else(|e| panic!("{} printed {line:?}: not JSON ({e})", self.what))
-            }
+            Ok(Ok(Some(line))) => <Json as JsonPath>::parse(&line)
+                .unwrap_or_else(|e| panic!("{} printed {line:?}: not JSON ({e})", self.what)),
             Ok(Ok(None)) => {
                 let stderr = self.stop().await;
                 panic!("{} ended its output early; stderr:\n{stderr}", self.what)
@@ -628,240 +629,23 @@ async fn buf() -> Option<PathBuf> {
 
 // ---- JSON ----
 
-/// A JSON value, enough to read what the clients print (the suite has no
-/// JSON dependency).
-#[derive(Debug, Clone, PartialEq)]
-#[allow(dead_code)] // a complete JSON value: not every variant is inspected
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    Obj(Vec<(String, Json)>),
+/// What the clients print, one value a line.
+type Json = serde_json::Value;
+
+/// Path lookups that read as the clients' JSON does.
+trait JsonPath {
+    /// Parses one printed line.
+    fn parse(s: &str) -> Result<Json, String>;
+    /// The value at `path` (Null when absent).
+    fn at(&self, path: &[&str]) -> &Json;
 }
 
-static NULL: Json = Json::Null;
-
-impl Json {
+impl JsonPath for Json {
     fn parse(s: &str) -> Result<Json, String> {
-        let mut p = JsonParser { b: s.as_bytes(), i: 0 };
-        let v = p.value()?;
-        p.ws();
-        if p.i != p.b.len() {
-            return Err(format!("trailing input at byte {}", p.i));
-        }
-        Ok(v)
-    }
-
-    /// The member `key` of an object; Null when absent.
-    fn get(&self, key: &str) -> &Json {
-        match self {
-            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map_or(&NULL, |(_, v)| v),
-            _ => &NULL,
-        }
+        serde_json::from_str(s).map_err(|e| e.to_string())
     }
 
     fn at(&self, path: &[&str]) -> &Json {
-        path.iter().fold(self, |j, k| j.get(k))
-    }
-
-    fn as_u64(&self) -> Option<u64> {
-        match self {
-            Json::Num(n) if *n >= 0.0 && n.fract() == 0.0 => Some(*n as u64),
-            _ => None,
-        }
-    }
-
-    fn as_str(&self) -> Option<&str> {
-        match self {
-            Json::Str(s) => Some(s),
-            _ => None,
-        }
-    }
-
-    fn as_bool(&self) -> Option<bool> {
-        match self {
-            Json::Bool(b) => Some(*b),
-            _ => None,
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while matches!(self.b.get(self.i), Some(b' ' | b'\t' | b'\n' | b'\r')) {
-            self.i += 1;
-        }
-    }
-
-    fn bump(&mut self) -> Result<u8, String> {
-        let c = *self.b.get(self.i).ok_or("unexpected end of input")?;
-        self.i += 1;
-        Ok(c)
-    }
-
-    fn expect(&mut self, want: u8) -> Result<(), String> {
-        self.ws();
-        match self.bump()? {
-            c if c == want => Ok(()),
-            c => Err(format!(
-                "expected {:?} at byte {}, found {:?}",
-                want as char,
-                self.i - 1,
-                c as char
-            )),
-        }
-    }
-
-    fn value(&mut self) -> Result<Json, String> {
-        self.ws();
-        match self.b.get(self.i).copied() {
-            Some(b'{') => {
-                self.i += 1;
-                let mut members = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b'}') {
-                    self.i += 1;
-                    return Ok(Json::Obj(members));
-                }
-                loop {
-                    self.ws();
-                    let key = self.string()?;
-                    self.expect(b':')?;
-                    members.push((key, self.value()?));
-                    self.ws();
-                    match self.bump()? {
-                        b',' => {}
-                        b'}' => return Ok(Json::Obj(members)),
-                        c => {
-                            return Err(format!(
-                                "expected ',' or '}}' at byte {}, found {:?}",
-                                self.i - 1,
-                                c as char
-                            ))
-                        }
-                    }
-                }
-            }
-            Some(b'[') => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.b.get(self.i) == Some(&b']') {
-                    self.i += 1;
-                    return Ok(Json::Arr(items));
-                }
-                loop {
-                    items.push(self.value()?);
-                    self.ws();
-                    match self.bump()? {
-                        b',' => {}
-                        b']' => return Ok(Json::Arr(items)),
-                        c => {
-                            return Err(format!(
-                                "expected ',' or ']' at byte {}, found {:?}",
-                                self.i - 1,
-                                c as char
-                            ))
-                        }
-                    }
-                }
-            }
-            Some(b'"') => Ok(Json::Str(self.string()?)),
-            Some(b't') => self.literal("true", Json::Bool(true)),
-            Some(b'f') => self.literal("false", Json::Bool(false)),
-            Some(b'n') => self.literal("null", Json::Null),
-            Some(c) if c == b'-' || c.is_ascii_digit() => {
-                let start = self.i;
-                while matches!(self.b.get(self.i), Some(b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9')) {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.b[start..self.i]).map_err(|e| e.to_string())?;
-                text.parse().map(Json::Num).map_err(|_| format!("bad number {text:?}"))
-            }
-            _ => Err(format!("unexpected input at byte {}", self.i)),
-        }
-    }
-
-    fn literal(&mut self, word: &str, v: Json) -> Result<Json, String> {
-        if self.b[self.i..].starts_with(word.as_bytes()) {
-            self.i += word.len();
-            Ok(v)
-        } else {
-            Err(format!("unexpected input at byte {}", self.i))
-        }
-    }
-
-    fn hex4(&mut self) -> Result<u32, String> {
-        let digits = self.b.get(self.i..self.i + 4).ok_or("short \\u escape")?;
-        let text = std::str::from_utf8(digits).map_err(|e| e.to_string())?;
-        self.i += 4;
-        u32::from_str_radix(text, 16).map_err(|_| format!("bad \\u escape {text:?}"))
-    }
-
-    fn string(&mut self) -> Result<String, String> {
-        self.expect(b'"')?;
-        let mut out = Vec::new();
-        loop {
-            match self.bump()? {
-                b'"' => return String::from_utf8(out).map_err(|e| e.to_string()),
-                b'\\' => {
-                    let c = match self.bump()? {
-                        b'"' => '"',
-                        b'\\' => '\\',
-                        b'/' => '/',
-                        b'b' => '\u{8}',
-                        b'f' => '\u{c}',
-                        b'n' => '\n',
-                        b'r' => '\r',
-                        b't' => '\t',
-                        b'u' => {
-                            let mut code = self.hex4()?;
-                            if (0xD800..0xDC00).contains(&code) && self.b[self.i..].starts_with(b"\\u") {
-                                self.i += 2;
-                                let low = self.hex4()?;
-                                code = 0x10000 + ((code - 0xD800) << 10) + (low.wrapping_sub(0xDC00) & 0x3FF);
-                            }
-                            char::from_u32(code).unwrap_or('\u{FFFD}')
-                        }
-                        c => return Err(format!("bad escape \\{}", c as char)),
-                    };
-                    let mut utf8 = [0; 4];
-                    out.extend_from_slice(c.encode_utf8(&mut utf8).as_bytes());
-                }
-                c => out.push(c),
-            }
-        }
-    }
-}
-
-#[test]
-fn json_reader_reads_what_the_clients_print() {
-    let j = Json::parse(
-        r#" {"a":{"b":[1,-2.5e1,true,false,null]},"s":"x\"\\\/\n\u00e9\ud83d\ude00","t":"1795371127146","e":{}} "#,
-    )
-    .expect("parse");
-    assert_eq!(
-        j.get("a").get("b"),
-        &Json::Arr(vec![
-            Json::Num(1.0),
-            Json::Num(-25.0),
-            Json::Bool(true),
-            Json::Bool(false),
-            Json::Null
-        ])
-    );
-    assert_eq!(j.get("s").as_str(), Some("x\"\\/\né😀"));
-    assert_eq!(j.at(&["t"]).as_str(), Some("1795371127146"));
-    assert_eq!(j.get("e"), &Json::Obj(vec![]));
-    assert_eq!(j.get("missing"), &Json::Null);
-    for bad in ["", "{", "{\"a\" 1}", "[1,]", "tru", "\"x", "{} x"] {
-        assert!(Json::parse(bad).is_err(), "{bad:?} should not parse");
+        path.iter().fold(self, |j, k| &j[*k])
     }
 }

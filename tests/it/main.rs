@@ -2,6 +2,29 @@
 
 #![allow(unreachable_pub)]
 
+/// Runs each named `async fn(Harness)` of the calling module as two tests,
+/// `memory::NAME` and `redis::NAME`, with the module's `TTL`.
+macro_rules! both_stores {
+    ($($name:ident),* $(,)?) => {
+        mod memory {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::memory(super::TTL)).await;
+                }
+            )*
+        }
+        mod redis {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::redis(super::TTL)).await;
+                }
+            )*
+        }
+    };
+}
+
 mod abuse;
 mod cli;
 mod client;

@@ -110,30 +110,9 @@ pub fn m(e: &pb::OccupancyEvent) -> [u32; 9] {
     arr(e.metrics.as_ref().expect("metrics"))
 }
 
-macro_rules! both {
-    ($($name:ident),* $(,)?) => {
-        mod memory {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Harness::memory(super::TTL)).await;
-                }
-            )*
-        }
-        mod redis {
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $name() {
-                    super::$name(super::Harness::redis(super::TTL)).await;
-                }
-            )*
-        }
-    };
-}
-
 const TTL: Duration = Duration::from_secs(30);
 
-both!(
+both_stores!(
     snapshot_first_then_every_change_in_order,
     categories_filter_events,
     zero_flips_skip_the_debounce,

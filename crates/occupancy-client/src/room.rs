@@ -99,7 +99,8 @@ impl std::fmt::Debug for RoomOccupancy {
 }
 
 /// An active subscription; [`Subscription::unsubscribe`] or dropping it
-/// ends it.
+/// ends it: once either has returned, the listener is not called again
+/// (a call already under way on another thread finishes).
 #[derive(Debug)]
 pub struct Subscription {
     token: CancellationToken,
@@ -258,6 +259,9 @@ impl RoomOccupancy {
                                         }
                                         fresher
                                     });
+                                    if token.is_cancelled() {
+                                        return;
+                                    }
                                     listener(data);
                                 }
                                 Ok(None) => break None,

@@ -91,7 +91,7 @@ impl Session {
         &self.inner.id
     }
 
-    /// How many times the session re-sent its whole state.
+    /// How many times the session started re-sending its whole state.
     pub fn resyncs(&self) -> u64 {
         self.inner.resyncs.load(Ordering::Relaxed)
     }
@@ -202,19 +202,7 @@ impl Session {
         self.inner.cancel.cancel();
         lock(&self.inner.queue).clear();
         lock(&self.inner.holdings).clear();
-        let id = self.inner.id.clone();
-        self.inner
-            .client
-            .call(|ch| {
-                let id = id.clone();
-                async move {
-                    ConnectionServiceClient::new(ch)
-                        .close_session(proto::CloseSessionRequest { session_id: id })
-                        .await?;
-                    Ok(())
-                }
-            })
-            .await
+        close_session(&self.inner.client, &self.inner.id).await
     }
 }
 
@@ -229,20 +217,24 @@ impl Drop for Session {
             let client = self.inner.client.clone();
             let id = self.inner.id.clone();
             handle.spawn(async move {
-                let _ = client
-                    .call(|ch| {
-                        let id = id.clone();
-                        async move {
-                            ConnectionServiceClient::new(ch)
-                                .close_session(proto::CloseSessionRequest { session_id: id })
-                                .await?;
-                            Ok(())
-                        }
-                    })
-                    .await;
+                let _ = close_session(&client, &id).await;
             });
         }
     }
+}
+
+async fn close_session(client: &Client, id: &str) -> Result<(), Error> {
+    client
+        .call(|ch| {
+            let id = id.to_string();
+            async move {
+                ConnectionServiceClient::new(ch)
+                    .close_session(proto::CloseSessionRequest { session_id: id })
+                    .await?;
+                Ok(())
+            }
+        })
+        .await
 }
 
 impl Inner {
@@ -314,6 +306,7 @@ impl Inner {
                 presence_client_ids: h.members.iter().cloned().collect(),
             })
             .collect();
+        self.resyncs.fetch_add(1, Ordering::Relaxed);
         let req = proto::SyncSessionRequest {
             session_id: self.id.clone(),
             attachments,
@@ -326,7 +319,6 @@ impl Inner {
             })
             .await?;
         self.needs_sync.store(false, Ordering::Relaxed);
-        self.resyncs.fetch_add(1, Ordering::Relaxed);
         Ok(())
     }
 }

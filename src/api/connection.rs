@@ -97,8 +97,18 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ops = convert::operations(&r.operations).map_err(Error::from)?;
-        let results = self.store.apply(&session, &ops, r.include_metrics).await?;
+        let Some(results) = self
+            .store
+            .apply_sequenced(&session, r.sequence, &ops, r.include_metrics)
+            .await?
+        else {
+            return Ok(Response::new(pb::ApplyResponse {
+                results: Vec::new(),
+                already_applied: true,
+            }));
+        };
         Ok(Response::new(pb::ApplyResponse {
+            already_applied: false,
             results: results
                 .into_iter()
                 .map(|res| pb::OperationResult {

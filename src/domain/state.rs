@@ -66,7 +66,13 @@ pub struct OccupancyState {
     by_name: BTreeSet<String>,
     by_busy: BTreeSet<String>,
     next_token: u64,
+    /// Per session: last applied batch sequence and when (ms).
+    sequences: HashMap<SessionId, (u64, u64)>,
 }
+
+/// How long a session's last batch sequence is remembered after its last
+/// sequenced batch (a delayed batch older than this is applied again).
+pub const SEQUENCE_MEMORY_MS: u64 = 600_000;
 
 /// Collects the channels touched by one atomic step and reports each once.
 #[derive(Default)]
@@ -138,6 +144,23 @@ impl OccupancyState {
         }
         self.report(touched, changes);
         results
+    }
+
+    /// Whether a batch with `sequence` must be skipped (not above the
+    /// session's last one); records it otherwise.
+    pub fn sequence_is_stale(&mut self, now: u64, session: &SessionId, sequence: u64) -> bool {
+        if sequence == 0 {
+            return false;
+        }
+        self.sequences
+            .retain(|_, (_, at)| now.saturating_sub(*at) < SEQUENCE_MEMORY_MS);
+        match self.sequences.get(session) {
+            Some((last, _)) if sequence <= *last => true,
+            _ => {
+                self.sequences.insert(session.clone(), (sequence, now));
+                false
+            }
+        }
     }
 
     /// Extends `session`'s lease (to `ttl_ms` when given), or opens a new

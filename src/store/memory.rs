@@ -136,6 +136,23 @@ impl Store for MemoryStore {
         self.with(|s, now, ch| s.apply(now, session, ttl, ops, include_metrics, ch))
     }
 
+    async fn apply_sequenced(
+        &self,
+        session: &SessionId,
+        sequence: u64,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<Option<Vec<OpResult>>> {
+        let ttl = self.default_ttl_ms;
+        self.with(|s, now, ch| {
+            if s.sequence_is_stale(now, session, sequence) {
+                None
+            } else {
+                Some(s.apply(now, session, ttl, ops, include_metrics, ch))
+            }
+        })
+    }
+
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let ttl = self.default_ttl_ms;
         self.with(|s, now, ch| s.keep_alive(now, session, ttl_ms, ttl, ch))

@@ -86,6 +86,20 @@ pub trait Store: Send + Sync + 'static {
     /// [`crate::Error::Unavailable`] when the store cannot be reached.
     async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>>;
 
+    /// [`Store::apply`] for a batch with a sequence number: `None` (and
+    /// nothing applied) when `sequence` is not above the session's last
+    /// one. A `sequence` of 0 always applies.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn apply_sequenced(
+        &self,
+        session: &SessionId,
+        sequence: u64,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<Option<Vec<OpResult>>>;
+
     /// Extends `session`'s lease (to `ttl_ms` when given).
     ///
     /// # Errors

@@ -33,6 +33,7 @@ both_stores!(
     presence_clients_count_distinct_clients,
     enter_needs_presence_mode,
     apply_reports_each_operation,
+    sequenced_batches_apply_once_and_in_order,
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
     keep_alive_and_close_session,
@@ -622,6 +623,7 @@ async fn bad_input_is_rejected_and_changes_nothing(h: Harness) {
             session_id: "fe".into(),
             operations: vec![pb::Operation { op: None }],
             include_metrics: false,
+            sequence: 0,
         })
         .await;
     assert_invalid(r, "operations[0].op");
@@ -679,4 +681,57 @@ async fn bad_input_is_rejected_and_changes_nothing(h: Harness) {
     fx.enter("fe", "conn\u{feff}", odd, "用户").await;
     assert_eq!(fx.get(odd).await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
     assert_eq!(fx.list_all("ch\u{200b}", 10).await, [odd]);
+}
+
+async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let send = |seq: u64, ops: Vec<pb::operation::Op>| {
+        let mut w = fx.w.clone();
+        async move {
+            w.apply(pb::ApplyRequest {
+                session_id: "fe".into(),
+                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
+                include_metrics: false,
+                sequence: seq,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let enter = vec![attach_op("c1", "x", &[Mode::Presence]), enter_op("c1", "x", "alice")];
+    let r = send(10, enter.clone()).await;
+    assert!(!r.already_applied);
+    assert_eq!(r.results.len(), 2);
+    let r = send(11, vec![leave_op("c1", "x", "alice")]).await;
+    assert!(!r.already_applied);
+    assert_eq!(fx.get("x").await[4], 0);
+    // the first batch again (a retry), and an older one arriving late:
+    // neither applies, so alice does not come back
+    let r = send(10, enter.clone()).await;
+    assert!(r.already_applied && r.results.is_empty());
+    let r = send(9, enter.clone()).await;
+    assert!(r.already_applied);
+    assert_eq!(fx.get("x").await, [1, 0, 0, 1, 0, 0, 0, 0, 0]);
+    // a newer one applies; sequence 0 always applies
+    assert!(!send(12, vec![attach_op("c2", "x", &[])]).await.already_applied);
+    assert!(!send(0, vec![attach_op("c3", "x", &[])]).await.already_applied);
+    assert_eq!(fx.get("x").await[0], 3);
+    // sequences are per session
+    let mut w = fx.w.clone();
+    let r = w
+        .apply(pb::ApplyRequest {
+            session_id: "other".into(),
+            operations: vec![pb::Operation {
+                op: Some(attach_op("c4", "x", &[])),
+            }],
+            include_metrics: false,
+            sequence: 1,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!r.already_applied);
+    assert_eq!(fx.get("x").await[0], 4);
 }

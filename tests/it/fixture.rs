@@ -117,6 +117,7 @@ impl Fx {
                 session_id: session.into(),
                 operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics,
+                sequence: 0,
             })
             .await?;
         Ok(r.into_inner().results)

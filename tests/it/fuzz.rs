@@ -151,7 +151,7 @@ proptest! {
         ops in proptest::collection::vec(raw_operation(), 0..30),
         session in odd_string(),
     ) {
-        let req = pb::ApplyRequest { session_id: session, operations: ops, include_metrics: false };
+        let req = pb::ApplyRequest { session_id: session, operations: ops, include_metrics: false, sequence: 0 };
         decode_and_validate(&req.encode_to_vec());
         let (Ok(session), Ok(ops)) = (convert::session(&req.session_id), convert::operations(&req.operations)) else {
             return Ok(());

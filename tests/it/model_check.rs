@@ -43,6 +43,7 @@ pub struct Report {
     pub closes: usize,
     pub expiries: usize,
     pub status_mismatches: usize,
+    pub already_applied: usize,
 }
 
 impl Report {
@@ -55,6 +56,7 @@ impl Report {
         self.closes += o.closes;
         self.expiries += o.expiries;
         self.status_mismatches += o.status_mismatches;
+        self.already_applied += o.already_applied;
     }
 }
 
@@ -128,6 +130,7 @@ struct Writer {
     model: Arc<Mutex<Model>>,
     channels: usize,
     report: Report,
+    sequence: u64,
 }
 
 impl Writer {
@@ -153,11 +156,16 @@ impl Writer {
 
     /// Sends an Apply, retrying on other replicas until one answers
     /// (bounded), and maybe sending it again (a duplicate).
-    async fn apply(&mut self, session: &str, ops: &[Op]) -> Vec<pb::OperationResult> {
+    /// Results per operation, or None when a retry found the batch already
+    /// applied (its results were lost with the replica that applied it).
+    async fn apply(&mut self, session: &str, ops: &[Op]) -> Option<Vec<pb::OperationResult>> {
+        // one sequence per batch, kept across retries and duplicates
+        self.sequence += 1;
         let req = pb::ApplyRequest {
             session_id: session.to_string(),
             operations: ops.iter().map(|o| pb::Operation { op: Some(to_pb(o)) }).collect(),
             include_metrics: false,
+            sequence: self.sequence,
         };
         let mut replica = self.rng.random_range(0..self.clients.len());
         let mut result = None;
@@ -165,7 +173,16 @@ impl Writer {
             self.report.requests += 1;
             match self.clients[replica].0.apply(req.clone()).await {
                 Ok(r) => {
-                    result = Some(r.into_inner().results);
+                    let r = r.into_inner();
+                    if r.already_applied {
+                        // a retry of a batch that went through before the
+                        // replica answering it died
+                        self.report.already_applied += 1;
+                        assert!(attempt > 0, "a first send cannot be a repeat");
+                        result = Some(None);
+                    } else {
+                        result = Some(Some(r.results));
+                    }
                     break;
                 }
                 Err(status) => {
@@ -187,13 +204,17 @@ impl Writer {
         }
         let results = result.expect("no replica answered in 200 attempts");
         if self.rng.random_bool(0.1) {
-            // the client did not see the answer and sends it again
+            // the client did not see the answer and sends it again: the
+            // service must not apply it twice
             self.report.duplicates += 1;
             let other = (replica + 1) % self.clients.len();
             self.report.requests += 1;
             if let Ok(r) = self.clients[other].0.apply(req).await {
-                let again = r.into_inner().results;
-                assert_eq!(again.len(), results.len());
+                let r = r.into_inner();
+                assert!(
+                    r.already_applied && r.results.is_empty(),
+                    "a duplicate was applied again"
+                );
             }
         }
         results
@@ -305,11 +326,12 @@ impl Writer {
             }
             let results = self.apply(&session, &ops).await;
             let mut m = self.model.lock().unwrap();
-            for (op, r) in ops.iter().zip(results) {
+            for (i, op) in ops.iter().enumerate() {
                 let accepted = m.apply(&session, op);
-                let ok = r.status == pb::OperationStatus::Ok as i32;
-                if accepted != ok {
-                    self.report.status_mismatches += 1;
+                if let Some(r) = results.as_ref().and_then(|r| r.get(i)) {
+                    if accepted != (r.status == pb::OperationStatus::Ok as i32) {
+                        self.report.status_mismatches += 1;
+                    }
                 }
             }
             self.report.operations += n;
@@ -353,6 +375,7 @@ pub async fn drive(urls: &[String], d: &Drive, model: Arc<Mutex<Model>>) -> Repo
             model: model.clone(),
             channels: d.channels,
             report: Report::default(),
+            sequence: 0,
         };
         tasks.push(tokio::spawn(writer.run(d.ops_per_writer, d.expiries)));
     }

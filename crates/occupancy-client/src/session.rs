@@ -36,6 +36,7 @@ struct Inner {
     wake: Notify,
     cancel: CancellationToken,
     resyncs: std::sync::atomic::AtomicU64,
+    last_sequence: std::sync::atomic::AtomicU64,
 }
 
 /// A front end's session: the lease under which all of its connections'
@@ -80,6 +81,7 @@ impl Session {
             wake: Notify::new(),
             cancel: CancellationToken::new(),
             resyncs: std::sync::atomic::AtomicU64::new(0),
+            last_sequence: std::sync::atomic::AtomicU64::new(0),
         });
         inner.keep_alive().await?;
         tokio::spawn(background(inner.clone()));
@@ -238,6 +240,26 @@ async fn close_session(client: &Client, id: &str) -> Result<(), Error> {
 }
 
 impl Inner {
+    /// Batch sequences from the clock in microseconds, strictly
+    /// increasing, so a restarted front end reusing its session id starts
+    /// above its earlier batches.
+    fn next_sequence(&self) -> u64 {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX));
+        let mut last = self.last_sequence.load(Ordering::Relaxed);
+        loop {
+            let next = now.max(last + 1);
+            match self
+                .last_sequence
+                .compare_exchange(last, next, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return next,
+                Err(actual) => last = actual,
+            }
+        }
+    }
+
     async fn keep_alive(&self) -> Result<proto::SessionStatus, Error> {
         let (id, ttl_ms) = (self.id.clone(), self.ttl_ms);
         let r = self
@@ -272,10 +294,14 @@ impl Inner {
         let _sending = self.sending.lock().await;
         let ops = std::mem::take(&mut *lock(&self.queue));
         for chunk in ops.chunks(MAX_BATCH) {
+            // one sequence per batch, kept across retries: a retry of a
+            // batch that went through, or a batch stuck behind a replica
+            // that died, is never applied twice or after a newer one
             let req = proto::ApplyRequest {
                 session_id: self.id.clone(),
                 operations: chunk.to_vec(),
                 include_metrics: false,
+                sequence: self.next_sequence(),
             };
             let r = self
                 .client

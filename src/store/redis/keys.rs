@@ -17,6 +17,7 @@
 //! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:tokseq` | string | token counter |
+//! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
 //! | `P:{ev:N}` | stream | events of shard `N` |
 //!
 //! A session id maps to a fresh token each time its lease is opened, so the
@@ -73,6 +74,11 @@ pub fn connection(prefix: &str, connection: &str) -> String {
 /// A session's current token.
 pub fn session(prefix: &str, session: &str) -> String {
     format!("{prefix}:sess:{session}")
+}
+
+/// A session's last applied batch sequence.
+pub fn sequence(prefix: &str, session: &str) -> String {
+    format!("{prefix}:seq:{session}")
 }
 
 /// The lease deadlines.

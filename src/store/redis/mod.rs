@@ -198,10 +198,23 @@ pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
 #[async_trait]
 impl Store for RedisStore {
     async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>> {
+        self.apply_sequenced(session, 0, ops, include_metrics)
+            .await?
+            .ok_or_else(|| Error::Internal("an unsequenced batch was reported stale".into()))
+    }
+
+    async fn apply_sequenced(
+        &self,
+        session: &SessionId,
+        sequence: u64,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<Option<Vec<OpResult>>> {
         let mut inv = self.invocation(&APPLY);
         inv.arg(session.as_str())
             .arg(self.ttl_ms())
-            .arg(if include_metrics { "1" } else { "0" });
+            .arg(if include_metrics { "1" } else { "0" })
+            .arg(sequence);
         for op in ops {
             match op {
                 Operation::Attach {
@@ -238,6 +251,9 @@ impl Store for RedisStore {
         }
         let mut conn = self.conn.clone();
         let raw: Vec<Vec<i64>> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        if sequence > 0 && raw.len() == 1 && raw[0].first() == Some(&-1) {
+            return Ok(None);
+        }
         if raw.len() != ops.len() {
             return Err(Error::Internal(format!(
                 "apply script returned {} results for {} operations",
@@ -245,17 +261,18 @@ impl Store for RedisStore {
                 ops.len()
             )));
         }
-        Ok(raw
-            .into_iter()
-            .map(|r| OpResult {
-                status: if r.first() == Some(&2) {
-                    OpStatus::NotPresenceAttached
-                } else {
-                    OpStatus::Ok
-                },
-                metrics: include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
-            })
-            .collect())
+        Ok(Some(
+            raw.into_iter()
+                .map(|r| OpResult {
+                    status: if r.first() == Some(&2) {
+                        OpStatus::NotPresenceAttached
+                    } else {
+                        OpStatus::Ok
+                    },
+                    metrics: include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
+                })
+                .collect(),
+        ))
     }
 
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {

@@ -1,15 +1,26 @@
 -- Applies a batch of operations within one session, atomically.
 -- ARGV[4] session id, ARGV[5] default lease ms, ARGV[6] '1' to return each
--- operation's channel metrics; then four arguments per operation:
+-- operation's channel metrics, ARGV[7] the batch's sequence (0: none);
+-- then four arguments per operation:
 -- kind ('A' attach, 'D' detach, 'E' enter, 'L' leave), connection id,
 -- channel, and the mode bits (attach) or client id (enter, leave).
 -- Returns one entry per operation: {status} or {status, metric...}, with
--- status 1 applied, 2 not attached with presence mode.
+-- status 1 applied, 2 not attached with presence mode; or {{-1}} when the
+-- sequence was stale and nothing was applied.
+
+-- a batch not newer than the session's last one is not applied again
+local seq = tonumber(ARGV[7])
+if seq > 0 then
+  local ks = k_seq(ARGV[4])
+  local last = tonumber(redis.call('GET', ks) or '0')
+  if seq <= last then return { { -1 } } end
+  redis.call('SET', ks, ARGV[7], 'PX', SEQUENCE_MEMORY_MS)
+end
 
 local tok = open_session(ARGV[4], tonumber(ARGV[5]))
 local include = ARGV[6] == '1'
 local results = {}
-for i = 7, #ARGV, 4 do
+for i = 8, #ARGV, 4 do
   local kind, conn, ch, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local exists = claim(tok, conn)
   local kc = k_conn(conn)

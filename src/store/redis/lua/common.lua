@@ -23,6 +23,9 @@ local function k_conn(c) return P .. ':conn:' .. c end
 local function k_metrics(ch) return P .. ':{ch:' .. ch .. '}:m' end
 local function k_clients(ch) return P .. ':{ch:' .. ch .. '}:cl' end
 local function k_events(n) return P .. ':{ev:' .. n .. '}' end
+local function k_seq(s) return P .. ':seq:' .. s end
+-- as SEQUENCE_MEMORY_MS in src/domain/state.rs
+local SEQUENCE_MEMORY_MS = 600000
 
 local time = redis.call('TIME')
 local NOW = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)

@@ -464,13 +464,23 @@ async fn fill(
     Ok(())
 }
 
+/// Closes a session (retried: closing a huge one runs many reap rounds, any
+/// of which may time out on a loaded machine; closing is idempotent).
 async fn close(url: &str, session: &str) -> anyhow::Result<()> {
-    ConnectionServiceClient::new(channel(url).await?)
-        .close_session(pb::CloseSessionRequest {
-            session_id: session.to_string(),
-        })
-        .await?;
-    Ok(())
+    let mut c = ConnectionServiceClient::new(channel(url).await?);
+    let mut last = None;
+    for _ in 0..5 {
+        match c
+            .close_session(pb::CloseSessionRequest {
+                session_id: session.to_string(),
+            })
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.map_or_else(|| anyhow::anyhow!("close failed"), anyhow::Error::from))
 }
 
 async fn size_get(load: Load, connections: usize) -> anyhow::Result<()> {

@@ -54,6 +54,9 @@ pub(crate) static STREAM_STATE: LazyLock<Script> = script!("stream_state.lua");
 /// one call holds Redis.
 const REAP_BUDGET: usize = 1000;
 
+/// Extra time allowed per operation of an Apply batch beyond the timeout.
+const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
+
 /// How to reach and lay out the Redis state.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
@@ -133,9 +136,11 @@ impl RedisStore {
         keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
         let client = redis::Client::open(cfg.url.as_str())
             .map_err(|e| crate::domain::InvalidInput::new("redis_url", e.to_string()))?;
+        // Every call is bounded by `bounded` (scaled for large batches); the
+        // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(cfg.timeout))
+            .set_response_timeout(Some((cfg.timeout * 10).max(Duration::from_secs(10))))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
@@ -153,12 +158,17 @@ impl RedisStore {
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        match tokio::time::timeout(self.cfg.timeout, fut).await {
+        self.bounded_for(self.cfg.timeout, fut).await
+    }
+
+    async fn bounded_for<T>(
+        &self,
+        limit: Duration,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        match tokio::time::timeout(limit, fut).await {
             Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Unavailable(format!(
-                "no answer from redis within {:?}",
-                self.cfg.timeout
-            ))),
+            Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
         }
     }
 
@@ -250,7 +260,10 @@ impl Store for RedisStore {
             };
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<i64>> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        // a batch of 10,000 operations is one script of tens to hundreds of
+        // ms: allow for it on top of the timeout
+        let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * ops.len() as u32;
+        let raw: Vec<Vec<i64>> = self.bounded_for(limit, inv.invoke_async(&mut conn)).await?;
         if sequence > 0 && raw.len() == 1 && raw[0].first() == Some(&-1) {
             return Ok(None);
         }

@@ -12,6 +12,9 @@ pub enum Error {
     /// The request is valid but the state does not allow it.
     #[error("{0}")]
     FailedPrecondition(String),
+    /// A limit was reached (channels per connection).
+    #[error("{0}")]
+    ResourceExhausted(String),
     /// The store cannot be reached in time (timeouts, refused or dropped
     /// connections, a loading or read-only Redis).
     #[error("store unavailable: {0}")]
@@ -29,6 +32,7 @@ impl From<Error> for tonic::Status {
         match err {
             Error::InvalidInput(e) => tonic::Status::invalid_argument(e.to_string()),
             Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
+            Error::ResourceExhausted(msg) => tonic::Status::resource_exhausted(msg),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");
                 tonic::Status::unavailable("occupancy store unavailable, retry later")

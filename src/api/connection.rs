@@ -33,7 +33,8 @@ impl ConnectionApi {
             .ok_or_else(|| Error::Internal("no result".into()))?;
         match r.status {
             OpStatus::Ok => Ok(r.metrics.unwrap_or_default()),
-            s => Err(Error::FailedPrecondition(s.message().into())),
+            s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message().into())),
+            s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message().into())),
         }
     }
 }
@@ -115,6 +116,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
                     status: match res.status {
                         OpStatus::Ok => pb::OperationStatus::Ok,
                         OpStatus::NotPresenceAttached => pb::OperationStatus::FailedPrecondition,
+                        OpStatus::TooManyChannels => pb::OperationStatus::ResourceExhausted,
                     } as i32,
                     message: res.status.message().to_string(),
                     metrics: res.metrics.map(convert::metrics),

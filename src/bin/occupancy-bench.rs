@@ -525,7 +525,7 @@ async fn size_list(load: Load, channels: usize) -> anyhow::Result<()> {
     let small_n = (channels / 100).max(100);
     let session = format!("list-{run}");
     fill(&load.url, &format!("{session}-s"), small_n, &[], |i| {
-        (format!("ls{run}"), format!("ls{run}:{i:07}"))
+        (format!("ls{run}-{i}"), format!("ls{run}:{i:07}"))
     })
     .await?;
     let mut p50 = Vec::new();
@@ -553,7 +553,7 @@ async fn size_list(load: Load, channels: usize) -> anyhow::Result<()> {
     };
     p50.push(measure(format!("ls{run}:")).await?);
     fill(&load.url, &session, channels, &[], |i| {
-        (format!("lb{run}"), format!("lb{run}:{i:07}"))
+        (format!("lb{run}-{i}"), format!("lb{run}:{i:07}"))
     })
     .await?;
     p50.push(measure(format!("lb{run}:")).await?);

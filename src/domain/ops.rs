@@ -7,6 +7,10 @@ use super::mode::ModeSet;
 /// Largest number of operations in one batch.
 pub const MAX_BATCH: usize = 10_000;
 
+/// Channels one connection may be attached to at once. Bounds the work of
+/// removing a connection (a lease expiry removes its connections whole).
+pub const MAX_CHANNELS_PER_CONNECTION: usize = 1_000;
+
 /// One write of a front end, applied within its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Operation {
@@ -76,6 +80,9 @@ pub enum OpStatus {
     /// Not applied: entering presence needs the connection attached with
     /// presence mode.
     NotPresenceAttached,
+    /// Not applied: the connection is attached to
+    /// [`MAX_CHANNELS_PER_CONNECTION`] channels already.
+    TooManyChannels,
 }
 
 impl OpStatus {
@@ -84,6 +91,7 @@ impl OpStatus {
         match self {
             OpStatus::Ok => "",
             OpStatus::NotPresenceAttached => "connection is not attached to the channel with MODE_PRESENCE",
+            OpStatus::TooManyChannels => "connection is attached to 1000 channels already",
         }
     }
 }

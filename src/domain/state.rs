@@ -352,6 +352,12 @@ impl OccupancyState {
                 channel,
                 modes,
             } => {
+                if exists
+                    && !self.conns[connection].channels.contains_key(channel)
+                    && self.conns[connection].channels.len() >= super::ops::MAX_CHANNELS_PER_CONNECTION
+                {
+                    return OpStatus::TooManyChannels;
+                }
                 if !exists {
                     self.conns.insert(
                         connection.clone(),

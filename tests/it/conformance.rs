@@ -34,6 +34,7 @@ both_stores!(
     enter_needs_presence_mode,
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,
+    a_connection_holds_at_most_1000_channels,
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
     keep_alive_and_close_session,
@@ -734,4 +735,36 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
         .into_inner();
     assert!(!r.already_applied);
     assert_eq!(fx.get("x").await[0], 4);
+}
+
+async fn a_connection_holds_at_most_1000_channels(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.keep_alive("fe", LONG_TTL_MS).await;
+    let ops: Vec<_> = (0..1_001)
+        .map(|i| attach_op("busy", &format!("c{i:04}"), &[]))
+        .collect();
+    let r = fx.apply("fe", ops).await;
+    assert!(r[..1_000].iter().all(|r| r.status == pb::OperationStatus::Ok as i32));
+    assert_eq!(r[1_000].status, pb::OperationStatus::ResourceExhausted as i32);
+    assert_eq!(fx.get("c1000").await, [0; 9]);
+    // re-attaching one it holds is fine; a new one is refused on its own too
+    fx.attach("fe", "busy", "c0000", &[Mode::Publish]).await;
+    let e =
+        fx.w.clone()
+            .attach(pb::AttachRequest {
+                session_id: "fe".into(),
+                connection_id: "busy".into(),
+                channel: "c1000".into(),
+                modes: vec![],
+            })
+            .await
+            .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted);
+    // after a detach there is room again
+    fx.detach("fe", "busy", "c0001").await;
+    assert_eq!(fx.attach("fe", "busy", "c1000", &[]).await[0], 1);
+    // closing removes all 1,000 at once
+    assert!(fx.close("fe").await);
+    assert!(fx.list_all("", 1_000).await.is_empty());
 }

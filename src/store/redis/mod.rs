@@ -50,9 +50,9 @@ static HISTORY: LazyLock<Script> = script!("history.lua");
 static SESSION_STATE: LazyLock<Script> = script!("session_state.lua");
 pub(crate) static STREAM_STATE: LazyLock<Script> = script!("stream_state.lua");
 
-/// Connections a reap round may remove in one script call; bounds how long
-/// one call holds Redis.
-const REAP_BUDGET: usize = 1000;
+/// Attachments a reap round may remove in one script call (plus at most
+/// one connection's worth); bounds how long one call holds Redis.
+const REAP_BUDGET: usize = 2000;
 
 /// Extra time allowed per operation of an Apply batch beyond the timeout.
 const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
@@ -277,10 +277,10 @@ impl Store for RedisStore {
         Ok(Some(
             raw.into_iter()
                 .map(|r| OpResult {
-                    status: if r.first() == Some(&2) {
-                        OpStatus::NotPresenceAttached
-                    } else {
-                        OpStatus::Ok
+                    status: match r.first() {
+                        Some(2) => OpStatus::NotPresenceAttached,
+                        Some(3) => OpStatus::TooManyChannels,
+                        _ => OpStatus::Ok,
                     },
                     metrics: include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
                 })

@@ -5,7 +5,8 @@
 -- kind ('A' attach, 'D' detach, 'E' enter, 'L' leave), connection id,
 -- channel, and the mode bits (attach) or client id (enter, leave).
 -- Returns one entry per operation: {status} or {status, metric...}, with
--- status 1 applied, 2 not attached with presence mode; or {{-1}} when the
+-- status 1 applied, 2 not attached with presence mode, 3 the connection
+-- has no room for another channel; or {{-1}} when the
 -- sequence was stale and nothing was applied.
 
 -- a batch not newer than the session's last one is not applied again
@@ -30,7 +31,7 @@ for i = 8, #ARGV, 4 do
       redis.call('HSET', kc, 's', tok)
       redis.call('SADD', k_tokconns(tok), conn)
     end
-    attach(kc, ch, tonumber(extra))
+    status = attach(kc, ch, tonumber(extra))
   elseif kind == 'D' then
     if exists then
       detach(kc, ch)

@@ -171,10 +171,19 @@ local function enter(kc, ch, client)
   return 1
 end
 
+-- as MAX_CHANNELS_PER_CONNECTION in src/domain/ops.rs
+local MAX_CHANNELS = 1000
+
+-- Returns 1 when applied, 3 when the connection has no room for another
+-- channel.
 local function attach(kc, ch, modes)
   local field = 'a:' .. ch
   local old = redis.call('HGET', kc, field)
-  if old and tonumber(old) == modes then return end
+  if old and tonumber(old) == modes then return 1 end
+  if not old then
+    if tonumber(redis.call('HGET', kc, 'na') or '0') >= MAX_CHANNELS then return 3 end
+    redis.call('HINCRBY', kc, 'na', 1)
+  end
   local km = k_metrics(ch)
   if old then
     old = tonumber(old)
@@ -191,6 +200,7 @@ local function attach(kc, ch, modes)
   end
   redis.call('HSET', kc, field, modes)
   touch(ch)
+  return 1
 end
 
 local function detach(kc, ch)
@@ -200,6 +210,7 @@ local function detach(kc, ch)
   old = tonumber(old)
   leave_all(kc, ch)
   redis.call('HDEL', kc, field)
+  redis.call('HINCRBY', kc, 'na', -1)
   local km = k_metrics(ch)
   for _, b in ipairs(MODE_BITS) do
     if has(old, b) then redis.call('HINCRBY', km, MODE_FIELDS[b], -1) end
@@ -220,9 +231,9 @@ local function purge_conn(conn)
   redis.call('DEL', kc)
 end
 
--- Deletes the connection's record once it holds nothing but its owner.
+-- Deletes the connection's record once it has no attachment left.
 local function drop_if_empty(kc, conn, tok)
-  if redis.call('HLEN', kc) <= 1 then
+  if tonumber(redis.call('HGET', kc, 'na') or '0') <= 0 then
     redis.call('DEL', kc)
     redis.call('SREM', k_tokconns(tok), conn)
   end
@@ -247,17 +258,27 @@ local function claim(tok, conn)
   return false
 end
 
--- Purges up to budget connections of a retired token; returns how many
--- were purged and whether the token is done.
+-- Purges connections of a retired token until about `budget` attachments
+-- were removed (a connection is removed whole: at most MAX_CHANNELS);
+-- returns how many connections were purged and whether the token is done.
 local function reap_token(tok, budget)
-  local conns = redis.call('SPOP', k_tokconns(tok), budget)
-  for _, conn in ipairs(conns) do
-    if redis.call('HGET', k_conn(conn), 's') == tok then purge_conn(conn) end
+  local purged, work = 0, 0
+  while work < budget do
+    local conn = redis.call('SPOP', k_tokconns(tok))
+    if not conn then break end
+    purged = purged + 1
+    local kc = k_conn(conn)
+    if redis.call('HGET', kc, 's') == tok then
+      work = work + 1 + tonumber(redis.call('HGET', kc, 'na') or '0')
+      purge_conn(conn)
+    else
+      work = work + 1
+    end
   end
   if redis.call('SCARD', k_tokconns(tok)) == 0 then
     redis.call('SREM', K_REAPING, tok)
     redis.call('DEL', k_tok(tok), k_tokconns(tok))
-    return #conns, true
+    return purged, true
   end
-  return #conns, false
+  return purged, false
 end

@@ -1,5 +1,5 @@
 -- One round of expiry work, safe to run from every replica at once.
--- ARGV[4] connection budget, ARGV[5] a token to reap ('' for any).
+-- ARGV[4] attachment budget, ARGV[5] a token to reap ('' for any).
 -- Retires every session whose lease ran out (up to 1,000 a round), then
 -- purges up to the budget of connections of retired tokens.
 -- Returns {sessions retired, connections purged, 1 if work remains}.

@@ -90,7 +90,7 @@ async fn list_walks_every_page() {
     let url = p.url();
     // 2,500 more channels: three pages of 1,000
     let ops: Vec<_> = (0..2_500)
-        .map(|i| attach_op("c9", &format!("bulk:{i:04}"), &[]))
+        .map(|i| attach_op(&format!("b{i}"), &format!("bulk:{i:04}"), &[]))
         .collect();
     fx.apply("fe", ops).await;
     let out = run(&["list", "--prefix", "bulk:", "--by", "id", "--json", "--endpoint", &url]);

@@ -134,8 +134,14 @@ impl RedisStore {
     /// [`Error::InvalidInput`] for a malformed URL or key prefix.
     pub fn new(cfg: RedisConfig) -> Result<Self> {
         keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
-        let client = redis::Client::open(cfg.url.as_str())
-            .map_err(|e| crate::domain::InvalidInput::new("redis_url", e.to_string()))?;
+        let bad_url = |e: RedisError| crate::domain::InvalidInput::new("redis_url", e.to_string());
+        // TCP_NODELAY: a pipeline or a large script call spans several
+        // segments, and Nagle's algorithm would hold the last one until
+        // Redis' delayed ACK (~40 ms)
+        let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
+            .map_err(bad_url)?
+            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
+        let client = redis::Client::open(info).map_err(bad_url)?;
         // Every call is bounded by `bounded` (scaled for large batches); the
         // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()

@@ -159,16 +159,26 @@ async fn set_serving(health: &HealthReporter, serving: bool) {
         .await;
 }
 
+/// A ticker that skips ticks it missed rather than bursting.
+fn ticks(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick; false once `cancel` fires.
+async fn next_tick(tick: &mut tokio::time::Interval, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        () = cancel.cancelled() => false,
+        _ = tick.tick() => true,
+    }
+}
+
 /// Runs lease expiry rounds until cancelled. Every replica runs one; the
 /// store makes concurrent rounds safe.
 async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticks(every);
+    while next_tick(&mut tick, &cancel).await {
         // Keep going while work remains, at most 100 rounds per tick so a
         // backlog cannot starve shutdown.
         for _ in 0..100 {
@@ -197,13 +207,8 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
 /// Keeps the health service's status in line with the store's.
 async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Duration, cancel: CancellationToken) {
     let mut serving = None;
-    let mut tick = tokio::time::interval(every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => return,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticks(every);
+    while next_tick(&mut tick, &cancel).await {
         let ok = store.ping().await.is_ok();
         if serving != Some(ok) {
             if ok {

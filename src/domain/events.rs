@@ -76,6 +76,9 @@ pub struct ChangeEvent {
     pub shard: u32,
     /// Its position in that shard's log.
     pub pos: Pos,
+    /// Up to where the shard's log is dispatched once this change is: `pos`,
+    /// or just before it when more changes of the same log entry follow.
+    pub covers: Pos,
     /// The channel.
     pub channel: ChannelName,
     /// The channel's metrics after the change.

@@ -91,10 +91,19 @@ impl Inbox {
     /// Takes everything waiting, in an order that keeps each channel's
     /// events in log order.
     pub fn take(&self) -> Vec<Arc<HubEvent>> {
-        let mut p = self.lock();
-        let mut out: Vec<Arc<HubEvent>> = p.queue.drain(..).collect();
-        out.extend(p.overflow.drain().map(|(_, e)| e));
+        let mut out = Vec::new();
+        self.take_into(&mut out);
         out
+    }
+
+    /// Like [`Inbox::take`], appending to `out` (so its allocation can be
+    /// reused from one call to the next).
+    pub fn take_into(&self, out: &mut Vec<Arc<HubEvent>>) {
+        let mut p = self.lock();
+        out.extend(p.queue.drain(..));
+        if !p.overflow.is_empty() {
+            out.extend(p.overflow.drain().map(|(_, e)| e));
+        }
     }
 
     fn put(&self, e: &Arc<HubEvent>) {
@@ -130,7 +139,8 @@ struct Registry {
 /// Routes committed changes to local subscriptions.
 pub struct Hub {
     registry: RwLock<Registry>,
-    watermark: Vec<Mutex<Pos>>,
+    /// Per shard, the position of the last change dispatched.
+    watermark: Mutex<Vec<Pos>>,
     resync: watch::Sender<u64>,
     next_id: AtomicU64,
     published: AtomicU64,
@@ -138,7 +148,7 @@ pub struct Hub {
 
 impl std::fmt::Debug for Hub {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Hub").field("shards", &self.watermark.len()).finish()
+        f.debug_struct("Hub").field("shards", &self.shards()).finish()
     }
 }
 
@@ -162,7 +172,7 @@ impl Hub {
     pub fn new(shards: u32) -> Arc<Self> {
         Arc::new(Self {
             registry: RwLock::new(Registry::default()),
-            watermark: (0..shards).map(|_| Mutex::new(Pos::ZERO)).collect(),
+            watermark: Mutex::new(vec![Pos::ZERO; shards as usize]),
             resync: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             published: AtomicU64::new(0),
@@ -171,7 +181,14 @@ impl Hub {
 
     /// Number of event shards.
     pub fn shards(&self) -> u32 {
-        self.watermark.len() as u32
+        self.watermark_lock().len() as u32
+    }
+
+    fn watermark_lock(&self) -> std::sync::MutexGuard<'_, Vec<Pos>> {
+        match self.watermark.lock() {
+            Ok(w) => w,
+            Err(poisoned) => poisoned.into_inner(),
+        }
     }
 
     /// Changes published so far (for tests and gauges).
@@ -182,10 +199,14 @@ impl Hub {
     /// Per shard, the position of the last change dispatched. Every change
     /// up to it is already in the inboxes that follow its channel.
     pub fn watermark(&self) -> Vec<Pos> {
-        self.watermark
-            .iter()
-            .map(|m| m.lock().map_or(Pos::ZERO, |p| *p))
-            .collect()
+        self.watermark_lock().clone()
+    }
+
+    /// [`Hub::watermark`] into `out` (replacing its contents, reusing its
+    /// allocation).
+    pub fn watermark_into(&self, out: &mut Vec<Pos>) {
+        out.clear();
+        out.extend_from_slice(&self.watermark_lock());
     }
 
     /// Signals raised when every subscription should take a new snapshot.
@@ -266,7 +287,7 @@ impl ChangeSink for Hub {
     fn publish(&self, e: ChangeEvent) {
         self.published.fetch_add(1, Ordering::Relaxed);
         let shard = e.shard as usize;
-        let pos = e.pos;
+        let pos = e.covers;
         if let Ok(r) = self.registry.read() {
             let name = e.channel.as_str();
             let mut targets: Vec<&Arc<Inbox>> = Vec::new();
@@ -299,20 +320,16 @@ impl ChangeSink for Hub {
                 }
             }
         }
-        if let Some(w) = self.watermark.get(shard) {
-            if let Ok(mut w) = w.lock() {
-                if pos > *w {
-                    *w = pos;
-                }
+        if let Some(w) = self.watermark_lock().get_mut(shard) {
+            if pos > *w {
+                *w = pos;
             }
         }
     }
 
     fn resync(&self) {
-        for w in &self.watermark {
-            if let Ok(mut w) = w.lock() {
-                *w = Pos::ZERO;
-            }
+        for w in self.watermark_lock().iter_mut() {
+            *w = Pos::ZERO;
         }
         self.resync.send_modify(|g| *g += 1);
     }

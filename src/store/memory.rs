@@ -116,6 +116,7 @@ impl MemoryStore {
                 let event = ChangeEvent {
                     shard,
                     pos,
+                    covers: pos,
                     channel: c.channel,
                     metrics: c.metrics,
                     timestamp_ms: ts,

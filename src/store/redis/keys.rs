@@ -6,19 +6,24 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:{ch:NAME}:m` | hash | the channel's counters (`c pub sub pc pm ps op os pcl`) |
+//! | `P:{ch:NAME}:m` | string | the channel's counters, comma separated (`c,pub,sub,pc,pm,ps,op,os,pcl`); absent when no connection is attached |
 //! | `P:{ch:NAME}:cl` | hash | client id → presence members of that client |
 //! | `P:idx:name` | sorted set, score 0 | names of active channels (lexical walk) |
 //! | `P:idx:busy` | sorted set, score 0 | [`busy_key`](crate::domain::list::busy_key)s of active channels |
-//! | `P:conn:ID` | hash | `s` → owning token, `a:CH` → mode bits, `n:CH` → member count, `p:CH\0CLIENT` → 1 |
+//! | `P:owners` | hash | connection id → owning token |
+//! | `P:tok:T:conns` | hash | connection id → record of a connection owned by token `T`: its attachment count, then per attachment `\nCHANNEL\tMODES` and `\tCLIENT` per presence member |
 //! | `P:sess:ID` | string | the session's current token |
 //! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms |
-//! | `P:tok:T:conns` | set | connections owned by token `T` |
 //! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:tokseq` | string | token counter |
 //! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
-//! | `P:{ev:N}` | stream | events of shard `N` |
+//! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
+//!
+//! A connection costs one field in its token's hash and one in the owner
+//! index (no key of its own), which keeps Redis' memory per attachment low
+//! and lets a script read and write all connections of a batch with one
+//! HMGET and one HSET.
 //!
 //! A session id maps to a fresh token each time its lease is opened, so the
 //! remains of an expired lease can be reaped while the same session id is
@@ -66,9 +71,14 @@ pub fn busy_index(prefix: &str) -> String {
     format!("{prefix}:idx:busy")
 }
 
-/// A connection's record.
-pub fn connection(prefix: &str, connection: &str) -> String {
-    format!("{prefix}:conn:{connection}")
+/// The owner index: connection id → owning token.
+pub fn owners(prefix: &str) -> String {
+    format!("{prefix}:owners")
+}
+
+/// The records of the connections a token owns.
+pub fn token_connections(prefix: &str, token: &str) -> String {
+    format!("{prefix}:tok:{token}:conns")
 }
 
 /// A session's current token.

@@ -203,6 +203,16 @@ impl RedisStore {
     }
 }
 
+/// Parses a channel's counters as stored (`keys::channel_metrics`): the
+/// nine counters comma separated; missing or malformed ones count as zero.
+pub(crate) fn parse_metrics(text: &str) -> Metrics {
+    let mut a = [0u32; 9];
+    for (slot, v) in a.iter_mut().zip(text.split(',')) {
+        *slot = v.parse().unwrap_or(0);
+    }
+    Metrics::from_array(a)
+}
+
 pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
     let mut a = [0u32; 9];
     for (slot, v) in a.iter_mut().zip(values) {
@@ -320,19 +330,23 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {
-        const FIELDS: [&str; 9] = ["c", "pub", "sub", "pc", "pm", "ps", "op", "os", "pcl"];
-        let mut pipe = redis::pipe();
+        if channels.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut cmd = redis::cmd("MGET");
         for ch in channels {
-            pipe.cmd("HMGET")
-                .arg(keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()))
-                .arg(&FIELDS[..]);
+            cmd.arg(keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()));
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<Vec<Option<i64>>> = self.bounded(pipe.query_async(&mut conn)).await?;
-        Ok(raw
-            .iter()
-            .map(|r| metrics_from(&r.iter().map(|v| v.unwrap_or(0)).collect::<Vec<_>>()))
-            .collect())
+        let raw: Vec<Option<String>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        if raw.len() != channels.len() {
+            return Err(Error::Internal(format!(
+                "MGET returned {} values for {} keys",
+                raw.len(),
+                channels.len()
+            )));
+        }
+        Ok(raw.iter().map(|v| parse_metrics(v.as_deref().unwrap_or(""))).collect())
     }
 
     async fn list(&self, q: &ListQuery) -> Result<ListPage> {

@@ -16,7 +16,7 @@ use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{keys, metrics_from, RedisConfig, STREAM_STATE};
+use super::{keys, parse_metrics, RedisConfig, STREAM_STATE};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
 use crate::store::ChangeSink;
 
@@ -135,7 +135,7 @@ pub(super) async fn run(
                         for entry in k.ids {
                             let Some(p) = Pos::parse(&entry.id) else { continue };
                             pos = p;
-                            if let Some(e) = decode(shard, p, &entry.map) {
+                            for e in decode(shard, p, &entry.map) {
                                 sink.publish(e);
                             }
                         }
@@ -163,23 +163,37 @@ async fn entry_exists(conn: &mut redis::aio::MultiplexedConnection, key: &str, p
     Ok(!found.is_empty())
 }
 
-fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::Value>) -> Option<ChangeEvent> {
-    let text = |k: &str| -> Option<String> { map.get(k).and_then(|v| redis::from_redis_value_ref(v).ok()) };
-    let channel = match ChannelName::parse("channel", text("c")?) {
-        Ok(c) => c,
-        Err(e) => {
-            warn!(cause = %e, "skipping event with an invalid channel");
-            return None;
-        }
-    };
-    let values: Vec<i64> = text("m")?.split(',').filter_map(|v| v.parse().ok()).collect();
-    Some(ChangeEvent {
-        shard,
-        pos,
-        channel,
-        metrics: metrics_from(&values),
-        timestamp_ms: i64::try_from(pos.ms).unwrap_or(i64::MAX),
-    })
+/// The changes of one stream entry: one write's changed channels of this
+/// shard (field: the channel, value: its counters). Every change but the
+/// last covers the log only up to just before the entry, so that the hub's
+/// watermark reaches the entry once all of its changes are dispatched.
+fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::Value>) -> Vec<ChangeEvent> {
+    let mut out = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        let channel = match ChannelName::parse("channel", name.as_str()) {
+            Ok(c) => c,
+            Err(e) => {
+                warn!(cause = %e, "skipping event with an invalid channel");
+                continue;
+            }
+        };
+        let Ok(text) = redis::from_redis_value_ref::<String>(value) else {
+            warn!(%channel, "skipping event with malformed counters");
+            continue;
+        };
+        out.push(ChangeEvent {
+            shard,
+            pos,
+            covers: pos.pred(),
+            channel,
+            metrics: parse_metrics(&text),
+            timestamp_ms: i64::try_from(pos.ms).unwrap_or(i64::MAX),
+        });
+    }
+    if let Some(last) = out.last_mut() {
+        last.covers = pos;
+    }
+    out
 }
 
 /// Waits before the next attempt (doubling up to 1 s); returns that the

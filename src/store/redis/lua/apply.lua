@@ -9,6 +9,24 @@
 -- has no room for another channel; or {{-1}} when the
 -- sequence was stale and nothing was applied.
 
+-- the distinct connections and channels of the batch, checked before
+-- anything is written
+local conns, chans, seen_conn, seen_chan = {}, {}, {}, {}
+for i = 8, #ARGV, 4 do
+  local kind, conn, ch = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+  if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
+    return redis.error_reply('ERR unknown operation kind ' .. tostring(kind))
+  end
+  if not seen_conn[conn] then
+    seen_conn[conn] = true
+    conns[#conns + 1] = conn
+  end
+  if not seen_chan[ch] then
+    seen_chan[ch] = true
+    chans[#chans + 1] = ch
+  end
+end
+
 -- a batch not newer than the session's last one is not applied again
 local seq = tonumber(ARGV[7])
 if seq > 0 then
@@ -20,37 +38,27 @@ end
 
 local tok = open_session(ARGV[4], tonumber(ARGV[5]))
 local include = ARGV[6] == '1'
+load_metrics(chans)
+load_conns(tok, conns)
 local results = {}
 for i = 8, #ARGV, 4 do
   local kind, conn, ch, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
-  local exists = claim(tok, conn)
-  local kc = k_conn(conn)
   local status = 1
   if kind == 'A' then
-    if not exists then
-      redis.call('HSET', kc, 's', tok)
-      redis.call('SADD', k_tokconns(tok), conn)
-    end
-    status = attach(kc, ch, tonumber(extra))
+    status = op_attach(conn, ch, tonumber(extra))
   elseif kind == 'D' then
-    if exists then
-      detach(kc, ch)
-      drop_if_empty(kc, conn, tok)
-    end
+    op_detach(conn, ch)
   elseif kind == 'E' then
-    if exists then status = enter(kc, ch, extra) else status = 2 end
-  elseif kind == 'L' then
-    if exists then leave(kc, ch, extra) end
+    status = op_enter(conn, ch, extra)
   else
-    return redis.error_reply('ERR unknown operation kind ' .. tostring(kind))
+    op_leave(conn, ch, extra)
   end
+  local entry = { status }
   if include then
-    local entry = metrics_of(ch)
-    table.insert(entry, 1, status)
-    results[#results + 1] = entry
-  else
-    results[#results + 1] = { status }
+    for _, v in ipairs(M[ch]) do entry[#entry + 1] = v end
   end
+  results[#results + 1] = entry
 end
+flush_conns(tok)
 finish()
 return results

@@ -1,10 +1,18 @@
--- Shared prelude of every write script: key names, the clock, counters,
--- and the occupancy rules. Mirrors src/domain/state.rs; the key layout is
+-- Shared prelude of every script: key names, the clock, counters, and the
+-- occupancy rules. Mirrors src/domain/state.rs; the key layout is
 -- documented in src/store/redis/keys.rs, which builds the same names.
 --
 -- ARGV[1] key prefix, ARGV[2] number of event stream shards (0: no events),
 -- ARGV[3] approximate maximum length of each event stream; the script's own
 -- arguments follow from ARGV[4].
+--
+-- Cost model: a write script reads what it needs with a few variadic
+-- commands (MGET of the channels' counters, HMGET of the connections'
+-- owners and records), changes them in Lua, and writes them back with one
+-- variadic command per kind of change (MSET, HSET, ZADD, ZREM, one XADD
+-- per stream shard). A batch of 100 operations is then a few dozen Redis
+-- commands, not a dozen per operation: each command called from Lua costs
+-- about a microsecond of dispatch beyond its own work.
 
 local P = ARGV[1]
 local NSHARDS = tonumber(ARGV[2])
@@ -15,28 +23,32 @@ local K_REAPING = P .. ':reaping'
 local K_TOKSEQ = P .. ':tokseq'
 local K_IDX_NAME = P .. ':idx:name'
 local K_IDX_BUSY = P .. ':idx:busy'
+local K_OWNERS = P .. ':owners'
 
 local function k_sess(s) return P .. ':sess:' .. s end
 local function k_tok(t) return P .. ':tok:' .. t end
 local function k_tokconns(t) return P .. ':tok:' .. t .. ':conns' end
-local function k_conn(c) return P .. ':conn:' .. c end
 local function k_metrics(ch) return P .. ':{ch:' .. ch .. '}:m' end
 local function k_clients(ch) return P .. ':{ch:' .. ch .. '}:cl' end
 local function k_events(n) return P .. ':{ev:' .. n .. '}' end
 local function k_seq(s) return P .. ':seq:' .. s end
 -- as SEQUENCE_MEMORY_MS in src/domain/state.rs
 local SEQUENCE_MEMORY_MS = 600000
+-- as MAX_CHANNELS_PER_CONNECTION in src/domain/ops.rs
+local MAX_CHANNELS = 1000
 
 local time = redis.call('TIME')
 local NOW = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
--- metric fields, in the order of Category::ALL
-local FIELDS = { 'c', 'pub', 'sub', 'pc', 'pm', 'ps', 'op', 'os', 'pcl' }
--- mode bit -> metric field
-local MODE_BITS = { 1, 2, 4, 8, 16, 32 }
-local MODE_FIELDS = { [1] = 'pub', [2] = 'sub', [4] = 'pc', [8] = 'ps', [16] = 'op', [32] = 'os' }
+-- metric slots, in the order of Category::ALL:
+-- c pub sub pc pm ps op os pcl
+local C, PM, PCL = 1, 5, 9
+-- mode bit -> metric slot
+local MODE_SLOTS = { { 1, 2 }, { 2, 3 }, { 4, 4 }, { 8, 6 }, { 16, 7 }, { 32, 8 } }
 local PRESENCE = 4
-local SEP = '\0'
+-- unpack() takes at most about 8,000 values: variadic calls go in chunks
+-- (an even number, so that pairs stay together)
+local CHUNK = 4000
 
 local function has(modes, b) return bit.band(modes, b) ~= 0 end
 
@@ -55,11 +67,72 @@ local function shard_of(ch)
   return h % NSHARDS
 end
 
-local function metrics_of(ch)
-  local v = redis.call('HMGET', k_metrics(ch), unpack(FIELDS))
+-- Calls cmd with the head arguments followed by items, in chunks.
+local function call_many(cmd, head, items)
+  for i = 1, #items, CHUNK do
+    local args = {}
+    for _, h in ipairs(head) do args[#args + 1] = h end
+    for k = i, math.min(#items, i + CHUNK - 1) do args[#args + 1] = items[k] end
+    redis.call(cmd, unpack(args))
+  end
+end
+
+-- As call_many, for commands answering one value per item: the replies.
+local function read_many(cmd, head, items)
   local out = {}
-  for i = 1, #FIELDS do out[i] = tonumber(v[i]) or 0 end
+  for i = 1, #items, CHUNK do
+    local args = {}
+    for _, h in ipairs(head) do args[#args + 1] = h end
+    for k = i, math.min(#items, i + CHUNK - 1) do args[#args + 1] = items[k] end
+    for _, v in ipairs(redis.call(cmd, unpack(args))) do out[#out + 1] = v end
+  end
   return out
+end
+
+-- A channel's counters are one string: the nine slots, comma separated
+-- (absent: all zero). It is also the body of the channel's events.
+local function parse_metrics(v)
+  local m = { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
+  if v then
+    local i = 1
+    for n in string.gmatch(v, '[^,]+') do
+      m[i] = tonumber(n)
+      i = i + 1
+    end
+  end
+  return m
+end
+
+-- A read-only view of a channel's counters.
+local function metrics_of(ch)
+  return parse_metrics(redis.call('GET', k_metrics(ch)))
+end
+
+-- Counters of the channels this script changes, read once and written
+-- back by finish(); M0 holds the connection count as read.
+local M, M0 = {}, {}
+
+-- Reads the counters of the given channels not read yet, in one MGET.
+local function load_metrics(names)
+  local want, keys = {}, {}
+  for _, ch in ipairs(names) do
+    if not M[ch] then
+      want[#want + 1] = ch
+      keys[#keys + 1] = k_metrics(ch)
+    end
+  end
+  if #keys == 0 then return end
+  local vals = read_many('MGET', {}, keys)
+  for i, ch in ipairs(want) do
+    local m = parse_metrics(vals[i])
+    M[ch] = m
+    M0[ch] = m[C]
+  end
+end
+
+local function metrics(ch)
+  if not M[ch] then load_metrics({ ch }) end
+  return M[ch]
 end
 
 -- channels changed by this script, in first-touch order
@@ -71,12 +144,58 @@ local function touch(ch)
   end
 end
 
--- Appends one event per changed channel with its metrics after the script.
+-- Writes back every changed channel: counters, both indexes, and one event
+-- entry per stream shard holding each changed channel's new counters
+-- (field: the channel's name, value: its counters).
 local function finish()
-  if NSHARDS == 0 then return end
+  local sets, dels, busy_rem, busy_add, name_add, name_rem = {}, {}, {}, {}, {}, {}
+  local by_shard = {}
   for _, ch in ipairs(touched_list) do
-    local m = metrics_of(ch)
-    redis.call('XADD', k_events(shard_of(ch)), 'MAXLEN', '~', MAXLEN, '*', 'c', ch, 'm', table.concat(m, ','))
+    local m = M[ch]
+    local before, after = M0[ch], m[C]
+    local body = table.concat(m, ',')
+    if after > 0 then
+      sets[#sets + 1] = k_metrics(ch)
+      sets[#sets + 1] = body
+    else
+      dels[#dels + 1] = k_metrics(ch)
+      dels[#dels + 1] = k_clients(ch)
+    end
+    if before ~= after then
+      if before > 0 then busy_rem[#busy_rem + 1] = busy_key(before, ch) end
+      if after > 0 then
+        busy_add[#busy_add + 1] = 0
+        busy_add[#busy_add + 1] = busy_key(after, ch)
+        if before == 0 then
+          name_add[#name_add + 1] = 0
+          name_add[#name_add + 1] = ch
+        end
+      else
+        name_rem[#name_rem + 1] = ch
+      end
+    end
+    M0[ch] = after
+    if NSHARDS > 0 then
+      local s = shard_of(ch)
+      local e = by_shard[s]
+      if not e then
+        e = {}
+        by_shard[s] = e
+      end
+      e[#e + 1] = ch
+      e[#e + 1] = body
+    end
+  end
+  touched, touched_list = {}, {}
+  if #sets > 0 then call_many('MSET', {}, sets) end
+  if #dels > 0 then call_many('DEL', {}, dels) end
+  if #busy_rem > 0 then call_many('ZREM', { K_IDX_BUSY }, busy_rem) end
+  if #busy_add > 0 then call_many('ZADD', { K_IDX_BUSY }, busy_add) end
+  if #name_rem > 0 then call_many('ZREM', { K_IDX_NAME }, name_rem) end
+  if #name_add > 0 then call_many('ZADD', { K_IDX_NAME }, name_add) end
+  for s = 0, NSHARDS - 1 do
+    local e = by_shard[s]
+    if e then call_many('XADD', { k_events(s), 'MAXLEN', '~', MAXLEN, '*' }, e) end
   end
 end
 
@@ -118,166 +237,248 @@ local function open_session(session, ttl)
   return tok, false
 end
 
-local function set_connections(ch, before, after)
-  if before == after then return end
-  if before > 0 then redis.call('ZREM', K_IDX_BUSY, busy_key(before, ch)) end
-  if after > 0 then
-    redis.call('ZADD', K_IDX_BUSY, 0, busy_key(after, ch))
-    if before == 0 then redis.call('ZADD', K_IDX_NAME, 0, ch) end
-  else
-    redis.call('ZREM', K_IDX_NAME, ch)
-    redis.call('DEL', k_metrics(ch), k_clients(ch))
-  end
+-- Presence member bookkeeping on a channel: member count, and the count of
+-- members per client id (for unique clients).
+local function member_new(ch, client)
+  local m = metrics(ch)
+  m[PM] = m[PM] + 1
+  if redis.call('HINCRBY', k_clients(ch), client, 1) == 1 then m[PCL] = m[PCL] + 1 end
+  touch(ch)
 end
 
-local function leave(kc, ch, client)
-  if redis.call('HDEL', kc, 'p:' .. ch .. SEP .. client) == 0 then return end
-  redis.call('HINCRBY', kc, 'n:' .. ch, -1)
-  local km = k_metrics(ch)
-  redis.call('HINCRBY', km, 'pm', -1)
-  local n = redis.call('HINCRBY', k_clients(ch), client, -1)
-  if n <= 0 then
-    redis.call('HDEL', k_clients(ch), client)
-    redis.call('HINCRBY', km, 'pcl', -1)
+local function member_gone(ch, client)
+  local m = metrics(ch)
+  m[PM] = m[PM] - 1
+  local kc = k_clients(ch)
+  if redis.call('HINCRBY', kc, client, -1) <= 0 then
+    redis.call('HDEL', kc, client)
+    m[PCL] = m[PCL] - 1
   end
   touch(ch)
 end
 
--- Removes every presence member of the connection on the channel.
-local function leave_all(kc, ch)
-  local n = tonumber(redis.call('HGET', kc, 'n:' .. ch))
-  if not n or n <= 0 then return end
-  local want = 'p:' .. ch .. SEP
-  local fields = redis.call('HKEYS', kc)
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, #want) == want then
-      leave(kc, ch, string.sub(f, #want + 1))
+-- A connection's record, the value of its field in its token's hash
+-- P:tok:T:conns: the number of attachments, then per attachment
+-- '\nCHANNEL\tMODES' followed by '\tCLIENT' per presence member of the
+-- connection on that channel. Names and ids hold no control characters, so
+-- the separators cannot occur inside them; lookups are plain substring
+-- searches, without decoding the record.
+local function rec_count(r) return tonumber(string.match(r, '^%d+')) end
+
+local function rec_with_count(r, n)
+  return n .. string.sub(r, #string.match(r, '^%d+') + 1)
+end
+
+-- Where CH's line starts and ends (exclusive), its modes and member part.
+local function rec_find(r, ch)
+  local key = '\n' .. ch .. '\t'
+  local i = string.find(r, key, 1, true)
+  if not i then return nil end
+  local j = string.find(r, '\n', i + 1, true) or (#r + 1)
+  local s = i + #key
+  local modes = string.match(r, '^%d+', s)
+  return i, j, tonumber(modes), string.sub(r, s + #modes, j - 1)
+end
+
+local function rec_replace(r, i, j, line) return string.sub(r, 1, i - 1) .. line .. string.sub(r, j) end
+
+local function line_of(ch, modes, members) return '\n' .. ch .. '\t' .. modes .. members end
+
+local function has_member(members, client)
+  return string.find(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil
+end
+
+local function without_member(members, client)
+  local s = members .. '\t'
+  local k = '\t' .. client .. '\t'
+  local i = string.find(s, k, 1, true)
+  return string.sub(s, 1, i - 1) .. string.sub(s, i + #k - 1, #s - 1)
+end
+
+-- Removes one attachment's share of its channel's counters.
+local function drop_attachment(ch, modes, members)
+  local m = metrics(ch)
+  for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
+  for _, ms in ipairs(MODE_SLOTS) do
+    if has(modes, ms[1]) then m[ms[2]] = m[ms[2]] - 1 end
+  end
+  m[C] = m[C] - 1
+  touch(ch)
+end
+
+-- Removes every attachment of a record from the counters.
+local function drop_record(r)
+  for ch, modes, members in string.gmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
+    drop_attachment(ch, tonumber(modes), members)
+  end
+end
+
+-- Records of the connections a write script works on: conn -> record, or
+-- false for a connection that does not exist. Changed ones are written
+-- back by flush_conns().
+local R, R_changed, R_list, OWNED = {}, {}, {}, {}
+
+local function rec_set(conn, r)
+  R[conn] = r
+  if not R_changed[conn] then
+    R_changed[conn] = true
+    R_list[#R_list + 1] = conn
+  end
+end
+
+-- Makes tok the owner of the given connections, reading their records.
+-- A connection owned by another live session moves whole (a resume on
+-- another front end); one owned by a dead session is removed first, so its
+-- old state is removed exactly once.
+local function load_conns(tok, conns)
+  if #conns == 0 then return end
+  local owners = read_many('HMGET', { K_OWNERS }, conns)
+  local mine = {}
+  for i, conn in ipairs(conns) do
+    local o = owners[i]
+    if o == tok then
+      mine[#mine + 1] = conn
+    elseif o then
+      local kt = k_tokconns(o)
+      local r = redis.call('HGET', kt, conn)
+      redis.call('HDEL', kt, conn)
+      if r and lease_alive(o) then
+        rec_set(conn, r)
+      else
+        if r then drop_record(r) end
+        redis.call('HDEL', K_OWNERS, conn)
+        R[conn] = false
+      end
+    else
+      R[conn] = false
     end
   end
-  redis.call('HDEL', kc, 'n:' .. ch)
-end
-
-local function enter(kc, ch, client)
-  local modes = tonumber(redis.call('HGET', kc, 'a:' .. ch))
-  if not modes or not has(modes, PRESENCE) then return 2 end
-  if redis.call('HSETNX', kc, 'p:' .. ch .. SEP .. client, 1) == 0 then return 1 end
-  redis.call('HINCRBY', kc, 'n:' .. ch, 1)
-  local km = k_metrics(ch)
-  redis.call('HINCRBY', km, 'pm', 1)
-  if redis.call('HINCRBY', k_clients(ch), client, 1) == 1 then
-    redis.call('HINCRBY', km, 'pcl', 1)
+  if #mine > 0 then
+    local recs = read_many('HMGET', { k_tokconns(tok) }, mine)
+    for i, conn in ipairs(mine) do
+      R[conn] = recs[i] or false
+      OWNED[conn] = recs[i] and true or false
+    end
   end
-  touch(ch)
-  return 1
 end
 
--- as MAX_CHANNELS_PER_CONNECTION in src/domain/ops.rs
-local MAX_CHANNELS = 1000
+-- Writes back the changed records of tok's connections and the owner index.
+local function flush_conns(tok)
+  local keep, gone, own = {}, {}, {}
+  for _, conn in ipairs(R_list) do
+    local r = R[conn]
+    if r and rec_count(r) > 0 then
+      keep[#keep + 1] = conn
+      keep[#keep + 1] = r
+      if not OWNED[conn] then
+        own[#own + 1] = conn
+        own[#own + 1] = tok
+      end
+    else
+      gone[#gone + 1] = conn
+    end
+  end
+  if #keep > 0 then call_many('HSET', { k_tokconns(tok) }, keep) end
+  if #gone > 0 then
+    call_many('HDEL', { k_tokconns(tok) }, gone)
+    call_many('HDEL', { K_OWNERS }, gone)
+  end
+  if #own > 0 then call_many('HSET', { K_OWNERS }, own) end
+end
 
 -- Returns 1 when applied, 3 when the connection has no room for another
 -- channel.
-local function attach(kc, ch, modes)
-  local field = 'a:' .. ch
-  local old = redis.call('HGET', kc, field)
-  if old and tonumber(old) == modes then return 1 end
-  if not old then
-    if tonumber(redis.call('HGET', kc, 'na') or '0') >= MAX_CHANNELS then return 3 end
-    redis.call('HINCRBY', kc, 'na', 1)
-  end
-  local km = k_metrics(ch)
+local function op_attach(conn, ch, modes)
+  local r = R[conn] or '0'
+  local i, j, old, members = rec_find(r, ch)
+  if old == modes then return 1 end
+  local m = metrics(ch)
   if old then
-    old = tonumber(old)
-    if has(old, PRESENCE) and not has(modes, PRESENCE) then leave_all(kc, ch) end
-    for _, b in ipairs(MODE_BITS) do
-      if has(old, b) then redis.call('HINCRBY', km, MODE_FIELDS[b], -1) end
+    if has(old, PRESENCE) and not has(modes, PRESENCE) then
+      for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
+      members = ''
     end
+    for _, ms in ipairs(MODE_SLOTS) do
+      if has(old, ms[1]) then m[ms[2]] = m[ms[2]] - 1 end
+    end
+    r = rec_replace(r, i, j, line_of(ch, modes, members))
   else
-    local c = redis.call('HINCRBY', km, 'c', 1)
-    set_connections(ch, c - 1, c)
+    local n = rec_count(r)
+    if n >= MAX_CHANNELS then return 3 end
+    m[C] = m[C] + 1
+    r = rec_with_count(r, n + 1) .. line_of(ch, modes, '')
   end
-  for _, b in ipairs(MODE_BITS) do
-    if has(modes, b) then redis.call('HINCRBY', km, MODE_FIELDS[b], 1) end
+  for _, ms in ipairs(MODE_SLOTS) do
+    if has(modes, ms[1]) then m[ms[2]] = m[ms[2]] + 1 end
   end
-  redis.call('HSET', kc, field, modes)
+  rec_set(conn, r)
   touch(ch)
   return 1
 end
 
-local function detach(kc, ch)
-  local field = 'a:' .. ch
-  local old = redis.call('HGET', kc, field)
-  if not old then return end
-  old = tonumber(old)
-  leave_all(kc, ch)
-  redis.call('HDEL', kc, field)
-  redis.call('HINCRBY', kc, 'na', -1)
-  local km = k_metrics(ch)
-  for _, b in ipairs(MODE_BITS) do
-    if has(old, b) then redis.call('HINCRBY', km, MODE_FIELDS[b], -1) end
-  end
-  local c = redis.call('HINCRBY', km, 'c', -1)
-  set_connections(ch, c + 1, c)
-  touch(ch)
+local function op_detach(conn, ch)
+  local r = R[conn]
+  if not r then return end
+  local i, j, old, members = rec_find(r, ch)
+  if not i then return end
+  drop_attachment(ch, old, members)
+  r = rec_replace(r, i, j, '')
+  rec_set(conn, rec_with_count(r, rec_count(r) - 1))
 end
 
--- Removes every attachment (and presence member) of a connection, and the
--- connection itself. The caller has taken it out of its token's set.
-local function purge_conn(conn)
-  local kc = k_conn(conn)
-  local fields = redis.call('HKEYS', kc)
-  for _, f in ipairs(fields) do
-    if string.sub(f, 1, 2) == 'a:' then detach(kc, string.sub(f, 3)) end
-  end
-  redis.call('DEL', kc)
+-- Returns 1 when applied (or already a member), 2 when the connection is
+-- not attached to the channel with presence mode.
+local function op_enter(conn, ch, client)
+  local r = R[conn]
+  if not r then return 2 end
+  local i, j, modes, members = rec_find(r, ch)
+  if not i or not has(modes, PRESENCE) then return 2 end
+  if has_member(members, client) then return 1 end
+  member_new(ch, client)
+  rec_set(conn, rec_replace(r, i, j, line_of(ch, modes, members .. '\t' .. client)))
+  return 1
 end
 
--- Deletes the connection's record once it has no attachment left.
-local function drop_if_empty(kc, conn, tok)
-  if tonumber(redis.call('HGET', kc, 'na') or '0') <= 0 then
-    redis.call('DEL', kc)
-    redis.call('SREM', k_tokconns(tok), conn)
-  end
+local function op_leave(conn, ch, client)
+  local r = R[conn]
+  if not r then return end
+  local i, j, modes, members = rec_find(r, ch)
+  if not i or not has_member(members, client) then return end
+  member_gone(ch, client)
+  rec_set(conn, rec_replace(r, i, j, line_of(ch, modes, without_member(members, client))))
 end
 
--- Makes tok the owner of conn, if the connection exists; returns whether it
--- does. A connection owned by another live session moves whole (a resume
--- on another front end); one owned by a dead session is purged first, so
--- its old state is removed exactly once.
-local function claim(tok, conn)
-  local kc = k_conn(conn)
-  local owner = redis.call('HGET', kc, 's')
-  if not owner then return false end
-  if owner == tok then return true end
-  redis.call('SREM', k_tokconns(owner), conn)
-  if lease_alive(owner) then
-    redis.call('HSET', kc, 's', tok)
-    redis.call('SADD', k_tokconns(tok), conn)
-    return true
-  end
-  purge_conn(conn)
-  return false
-end
-
--- Purges connections of a retired token until about `budget` attachments
+-- Removes connections of a retired token until about `budget` attachments
 -- were removed (a connection is removed whole: at most MAX_CHANNELS);
--- returns how many connections were purged and whether the token is done.
+-- returns how many connections were removed and whether the token is done.
 local function reap_token(tok, budget)
+  local kt = k_tokconns(tok)
   local purged, work = 0, 0
   while work < budget do
-    local conn = redis.call('SPOP', k_tokconns(tok))
-    if not conn then break end
-    purged = purged + 1
-    local kc = k_conn(conn)
-    if redis.call('HGET', kc, 's') == tok then
-      work = work + 1 + tonumber(redis.call('HGET', kc, 'na') or '0')
-      purge_conn(conn)
-    else
+    local batch = redis.call('HRANDFIELD', kt, 64, 'WITHVALUES')
+    if #batch == 0 then break end
+    local conns = {}
+    for i = 1, #batch, 2 do conns[#conns + 1] = batch[i] end
+    local owners = redis.call('HMGET', K_OWNERS, unpack(conns))
+    local done, gone = {}, {}
+    for k, conn in ipairs(conns) do
+      if work >= budget then break end
+      local r = batch[2 * k]
+      done[#done + 1] = conn
+      purged = purged + 1
       work = work + 1
+      if owners[k] == tok then
+        work = work + rec_count(r)
+        drop_record(r)
+        gone[#gone + 1] = conn
+      end
     end
+    redis.call('HDEL', kt, unpack(done))
+    if #gone > 0 then redis.call('HDEL', K_OWNERS, unpack(gone)) end
   end
-  if redis.call('SCARD', k_tokconns(tok)) == 0 then
+  if redis.call('EXISTS', kt) == 0 then
     redis.call('SREM', K_REAPING, tok)
-    redis.call('DEL', k_tok(tok), k_tokconns(tok))
+    redis.call('DEL', k_tok(tok))
     return purged, true
   end
   return purged, false

@@ -1,6 +1,7 @@
 -- Changes of one event stream after a position, and whether entries after
 -- it were trimmed or lost. ARGV[4] shard, ARGV[5] position 'ms-seq',
--- ARGV[6] limit. Returns {gap, {id, channel, id, channel, ...}, more}.
+-- ARGV[6] limit (entries). Returns {gap, {id, channel, id, channel, ...},
+-- more}.
 
 local key = k_events(tonumber(ARGV[4]))
 local after = ARGV[5]
@@ -35,12 +36,12 @@ for i, e in ipairs(entries) do
     more = 1
     break
   end
+  -- an entry holds one batch's changes of this shard: field the channel,
+  -- value its counters
   local fields = e[2]
-  local ch = nil
   for j = 1, #fields, 2 do
-    if fields[j] == 'c' then ch = fields[j + 1] end
+    flat[#flat + 1] = e[1]
+    flat[#flat + 1] = fields[j]
   end
-  flat[#flat + 1] = e[1]
-  flat[#flat + 1] = ch or ''
 end
 return { gap, flat, more }

@@ -48,7 +48,9 @@ else
 end
 
 local metrics = {}
-if with_metrics then
-  for i, k in ipairs(keys) do metrics[i] = metrics_of(name_of(k)) end
+if with_metrics and #keys > 0 then
+  local mk = {}
+  for i, k in ipairs(keys) do mk[i] = k_metrics(name_of(k)) end
+  for i, v in ipairs(read_many('MGET', {}, mk)) do metrics[i] = parse_metrics(v) end
 end
 return { keys, metrics, more }

@@ -2,8 +2,10 @@
 -- read atomically. ARGV[4..] channel names.
 -- Returns {metrics per channel..., {last id per shard}}.
 
+local keys = {}
+for i = 4, #ARGV do keys[#keys + 1] = k_metrics(ARGV[i]) end
 local out = {}
-for i = 4, #ARGV do out[#out + 1] = metrics_of(ARGV[i]) end
+for i, v in ipairs(read_many('MGET', {}, keys)) do out[i] = parse_metrics(v) end
 local positions = {}
 for s = 0, NSHARDS - 1 do
   local last = redis.call('XREVRANGE', k_events(s), '+', '-', 'COUNT', 1)

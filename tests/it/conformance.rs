@@ -245,10 +245,10 @@ async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
     if let crate::support::Backend::Redis(r) = &h.backend {
         // nothing of the expired sessions is left in Redis
         let mut c = r.connection();
-        let owned: Vec<String> = ::redis::cmd("HKEYS").arg("test:owners").query(&mut c).unwrap();
-        assert_eq!(owned, ["k1"]);
-        let records: Vec<String> = ::redis::cmd("KEYS").arg("test:tok:*:conns").query(&mut c).unwrap();
-        assert_eq!(records.len(), 1, "only the keeper's connections are left: {records:?}");
+        let conns: Vec<String> = ::redis::cmd("HKEYS").arg("test:conns").query(&mut c).unwrap();
+        assert_eq!(conns, ["k1"]);
+        let sets: Vec<String> = ::redis::cmd("KEYS").arg("test:tok:*:conns").query(&mut c).unwrap();
+        assert_eq!(sets.len(), 1, "only the keeper's connections are left: {sets:?}");
         let reaping: usize = ::redis::cmd("SCARD").arg("test:reaping").query(&mut c).unwrap();
         assert_eq!(reaping, 0);
     }

@@ -194,19 +194,18 @@ async fn scripts_and_keys_rs_agree_on_the_layout() {
     assert_eq!(names, want);
     let busy: usize = ::redis::cmd("ZCARD").arg(keys::busy_index(p)).query(&mut c).unwrap();
     assert_eq!(busy, channels.len());
-    let owner: String = ::redis::cmd("HGET")
-        .arg(keys::owners(p))
-        .arg("conn-1")
-        .query(&mut c)
-        .unwrap();
     let token: String = ::redis::cmd("GET").arg(keys::session(p, "fe")).query(&mut c).unwrap();
-    assert_eq!(owner, token);
-    let record: String = ::redis::cmd("HGET")
+    let owned: Vec<String> = ::redis::cmd("SMEMBERS")
         .arg(keys::token_connections(p, &token))
+        .query(&mut c)
+        .unwrap();
+    assert_eq!(owned, ["conn-1"]);
+    let record: String = ::redis::cmd("HGET")
+        .arg(keys::connections(p))
         .arg("conn-1")
         .query(&mut c)
         .unwrap();
-    assert!(record.starts_with("4\n"), "{record:?}");
+    assert!(record.starts_with(&format!("{token}\t4\n")), "{record:?}");
     for ch in channels {
         assert!(record.contains(&format!("\n{ch}\t5\talice")), "{ch}: {record:?}");
     }

@@ -10,8 +10,8 @@
 //! | `P:{ch:NAME}:cl` | hash | client id → presence members of that client |
 //! | `P:idx:name` | sorted set, score 0 | names of active channels (lexical walk) |
 //! | `P:idx:busy` | sorted set, score 0 | [`busy_key`](crate::domain::list::busy_key)s of active channels |
-//! | `P:owners` | hash | connection id → owning token |
-//! | `P:tok:T:conns` | hash | connection id → record of a connection owned by token `T`: its attachment count, then per attachment `\nCHANNEL\tMODES` and `\tCLIENT` per presence member |
+//! | `P:conns` | hash | connection id → its record: owning token and attachment count (`TOK\tN`), then per attachment `\nCHANNEL\tMODES` and `\tCLIENT` per presence member |
+//! | `P:tok:T:conns` | set | connections owned by token `T` |
 //! | `P:sess:ID` | string | the session's current token |
 //! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms |
 //! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
@@ -20,10 +20,12 @@
 //! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //!
-//! A connection costs one field in its token's hash and one in the owner
-//! index (no key of its own), which keeps Redis' memory per attachment low
-//! and lets a script read and write all connections of a batch with one
-//! HMGET and one HSET.
+//! A connection costs one field in `P:conns` and one member of its token's
+//! set, no key of its own: that keeps Redis' memory per attachment low and
+//! lets a script read and write all connections of a batch with one HMGET
+//! and one HSET. (`P:conns` is one big hash on purpose: a small hash is a
+//! listpack that Redis searches linearly, up to `hash-max-listpack-entries`
+//! fields, which made per-token hashes of a few hundred connections slow.)
 //!
 //! A session id maps to a fresh token each time its lease is opened, so the
 //! remains of an expired lease can be reaped while the same session id is
@@ -71,12 +73,12 @@ pub fn busy_index(prefix: &str) -> String {
     format!("{prefix}:idx:busy")
 }
 
-/// The owner index: connection id → owning token.
-pub fn owners(prefix: &str) -> String {
-    format!("{prefix}:owners")
+/// Every connection's record, by connection id.
+pub fn connections(prefix: &str) -> String {
+    format!("{prefix}:conns")
 }
 
-/// The records of the connections a token owns.
+/// The connections a token owns.
 pub fn token_connections(prefix: &str, token: &str) -> String {
     format!("{prefix}:tok:{token}:conns")
 }

@@ -45,7 +45,7 @@ for i = 8, #ARGV, 4 do
   local kind, conn, ch, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local status = 1
   if kind == 'A' then
-    status = op_attach(conn, ch, tonumber(extra))
+    status = op_attach(tok, conn, ch, tonumber(extra))
   elseif kind == 'D' then
     op_detach(conn, ch)
   elseif kind == 'E' then

@@ -8,7 +8,7 @@
 --
 -- Cost model: a write script reads what it needs with a few variadic
 -- commands (MGET of the channels' counters, HMGET of the connections'
--- owners and records), changes them in Lua, and writes them back with one
+-- records), changes them in Lua, and writes them back with one
 -- variadic command per kind of change (MSET, HSET, ZADD, ZREM, one XADD
 -- per stream shard). A batch of 100 operations is then a few dozen Redis
 -- commands, not a dozen per operation: each command called from Lua costs
@@ -23,7 +23,7 @@ local K_REAPING = P .. ':reaping'
 local K_TOKSEQ = P .. ':tokseq'
 local K_IDX_NAME = P .. ':idx:name'
 local K_IDX_BUSY = P .. ':idx:busy'
-local K_OWNERS = P .. ':owners'
+local K_CONNS = P .. ':conns'
 
 local function k_sess(s) return P .. ':sess:' .. s end
 local function k_tok(t) return P .. ':tok:' .. t end
@@ -164,10 +164,10 @@ local function finish()
     if before ~= after then
       if before > 0 then busy_rem[#busy_rem + 1] = busy_key(before, ch) end
       if after > 0 then
-        busy_add[#busy_add + 1] = 0
+        busy_add[#busy_add + 1] = '0'
         busy_add[#busy_add + 1] = busy_key(after, ch)
         if before == 0 then
-          name_add[#name_add + 1] = 0
+          name_add[#name_add + 1] = '0'
           name_add[#name_add + 1] = ch
         end
       else
@@ -257,16 +257,20 @@ local function member_gone(ch, client)
   touch(ch)
 end
 
--- A connection's record, the value of its field in its token's hash
--- P:tok:T:conns: the number of attachments, then per attachment
+-- A connection's record, its field in the hash P:conns: the owning token
+-- and the number of attachments ('TOK\tN'), then per attachment
 -- '\nCHANNEL\tMODES' followed by '\tCLIENT' per presence member of the
--- connection on that channel. Names and ids hold no control characters, so
--- the separators cannot occur inside them; lookups are plain substring
+-- connection on that channel. Names and ids hold no control characters,
+-- so the separators cannot occur inside them; lookups are plain substring
 -- searches, without decoding the record.
-local function rec_count(r) return tonumber(string.match(r, '^%d+')) end
+local function rec_new(tok) return tok .. '\t0' end
 
-local function rec_with_count(r, n)
-  return n .. string.sub(r, #string.match(r, '^%d+') + 1)
+local function rec_owner(r) return string.match(r, '^[^\t]*') end
+
+local function rec_count(r) return tonumber(string.match(r, '^[^\t]*\t(%d+)')) end
+
+local function rec_with_header(r, tok, n)
+  return tok .. '\t' .. n .. string.sub(r, #string.match(r, '^[^\t]*\t%d+') + 1)
 end
 
 -- Where CH's line starts and ends (exclusive), its modes and member part.
@@ -315,7 +319,7 @@ end
 
 -- Records of the connections a write script works on: conn -> record, or
 -- false for a connection that does not exist. Changed ones are written
--- back by flush_conns().
+-- back by flush_conns(); OWNED marks those already in the token's set.
 local R, R_changed, R_list, OWNED = {}, {}, {}, {}
 
 local function rec_set(conn, r)
@@ -332,64 +336,55 @@ end
 -- old state is removed exactly once.
 local function load_conns(tok, conns)
   if #conns == 0 then return end
-  local owners = read_many('HMGET', { K_OWNERS }, conns)
-  local mine = {}
+  local recs = read_many('HMGET', { K_CONNS }, conns)
   for i, conn in ipairs(conns) do
-    local o = owners[i]
-    if o == tok then
-      mine[#mine + 1] = conn
-    elseif o then
-      local kt = k_tokconns(o)
-      local r = redis.call('HGET', kt, conn)
-      redis.call('HDEL', kt, conn)
-      if r and lease_alive(o) then
-        rec_set(conn, r)
-      else
-        if r then drop_record(r) end
-        redis.call('HDEL', K_OWNERS, conn)
-        R[conn] = false
-      end
-    else
+    local r = recs[i]
+    if not r then
       R[conn] = false
-    end
-  end
-  if #mine > 0 then
-    local recs = read_many('HMGET', { k_tokconns(tok) }, mine)
-    for i, conn in ipairs(mine) do
-      R[conn] = recs[i] or false
-      OWNED[conn] = recs[i] and true or false
+    else
+      local o = rec_owner(r)
+      if o == tok then
+        R[conn] = r
+        OWNED[conn] = true
+      else
+        redis.call('SREM', k_tokconns(o), conn)
+        if lease_alive(o) then
+          rec_set(conn, rec_with_header(r, tok, rec_count(r)))
+        else
+          drop_record(r)
+          redis.call('HDEL', K_CONNS, conn)
+          R[conn] = false
+        end
+      end
     end
   end
 end
 
--- Writes back the changed records of tok's connections and the owner index.
+-- Writes back the changed records of tok's connections and its set.
 local function flush_conns(tok)
-  local keep, gone, own = {}, {}, {}
+  local keep, gone, new = {}, {}, {}
   for _, conn in ipairs(R_list) do
     local r = R[conn]
     if r and rec_count(r) > 0 then
       keep[#keep + 1] = conn
       keep[#keep + 1] = r
-      if not OWNED[conn] then
-        own[#own + 1] = conn
-        own[#own + 1] = tok
-      end
+      if not OWNED[conn] then new[#new + 1] = conn end
     else
       gone[#gone + 1] = conn
     end
   end
-  if #keep > 0 then call_many('HSET', { k_tokconns(tok) }, keep) end
+  if #keep > 0 then call_many('HSET', { K_CONNS }, keep) end
+  if #new > 0 then call_many('SADD', { k_tokconns(tok) }, new) end
   if #gone > 0 then
-    call_many('HDEL', { k_tokconns(tok) }, gone)
-    call_many('HDEL', { K_OWNERS }, gone)
+    call_many('HDEL', { K_CONNS }, gone)
+    call_many('SREM', { k_tokconns(tok) }, gone)
   end
-  if #own > 0 then call_many('HSET', { K_OWNERS }, own) end
 end
 
 -- Returns 1 when applied, 3 when the connection has no room for another
 -- channel.
-local function op_attach(conn, ch, modes)
-  local r = R[conn] or '0'
+local function op_attach(tok, conn, ch, modes)
+  local r = R[conn] or rec_new(tok)
   local i, j, old, members = rec_find(r, ch)
   if old == modes then return 1 end
   local m = metrics(ch)
@@ -406,7 +401,7 @@ local function op_attach(conn, ch, modes)
     local n = rec_count(r)
     if n >= MAX_CHANNELS then return 3 end
     m[C] = m[C] + 1
-    r = rec_with_count(r, n + 1) .. line_of(ch, modes, '')
+    r = rec_with_header(r, rec_owner(r), n + 1) .. line_of(ch, modes, '')
   end
   for _, ms in ipairs(MODE_SLOTS) do
     if has(modes, ms[1]) then m[ms[2]] = m[ms[2]] + 1 end
@@ -423,7 +418,7 @@ local function op_detach(conn, ch)
   if not i then return end
   drop_attachment(ch, old, members)
   r = rec_replace(r, i, j, '')
-  rec_set(conn, rec_with_count(r, rec_count(r) - 1))
+  rec_set(conn, rec_with_header(r, rec_owner(r), rec_count(r) - 1))
 end
 
 -- Returns 1 when applied (or already a member), 2 when the connection is
@@ -455,26 +450,24 @@ local function reap_token(tok, budget)
   local kt = k_tokconns(tok)
   local purged, work = 0, 0
   while work < budget do
-    local batch = redis.call('HRANDFIELD', kt, 64, 'WITHVALUES')
-    if #batch == 0 then break end
-    local conns = {}
-    for i = 1, #batch, 2 do conns[#conns + 1] = batch[i] end
-    local owners = redis.call('HMGET', K_OWNERS, unpack(conns))
+    local conns = redis.call('SRANDMEMBER', kt, 64)
+    if #conns == 0 then break end
+    local recs = redis.call('HMGET', K_CONNS, unpack(conns))
     local done, gone = {}, {}
     for k, conn in ipairs(conns) do
       if work >= budget then break end
-      local r = batch[2 * k]
+      local r = recs[k]
       done[#done + 1] = conn
       purged = purged + 1
       work = work + 1
-      if owners[k] == tok then
+      if r and rec_owner(r) == tok then
         work = work + rec_count(r)
         drop_record(r)
         gone[#gone + 1] = conn
       end
     end
-    redis.call('HDEL', kt, unpack(done))
-    if #gone > 0 then redis.call('HDEL', K_OWNERS, unpack(gone)) end
+    redis.call('SREM', kt, unpack(done))
+    if #gone > 0 then redis.call('HDEL', K_CONNS, unpack(gone)) end
   end
   if redis.call('EXISTS', kt) == 0 then
     redis.call('SREM', K_REAPING, tok)

@@ -5,17 +5,20 @@
 local tok = redis.call('GET', k_sess(ARGV[4]))
 if not tok or not lease_alive(tok) then return {} end
 local out = {}
-local all = redis.call('HGETALL', k_tokconns(tok))
-for i = 1, #all, 2 do
-  local conn = all[i]
-  for ch, modes, members in string.gmatch(all[i + 1], '\n([^\t\n]+)\t(%d+)([^\n]*)') do
-    local clients = {}
-    for client in string.gmatch(members, '\t([^\t]+)') do clients[#clients + 1] = client end
-    out[#out + 1] = conn
-    out[#out + 1] = ch
-    out[#out + 1] = modes
-    out[#out + 1] = tostring(#clients)
-    for _, c in ipairs(clients) do out[#out + 1] = c end
+local conns = redis.call('SMEMBERS', k_tokconns(tok))
+local recs = read_many('HMGET', { K_CONNS }, conns)
+for i, conn in ipairs(conns) do
+  local r = recs[i]
+  if r and rec_owner(r) == tok then
+    for ch, modes, members in string.gmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
+      local clients = {}
+      for client in string.gmatch(members, '\t([^\t]+)') do clients[#clients + 1] = client end
+      out[#out + 1] = conn
+      out[#out + 1] = ch
+      out[#out + 1] = modes
+      out[#out + 1] = tostring(#clients)
+      for _, c in ipairs(clients) do out[#out + 1] = c end
+    end
   end
 end
 return out

@@ -4,7 +4,6 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use futures::{Stream, StreamExt};
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
@@ -17,9 +16,6 @@ use crate::fanout::subscription::{self, Item};
 use crate::fanout::Hub;
 use crate::proto::v1 as pb;
 use crate::store::Store;
-
-/// Events buffered per stream before the subscription coalesces.
-const STREAM_BUFFER: usize = 32;
 
 /// gRPC adapter of the read side.
 pub struct OccupancyApi {
@@ -52,18 +48,11 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
             resume = spec.resume.is_some(),
             "subscription opened"
         );
-        let (tx, rx) = tokio::sync::mpsc::channel::<Item>(STREAM_BUFFER);
-        tokio::spawn(subscription::run(
-            self.store.clone(),
-            self.hub.clone(),
-            spec,
-            tx,
-            self.cancel.clone(),
-        ));
-        // on shutdown, stop at once (even with events still buffered) and
-        // end with UNAVAILABLE so the client reconnects elsewhere
+        let events = subscription::stream(self.store.clone(), self.hub.clone(), spec);
+        // on shutdown, stop at once (even with events still queued) and end
+        // with UNAVAILABLE so the client reconnects elsewhere
         let cancel = self.cancel.clone();
-        let items = ReceiverStream::new(rx).take_until(cancel.clone().cancelled_owned());
+        let items = events.take_until(cancel.clone().cancelled_owned());
         let tail = futures::stream::once(async move { cancel.is_cancelled() }).filter_map(|cancelled| async move {
             cancelled.then(|| Err(Status::unavailable("server shutting down; reconnect with resume_from")))
         });

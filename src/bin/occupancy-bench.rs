@@ -2,13 +2,17 @@
 //! `RESULT scenario=NAME key=value ...` line that `scripts/bench` collects
 //! into its table.
 //!
-//! - `apply`: Apply batches of 100 operations over 10,000 channels.
+//! - `apply`: Apply batches of 100 operations over 10,000 channels, each
+//!   taking a (connection, channel) pair one step through attach → enter →
+//!   leave → detach.
 //! - `unary`: Attach/Detach calls.
 //! - `get`, `batch-get`: reads.
 //! - `size-get`, `size-list`: read cost on a huge channel, and a list page
 //!   with many channels, against small ones.
 //! - `fanout`: events delivered per second across many streams.
-//! - `latency`: Attach returns on replica A → event at each subscriber on B.
+//! - `latency`: Attach returns on replica A → event at each subscriber on B,
+//!   subscribers spread over `--channels`.
+//! - `idle-streams`: a replica's resident memory with many idle streams.
 //! - `footprint`: Redis memory per attachment and per presence member.
 
 use std::time::{Duration, Instant};
@@ -97,6 +101,28 @@ enum Scenario {
         /// Channels the streams are spread over.
         #[arg(long, default_value_t = 100)]
         channels: usize,
+        /// Apply calls in flight.
+        #[arg(long, default_value_t = 2)]
+        writers: usize,
+        /// Process id of the replica behind `--url`: also report the CPU
+        /// time it spent per delivered event (and so does this process).
+        #[arg(long)]
+        pid: Option<u32>,
+    },
+    /// Server resident memory with many idle SubscribeOccupancy streams.
+    IdleStreams {
+        /// The service.
+        #[arg(long, default_value = "http://127.0.0.1:50051")]
+        url: String,
+        /// Process id of the replica behind `--url`, whose VmRSS is read.
+        #[arg(long)]
+        pid: u32,
+        /// Streams to open.
+        #[arg(long, default_value_t = 10_000)]
+        streams: usize,
+        /// Channels the streams are spread over.
+        #[arg(long, default_value_t = 10_000)]
+        channels: usize,
     },
     /// Redis memory per attachment and per presence member.
     Footprint {
@@ -117,15 +143,22 @@ enum Scenario {
         /// Replica B (subscribers).
         #[arg(long, default_value = "http://127.0.0.1:50052")]
         b: String,
-        /// Subscribers on B, all following the measured channel.
+        /// Subscribers on B; subscriber `i` follows channel `i % channels`.
         #[arg(long, default_value_t = 1000)]
         subscribers: usize,
+        /// Channels the subscribers are spread over; changes go round-robin
+        /// over them.
+        #[arg(long, default_value_t = 1)]
+        channels: usize,
         /// Changes to measure.
         #[arg(long, default_value_t = 500)]
         changes: usize,
-        /// Changes per second.
+        /// Changes per second (Attach calls started on schedule).
         #[arg(long, default_value_t = 100)]
         rate: u32,
+        /// Attach calls in flight at most.
+        #[arg(long, default_value_t = 64)]
+        in_flight: usize,
     },
 }
 
@@ -146,85 +179,263 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-async fn latency(a: String, b: String, subscribers: usize, changes: usize, rate: u32) -> anyhow::Result<()> {
-    let run = format!("lat-{}", std::process::id());
-    let channel_name = format!("{run}:room");
-    let start = Instant::now();
-    // spread subscribers over connections (HTTP/2 stream limits)
-    let per_conn = 100;
-    let mut conns = Vec::new();
-    for _ in 0..subscribers.div_ceil(per_conn) {
-        conns.push(channel(&b).await?);
+/// A SubscribeOccupancy stream whose messages are handed over undecoded.
+type RawStream = tonic::Streaming<bytes::Bytes>;
+
+/// The codec of [`RawStream`]: encodes the request with prost and hands
+/// each response message over as its bytes, so the fan-out readers count
+/// messages without paying for decoding them (the load generator shares
+/// the machine with the service).
+#[derive(Clone, Copy, Default)]
+struct RawCodec;
+
+impl tonic::codec::Codec for RawCodec {
+    type Encode = pb::SubscribeOccupancyRequest;
+    type Decode = bytes::Bytes;
+    type Encoder = RawCodec;
+    type Decoder = RawCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        RawCodec
     }
-    let mut streams = Vec::with_capacity(subscribers);
-    for i in 0..subscribers {
-        let mut client = OccupancyServiceClient::new(conns[i / per_conn].clone());
-        let mut s = client
-            .subscribe_occupancy(pb::SubscribeOccupancyRequest {
-                channels: vec![channel_name.clone()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
-        // the snapshot event
-        s.message().await?.context("stream ended before its snapshot")?;
-        streams.push(s);
+
+    fn decoder(&mut self) -> Self::Decoder {
+        RawCodec
     }
-    let mut readers = Vec::with_capacity(subscribers);
-    for mut s in streams {
-        readers.push(tokio::spawn(async move {
-            let mut got: Vec<(u32, Duration)> = Vec::with_capacity(changes);
-            while got.len() < changes {
-                match tokio::time::timeout(Duration::from_secs(10), s.message()).await {
-                    Ok(Ok(Some(r))) => {
-                        let at = start.elapsed();
-                        if let Ok(Some(e)) = r.into_event() {
-                            if let Some(m) = e.metrics {
-                                got.push((m.connections, at));
-                            }
-                        }
-                    }
-                    _ => break,
-                }
+}
+
+impl tonic::codec::Encoder for RawCodec {
+    type Item = pb::SubscribeOccupancyRequest;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Self::Item, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        prost::Message::encode(&item, dst).map_err(|e| tonic::Status::internal(e.to_string()))
+    }
+}
+
+impl tonic::codec::Decoder for RawCodec {
+    type Item = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn decode(&mut self, src: &mut tonic::codec::DecodeBuf<'_>) -> Result<Option<bytes::Bytes>, tonic::Status> {
+        use bytes::Buf;
+        Ok(Some(src.copy_to_bytes(src.remaining())))
+    }
+}
+
+/// Opens a SubscribeOccupancy stream of `name` whose messages are not
+/// decoded.
+async fn subscribe_raw(conn: Channel, name: String) -> anyhow::Result<RawStream> {
+    let mut grpc = tonic::client::Grpc::new(conn);
+    grpc.ready().await.context("connection not ready")?;
+    let path =
+        tonic::codegen::http::uri::PathAndQuery::from_static("/occupancy.v1.OccupancyService/SubscribeOccupancy");
+    let req = pb::SubscribeOccupancyRequest {
+        channels: vec![name],
+        ..Default::default()
+    };
+    Ok(grpc
+        .server_streaming(tonic::Request::new(req), path, RawCodec)
+        .await?
+        .into_inner())
+}
+
+/// Opens a SubscribeOccupancy stream of `name`.
+async fn subscribe(
+    conn: Channel,
+    name: String,
+) -> anyhow::Result<tonic::Streaming<occupancy::fanout::wire::SubscribeOccupancyResponse>> {
+    Ok(OccupancyServiceClient::new(conn)
+        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+            channels: vec![name],
+            ..Default::default()
+        })
+        .await?
+        .into_inner())
+}
+
+/// Opens `count` SubscribeOccupancy streams on `url` with `open`, stream
+/// `i` following `names[i % names.len()]`, 100 streams per HTTP/2
+/// connection (hyper allows 200 concurrent streams per connection by
+/// default), opened concurrently across connections. Returns the streams in
+/// order, each with its first message (the snapshot) already read.
+async fn open_streams<T, F, Fut>(
+    url: &str,
+    names: &[String],
+    count: usize,
+    open: F,
+) -> anyhow::Result<Vec<tonic::Streaming<T>>>
+where
+    T: Send + 'static,
+    F: Fn(Channel, String) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = anyhow::Result<tonic::Streaming<T>>> + Send,
+{
+    const PER_CONN: usize = 100;
+    let mut groups = Vec::new();
+    for first in (0..count).step_by(PER_CONN) {
+        let conn = channel(url).await?;
+        let names: Vec<String> = (first..(first + PER_CONN).min(count))
+            .map(|i| names[i % names.len()].clone())
+            .collect();
+        let open = open.clone();
+        groups.push(tokio::spawn(async move {
+            let mut out = Vec::with_capacity(names.len());
+            for name in names {
+                let mut s = open(conn.clone(), name).await?;
+                s.message().await?.context("stream ended before its snapshot")?;
+                out.push(s);
             }
-            got
+            Ok::<_, anyhow::Error>(out)
         }));
     }
-    let mut writer = ConnectionServiceClient::new(channel(&a).await?);
-    let mut returned = vec![Duration::ZERO; changes + 1];
-    let mut tick = tokio::time::interval(Duration::from_secs(1) / rate.max(1));
-    for (i, slot) in returned.iter_mut().enumerate().skip(1) {
-        tick.tick().await;
-        writer
-            .attach(pb::AttachRequest {
-                session_id: run.clone(),
-                connection_id: format!("c{i}"),
-                channel: channel_name.clone(),
-                modes: vec![pb::Mode::Subscribe as i32],
-            })
-            .await?;
-        *slot = start.elapsed();
+    let mut streams = Vec::with_capacity(count);
+    for g in groups {
+        streams.extend(g.await??);
     }
-    let mut samples = Vec::with_capacity(subscribers * changes);
-    let mut missing = 0usize;
+    Ok(streams)
+}
+
+/// The latency scenario: `subscribers` streams on replica B, subscriber `i`
+/// following channel `i % channels`; `changes` Attach calls on replica A,
+/// change `j` attaching a new connection to channel `j % channels`
+/// (round-robin), issued on a fixed schedule of `rate` per second (open
+/// loop: a call is started when it is due, whatever earlier calls are
+/// doing, with at most `in_flight` outstanding). Each Attach answers the
+/// channel's connection count after that change, which identifies the
+/// change exactly, also when calls on one channel overlap. A sample is,
+/// for every subscriber of the channel, the time from the moment that
+/// Attach returned on A to the moment the subscriber received the event
+/// carrying that count (0 if the event came first; counted as `early`).
+/// Deliveries per second are `rate × subscribers / channels`.
+async fn latency(
+    a: String,
+    b: String,
+    subscribers: usize,
+    channel_count: usize,
+    changes: usize,
+    rate: u32,
+    in_flight: usize,
+) -> anyhow::Result<()> {
+    use std::collections::HashMap;
+    use std::sync::{Arc, Mutex};
+    let channel_count = channel_count.clamp(1, subscribers.max(1));
+    let run = format!("lat-{}", std::process::id());
+    let names: Vec<String> = (0..channel_count).map(|c| format!("{run}:room{c}")).collect();
+    let index: Arc<HashMap<String, usize>> = Arc::new(names.iter().enumerate().map(|(i, n)| (n.clone(), i)).collect());
+    let start = Instant::now();
+    let streams = open_streams(&b, &names, subscribers, subscribe).await?;
+    // the connection count each channel reaches once every change is in
+    let expected = |c: usize| (changes + channel_count - 1 - c) / channel_count;
+    let stop = tokio_util::sync::CancellationToken::new();
+    let mut readers = Vec::with_capacity(subscribers);
+    for (i, mut s) in streams.into_iter().enumerate() {
+        let c = i % channel_count;
+        let want = expected(c) as u32;
+        let index = index.clone();
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let mut got: Vec<(u32, Duration)> = Vec::with_capacity(want as usize);
+            while got.last().is_none_or(|(n, _)| *n < want) {
+                let m = tokio::select! {
+                    () = stop.cancelled() => break,
+                    m = s.message() => m,
+                };
+                let Ok(Some(r)) = m else { break };
+                let at = start.elapsed();
+                if let Ok(Some(e)) = r.into_event() {
+                    if index.get(&e.channel) == Some(&c) {
+                        if let Some(m) = e.metrics {
+                            got.push((m.connections, at));
+                        }
+                    }
+                }
+            }
+            (c, got)
+        }));
+    }
+    // the writers: Attach calls started on schedule over a few connections
+    let mut wconns = Vec::new();
+    for _ in 0..in_flight.div_ceil(16).max(1) {
+        wconns.push(channel(&a).await?);
+    }
+    let returned: Arc<Mutex<HashMap<(usize, u32), Duration>>> = Arc::new(Mutex::new(HashMap::new()));
+    let permits = Arc::new(tokio::sync::Semaphore::new(in_flight.max(1)));
+    let mut calls = tokio::task::JoinSet::new();
+    let write_start = Instant::now();
+    let period = Duration::from_secs(1).as_secs_f64() / f64::from(rate.max(1));
+    for j in 0..changes {
+        let due = write_start + Duration::from_secs_f64(period * j as f64);
+        tokio::time::sleep_until(due.into()).await;
+        let permit = permits.clone().acquire_owned().await?;
+        let c = j % channel_count;
+        let mut writer = ConnectionServiceClient::new(wconns[j % wconns.len()].clone());
+        let req = pb::AttachRequest {
+            session_id: run.clone(),
+            connection_id: format!("c{j}"),
+            channel: names[c].clone(),
+            modes: vec![pb::Mode::Subscribe as i32],
+        };
+        let returned = returned.clone();
+        calls.spawn(async move {
+            let r = writer.attach(req).await;
+            let at = start.elapsed();
+            drop(permit);
+            let n = r?.into_inner().metrics.map_or(0, |m| m.connections);
+            if let Ok(mut map) = returned.lock() {
+                map.insert((c, n), at);
+            }
+            Ok::<_, anyhow::Error>(())
+        });
+        // reap finished calls as we go, to surface errors early
+        while let Some(r) = calls.try_join_next() {
+            r??;
+        }
+    }
+    while let Some(r) = calls.join_next().await {
+        r??;
+    }
+    let write_secs = write_start.elapsed().as_secs_f64();
+    // give the last events time to arrive, then stop whoever still waits
+    let stopper = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            stop.cancel();
+        })
+    };
+    let mut results = Vec::with_capacity(readers.len());
     for r in readers {
-        let got = r.await?;
-        missing += changes.saturating_sub(got.len());
+        results.push(r.await?);
+    }
+    stopper.abort();
+    let returned = Arc::try_unwrap(returned)
+        .map_err(|_| anyhow::anyhow!("writers still running"))?
+        .into_inner()
+        .map_err(|_| anyhow::anyhow!("poisoned"))?;
+    let mut samples = Vec::with_capacity(subscribers * changes / channel_count + 1);
+    let (mut missing, mut early) = (0usize, 0usize);
+    for (c, got) in results {
+        let mut seen = 0usize;
         for (n, at) in got {
-            if let Some(t) = returned.get(n as usize) {
+            if let Some(t) = returned.get(&(c, n)) {
+                seen += 1;
+                if at < *t {
+                    early += 1;
+                }
                 samples.push(at.saturating_sub(*t).as_secs_f64() * 1000.0);
             }
         }
+        missing += expected(c).saturating_sub(seen);
     }
-    writer
-        .close_session(pb::CloseSessionRequest { session_id: run })
-        .await?;
+    close(&a, &run).await?;
     if samples.is_empty() {
         bail!("no events received");
     }
     samples.sort_by(f64::total_cmp);
     println!(
-        "RESULT scenario=latency subscribers={subscribers} changes={changes} change_rate={rate} samples={} missing={missing} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        "RESULT scenario=latency subscribers={subscribers} channels={channel_count} changes={changes} change_rate={rate} achieved_rate={:.0} deliveries_per_s={:.0} in_flight={in_flight} samples={} missing={missing} early={early} p50_ms={:.2} p99_ms={:.2} max_ms={:.2}",
+        changes as f64 / write_secs,
+        changes as f64 / write_secs * subscribers as f64 / channel_count as f64,
         samples.len(),
         percentile(&samples, 0.50),
         percentile(&samples, 0.99),
@@ -340,15 +551,24 @@ fn op(kind: u64, conn: String, channel: String) -> pb::Operation {
     pb::Operation { op: Some(op) }
 }
 
+/// (connection, channel) slots per `apply` worker: 512 connections with four
+/// channels each.
+const APPLY_SLOTS: u64 = 2048;
+
 async fn apply(load: Load, batch: usize, channels: usize) -> anyhow::Result<()> {
     let run = std::process::id();
     let mut stats = run_load(&load, move |ch, w, i| async move {
+        // Each worker cycles APPLY_SLOTS (connection, channel) slots, four
+        // channels per connection, through attach → enter → leave →
+        // detach, so every operation changes something; a batch visits
+        // its slots in a scattered order.
         let ops: Vec<pb::Operation> = (0..batch as u64)
             .map(|k| {
-                let r = mix(i, k + ((w as u64) << 32));
-                let conn = format!("b{run}-w{w}-c{}", r % 500);
-                let channel = format!("bench:{}", r % channels as u64);
-                op(r >> 40, conn, channel)
+                let x = i * batch as u64 + k;
+                let slot = (x % APPLY_SLOTS) * 1021 % APPLY_SLOTS;
+                let conn = format!("b{run}-w{w}-c{}", slot / 4);
+                let channel = format!("bench:{}", mix(w as u64, slot) % channels as u64);
+                op(x / APPLY_SLOTS, conn, channel)
             })
             .collect();
         ConnectionServiceClient::new(ch)
@@ -567,49 +787,53 @@ async fn size_list(load: Load, channels: usize) -> anyhow::Result<()> {
     close(&load.url, &format!("{session}-s")).await
 }
 
-async fn fanout(load: Load, streams: usize, channel_count: usize) -> anyhow::Result<()> {
+/// The fan-out scenario: `streams` SubscribeOccupancy streams on one
+/// replica, stream `i` following channel `i % channels`; `writers` Apply
+/// calls in flight (each of one operation per channel, attaching then
+/// detaching the writer's connection, so every operation changes its
+/// channel) for `duration`. Reports the events received per second across
+/// all streams while writing (plus what arrived within 500 ms after), and
+/// the changes per second the writers made: at most
+/// `changes × streams / channels` events can be delivered; fewer means the
+/// service (or the reading client) coalesced, which it does once a
+/// subscriber falls 1,024 events behind.
+async fn fanout(
+    load: Load,
+    streams: usize,
+    channel_count: usize,
+    writers: usize,
+    pid: Option<u32>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
     let run = std::process::id();
     let names: Vec<String> = (0..channel_count).map(|i| format!("fan:{run}:{i}")).collect();
-    let mut conns = Vec::new();
-    for _ in 0..streams.div_ceil(100) {
-        conns.push(channel(&load.url).await?);
-    }
-    let received = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let opened = open_streams(&load.url, &names, streams, subscribe_raw).await?;
+    let received = std::sync::Arc::new(AtomicU64::new(0));
     let stop = tokio_util::sync::CancellationToken::new();
     let mut readers = Vec::new();
-    for i in 0..streams {
-        let mut s = OccupancyServiceClient::new(conns[i / 100].clone())
-            .subscribe_occupancy(pb::SubscribeOccupancyRequest {
-                channels: vec![names[i % channel_count].clone()],
-                ..Default::default()
-            })
-            .await?
-            .into_inner();
+    for mut s in opened {
         let received = received.clone();
         let stop = stop.clone();
         readers.push(tokio::spawn(async move {
+            let stopped = stop.cancelled();
+            tokio::pin!(stopped);
             loop {
                 tokio::select! {
-                    () = stop.cancelled() => return,
+                    biased;
                     m = s.message() => match m {
-                        Ok(Some(_)) => { received.fetch_add(1, std::sync::atomic::Ordering::Relaxed); }
+                        Ok(Some(_)) => { received.fetch_add(1, Ordering::Relaxed); }
                         _ => return,
-                    }
+                    },
+                    () = &mut stopped => return,
                 }
             }
         }));
     }
-    // wait for the snapshots
-    let t = Instant::now();
-    while received.load(std::sync::atomic::Ordering::Relaxed) < streams as u64 && t.elapsed() < Duration::from_secs(30)
-    {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let base = received.load(std::sync::atomic::Ordering::Relaxed);
-    let writer_names = names.clone();
+    let cpu_before = (pid.map(cpu_seconds).transpose()?, cpu_seconds(std::process::id())?);
+    let writer_names = std::sync::Arc::new(names);
     let changes = run_load(
         &Load {
-            in_flight: 2,
+            in_flight: writers,
             ..load.clone()
         },
         move |ch, w, i| {
@@ -635,16 +859,81 @@ async fn fanout(load: Load, streams: usize, channel_count: usize) -> anyhow::Res
     .await?;
     // let the last events drain
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let delivered = received.load(std::sync::atomic::Ordering::Relaxed) - base;
+    let delivered = received.load(Ordering::Relaxed);
+    let per_event = |before: f64, after: f64| (after - before) * 1e6 / delivered.max(1) as f64;
+    let mut cpu = format!(
+        " client_cpu_us_per_event={:.2}",
+        per_event(cpu_before.1, cpu_seconds(std::process::id())?)
+    );
+    if let (Some(pid), Some(before)) = (pid, cpu_before.0) {
+        cpu += &format!(" server_cpu_us_per_event={:.2}", per_event(before, cpu_seconds(pid)?));
+    }
     stop.cancel();
     for r in readers {
         let _ = r.await;
     }
     let secs = changes.elapsed.as_secs_f64();
+    let possible = changes.ops * (streams / channel_count.max(1)) as u64;
     println!(
-        "RESULT scenario=fanout rate={:.0} streams={streams} channels={channel_count} changes_per_s={:.0} delivered={delivered}",
+        "RESULT scenario=fanout rate={:.0} streams={streams} channels={channel_count} writers={writers} changes_per_s={:.0} delivered={delivered} delivered_share={:.3}{cpu}",
         delivered as f64 / secs,
-        changes.ops as f64 / secs
+        changes.ops as f64 / secs,
+        delivered as f64 / possible.max(1) as f64
+    );
+    for w in 0..writers {
+        close(&load.url, &format!("fan-{run}-w{w}")).await?;
+    }
+    Ok(())
+}
+
+/// CPU time (user and system) process `pid` has used, in seconds.
+fn cpu_seconds(pid: u32) -> anyhow::Result<f64> {
+    let stat =
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("read /proc/{pid}/stat"))?;
+    // fields after the command name (which may hold spaces), from field 3
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: f64 = f
+        .get(11..13)
+        .context("short /proc stat")?
+        .iter()
+        .filter_map(|v| v.parse::<f64>().ok())
+        .sum();
+    // USER_HZ is 100 on Linux
+    Ok(ticks / 100.0)
+}
+
+/// Resident memory (VmRSS) of process `pid`, in bytes.
+fn rss_bytes(pid: u32) -> anyhow::Result<u64> {
+    let status =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).with_context(|| format!("read /proc/{pid}/status"))?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .context("no VmRSS line")?;
+    Ok(kb * 1024)
+}
+
+/// The idle-streams scenario: reads the replica's resident memory, opens
+/// `streams` SubscribeOccupancy streams on it (stream `i` following channel
+/// `i % channels`, each receiving its snapshot and then nothing), waits a
+/// second, reads it again, and closes them.
+async fn idle_streams(url: String, pid: u32, streams: usize, channel_count: usize) -> anyhow::Result<()> {
+    let run = std::process::id();
+    let names: Vec<String> = (0..channel_count.max(1)).map(|i| format!("idle:{run}:{i}")).collect();
+    let before = rss_bytes(pid)?;
+    let opened = open_streams(&url, &names, streams, subscribe).await?;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let after = rss_bytes(pid)?;
+    drop(opened);
+    let mb = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "RESULT scenario=idle-rss streams={streams} channels={} before_mb={:.1} after_mb={:.1} per_stream_kb={:.1}",
+        names.len(),
+        mb(before),
+        mb(after),
+        after.saturating_sub(before) as f64 / 1024.0 / streams.max(1) as f64
     );
     Ok(())
 }
@@ -711,14 +1000,24 @@ async fn main() -> anyhow::Result<()> {
             load,
             streams,
             channels,
-        } => fanout(load, streams, channels).await,
+            writers,
+            pid,
+        } => fanout(load, streams, channels, writers, pid).await,
+        Scenario::IdleStreams {
+            url,
+            pid,
+            streams,
+            channels,
+        } => idle_streams(url, pid, streams, channels).await,
         Scenario::Footprint { load, redis_url, count } => footprint(load, redis_url, count).await,
         Scenario::Latency {
             a,
             b,
             subscribers,
+            channels,
             changes,
             rate,
-        } => latency(a, b, subscribers, changes, rate).await,
+            in_flight,
+        } => latency(a, b, subscribers, channels, changes, rate, in_flight).await,
     }
 }

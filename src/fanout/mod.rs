@@ -1,5 +1,5 @@
 //! Live occupancy: the replica's event hub (fed by the store's event
-//! readers) and the per-stream subscription tasks it dispatches to.
+//! readers) and the per-stream subscriptions it dispatches to.
 
 pub mod hub;
 pub mod subscription;

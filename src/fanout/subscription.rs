@@ -2,10 +2,12 @@
 //! what changed since a resume point), then live events, with category
 //! filtering, debouncing, and resume ids.
 //!
-//! The task owns all per-subscriber state. It reads its hub inbox (newest
-//! event per channel) and writes into a small bounded channel to the gRPC
-//! stream; while the client is slow the inbox coalesces, so memory stays
-//! bounded by the number of followed channels.
+//! The stream owns all per-subscriber state and does its work when the
+//! task writing the gRPC response polls it (no task or channel of its own):
+//! it reads its hub inbox and yields encoded responses; while the client is
+//! slow, HTTP/2 flow control stops the polling and the inbox coalesces
+//! (newest event per channel), so memory stays bounded by the number of
+//! followed channels.
 //!
 //! Resume ids: each event's id carries, per event shard, a position up to
 //! which this subscriber has received everything it asked for. A channel
@@ -18,15 +20,15 @@ use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::mpsc;
+use futures::Stream;
+use tokio::sync::watch;
 use tokio::time::Instant;
-use tokio_util::sync::CancellationToken;
 use tonic::Status;
 use tracing::{debug, warn};
 
 use super::hub::{Hub, HubEvent, Registration};
-use super::wire::SubscribeOccupancyResponse;
-use crate::domain::events::{event_id, shard_of, ResumeToken};
+use super::wire::{Encoder, SubscribeOccupancyResponse};
+use crate::domain::events::{shard_of, ResumeToken};
 use crate::domain::{Category, ChannelName, ListOrder, ListQuery, Metrics, Pos};
 use crate::error::Error;
 use crate::store::Store;
@@ -61,6 +63,7 @@ const RESYNC_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Chan {
+    name: ChannelName,
     shard: u32,
     /// What the client will hold once the write queue is flushed.
     latest_out: Option<Metrics>,
@@ -79,13 +82,23 @@ struct Sub {
     hub: Arc<Hub>,
     spec: Spec,
     shards: u32,
-    chans: HashMap<ChannelName, Chan>,
+    /// Every channel this subscription has seen, found by name through
+    /// `chan_index` (one hash per event; entries are never removed).
+    chans: Vec<Chan>,
+    chan_index: HashMap<ChannelName, usize>,
     seen: Vec<Pos>,
     /// Per shard, positions of changes not yet written (queued or held).
     unsent: Vec<BTreeMap<Pos, u32>>,
     /// Events to write, in order, each with its key in `unsent`.
     ready: VecDeque<(Arc<HubEvent>, Pos)>,
     timers: BinaryHeap<Reverse<(Instant, ChannelName)>>,
+    /// Scratch space reused from one event to the next: the response
+    /// encoder, the resume token's positions, the hub's watermark and the
+    /// events taken from the inbox.
+    encoder: Encoder,
+    token_buf: Vec<Pos>,
+    watermark_buf: Vec<Pos>,
+    inbox_buf: Vec<Arc<HubEvent>>,
 }
 
 fn wall_ms() -> i64 {
@@ -94,60 +107,115 @@ fn wall_ms() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-/// Runs one subscription until the client leaves, `cancel` fires (the
-/// stream then ends with UNAVAILABLE), or the initial snapshot fails.
-pub async fn run(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec, tx: mpsc::Sender<Item>, cancel: CancellationToken) {
-    let shards = hub.shards();
-    let mut sub = Sub {
-        store,
-        hub: hub.clone(),
-        seen: vec![Pos::ZERO; shards as usize],
-        unsent: vec![BTreeMap::new(); shards as usize],
-        shards,
-        spec,
-        chans: HashMap::new(),
-        ready: VecDeque::new(),
-        timers: BinaryHeap::new(),
-    };
-    // register before reading anything, so no change falls in between
-    let reg = hub.register(&sub.spec.channels, sub.spec.prefix.as_deref());
-    let mut resyncs = hub.resyncs();
-    resyncs.borrow_and_update();
-    let start = match sub.spec.resume.clone() {
-        Some(token) => sub.resume(&reg, token).await,
-        None => sub.snapshot(&reg, false).await,
-    };
-    if let Err(e) = start {
-        let _ = tx.send(Err(Status::from(e))).await;
-        return;
-    }
-    let mut retry_resync: Option<Instant> = None;
-    loop {
-        if sub.flush(&tx, &cancel).await.is_err() {
-            return;
-        }
-        let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
-        let wake = match (next_timer, retry_resync) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
+/// One subscription as the stream of its responses: the snapshot (or the
+/// replay of a resume), then live events, until the client leaves (the
+/// stream is dropped) or the hub goes away. A failed snapshot is the
+/// stream's only item.
+///
+/// The stream does its work when polled, in the task that writes the
+/// response: while the client does not read (HTTP/2 flow control), it is
+/// not polled and its inbox coalesces, so memory stays bounded by the
+/// number of followed channels. Ending it on shutdown is the caller's job.
+pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<Item = Item> + Send + 'static {
+    futures::stream::unfold(Phase::Start(store, hub, spec), |phase| async move {
+        let mut live = match phase {
+            Phase::Start(store, hub, spec) => match Live::start(store, hub, spec).await {
+                Ok(live) => Box::new(live),
+                Err(e) => return Some((Err(Status::from(e)), Phase::Done)),
+            },
+            Phase::Live(live) => live,
+            Phase::Done => return None,
         };
-        tokio::select! {
-            biased;
-            () = cancel.cancelled() => return,
-            () = tx.closed() => return,
-            changed = resyncs.changed() => {
-                if changed.is_err() {
-                    return;
-                }
-                retry_resync = sub.resync(&reg).await;
+        let item = live.next().await?;
+        Some((Ok(item), Phase::Live(live)))
+    })
+}
+
+/// Where a subscription stream is.
+enum Phase {
+    Start(Arc<dyn Store>, Arc<Hub>, Spec),
+    Live(Box<Live>),
+    Done,
+}
+
+/// A subscription past its snapshot.
+struct Live {
+    sub: Sub,
+    reg: Registration,
+    resyncs: watch::Receiver<u64>,
+    retry_resync: Option<Instant>,
+}
+
+impl Live {
+    /// Registers with the hub and takes the snapshot (or replays since the
+    /// resume point).
+    async fn start(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> Result<Self, Error> {
+        let shards = hub.shards();
+        let mut sub = Sub {
+            store,
+            hub: hub.clone(),
+            seen: vec![Pos::ZERO; shards as usize],
+            unsent: vec![BTreeMap::new(); shards as usize],
+            shards,
+            spec,
+            chans: Vec::new(),
+            chan_index: HashMap::new(),
+            ready: VecDeque::new(),
+            timers: BinaryHeap::new(),
+            encoder: Encoder::default(),
+            token_buf: Vec::new(),
+            watermark_buf: Vec::new(),
+            inbox_buf: Vec::new(),
+        };
+        // register before reading anything, so no change falls in between
+        let reg = hub.register(&sub.spec.channels, sub.spec.prefix.as_deref());
+        let mut resyncs = hub.resyncs();
+        resyncs.borrow_and_update();
+        match sub.spec.resume.clone() {
+            Some(token) => sub.resume(&reg, token).await?,
+            None => sub.snapshot(&reg, false).await?,
+        }
+        Ok(Self {
+            sub,
+            reg,
+            resyncs,
+            retry_resync: None,
+        })
+    }
+
+    /// The next response, in order; `None` when the hub went away.
+    async fn next(&mut self) -> Option<SubscribeOccupancyResponse> {
+        let Live {
+            sub,
+            reg,
+            resyncs,
+            retry_resync,
+        } = self;
+        loop {
+            if let Some(item) = sub.next_ready() {
+                return Some(item);
             }
-            () = reg.inbox.notify.notified() => sub.drain(&reg),
-            () = sleep_until(wake), if wake.is_some() => {
-                let now = Instant::now();
-                if retry_resync.is_some_and(|t| t <= now) {
-                    retry_resync = sub.resync(&reg).await;
+            let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
+            let wake = match (next_timer, *retry_resync) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            tokio::select! {
+                biased;
+                changed = resyncs.changed() => {
+                    if changed.is_err() {
+                        return None;
+                    }
+                    *retry_resync = sub.resync(reg).await;
                 }
-                sub.fire_timers(now);
+                () = reg.inbox.notify.notified() => sub.drain(reg),
+                () = sleep_until(wake), if wake.is_some() => {
+                    let now = Instant::now();
+                    if retry_resync.is_some_and(|t| t <= now) {
+                        *retry_resync = sub.resync(reg).await;
+                    }
+                    sub.fire_timers(now);
+                }
             }
         }
     }
@@ -181,16 +249,23 @@ impl Sub {
         self.selected().iter().any(|c| (a.get(*c) == 0) != (b.get(*c) == 0))
     }
 
-    fn chan(&mut self, ch: &ChannelName) -> &mut Chan {
-        let shards = self.shards;
-        self.chans.entry(ch.clone()).or_insert_with(|| Chan {
-            shard: shard_of(ch.as_str(), shards),
+    /// The index of the channel's state, created on first sight.
+    fn slot(&mut self, ch: &ChannelName) -> usize {
+        if let Some(&i) = self.chan_index.get(ch) {
+            return i;
+        }
+        let i = self.chans.len();
+        self.chans.push(Chan {
+            name: ch.clone(),
+            shard: shard_of(ch.as_str(), self.shards),
             latest_out: None,
             known: Pos::ZERO,
             held: None,
             held_since: None,
             window_until: None,
-        })
+        });
+        self.chan_index.insert(ch.clone(), i);
+        i
     }
 
     fn mark_unsent(&mut self, shard: u32, pos: Pos) {
@@ -207,9 +282,9 @@ impl Sub {
         }
     }
 
-    /// Drops the channel's held change, if any.
-    fn drop_held(&mut self, ch: &ChannelName) -> Option<Pos> {
-        let c = self.chan(ch);
+    /// Drops the held change of channel `i`, if any.
+    fn drop_held(&mut self, i: usize) -> Option<Pos> {
+        let c = &mut self.chans[i];
         let shard = c.shard;
         c.held = None;
         let since = c.held_since.take();
@@ -219,10 +294,11 @@ impl Sub {
         since
     }
 
-    /// Queues `ev` for writing; `unsent` is the oldest change it covers.
-    fn enqueue(&mut self, ev: Arc<HubEvent>, unsent: Pos) {
+    /// Queues `ev` (of channel `i`) for writing; `unsent` is the oldest
+    /// change it covers.
+    fn enqueue(&mut self, i: usize, ev: Arc<HubEvent>, unsent: Pos) {
         let debounce = self.spec.debounce;
-        let c = self.chan(&ev.channel);
+        let c = &mut self.chans[i];
         c.latest_out = Some(ev.metrics);
         c.window_until = (!debounce.is_zero()).then(|| Instant::now() + debounce);
         let shard = c.shard;
@@ -230,13 +306,12 @@ impl Sub {
         self.ready.push_back((ev, unsent));
     }
 
-    /// Takes a change into account: writes it now, holds it for the end of
-    /// the debounce window, or drops it when the client's view already
-    /// matches. `force` writes it in any case.
-    fn consider(&mut self, ev: Arc<HubEvent>, force: bool) {
-        let ch = ev.channel.clone();
+    /// Takes a change of channel `i` into account: writes it now, holds it
+    /// for the end of the debounce window, or drops it when the client's
+    /// view already matches. `force` writes it in any case.
+    fn consider_at(&mut self, i: usize, ev: Arc<HubEvent>, force: bool) {
         let debounce = self.spec.debounce;
-        let c = self.chan(&ch);
+        let c = &self.chans[i];
         let reference = c.latest_out.unwrap_or_default();
         let never_sent = c.latest_out.is_none();
         let window_until = c.window_until;
@@ -244,20 +319,19 @@ impl Sub {
         // in any state (after a resume), so its first change always goes
         if !force && !never_sent && !self.changed(&reference, &ev.metrics) {
             // back to what the client holds (for what it asked for)
-            self.drop_held(&ch);
+            self.drop_held(i);
             return;
         }
-        let now = Instant::now();
         let immediate = force
             || debounce.is_zero()
             || never_sent
             || self.flips(&reference, &ev.metrics)
-            || window_until.is_none_or(|w| now >= w);
+            || window_until.is_none_or(|w| Instant::now() >= w);
         if immediate {
-            let since = self.drop_held(&ch).unwrap_or(ev.pos).min(ev.pos);
-            self.enqueue(ev, since);
+            let since = self.drop_held(i).unwrap_or(ev.pos).min(ev.pos);
+            self.enqueue(i, ev, since);
         } else {
-            let c = self.chan(&ch);
+            let c = &mut self.chans[i];
             let shard = c.shard;
             let first = c.held_since.is_none();
             if first {
@@ -267,7 +341,7 @@ impl Sub {
             if first {
                 self.mark_unsent(shard, ev.pos);
                 if let Some(w) = window_until {
-                    self.timers.push(Reverse((w, ch)));
+                    self.timers.push(Reverse((w, ev.channel.clone())));
                 }
             }
         }
@@ -281,11 +355,12 @@ impl Sub {
             let Some(Reverse((_, ch))) = self.timers.pop() else {
                 break;
             };
-            let Some(c) = self.chans.get_mut(&ch) else { continue };
+            let Some(&i) = self.chan_index.get(&ch) else { continue };
+            let c = &mut self.chans[i];
             if let (Some(ev), Some(since)) = (c.held.take(), c.held_since.take()) {
                 let shard = c.shard;
                 self.clear_unsent(shard, since);
-                self.enqueue(ev, since);
+                self.enqueue(i, ev, since);
             }
         }
     }
@@ -294,50 +369,50 @@ impl Sub {
     fn drain(&mut self, reg: &Registration) {
         // read the watermark first: every change it covers is already in
         // the inbox (or was taken before)
-        let watermark = self.hub.watermark();
-        for ev in reg.inbox.take() {
+        let mut watermark = std::mem::take(&mut self.watermark_buf);
+        self.hub.watermark_into(&mut watermark);
+        let mut events = std::mem::take(&mut self.inbox_buf);
+        reg.inbox.take_into(&mut events);
+        for ev in events.drain(..) {
             if !self.matches(&ev.channel) {
                 continue;
             }
-            let c = self.chan(&ev.channel);
+            let i = self.slot(&ev.channel);
+            let c = &mut self.chans[i];
             if ev.pos <= c.known {
                 continue;
             }
             c.known = ev.pos;
-            self.consider(ev, false);
+            self.consider_at(i, ev, false);
         }
-        for (s, w) in self.seen.iter_mut().zip(watermark) {
-            *s = (*s).max(w);
+        self.inbox_buf = events;
+        for (s, w) in self.seen.iter_mut().zip(&watermark) {
+            *s = (*s).max(*w);
         }
+        self.watermark_buf = watermark;
     }
 
-    /// The resume token to hand out now.
-    fn token(&self) -> ResumeToken {
-        ResumeToken {
-            positions: self
-                .seen
+    /// The resume token to hand out now, into `token_buf`.
+    fn fill_token(&mut self) {
+        self.token_buf.clear();
+        self.token_buf.extend(
+            self.seen
                 .iter()
                 .zip(&self.unsent)
                 .map(|(seen, unsent)| match unsent.keys().next() {
                     Some(first) => (*seen).min(first.pred()),
                     None => *seen,
-                })
-                .collect(),
-        }
+                }),
+        );
     }
 
-    /// Writes every queued event, in order.
-    async fn flush(&mut self, tx: &mpsc::Sender<Item>, cancel: &CancellationToken) -> Result<(), ()> {
-        while let Some((ev, unsent)) = self.ready.pop_front() {
-            self.clear_unsent(ev.shard, unsent);
-            let id = event_id(ev.pos, &self.token());
-            let item = Ok(SubscribeOccupancyResponse::from_parts(&id, &ev.body));
-            tokio::select! {
-                r = tx.send(item) => r.map_err(|_| ())?,
-                () = cancel.cancelled() => return Err(()),
-            }
-        }
-        Ok(())
+    /// The next queued event as a response, if any (events leave in the
+    /// order they were queued).
+    fn next_ready(&mut self) -> Option<SubscribeOccupancyResponse> {
+        let (ev, unsent) = self.ready.pop_front()?;
+        self.clear_unsent(ev.shard, unsent);
+        self.fill_token();
+        Some(self.encoder.response(ev.pos, &self.token_buf, &ev.body))
     }
 
     /// Metrics of `names` as events at the snapshot's positions.
@@ -349,10 +424,11 @@ impl Sub {
             for (name, m) in chunk.iter().zip(snap.metrics) {
                 let shard = shard_of(name.as_str(), self.shards);
                 let pos = snap.positions.get(shard as usize).copied().unwrap_or_default();
-                let c = self.chan(name);
+                let i = self.slot(name);
+                let c = &mut self.chans[i];
                 c.known = if exact { pos } else { c.known.max(pos) };
                 let ev = Arc::new(HubEvent::new(shard, pos, name.clone(), m, ts));
-                self.consider(ev, force);
+                self.consider_at(i, ev, force);
             }
             last = snap.positions;
         }
@@ -390,8 +466,8 @@ impl Sub {
             let others: Vec<ChannelName> = self
                 .chans
                 .iter()
-                .filter(|(n, c)| !named.contains(*n) && c.latest_out.is_some_and(|m| m != Metrics::default()))
-                .map(|(n, _)| n.clone())
+                .filter(|c| !named.contains(&c.name) && c.latest_out.is_some_and(|m| m != Metrics::default()))
+                .map(|c| c.name.clone())
                 .collect();
             let p = self.snapshot_of(&others, true, false).await?;
             if !p.is_empty() {
@@ -413,14 +489,10 @@ impl Sub {
     async fn resync(&mut self, reg: &Registration) -> Option<Instant> {
         // held changes are superseded by the snapshot; queued ones are
         // still written (they are older states, corrected right after)
-        let held: Vec<ChannelName> = self
-            .chans
-            .iter()
-            .filter(|(_, c)| c.held.is_some())
-            .map(|(n, _)| n.clone())
-            .collect();
-        for ch in held {
-            self.drop_held(&ch);
+        for i in 0..self.chans.len() {
+            if self.chans[i].held.is_some() {
+                self.drop_held(i);
+            }
         }
         match self.snapshot(reg, true).await {
             Ok(()) => {

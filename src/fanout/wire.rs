@@ -9,11 +9,83 @@
 //! small copy instead of a full encode per subscriber. Decoding (for
 //! clients built from this crate) reads a normal `OccupancyEvent`.
 
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+use crate::domain::Pos;
 use crate::proto::v1::OccupancyEvent;
+
+/// Version byte of the resume token (as [`crate::domain::events::event_id`]
+/// writes it).
+const TOKEN_VERSION: u8 = 1;
+
+fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
+fn put_hex16(buf: &mut BytesMut, v: u64) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut out = [0u8; 16];
+    for (i, d) in out.iter_mut().enumerate() {
+        *d = DIGITS[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
+    buf.put_slice(&out);
+}
+
+/// Builds a subscriber's responses: the same bytes as
+/// [`SubscribeOccupancyResponse::from_parts`] with the id of
+/// [`crate::domain::events::event_id`], written straight into the response
+/// buffer (no intermediate strings), reusing its scratch space from one
+/// event to the next.
+#[derive(Debug, Default)]
+pub struct Encoder {
+    raw: Vec<u8>,
+}
+
+impl Encoder {
+    /// The response for the event at `own` whose resume token holds
+    /// `positions`, around the event's [`shared_body`].
+    pub fn response(&mut self, own: Pos, positions: &[Pos], body: &[u8]) -> SubscribeOccupancyResponse {
+        self.raw.clear();
+        self.raw.push(TOKEN_VERSION);
+        put_varint(&mut self.raw, positions.len() as u64);
+        for p in positions {
+            put_varint(&mut self.raw, p.ms);
+            put_varint(&mut self.raw, p.seq);
+        }
+        let b64_len = base64::encoded_len(self.raw.len(), false).unwrap_or(usize::MAX);
+        let id_len = 32 + 1 + b64_len;
+        let event_len = 1 + encoding::encoded_len_varint(id_len as u64) + id_len + body.len();
+        let mut buf = BytesMut::with_capacity(1 + encoding::encoded_len_varint(event_len as u64) + event_len);
+        encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(event_len as u64, &mut buf);
+        encoding::encode_key(1, WireType::LengthDelimited, &mut buf);
+        encoding::encode_varint(id_len as u64, &mut buf);
+        put_hex16(&mut buf, own.ms);
+        put_hex16(&mut buf, own.seq);
+        buf.put_u8(b'.');
+        let at = buf.len();
+        buf.resize(at + b64_len, 0);
+        let written = URL_SAFE_NO_PAD.encode_slice(&self.raw, &mut buf[at..]).unwrap_or(0);
+        debug_assert_eq!(written, b64_len);
+        buf.put_slice(body);
+        SubscribeOccupancyResponse {
+            event: None,
+            encoded: Some(buf.freeze()),
+        }
+    }
+}
 
 /// One message of the SubscribeOccupancy stream.
 #[derive(Clone, Default, PartialEq)]
@@ -152,5 +224,54 @@ mod tests {
             Some(full)
         );
         assert_eq!(resp.into_event().unwrap(), back.event);
+    }
+
+    #[test]
+    fn encoder_writes_the_same_bytes_as_event_id_and_from_parts() {
+        use crate::domain::events::{event_id, ResumeToken};
+        let body = shared_body(&OccupancyEvent {
+            name: "[meta]occupancy".into(),
+            channel: "rooms:lobby".into(),
+            timestamp_ms: 1_700_000_000_000,
+            metrics: Some(Metrics {
+                connections: 300,
+                ..Default::default()
+            }),
+            ..Default::default()
+        });
+        let mut enc = Encoder::default();
+        let values = [
+            0,
+            1,
+            127,
+            128,
+            16_383,
+            16_384,
+            1_700_000_000_000,
+            u64::MAX - 1,
+            u64::MAX,
+        ];
+        for shards in [0usize, 1, 2, 8, 100, 256] {
+            for (k, &ms) in values.iter().enumerate() {
+                let seq = values[(k * 7 + shards) % values.len()];
+                let own = Pos { ms, seq };
+                let positions: Vec<Pos> = (0..shards)
+                    .map(|i| Pos {
+                        ms: values[(i + k) % values.len()],
+                        seq: values[(i * 3 + k) % values.len()],
+                    })
+                    .collect();
+                let id = event_id(
+                    own,
+                    &ResumeToken {
+                        positions: positions.clone(),
+                    },
+                );
+                let want = SubscribeOccupancyResponse::from_parts(&id, &body).encode_to_vec();
+                let got = enc.response(own, &positions, &body);
+                assert_eq!(got.encoded_len(), want.len());
+                assert_eq!(got.encode_to_vec(), want, "shards {shards}, own {own:?}");
+            }
+        }
     }
 }

@@ -52,7 +52,27 @@ local CHUNK = 4000
 
 local function has(modes, b) return bit.band(modes, b) ~= 0 end
 
-local function busy_key(c, ch) return string.format('%010.0f', 4294967295 - c) .. ':' .. ch end
+-- Numbers become strings through sprintf('%.14g'), thousands of
+-- instructions each: small integers are formatted once per script.
+local NUMSTR = {}
+local function str(n)
+  local v = NUMSTR[n]
+  if not v then
+    v = string.format('%d', n)
+    NUMSTR[n] = v
+  end
+  return v
+end
+
+local BUSY_PREFIX = {}
+local function busy_key(c, ch)
+  local v = BUSY_PREFIX[c]
+  if not v then
+    v = string.format('%010d', 4294967295 - c) .. ':'
+    BUSY_PREFIX[c] = v
+  end
+  return v .. ch
+end
 
 -- FNV-1a (32 bit) over the name's bytes, as keys::shard_of in Rust.
 -- LuaBitOp works on signed 32-bit values, so results are brought back into
@@ -153,7 +173,8 @@ local function finish()
   for _, ch in ipairs(touched_list) do
     local m = M[ch]
     local before, after = M0[ch], m[C]
-    local body = table.concat(m, ',')
+    local body = str(m[1]) .. ',' .. str(m[2]) .. ',' .. str(m[3]) .. ',' .. str(m[4]) .. ',' .. str(m[5])
+      .. ',' .. str(m[6]) .. ',' .. str(m[7]) .. ',' .. str(m[8]) .. ',' .. str(m[9])
     if after > 0 then
       sets[#sets + 1] = k_metrics(ch)
       sets[#sets + 1] = body
@@ -242,7 +263,7 @@ end
 local function member_new(ch, client)
   local m = metrics(ch)
   m[PM] = m[PM] + 1
-  if redis.call('HINCRBY', k_clients(ch), client, 1) == 1 then m[PCL] = m[PCL] + 1 end
+  if redis.call('HINCRBY', k_clients(ch), client, '1') == 1 then m[PCL] = m[PCL] + 1 end
   touch(ch)
 end
 
@@ -250,7 +271,7 @@ local function member_gone(ch, client)
   local m = metrics(ch)
   m[PM] = m[PM] - 1
   local kc = k_clients(ch)
-  if redis.call('HINCRBY', kc, client, -1) <= 0 then
+  if redis.call('HINCRBY', kc, client, '-1') <= 0 then
     redis.call('HDEL', kc, client)
     m[PCL] = m[PCL] - 1
   end
@@ -270,7 +291,7 @@ local function rec_owner(r) return string.match(r, '^[^\t]*') end
 local function rec_count(r) return tonumber(string.match(r, '^[^\t]*\t(%d+)')) end
 
 local function rec_with_header(r, tok, n)
-  return tok .. '\t' .. n .. string.sub(r, #string.match(r, '^[^\t]*\t%d+') + 1)
+  return tok .. '\t' .. str(n) .. string.sub(r, #string.match(r, '^[^\t]*\t%d+') + 1)
 end
 
 -- Where CH's line starts and ends (exclusive), its modes and member part.
@@ -286,7 +307,7 @@ end
 
 local function rec_replace(r, i, j, line) return string.sub(r, 1, i - 1) .. line .. string.sub(r, j) end
 
-local function line_of(ch, modes, members) return '\n' .. ch .. '\t' .. modes .. members end
+local function line_of(ch, modes, members) return '\n' .. ch .. '\t' .. str(modes) .. members end
 
 local function has_member(members, client)
   return string.find(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil

@@ -241,39 +241,20 @@ impl Store for RedisStore {
             .arg(self.ttl_ms())
             .arg(if include_metrics { "1" } else { "0" })
             .arg(sequence);
+        let shards = self.cfg.event_shards.max(1);
         for op in ops {
-            match op {
-                Operation::Attach {
-                    connection,
-                    channel,
-                    modes,
-                } => inv
-                    .arg("A")
-                    .arg(connection.as_str())
-                    .arg(channel.as_str())
-                    .arg(modes.bits()),
-                Operation::Detach { connection, channel } => {
-                    inv.arg("D").arg(connection.as_str()).arg(channel.as_str()).arg("")
-                }
-                Operation::Enter {
-                    connection,
-                    channel,
-                    client,
-                } => inv
-                    .arg("E")
-                    .arg(connection.as_str())
-                    .arg(channel.as_str())
-                    .arg(client.as_str()),
-                Operation::Leave {
-                    connection,
-                    channel,
-                    client,
-                } => inv
-                    .arg("L")
-                    .arg(connection.as_str())
-                    .arg(channel.as_str())
-                    .arg(client.as_str()),
+            let channel = op.channel();
+            let (kind, extra) = match op {
+                Operation::Attach { modes, .. } => ("A", modes.bits().to_string()),
+                Operation::Detach { .. } => ("D", String::new()),
+                Operation::Enter { client, .. } => ("E", client.as_str().to_string()),
+                Operation::Leave { client, .. } => ("L", client.as_str().to_string()),
             };
+            inv.arg(kind)
+                .arg(op.connection().as_str())
+                .arg(channel.as_str())
+                .arg(extra)
+                .arg(keys::shard_of(channel.as_str(), shards));
         }
         let mut conn = self.conn.clone();
         // a batch of 10,000 operations is one script of tens to hundreds of

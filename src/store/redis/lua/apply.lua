@@ -1,51 +1,59 @@
 -- Applies a batch of operations within one session, atomically.
 -- ARGV[4] session id, ARGV[5] default lease ms, ARGV[6] '1' to return each
 -- operation's channel metrics, ARGV[7] the batch's sequence (0: none);
--- then four arguments per operation:
+-- then five arguments per operation:
 -- kind ('A' attach, 'D' detach, 'E' enter, 'L' leave), connection id,
--- channel, and the mode bits (attach) or client id (enter, leave).
+-- channel, the mode bits (attach) or client id (enter, leave), and the
+-- channel's event stream shard (keys::shard_of, computed by the caller).
 -- Returns one entry per operation: {status} or {status, metric...}, with
 -- status 1 applied, 2 not attached with presence mode, 3 the connection
 -- has no room for another channel; or {{-1}} when the
 -- sequence was stale and nothing was applied.
 
+local A = ARGV
+local FIRST, STEP = 8, 5
+
 -- the distinct connections and channels of the batch, checked before
 -- anything is written
-local conns, chans, seen_conn, seen_chan = {}, {}, {}, {}
-for i = 8, #ARGV, 4 do
-  local kind, conn, ch = ARGV[i], ARGV[i + 1], ARGV[i + 2]
+local conns, chans, seen_conn = {}, {}, {}
+local nconns, nchans = 0, 0
+for i = FIRST, #A, STEP do
+  local kind, conn, ch = A[i], A[i + 1], A[i + 2]
   if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
     return redis.error_reply('ERR unknown operation kind ' .. tostring(kind))
   end
   if not seen_conn[conn] then
     seen_conn[conn] = true
-    conns[#conns + 1] = conn
+    nconns = nconns + 1
+    conns[nconns] = conn
   end
-  if not seen_chan[ch] then
-    seen_chan[ch] = true
-    chans[#chans + 1] = ch
+  if not SHARD[ch] then
+    SHARD[ch] = A[i + 4]
+    nchans = nchans + 1
+    chans[nchans] = ch
   end
 end
 
 -- a batch not newer than the session's last one is not applied again
-local seq = tonumber(ARGV[7])
+local seq = tonumber(A[7])
 if seq > 0 then
-  local ks = k_seq(ARGV[4])
+  local ks = k_seq(A[4])
   local last = tonumber(redis.call('GET', ks) or '0')
   if seq <= last then return { { -1 } } end
-  redis.call('SET', ks, ARGV[7], 'PX', SEQUENCE_MEMORY_MS)
+  redis.call('SET', ks, A[7], 'PX', SEQUENCE_MEMORY_MS)
 end
 
-local tok = open_session(ARGV[4], tonumber(ARGV[5]))
-local include = ARGV[6] == '1'
+local tok = open_session(A[4], tonumber(A[5]))
+local include = A[6] == '1'
 load_metrics(chans)
 load_conns(tok, conns)
 local results = {}
-for i = 8, #ARGV, 4 do
-  local kind, conn, ch, extra = ARGV[i], ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
+local n = 0
+for i = FIRST, #A, STEP do
+  local kind, conn, ch, extra = A[i], A[i + 1], A[i + 2], A[i + 3]
   local status = 1
   if kind == 'A' then
-    status = op_attach(tok, conn, ch, tonumber(extra))
+    status = op_attach(conn, ch, extra)
   elseif kind == 'D' then
     op_detach(conn, ch)
   elseif kind == 'E' then
@@ -55,9 +63,11 @@ for i = 8, #ARGV, 4 do
   end
   local entry = { status }
   if include then
-    for _, v in ipairs(M[ch]) do entry[#entry + 1] = v end
+    local m = M[ch]
+    for k = 1, 9 do entry[k + 1] = m[k] end
   end
-  results[#results + 1] = entry
+  n = n + 1
+  results[n] = entry
 end
 flush_conns(tok)
 finish()

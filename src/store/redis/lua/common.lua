@@ -155,6 +155,9 @@ local function metrics(ch)
   return M[ch]
 end
 
+-- event stream shard of channels, when the caller passed it (as a string)
+local SHARD = {}
+
 -- channels changed by this script, in first-touch order
 local touched, touched_list = {}, {}
 local function touch(ch)
@@ -173,8 +176,10 @@ local function finish()
   for _, ch in ipairs(touched_list) do
     local m = M[ch]
     local before, after = M0[ch], m[C]
-    local body = str(m[1]) .. ',' .. str(m[2]) .. ',' .. str(m[3]) .. ',' .. str(m[4]) .. ',' .. str(m[5])
-      .. ',' .. str(m[6]) .. ',' .. str(m[7]) .. ',' .. str(m[8]) .. ',' .. str(m[9])
+    local S = NUMSTR
+    local body = (S[m[1]] or str(m[1])) .. ',' .. (S[m[2]] or str(m[2])) .. ',' .. (S[m[3]] or str(m[3])) .. ','
+      .. (S[m[4]] or str(m[4])) .. ',' .. (S[m[5]] or str(m[5])) .. ',' .. (S[m[6]] or str(m[6])) .. ','
+      .. (S[m[7]] or str(m[7])) .. ',' .. (S[m[8]] or str(m[8])) .. ',' .. (S[m[9]] or str(m[9]))
     if after > 0 then
       sets[#sets + 1] = k_metrics(ch)
       sets[#sets + 1] = body
@@ -197,7 +202,8 @@ local function finish()
     end
     M0[ch] = after
     if NSHARDS > 0 then
-      local s = shard_of(ch)
+      local s = SHARD[ch]
+      if not s then s = str(shard_of(ch)) end
       local e = by_shard[s]
       if not e then
         e = {}
@@ -215,7 +221,7 @@ local function finish()
   if #name_rem > 0 then call_many('ZREM', { K_IDX_NAME }, name_rem) end
   if #name_add > 0 then call_many('ZADD', { K_IDX_NAME }, name_add) end
   for s = 0, NSHARDS - 1 do
-    local e = by_shard[s]
+    local e = by_shard[str(s)]
     if e then call_many('XADD', { k_events(s), 'MAXLEN', '~', MAXLEN, '*' }, e) end
   end
 end
@@ -284,30 +290,27 @@ end
 -- connection on that channel. Names and ids hold no control characters,
 -- so the separators cannot occur inside them; lookups are plain substring
 -- searches, without decoding the record.
-local function rec_new(tok) return tok .. '\t0' end
+--
+-- Hot paths below avoid helper calls and C functions where they can: in
+-- Redis' Lua every call costs hundreds of instructions, every number
+-- parsed or formatted a thousand or more.
 
-local function rec_owner(r) return string.match(r, '^[^\t]*') end
-
-local function rec_count(r) return tonumber(string.match(r, '^[^\t]*\t(%d+)')) end
-
-local function rec_with_header(r, tok, n)
-  return tok .. '\t' .. str(n) .. string.sub(r, #string.match(r, '^[^\t]*\t%d+') + 1)
+-- Per mode bits (as the decimal string the record holds): the metric
+-- slots they count in, and whether they include presence.
+local MODE_INFO = {}
+local function mode_info(s)
+  local mi = MODE_INFO[s]
+  if not mi then
+    local v = tonumber(s)
+    local slots = {}
+    for _, ms in ipairs(MODE_SLOTS) do
+      if has(v, ms[1]) then slots[#slots + 1] = ms[2] end
+    end
+    mi = { slots = slots, presence = has(v, PRESENCE) }
+    MODE_INFO[s] = mi
+  end
+  return mi
 end
-
--- Where CH's line starts and ends (exclusive), its modes and member part.
-local function rec_find(r, ch)
-  local key = '\n' .. ch .. '\t'
-  local i = string.find(r, key, 1, true)
-  if not i then return nil end
-  local j = string.find(r, '\n', i + 1, true) or (#r + 1)
-  local s = i + #key
-  local modes = string.match(r, '^%d+', s)
-  return i, j, tonumber(modes), string.sub(r, s + #modes, j - 1)
-end
-
-local function rec_replace(r, i, j, line) return string.sub(r, 1, i - 1) .. line .. string.sub(r, j) end
-
-local function line_of(ch, modes, members) return '\n' .. ch .. '\t' .. str(modes) .. members end
 
 local function has_member(members, client)
   return string.find(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil
@@ -323,28 +326,34 @@ end
 -- Removes one attachment's share of its channel's counters.
 local function drop_attachment(ch, modes, members)
   local m = metrics(ch)
-  for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
-  for _, ms in ipairs(MODE_SLOTS) do
-    if has(modes, ms[1]) then m[ms[2]] = m[ms[2]] - 1 end
+  if members ~= '' then
+    for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
+  end
+  local slots = mode_info(modes).slots
+  for k = 1, #slots do
+    local x = slots[k]
+    m[x] = m[x] - 1
   end
   m[C] = m[C] - 1
   touch(ch)
 end
 
--- Removes every attachment of a record from the counters.
+-- Removes every attachment of a record (or of its lines) from the counters.
 local function drop_record(r)
   for ch, modes, members in string.gmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
-    drop_attachment(ch, tonumber(modes), members)
+    drop_attachment(ch, modes, members)
   end
 end
 
--- Records of the connections a write script works on: conn -> record, or
--- false for a connection that does not exist. Changed ones are written
--- back by flush_conns(); OWNED marks those already in the token's set.
-local R, R_changed, R_list, OWNED = {}, {}, {}, {}
+-- Connections a write script works on, all owned by its token once
+-- loaded: R[conn] their attachment lines (false: no such connection),
+-- RC[conn] their attachment count. Changed ones are written back by
+-- flush_conns(); OWNED marks those already in the token's set.
+local R, RC, R_changed, R_list, OWNED = {}, {}, {}, {}, {}
 
-local function rec_set(conn, r)
-  R[conn] = r
+local function rec_set(conn, lines, n)
+  R[conn] = lines
+  RC[conn] = n
   if not R_changed[conn] then
     R_changed[conn] = true
     R_list[#R_list + 1] = conn
@@ -363,16 +372,17 @@ local function load_conns(tok, conns)
     if not r then
       R[conn] = false
     else
-      local o = rec_owner(r)
+      local o, n, lines = string.match(r, '^([^\t]*)\t(%d+)(.*)$')
       if o == tok then
-        R[conn] = r
+        R[conn] = lines
+        RC[conn] = tonumber(n)
         OWNED[conn] = true
       else
         redis.call('SREM', k_tokconns(o), conn)
         if lease_alive(o) then
-          rec_set(conn, rec_with_header(r, tok, rec_count(r)))
+          rec_set(conn, lines, tonumber(n))
         else
-          drop_record(r)
+          drop_record(lines)
           redis.call('HDEL', K_CONNS, conn)
           R[conn] = false
         end
@@ -384,11 +394,12 @@ end
 -- Writes back the changed records of tok's connections and its set.
 local function flush_conns(tok)
   local keep, gone, new = {}, {}, {}
+  local head = tok .. '\t'
   for _, conn in ipairs(R_list) do
-    local r = R[conn]
-    if r and rec_count(r) > 0 then
+    local lines, n = R[conn], RC[conn]
+    if lines and n > 0 then
       keep[#keep + 1] = conn
-      keep[#keep + 1] = r
+      keep[#keep + 1] = head .. (NUMSTR[n] or str(n)) .. lines
       if not OWNED[conn] then new[#new + 1] = conn end
     else
       gone[#gone + 1] = conn
@@ -403,65 +414,94 @@ local function flush_conns(tok)
 end
 
 -- Returns 1 when applied, 3 when the connection has no room for another
--- channel.
-local function op_attach(tok, conn, ch, modes)
-  local r = R[conn] or rec_new(tok)
-  local i, j, old, members = rec_find(r, ch)
-  if old == modes then return 1 end
+-- channel. modes: the mode bits as a decimal string.
+local function op_attach(conn, ch, modes)
+  local lines, n = R[conn], RC[conn]
+  if not lines then lines, n = '', 0 end
+  local key = '\n' .. ch .. '\t'
   local m = metrics(ch)
-  if old then
-    if has(old, PRESENCE) and not has(modes, PRESENCE) then
+  local mi = mode_info(modes)
+  local i = string.find(lines, key, 1, true)
+  if i then
+    local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+    local s = i + #key
+    local old = string.match(lines, '^%d+', s)
+    if old == modes then return 1 end
+    local members = string.sub(lines, s + #old, j - 1)
+    local oi = mode_info(old)
+    if oi.presence and not mi.presence and members ~= '' then
       for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
       members = ''
     end
-    for _, ms in ipairs(MODE_SLOTS) do
-      if has(old, ms[1]) then m[ms[2]] = m[ms[2]] - 1 end
+    local slots = oi.slots
+    for k = 1, #slots do
+      local x = slots[k]
+      m[x] = m[x] - 1
     end
-    r = rec_replace(r, i, j, line_of(ch, modes, members))
+    lines = string.sub(lines, 1, i - 1) .. key .. modes .. members .. string.sub(lines, j)
   else
-    local n = rec_count(r)
     if n >= MAX_CHANNELS then return 3 end
     m[C] = m[C] + 1
-    r = rec_with_header(r, rec_owner(r), n + 1) .. line_of(ch, modes, '')
+    lines = lines .. key .. modes
+    n = n + 1
   end
-  for _, ms in ipairs(MODE_SLOTS) do
-    if has(modes, ms[1]) then m[ms[2]] = m[ms[2]] + 1 end
+  local slots = mi.slots
+  for k = 1, #slots do
+    local x = slots[k]
+    m[x] = m[x] + 1
   end
-  rec_set(conn, r)
+  rec_set(conn, lines, n)
   touch(ch)
   return 1
 end
 
 local function op_detach(conn, ch)
-  local r = R[conn]
-  if not r then return end
-  local i, j, old, members = rec_find(r, ch)
+  local lines = R[conn]
+  if not lines then return end
+  local key = '\n' .. ch .. '\t'
+  local i = string.find(lines, key, 1, true)
   if not i then return end
-  drop_attachment(ch, old, members)
-  r = rec_replace(r, i, j, '')
-  rec_set(conn, rec_with_header(r, rec_owner(r), rec_count(r) - 1))
+  local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+  local s = i + #key
+  local old = string.match(lines, '^%d+', s)
+  drop_attachment(ch, old, string.sub(lines, s + #old, j - 1))
+  rec_set(conn, string.sub(lines, 1, i - 1) .. string.sub(lines, j), RC[conn] - 1)
+end
+
+-- The line of CH in a connection's lines: start, end (exclusive), mode
+-- bits, member part; nil when not attached.
+local function find_line(lines, ch)
+  local key = '\n' .. ch .. '\t'
+  local i = string.find(lines, key, 1, true)
+  if not i then return nil end
+  local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+  local s = i + #key
+  local modes = string.match(lines, '^%d+', s)
+  return i, j, modes, string.sub(lines, s + #modes, j - 1)
 end
 
 -- Returns 1 when applied (or already a member), 2 when the connection is
 -- not attached to the channel with presence mode.
 local function op_enter(conn, ch, client)
-  local r = R[conn]
-  if not r then return 2 end
-  local i, j, modes, members = rec_find(r, ch)
-  if not i or not has(modes, PRESENCE) then return 2 end
+  local lines = R[conn]
+  if not lines then return 2 end
+  local i, j, modes, members = find_line(lines, ch)
+  if not i or not mode_info(modes).presence then return 2 end
   if has_member(members, client) then return 1 end
   member_new(ch, client)
-  rec_set(conn, rec_replace(r, i, j, line_of(ch, modes, members .. '\t' .. client)))
+  local line = '\n' .. ch .. '\t' .. modes .. members .. '\t' .. client
+  rec_set(conn, string.sub(lines, 1, i - 1) .. line .. string.sub(lines, j), RC[conn])
   return 1
 end
 
 local function op_leave(conn, ch, client)
-  local r = R[conn]
-  if not r then return end
-  local i, j, modes, members = rec_find(r, ch)
+  local lines = R[conn]
+  if not lines then return end
+  local i, j, modes, members = find_line(lines, ch)
   if not i or not has_member(members, client) then return end
   member_gone(ch, client)
-  rec_set(conn, rec_replace(r, i, j, line_of(ch, modes, without_member(members, client))))
+  local line = '\n' .. ch .. '\t' .. modes .. without_member(members, client)
+  rec_set(conn, string.sub(lines, 1, i - 1) .. line .. string.sub(lines, j), RC[conn])
 end
 
 -- Removes connections of a retired token until about `budget` attachments
@@ -481,8 +521,10 @@ local function reap_token(tok, budget)
       done[#done + 1] = conn
       purged = purged + 1
       work = work + 1
-      if r and rec_owner(r) == tok then
-        work = work + rec_count(r)
+      local o, n = nil, 0
+      if r then o, n = string.match(r, '^([^\t]*)\t(%d+)') end
+      if o == tok then
+        work = work + tonumber(n)
         drop_record(r)
         gone[#gone + 1] = conn
       end

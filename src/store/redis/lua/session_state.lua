@@ -9,7 +9,7 @@ local conns = redis.call('SMEMBERS', k_tokconns(tok))
 local recs = read_many('HMGET', { K_CONNS }, conns)
 for i, conn in ipairs(conns) do
   local r = recs[i]
-  if r and rec_owner(r) == tok then
+  if r and string.match(r, '^[^\t]*') == tok then
     for ch, modes, members in string.gmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
       local clients = {}
       for client in string.gmatch(members, '\t([^\t]+)') do clients[#clients + 1] = client end

@@ -9,8 +9,6 @@
 //! small copy instead of a full encode per subscriber. Decoding (for
 //! clients built from this crate) reads a normal `OccupancyEvent`.
 
-use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use base64::Engine;
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
@@ -43,6 +41,29 @@ fn put_hex16(buf: &mut BytesMut, v: u64) {
     buf.put_slice(&out);
 }
 
+/// Writes `raw` as unpadded URL-safe base64 (the same text as the base64
+/// crate's `URL_SAFE_NO_PAD`), a group of three bytes at a time.
+fn put_base64url(buf: &mut BytesMut, raw: &[u8]) {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+    let sym = |v: u32| ALPHABET[(v & 63) as usize];
+    let mut chunks = raw.chunks_exact(3);
+    for c in chunks.by_ref() {
+        let v = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
+        buf.put_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
+    }
+    match *chunks.remainder() {
+        [a] => {
+            let v = u32::from(a) << 16;
+            buf.put_slice(&[sym(v >> 18), sym(v >> 12)]);
+        }
+        [a, b] => {
+            let v = (u32::from(a) << 16) | (u32::from(b) << 8);
+            buf.put_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6)]);
+        }
+        _ => {}
+    }
+}
+
 /// Builds a subscriber's responses: the same bytes as
 /// [`SubscribeOccupancyResponse::from_parts`] with the id of
 /// [`crate::domain::events::event_id`], written straight into the response
@@ -64,7 +85,7 @@ impl Encoder {
             put_varint(&mut self.raw, p.ms);
             put_varint(&mut self.raw, p.seq);
         }
-        let b64_len = base64::encoded_len(self.raw.len(), false).unwrap_or(usize::MAX);
+        let b64_len = (self.raw.len() * 4).div_ceil(3);
         let id_len = 32 + 1 + b64_len;
         let event_len = 1 + encoding::encoded_len_varint(id_len as u64) + id_len + body.len();
         let mut buf = BytesMut::with_capacity(1 + encoding::encoded_len_varint(event_len as u64) + event_len);
@@ -75,10 +96,7 @@ impl Encoder {
         put_hex16(&mut buf, own.ms);
         put_hex16(&mut buf, own.seq);
         buf.put_u8(b'.');
-        let at = buf.len();
-        buf.resize(at + b64_len, 0);
-        let written = URL_SAFE_NO_PAD.encode_slice(&self.raw, &mut buf[at..]).unwrap_or(0);
-        debug_assert_eq!(written, b64_len);
+        put_base64url(&mut buf, &self.raw);
         buf.put_slice(body);
         SubscribeOccupancyResponse {
             event: None,
@@ -224,6 +242,21 @@ mod tests {
             Some(full)
         );
         assert_eq!(resp.into_event().unwrap(), back.event);
+    }
+
+    #[test]
+    fn base64url_matches_the_base64_crate() {
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        use base64::Engine;
+        let data: Vec<u8> = (0..=255u8).rev().chain(0..=255u8).collect();
+        for len in 0..data.len() {
+            for start in [0, 1, 2, 100] {
+                let raw = &data[start..(start + len).min(data.len())];
+                let mut buf = BytesMut::new();
+                put_base64url(&mut buf, raw);
+                assert_eq!(&buf[..], URL_SAFE_NO_PAD.encode(raw).as_bytes());
+            }
+        }
     }
 
     #[test]

@@ -103,7 +103,7 @@ pub struct ServeArgs {
     /// Number of Redis event stream shards.
     #[arg(long, env = "OCCUPANCY_EVENT_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
     pub event_shards: u32,
-    /// Approximate length each Redis event stream is trimmed to.
+    /// Changes each Redis event stream shard keeps, approximately.
     #[arg(long, env = "OCCUPANCY_STREAM_MAX_LEN", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub stream_max_len: u64,
     /// Log format.

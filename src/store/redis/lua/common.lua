@@ -222,7 +222,12 @@ local function finish()
   if #name_add > 0 then call_many('ZADD', { K_IDX_NAME }, name_add) end
   for s = 0, NSHARDS - 1 do
     local e = by_shard[str(s)]
-    if e then call_many('XADD', { k_events(s), 'MAXLEN', '~', MAXLEN, '*' }, e) end
+    if e then
+      -- the stream keeps about MAXLEN changes: an entry of k changes
+      -- trims it to MAXLEN / k entries
+      local keep = math.max(1, math.floor(tonumber(MAXLEN) * 2 / #e))
+      call_many('XADD', { k_events(s), 'MAXLEN', '~', str(keep), '*' }, e)
+    end
   end
 end
 

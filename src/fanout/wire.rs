@@ -42,23 +42,29 @@ fn put_hex16(buf: &mut BytesMut, v: u64) {
 }
 
 /// Writes `raw` as unpadded URL-safe base64 (the same text as the base64
-/// crate's `URL_SAFE_NO_PAD`), a group of three bytes at a time.
+/// crate's `URL_SAFE_NO_PAD`), a group of three bytes at a time, into
+/// `buf`'s spare room sized up front.
 fn put_base64url(buf: &mut BytesMut, raw: &[u8]) {
     const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
     let sym = |v: u32| ALPHABET[(v & 63) as usize];
+    let at = buf.len();
+    buf.resize(at + (raw.len() * 4).div_ceil(3), 0);
+    let out = &mut buf[at..];
     let mut chunks = raw.chunks_exact(3);
-    for c in chunks.by_ref() {
+    let mut outs = out.chunks_exact_mut(4);
+    for (c, o) in chunks.by_ref().zip(outs.by_ref()) {
         let v = (u32::from(c[0]) << 16) | (u32::from(c[1]) << 8) | u32::from(c[2]);
-        buf.put_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
+        o.copy_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6), sym(v)]);
     }
+    let tail = outs.into_remainder();
     match *chunks.remainder() {
         [a] => {
             let v = u32::from(a) << 16;
-            buf.put_slice(&[sym(v >> 18), sym(v >> 12)]);
+            tail.copy_from_slice(&[sym(v >> 18), sym(v >> 12)]);
         }
         [a, b] => {
             let v = (u32::from(a) << 16) | (u32::from(b) << 8);
-            buf.put_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6)]);
+            tail.copy_from_slice(&[sym(v >> 18), sym(v >> 12), sym(v >> 6)]);
         }
         _ => {}
     }

@@ -215,3 +215,57 @@ async fn backoff_wait(
     *backoff = (*backoff * 2).min(MAX_BACKOFF);
     true
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::Metrics;
+
+    fn entry(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, redis::Value> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn an_entry_yields_one_change_per_channel_and_covers_itself_only_at_its_last() {
+        let pos = Pos { ms: 7, seq: 3 };
+        let events = decode(
+            2,
+            pos,
+            &entry(&[
+                ("a", "1,0,1,0,0,0,0,0,0"),
+                ("b", "2,1,0,0,0,0,0,0,0"),
+                ("c", "0,0,0,0,0,0,0,0,0"),
+            ]),
+        );
+        assert_eq!(events.len(), 3);
+        let mut names: Vec<&str> = events.iter().map(|e| e.channel.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["a", "b", "c"]);
+        for (i, e) in events.iter().enumerate() {
+            assert_eq!((e.shard, e.pos, e.timestamp_ms), (2, pos, 7));
+            let want = if i + 1 == events.len() { pos } else { pos.pred() };
+            assert_eq!(e.covers, want, "event {i}");
+            let expected = match e.channel.as_str() {
+                "a" => [1, 0, 1, 0, 0, 0, 0, 0, 0],
+                "b" => [2, 1, 0, 0, 0, 0, 0, 0, 0],
+                _ => [0; 9],
+            };
+            assert_eq!(e.metrics, Metrics::from_array(expected));
+        }
+    }
+
+    #[test]
+    fn bad_fields_are_skipped_not_fatal() {
+        let pos = Pos { ms: 1, seq: 0 };
+        let mut map = entry(&[("ok", "1,0,0,0,0,0,0,0,0")]);
+        map.insert("bad\u{1}name".into(), redis::Value::BulkString(b"1".to_vec()));
+        map.insert("no-text".into(), redis::Value::Nil);
+        let events = decode(0, pos, &map);
+        assert_eq!(events.len(), 1);
+        assert_eq!(events[0].channel.as_str(), "ok");
+        assert_eq!(events[0].covers, pos);
+    }
+}

@@ -220,14 +220,12 @@ local function finish()
   if #busy_add > 0 then call_many('ZADD', { K_IDX_BUSY }, busy_add) end
   if #name_rem > 0 then call_many('ZREM', { K_IDX_NAME }, name_rem) end
   if #name_add > 0 then call_many('ZADD', { K_IDX_NAME }, name_add) end
-  for s = 0, NSHARDS - 1 do
-    local e = by_shard[str(s)]
-    if e then
-      -- the stream keeps about MAXLEN changes: an entry of k changes
-      -- trims it to MAXLEN / k entries
-      local keep = math.max(1, math.floor(tonumber(MAXLEN) * 2 / #e))
-      call_many('XADD', { k_events(s), 'MAXLEN', '~', str(keep), '*' }, e)
-    end
+  -- the stream keeps about MAXLEN changes: an entry of k changes trims it
+  -- to MAXLEN / k entries
+  local maxlen = tonumber(MAXLEN) * 2
+  for s, e in pairs(by_shard) do
+    local keep = math.floor(maxlen / #e)
+    call_many('XADD', { k_events(s), 'MAXLEN', '~', keep >= 1 and (NUMSTR[keep] or str(keep)) or '1', '*' }, e)
   end
 end
 

@@ -4,7 +4,7 @@
 use crate::domain::InvalidInput;
 
 /// Everything that can go wrong while serving a request.
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {
     /// A request field is invalid; nothing was changed.
     #[error(transparent)]

@@ -34,6 +34,7 @@ both_stores!(
     enter_needs_presence_mode,
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,
+    concurrent_writes_each_get_their_own_answer,
     a_connection_holds_at_most_1000_channels,
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
@@ -769,4 +770,75 @@ async fn a_connection_holds_at_most_1000_channels(h: Harness) {
     // closing removes all 1,000 at once
     assert!(fx.close("fe").await);
     assert!(fx.list_all("", 1_000).await.is_empty());
+}
+
+/// Many writes at once (which the Redis store sends as one script call):
+/// each write gets its own statuses and metrics, a stale sequenced write
+/// among them changes nothing, and the counts add up.
+async fn concurrent_writes_each_get_their_own_answer(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let apply = |session: String, seq: u64, ops: Vec<pb::operation::Op>| {
+        let mut w = fx.w.clone();
+        async move {
+            w.apply(pb::ApplyRequest {
+                session_id: session,
+                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
+                include_metrics: true,
+                sequence: seq,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }
+    };
+    let first = apply("seq".into(), 5, vec![attach_op("s1", "g", &[Mode::Presence])]).await;
+    assert!(!first.already_applied);
+    let mut calls = Vec::new();
+    for k in 0..60u32 {
+        let ops = vec![
+            attach_op(&format!("c{k}"), "g", &[Mode::Presence, Mode::Subscribe]),
+            enter_op(&format!("c{k}"), "g", &format!("u{}", k % 3)),
+            // not attached here: this operation's own status
+            enter_op(&format!("c{k}"), &format!("other-{k}"), "u"),
+        ];
+        calls.push(tokio::spawn(apply(format!("s{k}"), 0, ops)));
+        if k == 30 {
+            // a stale write of session "seq" in the middle of the burst
+            calls.push(tokio::spawn(apply(
+                "seq".into(),
+                4,
+                vec![attach_op("s2", "g", &[Mode::Presence])],
+            )));
+        }
+    }
+    let mut stale = 0;
+    for c in calls {
+        let r = tokio::time::timeout(Duration::from_secs(20), c).await.unwrap().unwrap();
+        if r.already_applied {
+            stale += 1;
+            assert!(r.results.is_empty());
+            continue;
+        }
+        assert_eq!(r.results.len(), 3);
+        let status: Vec<i32> = r.results.iter().map(|x| x.status).collect();
+        assert_eq!(
+            status,
+            [
+                pb::OperationStatus::Ok as i32,
+                pb::OperationStatus::Ok as i32,
+                pb::OperationStatus::FailedPrecondition as i32
+            ]
+        );
+        // each write's metrics are those after its own operation
+        let m = arr(r.results[1].metrics.as_ref().unwrap());
+        assert!(m[0] >= 2 && m[4] >= 1, "{m:?}");
+        assert_eq!(arr(r.results[2].metrics.as_ref().unwrap()), [0; 9]);
+    }
+    assert_eq!(stale, 1, "exactly the stale write answers already_applied");
+    let g = fx.get("g").await;
+    // 60 connections plus s1 (s2 was never attached); 60 members of 3 clients
+    assert_eq!(g[0], 61);
+    assert_eq!(g[4], 60);
+    assert_eq!(g[8], 3);
 }

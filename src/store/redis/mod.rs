@@ -27,6 +27,7 @@ use crate::error::{Error, Result};
 
 pub mod keys;
 mod reader;
+mod writer;
 
 macro_rules! script {
     ($file:literal) => {
@@ -94,6 +95,91 @@ pub struct RedisStore {
     client: redis::Client,
     conn: ConnectionManager,
     cfg: RedisConfig,
+    /// The group commit queue of writes, started on first use (inside the
+    /// runtime).
+    writes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
+}
+
+/// Sends merged writes as one call of the apply script.
+struct ApplySender {
+    conn: ConnectionManager,
+    cfg: RedisConfig,
+}
+
+impl writer::Sender for ApplySender {
+    async fn send(&self, jobs: &[writer::Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
+        let mut inv = APPLY.prepare_invoke();
+        inv.arg(&self.cfg.key_prefix)
+            .arg(self.cfg.event_shards)
+            .arg(self.cfg.stream_max_len)
+            .arg(self.cfg.default_ttl.as_millis() as u64)
+            .arg(jobs.len());
+        let shards = self.cfg.event_shards.max(1);
+        let mut total = 0usize;
+        for job in jobs {
+            inv.arg(job.session.as_str())
+                .arg(if job.include_metrics { "1" } else { "0" })
+                .arg(job.sequence)
+                .arg(job.ops.len());
+            total += job.ops.len();
+            for op in &job.ops {
+                let channel = op.channel();
+                let (kind, extra) = match op {
+                    Operation::Attach { modes, .. } => ("A", modes.bits().to_string()),
+                    Operation::Detach { .. } => ("D", String::new()),
+                    Operation::Enter { client, .. } => ("E", client.as_str().to_string()),
+                    Operation::Leave { client, .. } => ("L", client.as_str().to_string()),
+                };
+                inv.arg(kind)
+                    .arg(op.connection().as_str())
+                    .arg(channel.as_str())
+                    .arg(extra)
+                    .arg(keys::shard_of(channel.as_str(), shards));
+            }
+        }
+        let mut conn = self.conn.clone();
+        // a batch of 10,000 operations is one script of tens to hundreds of
+        // ms: allow for it on top of the timeout
+        let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
+        let raw: Vec<Vec<Vec<i64>>> = match tokio::time::timeout(limit, inv.invoke_async(&mut conn)).await {
+            Ok(r) => r.map_err(Error::from)?,
+            Err(_) => return Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
+        };
+        if raw.len() != jobs.len() {
+            return Err(Error::Internal(format!(
+                "apply script returned {} writes for {}",
+                raw.len(),
+                jobs.len()
+            )));
+        }
+        jobs.iter()
+            .zip(raw)
+            .map(|(job, raw)| {
+                if job.sequence > 0 && raw.len() == 1 && raw[0].first() == Some(&-1) {
+                    return Ok(None);
+                }
+                if raw.len() != job.ops.len() {
+                    return Err(Error::Internal(format!(
+                        "apply script returned {} results for {} operations",
+                        raw.len(),
+                        job.ops.len()
+                    )));
+                }
+                Ok(Some(
+                    raw.into_iter()
+                        .map(|r| OpResult {
+                            status: match r.first() {
+                                Some(2) => OpStatus::NotPresenceAttached,
+                                Some(3) => OpStatus::TooManyChannels,
+                                _ => OpStatus::Ok,
+                            },
+                            metrics: job.include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
+                        })
+                        .collect(),
+                ))
+            })
+            .collect()
+    }
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -150,7 +236,12 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_millis(500));
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
-        Ok(Self { client, conn, cfg })
+        Ok(Self {
+            client,
+            conn,
+            cfg,
+            writes: Arc::default(),
+        })
     }
 
     /// The configuration in force.
@@ -236,53 +327,25 @@ impl Store for RedisStore {
         ops: &[Operation],
         include_metrics: bool,
     ) -> Result<Option<Vec<OpResult>>> {
-        let mut inv = self.invocation(&APPLY);
-        inv.arg(session.as_str())
-            .arg(self.ttl_ms())
-            .arg(if include_metrics { "1" } else { "0" })
-            .arg(sequence);
-        let shards = self.cfg.event_shards.max(1);
-        for op in ops {
-            let channel = op.channel();
-            let (kind, extra) = match op {
-                Operation::Attach { modes, .. } => ("A", modes.bits().to_string()),
-                Operation::Detach { .. } => ("D", String::new()),
-                Operation::Enter { client, .. } => ("E", client.as_str().to_string()),
-                Operation::Leave { client, .. } => ("L", client.as_str().to_string()),
-            };
-            inv.arg(kind)
-                .arg(op.connection().as_str())
-                .arg(channel.as_str())
-                .arg(extra)
-                .arg(keys::shard_of(channel.as_str(), shards));
-        }
-        let mut conn = self.conn.clone();
-        // a batch of 10,000 operations is one script of tens to hundreds of
-        // ms: allow for it on top of the timeout
-        let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * ops.len() as u32;
-        let raw: Vec<Vec<i64>> = self.bounded_for(limit, inv.invoke_async(&mut conn)).await?;
-        if sequence > 0 && raw.len() == 1 && raw[0].first() == Some(&-1) {
-            return Ok(None);
-        }
-        if raw.len() != ops.len() {
-            return Err(Error::Internal(format!(
-                "apply script returned {} results for {} operations",
-                raw.len(),
-                ops.len()
-            )));
-        }
-        Ok(Some(
-            raw.into_iter()
-                .map(|r| OpResult {
-                    status: match r.first() {
-                        Some(2) => OpStatus::NotPresenceAttached,
-                        Some(3) => OpStatus::TooManyChannels,
-                        _ => OpStatus::Ok,
-                    },
-                    metrics: include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
-                })
-                .collect(),
-        ))
+        let writes = self.writes.get_or_init(|| {
+            writer::start(ApplySender {
+                conn: self.conn.clone(),
+                cfg: self.cfg.clone(),
+            })
+        });
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        writes
+            .send(writer::Job {
+                session: session.clone(),
+                sequence,
+                ops: ops.to_vec(),
+                include_metrics,
+                reply,
+            })
+            .map_err(|_| Error::Internal("the write queue is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| Error::Internal("the write queue dropped a write".into()))?
     }
 
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {

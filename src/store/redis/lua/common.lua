@@ -354,6 +354,12 @@ end
 -- flush_conns(); OWNED marks those already in the token's set.
 local R, RC, R_changed, R_list, OWNED = {}, {}, {}, {}, {}
 
+-- Forgets the connections of the previous write (the next write of the
+-- same script may belong to another token).
+local function reset_conns()
+  R, RC, R_changed, R_list, OWNED = {}, {}, {}, {}, {}
+end
+
 local function rec_set(conn, lines, n)
   R[conn] = lines
   RC[conn] = n

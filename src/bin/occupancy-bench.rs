@@ -5,7 +5,7 @@
 //! - `apply`: Apply batches of 100 operations over 10,000 channels, each
 //!   taking a (connection, channel) pair one step through attach → enter →
 //!   leave → detach.
-//! - `unary`: Attach/Detach calls.
+//! - `unary`: Attach/Detach calls from 4 front ends (sessions).
 //! - `get`, `batch-get`: reads.
 //! - `size-get`, `size-list`: read cost on a huge channel, and a list page
 //!   with many channels, against small ones.
@@ -586,6 +586,10 @@ async fn apply(load: Load, batch: usize, channels: usize) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// Front ends (sessions) the `unary` workers share, as a few front end
+/// processes would: each worker writes its own connection.
+const UNARY_FRONT_ENDS: usize = 4;
+
 async fn unary(load: Load) -> anyhow::Result<()> {
     let run = std::process::id();
     let mut stats = run_load(&load, move |ch, w, i| async move {
@@ -594,7 +598,7 @@ async fn unary(load: Load) -> anyhow::Result<()> {
         let channel = format!("bench:{}", mix(w as u64, i / 2) % 10_000);
         if i % 2 == 0 {
             c.attach(pb::AttachRequest {
-                session_id: format!("bench-{run}-w{w}"),
+                session_id: format!("bench-{run}-f{}", w % UNARY_FRONT_ENDS),
                 connection_id: conn,
                 channel,
                 modes: vec![pb::Mode::Subscribe as i32],
@@ -602,7 +606,7 @@ async fn unary(load: Load) -> anyhow::Result<()> {
             .await?;
         } else {
             c.detach(pb::DetachRequest {
-                session_id: format!("bench-{run}-w{w}"),
+                session_id: format!("bench-{run}-f{}", w % UNARY_FRONT_ENDS),
                 connection_id: conn,
                 channel,
             })

@@ -44,6 +44,10 @@ if i ~= #A + 1 then return redis.error_reply('ERR malformed apply arguments') en
 
 load_metrics(chans)
 local out = {}
+-- consecutive writes of one session share their connections' records,
+-- written back when the session changes; a session's lease is opened once
+local cur_tok = nil
+local toks = {}
 for w = 1, writes do
   local s = starts[w]
   local session, include, seq, nops = A[s], A[s + 1] == '1', tonumber(A[s + 2]), tonumber(A[s + 3])
@@ -61,7 +65,16 @@ for w = 1, writes do
   if stale then
     out[w] = { { -1 } }
   else
-    local tok = open_session(session, ttl)
+    local tok = toks[session]
+    if not tok then
+      tok = open_session(session, ttl)
+      toks[session] = tok
+    end
+    if cur_tok and cur_tok ~= tok then
+      flush_conns(cur_tok)
+      reset_conns()
+    end
+    cur_tok = tok
     local conns, seen, nconns = {}, {}, 0
     for k = first, last, 5 do
       local conn = A[k + 1]
@@ -93,10 +106,9 @@ for w = 1, writes do
       n = n + 1
       results[n] = entry
     end
-    flush_conns(tok)
-    reset_conns()
     out[w] = results
   end
 end
+if cur_tok then flush_conns(cur_tok) end
 finish()
 return out

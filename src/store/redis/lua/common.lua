@@ -369,11 +369,17 @@ local function rec_set(conn, lines, n)
   end
 end
 
--- Makes tok the owner of the given connections, reading their records.
+-- Makes tok the owner of the given connections, reading the records of
+-- those not read yet.
 -- A connection owned by another live session moves whole (a resume on
 -- another front end); one owned by a dead session is removed first, so its
 -- old state is removed exactly once.
 local function load_conns(tok, conns)
+  local want = {}
+  for _, conn in ipairs(conns) do
+    if R[conn] == nil then want[#want + 1] = conn end
+  end
+  conns = want
   if #conns == 0 then return end
   local recs = read_many('HMGET', { K_CONNS }, conns)
   for i, conn in ipairs(conns) do

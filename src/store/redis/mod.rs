@@ -3,8 +3,11 @@
 //! Every change is one Lua script (files under `lua/`, each prefixed with
 //! `lua/common.lua`, loaded once and called by EVALSHA), so a change is
 //! atomic and counts are maintained incrementally: reading a channel is one
-//! HMGET whatever its size. Lease deadlines use the Redis clock (`TIME`),
-//! so replicas with skewed clocks agree on when a session expires.
+//! GET whatever its size. Concurrent writes of a replica are merged into one
+//! script call (`writer.rs`), and a script reads and writes everything a
+//! batch touches with a few variadic commands (the layout is in [`keys`]).
+//! Lease deadlines use the Redis clock (`TIME`), so replicas with skewed
+//! clocks agree on when a session expires.
 
 use std::sync::LazyLock;
 use std::time::Duration;
@@ -71,7 +74,7 @@ pub struct RedisConfig {
     pub default_ttl: Duration,
     /// Number of event stream shards.
     pub event_shards: u32,
-    /// Approximate length each event stream is trimmed to.
+    /// Changes each event stream keeps, approximately (see `lua/common.lua`).
     pub stream_max_len: u64,
 }
 

@@ -13,7 +13,10 @@
 //!
 //! Each write stays a group of its own inside the call (its session, lease
 //! and sequence are handled as before, in arrival order); the whole call is
-//! atomic, which is stronger than each write being atomic.
+//! atomic, which is stronger than each write being atomic. A write is
+//! carried out once queued even if its caller goes away meanwhile, as a
+//! script already sent would be; writes are idempotent, or sequenced where
+//! a front end needs them applied once.
 
 use std::sync::Arc;
 

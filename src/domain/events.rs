@@ -95,9 +95,11 @@ pub struct ResumeToken {
     pub positions: Vec<Pos>,
 }
 
-const TOKEN_VERSION: u8 = 1;
+/// Version byte of the resume token ([`event_id`]).
+pub(crate) const TOKEN_VERSION: u8 = 1;
 
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
+/// Appends `v` as a LEB128 varint (as the resume token holds positions).
+pub(crate) fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     loop {
         let byte = (v & 0x7f) as u8;
         v >>= 7;

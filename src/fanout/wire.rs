@@ -13,24 +13,9 @@ use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
 use prost::{DecodeError, Message};
 
+use crate::domain::events::{put_varint, TOKEN_VERSION};
 use crate::domain::Pos;
 use crate::proto::v1::OccupancyEvent;
-
-/// Version byte of the resume token (as [`crate::domain::events::event_id`]
-/// writes it).
-const TOKEN_VERSION: u8 = 1;
-
-fn put_varint(out: &mut Vec<u8>, mut v: u64) {
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return;
-        }
-        out.push(byte | 0x80);
-    }
-}
 
 fn put_hex16(buf: &mut BytesMut, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";

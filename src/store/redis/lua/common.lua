@@ -123,11 +123,6 @@ local function parse_metrics(v)
   return m
 end
 
--- A read-only view of a channel's counters.
-local function metrics_of(ch)
-  return parse_metrics(redis.call('GET', k_metrics(ch)))
-end
-
 -- Counters of the channels this script changes, read once and written
 -- back by finish(); M0 holds the connection count as read.
 local M, M0 = {}, {}

@@ -111,12 +111,8 @@ struct ApplySender {
 
 impl writer::Sender for ApplySender {
     async fn send(&self, jobs: &[writer::Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
-        let mut inv = APPLY.prepare_invoke();
-        inv.arg(&self.cfg.key_prefix)
-            .arg(self.cfg.event_shards)
-            .arg(self.cfg.stream_max_len)
-            .arg(self.cfg.default_ttl.as_millis() as u64)
-            .arg(jobs.len());
+        let mut inv = invocation(&self.cfg, &APPLY);
+        inv.arg(self.cfg.default_ttl.as_millis() as u64).arg(jobs.len());
         let shards = self.cfg.event_shards.max(1);
         let mut total = 0usize;
         for job in jobs {
@@ -144,10 +140,7 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<Vec<Vec<i64>>> = match tokio::time::timeout(limit, inv.invoke_async(&mut conn)).await {
-            Ok(r) => r.map_err(Error::from)?,
-            Err(_) => return Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
-        };
+        let raw: Vec<Vec<Vec<i64>>> = within(limit, inv.invoke_async(&mut conn)).await?;
         if raw.len() != jobs.len() {
             return Err(Error::Internal(format!(
                 "apply script returned {} writes for {}",
@@ -258,26 +251,11 @@ impl RedisStore {
     }
 
     async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        self.bounded_for(self.cfg.timeout, fut).await
-    }
-
-    async fn bounded_for<T>(
-        &self,
-        limit: Duration,
-        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
-    ) -> Result<T> {
-        match tokio::time::timeout(limit, fut).await {
-            Ok(r) => r.map_err(Error::from),
-            Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
-        }
+        within(self.cfg.timeout, fut).await
     }
 
     fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
-        let mut inv = script.prepare_invoke();
-        inv.arg(&self.cfg.key_prefix)
-            .arg(self.cfg.event_shards)
-            .arg(self.cfg.stream_max_len);
-        inv
+        invocation(&self.cfg, script)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -305,6 +283,22 @@ pub(crate) fn parse_metrics(text: &str) -> Metrics {
         *slot = v.parse().unwrap_or(0);
     }
     Metrics::from_array(a)
+}
+
+/// A Redis call bounded by `limit`; no answer in time is UNAVAILABLE.
+async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
+    match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
+    }
+}
+
+/// A call of `script` with the arguments every script starts with (see
+/// `lua/common.lua`): key prefix, event shards, stream length.
+pub(crate) fn invocation<'a>(cfg: &RedisConfig, script: &'a Script) -> redis::ScriptInvocation<'a> {
+    let mut inv = script.prepare_invoke();
+    inv.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);
+    inv
 }
 
 pub(crate) fn metrics_from(values: &[i64]) -> Metrics {

@@ -48,11 +48,8 @@ pub(super) async fn run(
     while !cancel.is_cancelled() {
         let attempt = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&conn_cfg).await?;
-            let mut inv = STREAM_STATE.prepare_invoke();
-            inv.arg(&cfg.key_prefix)
-                .arg(cfg.event_shards)
-                .arg(cfg.stream_max_len)
-                .arg(shard);
+            let mut inv = super::invocation(&cfg, &STREAM_STATE);
+            inv.arg(shard);
             let (exists, last_generated, max_deleted): (u8, String, String) = inv.invoke_async(&mut conn).await?;
             Ok::<_, redis::RedisError>((conn, exists == 1, last_generated, max_deleted))
         };

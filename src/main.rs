@@ -4,6 +4,12 @@ use clap::Parser;
 use occupancy::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// mimalloc instead of the system allocator: a gRPC call allocates and
+/// frees dozens of small buffers, and glibc malloc took about 15 % of the
+/// server's CPU time under load (see BENCHMARKS.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

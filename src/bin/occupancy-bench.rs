@@ -24,6 +24,11 @@ use pb::connection_service_client::ConnectionServiceClient;
 use pb::occupancy_service_client::OccupancyServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
+/// The same allocator as the service: the load generator shares the
+/// machine with it, so its own cost is kept down.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(name = "occupancy-bench", about = "load generator for the occupancy service")]
 struct Cli {

@@ -35,6 +35,7 @@ both_stores!(
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,
     concurrent_writes_each_get_their_own_answer,
+    concurrent_writes_of_few_sessions_keep_their_owners,
     a_connection_holds_at_most_1000_channels,
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
@@ -738,6 +739,59 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
         .into_inner();
     assert!(!r.already_applied);
     assert_eq!(fx.get("x").await[0], 4);
+}
+
+/// A burst of writes from a few sessions, interleaved (the Redis store
+/// applies one call's writes session by session): every write applies,
+/// each connection ends up owned by the session that wrote it, and closing
+/// a session removes exactly its connections.
+async fn concurrent_writes_of_few_sessions_keep_their_owners(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    const SESSIONS: [&str; 3] = ["fa", "fb", "fc"];
+    for fe in SESSIONS {
+        fx.keep_alive(fe, LONG_TTL_MS).await;
+    }
+    let mut calls = Vec::new();
+    for k in 0..60usize {
+        let session = SESSIONS[k % 3];
+        let conn = format!("{session}-c{k}");
+        let ops = [
+            attach_op(&conn, "few", &[Mode::Subscribe]),
+            attach_op(&conn, &format!("few-{session}"), &[Mode::Presence]),
+            enter_op(&conn, &format!("few-{session}"), &format!("u{k}")),
+        ];
+        let mut w = fx.w.clone();
+        calls.push(tokio::spawn(async move {
+            w.apply(pb::ApplyRequest {
+                session_id: session.into(),
+                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
+                include_metrics: false,
+                sequence: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner()
+        }));
+    }
+    for c in calls {
+        let r = tokio::time::timeout(Duration::from_secs(20), c).await.unwrap().unwrap();
+        let status: Vec<i32> = r.results.iter().map(|x| x.status).collect();
+        assert_eq!(status, [pb::OperationStatus::Ok as i32; 3]);
+    }
+    assert_eq!(fx.get("few").await[0], 60);
+    for fe in SESSIONS {
+        let m = fx.get(&format!("few-{fe}")).await;
+        assert_eq!((m[0], m[4]), (20, 20), "{fe}: {m:?}");
+    }
+    // closing a session removes its 20 connections and nothing else
+    assert!(fx.close("fb").await);
+    assert_eq!(fx.get("few").await[0], 40);
+    assert_eq!(fx.get("few-fb").await, [0; 9]);
+    assert_eq!(fx.get("few-fa").await[0], 20);
+    assert!(fx.close("fa").await);
+    assert_eq!(fx.get("few").await[0], 20);
+    assert_eq!(fx.get("few-fc").await[4], 20);
 }
 
 async fn a_connection_holds_at_most_1000_channels(h: Harness) {

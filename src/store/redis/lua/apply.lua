@@ -44,69 +44,90 @@ if i ~= #A + 1 then return redis.error_reply('ERR malformed apply arguments') en
 
 load_metrics(chans)
 local out = {}
--- consecutive writes of one session share their connections' records,
--- written back when the session changes; a session's lease is opened once
-local cur_tok = nil
-local toks = {}
+-- Writes are taken session by session (each session's in their order):
+-- concurrent writes of different sessions may be applied in any order,
+-- and this way each session's lease is opened, and its connections'
+-- records read and written back, once per call instead of once per write.
+local by_session, sessions = {}, {}
 for w = 1, writes do
-  local s = starts[w]
-  local session, include, seq, nops = A[s], A[s + 1] == '1', tonumber(A[s + 2]), tonumber(A[s + 3])
-  local first, last = s + 4, s + 4 + 5 * (nops - 1)
-  local stale = false
+  local session = A[starts[w]]
+  local list = by_session[session]
+  if not list then
+    list = {}
+    by_session[session] = list
+    sessions[#sessions + 1] = session
+  end
+  list[#list + 1] = w
+end
+local cur_tok = nil
+for _, session in ipairs(sessions) do
   -- a write not newer than the session's last one is not applied again
-  if seq > 0 then
-    local ks = k_seq(session)
-    if seq <= tonumber(redis.call('GET', ks) or '0') then
-      stale = true
+  local live = {}
+  for _, w in ipairs(by_session[session]) do
+    local s = starts[w]
+    local seq = tonumber(A[s + 2])
+    local stale = false
+    if seq > 0 then
+      local ks = k_seq(session)
+      if seq <= tonumber(redis.call('GET', ks) or '0') then
+        stale = true
+      else
+        redis.call('SET', ks, A[s + 2], 'PX', SEQUENCE_MEMORY_MS)
+      end
+    end
+    if stale then
+      out[w] = { { -1 } }
     else
-      redis.call('SET', ks, A[s + 2], 'PX', SEQUENCE_MEMORY_MS)
+      live[#live + 1] = w
     end
   end
-  if stale then
-    out[w] = { { -1 } }
-  else
-    local tok = toks[session]
-    if not tok then
-      tok = open_session(session, ttl)
-      toks[session] = tok
-    end
-    if cur_tok and cur_tok ~= tok then
+  if #live > 0 then
+    local tok = open_session(session, ttl)
+    if cur_tok then
       flush_conns(cur_tok)
       reset_conns()
     end
     cur_tok = tok
-    local conns, seen, nconns = {}, {}, 0
-    for k = first, last, 5 do
-      local conn = A[k + 1]
-      if not seen[conn] then
-        seen[conn] = true
-        nconns = nconns + 1
-        conns[nconns] = conn
+    local conns, seen = {}, {}
+    for _, w in ipairs(live) do
+      local s = starts[w]
+      local first, last = s + 4, s + 4 + 5 * (tonumber(A[s + 3]) - 1)
+      for k = first, last, 5 do
+        local conn = A[k + 1]
+        if not seen[conn] then
+          seen[conn] = true
+          conns[#conns + 1] = conn
+        end
       end
     end
     load_conns(tok, conns)
-    local results, n = {}, 0
-    for k = first, last, 5 do
-      local kind, conn, ch, extra = A[k], A[k + 1], A[k + 2], A[k + 3]
-      local status = 1
-      if kind == 'A' then
-        status = op_attach(conn, ch, extra)
-      elseif kind == 'D' then
-        op_detach(conn, ch)
-      elseif kind == 'E' then
-        status = op_enter(conn, ch, extra)
-      else
-        op_leave(conn, ch, extra)
+    for _, w in ipairs(live) do
+      local s = starts[w]
+      local include = A[s + 1] == '1'
+      local first, last = s + 4, s + 4 + 5 * (tonumber(A[s + 3]) - 1)
+      local results, n = {}, 0
+      for k = first, last, 5 do
+        local kind, conn, ch, extra = A[k], A[k + 1], A[k + 2], A[k + 3]
+        local status = 1
+        if kind == 'A' then
+          status = op_attach(conn, ch, extra)
+        elseif kind == 'D' then
+          op_detach(conn, ch)
+        elseif kind == 'E' then
+          status = op_enter(conn, ch, extra)
+        else
+          op_leave(conn, ch, extra)
+        end
+        local entry = { status }
+        if include then
+          local m = M[ch]
+          for x = 1, 9 do entry[x + 1] = m[x] end
+        end
+        n = n + 1
+        results[n] = entry
       end
-      local entry = { status }
-      if include then
-        local m = M[ch]
-        for x = 1, 9 do entry[x + 1] = m[x] end
-      end
-      n = n + 1
-      results[n] = entry
+      out[w] = results
     end
-    out[w] = results
   end
 end
 if cur_tok then flush_conns(cur_tok) end

@@ -160,11 +160,16 @@ async fn scripts_and_keys_rs_agree_on_the_layout() {
     let p = cfg.key_prefix.as_str();
     for ch in channels {
         // c pub sub pc pm ps op os pcl
-        let m: String = ::redis::cmd("GET")
+        // nine unsigned 32-bit little-endian counters
+        let m: Vec<u8> = ::redis::cmd("GET")
             .arg(keys::channel_metrics(p, ch))
             .query(&mut c)
             .unwrap();
-        assert_eq!(m, "1,1,0,1,1,0,0,0,1", "{ch}");
+        let want: Vec<u8> = [1u32, 1, 0, 1, 1, 0, 0, 0, 1]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect();
+        assert_eq!(m, want, "{ch}");
         let cl: i64 = ::redis::cmd("HGET")
             .arg(keys::channel_clients(p, ch))
             .arg("alice")
@@ -172,14 +177,17 @@ async fn scripts_and_keys_rs_agree_on_the_layout() {
             .unwrap();
         assert_eq!(cl, 1);
         let shard = keys::shard_of(ch, cfg.event_shards);
-        let entries: Vec<(String, Vec<(String, String)>)> = ::redis::cmd("XRANGE")
+        type Entry = (String, Vec<(String, Vec<u8>)>);
+        let entries: Vec<Entry> = ::redis::cmd("XRANGE")
             .arg(keys::events(p, shard))
             .arg("-")
             .arg("+")
             .query(&mut c)
             .unwrap();
         assert!(
-            entries.iter().any(|(_, f)| f.iter().any(|(k, _)| k == ch)),
+            entries
+                .iter()
+                .any(|(_, f)| f.iter().any(|(k, v)| k == ch && *v == want)),
             "{ch}: no event in shard {shard}"
         );
     }

@@ -6,7 +6,7 @@
 //!
 //! | key | type | holds |
 //! |---|---|---|
-//! | `P:{ch:NAME}:m` | string | the channel's counters, comma separated (`c,pub,sub,pc,pm,ps,op,os,pcl`); absent when no connection is attached |
+//! | `P:{ch:NAME}:m` | string | the channel's counters (`c,pub,sub,pc,pm,ps,op,os,pcl`), each an unsigned 32-bit little-endian integer: 36 bytes; absent when no connection is attached |
 //! | `P:{ch:NAME}:cl` | hash | client id → presence members of that client |
 //! | `P:idx:name` | sorted set, score 0 | names of active channels (lexical walk) |
 //! | `P:idx:busy` | sorted set, score 0 | [`busy_key`](crate::domain::list::busy_key)s of active channels |

@@ -275,12 +275,18 @@ impl RedisStore {
     }
 }
 
+/// Bytes of a channel's counters as stored (`keys::channel_metrics`).
+pub(crate) const PACKED_METRICS_LEN: usize = 36;
+
 /// Parses a channel's counters as stored (`keys::channel_metrics`): the
-/// nine counters comma separated; missing or malformed ones count as zero.
-pub(crate) fn parse_metrics(text: &str) -> Metrics {
+/// nine counters as unsigned 32-bit little-endian integers. Absent or
+/// malformed counters count as zero.
+pub(crate) fn parse_metrics(bytes: &[u8]) -> Metrics {
     let mut a = [0u32; 9];
-    for (slot, v) in a.iter_mut().zip(text.split(',')) {
-        *slot = v.parse().unwrap_or(0);
+    if bytes.len() == PACKED_METRICS_LEN {
+        for (slot, v) in a.iter_mut().zip(bytes.chunks_exact(4)) {
+            *slot = u32::from_le_bytes([v[0], v[1], v[2], v[3]]);
+        }
     }
     Metrics::from_array(a)
 }
@@ -379,7 +385,7 @@ impl Store for RedisStore {
             cmd.arg(keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()));
         }
         let mut conn = self.conn.clone();
-        let raw: Vec<Option<String>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let raw: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
         if raw.len() != channels.len() {
             return Err(Error::Internal(format!(
                 "MGET returned {} values for {} keys",
@@ -387,7 +393,10 @@ impl Store for RedisStore {
                 channels.len()
             )));
         }
-        Ok(raw.iter().map(|v| parse_metrics(v.as_deref().unwrap_or(""))).collect())
+        Ok(raw
+            .iter()
+            .map(|v| parse_metrics(v.as_deref().unwrap_or_default()))
+            .collect())
     }
 
     async fn list(&self, q: &ListQuery) -> Result<ListPage> {
@@ -532,5 +541,20 @@ impl Store for RedisStore {
         } else {
             Err(Error::Internal(format!("unexpected PING reply {pong}")))
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn packed_counters_parse_and_anything_else_is_zero() {
+        let want = [1, 2, 3, 4, 5, 6, 7, 8, 4_000_000_000u32];
+        let packed: Vec<u8> = want.iter().flat_map(|v| v.to_le_bytes()).collect();
+        assert_eq!(parse_metrics(&packed), Metrics::from_array(want));
+        assert_eq!(parse_metrics(b""), Metrics::from_array([0; 9]));
+        assert_eq!(parse_metrics(&packed[..35]), Metrics::from_array([0; 9]));
+        assert_eq!(parse_metrics(b"1,0,1,0,0,0,0,0,0"), Metrics::from_array([0; 9]));
     }
 }

@@ -16,7 +16,7 @@ use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{keys, parse_metrics, RedisConfig, STREAM_STATE};
+use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN, STREAM_STATE};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
 use crate::store::ChangeSink;
 
@@ -174,16 +174,19 @@ fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::V
                 continue;
             }
         };
-        let Ok(text) = redis::from_redis_value_ref::<String>(value) else {
-            warn!(%channel, "skipping event with malformed counters");
-            continue;
+        let bytes = match redis::from_redis_value_ref::<Vec<u8>>(value) {
+            Ok(b) if b.len() == PACKED_METRICS_LEN => b,
+            _ => {
+                warn!(%channel, "skipping event with malformed counters");
+                continue;
+            }
         };
         out.push(ChangeEvent {
             shard,
             pos,
             covers: pos.pred(),
             channel,
-            metrics: parse_metrics(&text),
+            metrics: parse_metrics(&bytes),
             timestamp_ms: i64::try_from(pos.ms).unwrap_or(i64::MAX),
         });
     }
@@ -218,10 +221,13 @@ mod tests {
     use super::*;
     use crate::domain::Metrics;
 
-    fn entry(pairs: &[(&str, &str)]) -> std::collections::HashMap<String, redis::Value> {
+    fn entry(pairs: &[(&str, [u32; 9])]) -> std::collections::HashMap<String, redis::Value> {
         pairs
             .iter()
-            .map(|(k, v)| (k.to_string(), redis::Value::BulkString(v.as_bytes().to_vec())))
+            .map(|(k, m)| {
+                let packed = m.iter().flat_map(|v| v.to_le_bytes()).collect();
+                (k.to_string(), redis::Value::BulkString(packed))
+            })
             .collect()
     }
 
@@ -232,9 +238,9 @@ mod tests {
             2,
             pos,
             &entry(&[
-                ("a", "1,0,1,0,0,0,0,0,0"),
-                ("b", "2,1,0,0,0,0,0,0,0"),
-                ("c", "0,0,0,0,0,0,0,0,0"),
+                ("a", [1, 0, 1, 0, 0, 0, 0, 0, 0]),
+                ("b", [2, 1, 0, 0, 0, 0, 0, 0, 70_000]),
+                ("c", [0; 9]),
             ]),
         );
         assert_eq!(events.len(), 3);
@@ -247,7 +253,7 @@ mod tests {
             assert_eq!(e.covers, want, "event {i}");
             let expected = match e.channel.as_str() {
                 "a" => [1, 0, 1, 0, 0, 0, 0, 0, 0],
-                "b" => [2, 1, 0, 0, 0, 0, 0, 0, 0],
+                "b" => [2, 1, 0, 0, 0, 0, 0, 0, 70_000],
                 _ => [0; 9],
             };
             assert_eq!(e.metrics, Metrics::from_array(expected));
@@ -257,9 +263,10 @@ mod tests {
     #[test]
     fn bad_fields_are_skipped_not_fatal() {
         let pos = Pos { ms: 1, seq: 0 };
-        let mut map = entry(&[("ok", "1,0,0,0,0,0,0,0,0")]);
+        let mut map = entry(&[("ok", [1, 0, 0, 0, 0, 0, 0, 0, 0])]);
         map.insert("bad\u{1}name".into(), redis::Value::BulkString(b"1".to_vec()));
         map.insert("no-text".into(), redis::Value::Nil);
+        map.insert("short".into(), redis::Value::BulkString(b"1,0,0,0,0,0,0,0,0".to_vec()));
         let events = decode(0, pos, &map);
         assert_eq!(events.len(), 1);
         assert_eq!(events[0].channel.as_str(), "ok");

@@ -228,3 +228,33 @@ async fn scripts_and_keys_rs_agree_on_the_layout() {
     bad.key_prefix = "x{y".into();
     assert!(RedisStore::new(bad).is_err());
 }
+
+/// The Lua code is a Redis function library, loaded on first use: after a
+/// `FUNCTION FLUSH` (or a Redis that lost it) the next calls load it again
+/// and go through, writes and reads alike; the library holds one function
+/// per Lua file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_function_library_is_reloaded_when_redis_loses_it() {
+    let h = Harness::redis(Duration::from_secs(15));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.attach("fe", "c1", "lib", &[Mode::Subscribe]).await;
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let libraries =
+        |c: &mut ::redis::Connection| -> Vec<::redis::Value> { ::redis::cmd("FUNCTION").arg("LIST").query(c).unwrap() };
+    let listed = libraries(&mut c);
+    assert_eq!(listed.len(), 1, "one library: {listed:?}");
+    let text = format!("{listed:?}");
+    assert!(text.contains("occupancy_"), "{text}");
+    assert_eq!(text.matches("_apply").count(), 1, "{text}");
+    let _: () = ::redis::cmd("FUNCTION").arg("FLUSH").query(&mut c).unwrap();
+    assert!(libraries(&mut c).is_empty());
+    // a write, a keep-alive and a list page each need the library back
+    assert_eq!(fx.attach("fe", "c2", "lib", &[Mode::Subscribe]).await[0], 2);
+    assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Active as i32);
+    assert_eq!(fx.list_all("li", 10).await, ["lib"]);
+    assert_eq!(libraries(&mut c).len(), 1);
+}

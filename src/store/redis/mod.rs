@@ -9,12 +9,11 @@
 //! Lease deadlines use the Redis clock (`TIME`), so replicas with skewed
 //! clocks agree on when a session expires.
 
-use std::sync::LazyLock;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::{ErrorKind, RedisError, Script, ServerErrorKind};
+use redis::{ErrorKind, RedisError, ServerErrorKind};
 
 use std::sync::Arc;
 
@@ -28,31 +27,12 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
+mod functions;
 pub mod keys;
 mod reader;
 mod writer;
 
-macro_rules! script {
-    ($file:literal) => {
-        LazyLock::new(|| {
-            Script::new(concat!(
-                include_str!("lua/common.lua"),
-                "\n",
-                include_str!(concat!("lua/", $file))
-            ))
-        })
-    };
-}
-
-static APPLY: LazyLock<Script> = script!("apply.lua");
-static KEEP_ALIVE: LazyLock<Script> = script!("keep_alive.lua");
-static CLOSE: LazyLock<Script> = script!("close.lua");
-static REAP: LazyLock<Script> = script!("reap.lua");
-static LIST: LazyLock<Script> = script!("list.lua");
-static SNAPSHOT: LazyLock<Script> = script!("snapshot.lua");
-static HISTORY: LazyLock<Script> = script!("history.lua");
-static SESSION_STATE: LazyLock<Script> = script!("session_state.lua");
-pub(crate) static STREAM_STATE: LazyLock<Script> = script!("stream_state.lua");
+use functions::{invoke, Function};
 
 /// Attachments a reap round may remove in one script call (plus at most
 /// one connection's worth); bounds how long one call holds Redis.
@@ -111,7 +91,7 @@ struct ApplySender {
 
 impl writer::Sender for ApplySender {
     async fn send(&self, jobs: &[writer::Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
-        let mut inv = invocation(&self.cfg, &APPLY);
+        let mut inv = functions::call(&self.cfg, Function::Apply);
         inv.arg(self.cfg.default_ttl.as_millis() as u64).arg(jobs.len());
         let shards = self.cfg.event_shards.max(1);
         let mut total = 0usize;
@@ -140,7 +120,7 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<Vec<Vec<i64>>> = within(limit, inv.invoke_async(&mut conn)).await?;
+        let raw: Vec<Vec<Vec<i64>>> = within(limit, invoke(&mut conn, &inv)).await?;
         if raw.len() != jobs.len() {
             return Err(Error::Internal(format!(
                 "apply script returned {} writes for {}",
@@ -254,8 +234,8 @@ impl RedisStore {
         within(self.cfg.timeout, fut).await
     }
 
-    fn invocation<'a>(&self, script: &'a Script) -> redis::ScriptInvocation<'a> {
-        invocation(&self.cfg, script)
+    fn call(&self, f: Function) -> redis::Cmd {
+        functions::call(&self.cfg, f)
     }
 
     fn ttl_ms(&self) -> u64 {
@@ -263,10 +243,10 @@ impl RedisStore {
     }
 
     async fn reap_with(&self, only_token: &str) -> Result<ReapReport> {
-        let mut inv = self.invocation(&REAP);
+        let mut inv = self.call(Function::Reap);
         inv.arg(REAP_BUDGET).arg(only_token);
         let mut conn = self.conn.clone();
-        let (expired, removed, more): (usize, usize, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (expired, removed, more): (usize, usize, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
         Ok(ReapReport {
             sessions_expired: expired,
             connections_removed: removed,
@@ -297,14 +277,6 @@ async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = redis
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
     }
-}
-
-/// A call of `script` with the arguments every script starts with (see
-/// `lua/common.lua`): key prefix, event shards, stream length.
-pub(crate) fn invocation<'a>(cfg: &RedisConfig, script: &'a Script) -> redis::ScriptInvocation<'a> {
-    let mut inv = script.prepare_invoke();
-    inv.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);
-    inv
 }
 
 pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
@@ -352,10 +324,10 @@ impl Store for RedisStore {
     }
 
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
-        let mut inv = self.invocation(&KEEP_ALIVE);
+        let mut inv = self.call(Function::KeepAlive);
         inv.arg(session.as_str()).arg(ttl_ms.unwrap_or(0)).arg(self.ttl_ms());
         let mut conn = self.conn.clone();
-        let (status, ttl_ms): (u8, u64) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (status, ttl_ms): (u8, u64) = self.bounded(invoke(&mut conn, &inv)).await?;
         Ok(if status == 1 {
             KeepAliveOutcome::Active { ttl_ms }
         } else {
@@ -364,10 +336,10 @@ impl Store for RedisStore {
     }
 
     async fn close_session(&self, session: &SessionId) -> Result<bool> {
-        let mut inv = self.invocation(&CLOSE);
+        let mut inv = self.call(Function::Close);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let (token, alive): (Option<String>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (token, alive): (Option<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
         if let Some(token) = token {
             // Remove everything of the token before answering, in bounded
             // script calls so that a huge session does not stall Redis.
@@ -400,7 +372,7 @@ impl Store for RedisStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<ListPage> {
-        let mut inv = self.invocation(&LIST);
+        let mut inv = self.call(Function::List);
         let (start, inclusive) = match q.order {
             ListOrder::Name => q.name_start(),
             ListOrder::ConnectionsDesc => (q.after.clone().unwrap_or_default(), false),
@@ -417,7 +389,7 @@ impl Store for RedisStore {
         .arg(q.limit)
         .arg(if q.with_metrics { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
         let next_cursor = (more == 1)
             .then(|| keys.last().map(|k| crate::domain::list::encode_cursor(q.order, k)))
             .flatten();
@@ -440,10 +412,10 @@ impl Store for RedisStore {
     }
 
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {
-        let mut inv = self.invocation(&SESSION_STATE);
+        let mut inv = self.call(Function::SessionState);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let flat: Vec<String> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let flat: Vec<String> = self.bounded(invoke(&mut conn, &inv)).await?;
         let bad = || Error::Internal("session state script returned a malformed list".into());
         let mut out = Vec::new();
         let mut it = flat.into_iter();
@@ -476,12 +448,12 @@ impl Store for RedisStore {
     }
 
     async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {
-        let mut inv = self.invocation(&SNAPSHOT);
+        let mut inv = self.call(Function::Snapshot);
         for c in channels {
             inv.arg(c.as_str());
         }
         let mut conn = self.conn.clone();
-        let mut raw: Vec<redis::Value> = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let mut raw: Vec<redis::Value> = self.bounded(invoke(&mut conn, &inv)).await?;
         let bad = |what: &str| Error::Internal(format!("snapshot script returned {what}"));
         let positions: Vec<String> =
             redis::from_redis_value(raw.pop().ok_or_else(|| bad("nothing"))?).map_err(|e| bad(&e.to_string()))?;
@@ -501,10 +473,10 @@ impl Store for RedisStore {
     }
 
     async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History> {
-        let mut inv = self.invocation(&HISTORY);
+        let mut inv = self.call(Function::History);
         inv.arg(shard).arg(after.to_string()).arg(limit);
         let mut conn = self.conn.clone();
-        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded(inv.invoke_async(&mut conn)).await?;
+        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
         let mut changes = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
             let (Some(pos), Some(ch)) = (Pos::parse(&pair[0]), pair.get(1)) else {

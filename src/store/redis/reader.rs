@@ -16,7 +16,8 @@ use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN, STREAM_STATE};
+use super::functions::{self, Function};
+use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
 use crate::store::ChangeSink;
 
@@ -48,9 +49,10 @@ pub(super) async fn run(
     while !cancel.is_cancelled() {
         let attempt = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&conn_cfg).await?;
-            let mut inv = super::invocation(&cfg, &STREAM_STATE);
+            let mut inv = functions::call(&cfg, Function::StreamState);
             inv.arg(shard);
-            let (exists, last_generated, max_deleted): (u8, String, String) = inv.invoke_async(&mut conn).await?;
+            let (exists, last_generated, max_deleted): (u8, String, String) =
+                functions::invoke(&mut conn, &inv).await?;
             Ok::<_, redis::RedisError>((conn, exists == 1, last_generated, max_deleted))
         };
         let (mut conn, exists, last_generated, max_deleted) = match tokio::time::timeout(cfg.timeout * 2, attempt).await

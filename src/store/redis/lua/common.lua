@@ -1,29 +1,27 @@
--- Shared prelude of every script: key names, the clock, counters, and the
--- occupancy rules. Mirrors src/domain/state.rs; the key layout is
--- documented in src/store/redis/keys.rs, which builds the same names.
+-- The body of the Redis function library (see src/store/redis/functions.rs):
+-- key names, the clock, counters, and the occupancy rules, defined once
+-- when the library loads. Every function starts with begin(ARGV), which
+-- sets the per-call values below and resets the per-call state; Redis runs
+-- one call at a time, so the functions can share it. Mirrors
+-- src/domain/state.rs; the key layout is documented in
+-- src/store/redis/keys.rs, which builds the same names.
 --
 -- ARGV[1] key prefix, ARGV[2] number of event stream shards (0: no events),
--- ARGV[3] approximate maximum length of each event stream; the script's own
--- arguments follow from ARGV[4].
+-- ARGV[3] approximate maximum length of each event stream; the function's
+-- own arguments follow from ARGV[4].
 --
--- Cost model: a write script reads what it needs with a few variadic
--- commands (MGET of the channels' counters, HMGET of the connections'
--- records), changes them in Lua, and writes them back with one
--- variadic command per kind of change (MSET, HSET, ZADD, ZREM, one XADD
--- per stream shard). A batch of 100 operations is then a few dozen Redis
--- commands, not a dozen per operation: each command called from Lua costs
--- about a microsecond of dispatch beyond its own work.
+-- Cost model: a write reads what it needs with a few variadic commands
+-- (MGET of the channels' counters, HMGET of the connections' records),
+-- changes them in Lua, and writes them back with one variadic command per
+-- kind of change (MSET, HSET, ZADD, ZREM, one XADD per stream shard). A
+-- batch of 100 operations is then a few dozen Redis commands, not a dozen
+-- per operation: each command called from Lua costs several thousand
+-- instructions of dispatch beyond its own work.
 
-local P = ARGV[1]
-local NSHARDS = tonumber(ARGV[2])
-local MAXLEN = ARGV[3]
-
-local K_LEASES = P .. ':leases'
-local K_REAPING = P .. ':reaping'
-local K_TOKSEQ = P .. ':tokseq'
-local K_IDX_NAME = P .. ':idx:name'
-local K_IDX_BUSY = P .. ':idx:busy'
-local K_CONNS = P .. ':conns'
+-- per call: the common arguments, the keys named after the prefix, and the
+-- Redis clock in ms (for functions that read it)
+local P, NSHARDS, MAXLEN, NOW
+local K_LEASES, K_REAPING, K_TOKSEQ, K_IDX_NAME, K_IDX_BUSY, K_CONNS
 
 local function k_sess(s) return P .. ':sess:' .. s end
 local function k_tok(t) return P .. ':tok:' .. t end
@@ -36,9 +34,6 @@ local function k_seq(s) return P .. ':seq:' .. s end
 local SEQUENCE_MEMORY_MS = 600000
 -- as MAX_CHANNELS_PER_CONNECTION in src/domain/ops.rs
 local MAX_CHANNELS = 1000
-
-local time = redis.call('TIME')
-local NOW = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
 
 -- metric slots, in the order of Category::ALL:
 -- c pub sub pc pm ps op os pcl
@@ -53,13 +48,15 @@ local CHUNK = 4000
 local function has(modes, b) return bit.band(modes, b) ~= 0 end
 
 -- Numbers become strings through sprintf('%.14g'), thousands of
--- instructions each: small integers are formatted once per script.
+-- instructions each: integers up to MEMO_MAX are formatted once and kept
+-- (across calls: the memo is bounded and holds no state).
+local MEMO_MAX = 4096
 local NUMSTR = {}
 local function str(n)
   local v = NUMSTR[n]
   if not v then
     v = string.format('%d', n)
-    NUMSTR[n] = v
+    if n >= 0 and n <= MEMO_MAX then NUMSTR[n] = v end
   end
   return v
 end
@@ -69,7 +66,7 @@ local function busy_key(c, ch)
   local v = BUSY_PREFIX[c]
   if not v then
     v = string.format('%010d', 4294967295 - c) .. ':'
-    BUSY_PREFIX[c] = v
+    if c <= MEMO_MAX then BUSY_PREFIX[c] = v end
   end
   return v .. ch
 end
@@ -602,4 +599,28 @@ local function reap_token(tok, budget)
     return purged, true
   end
   return purged, false
+end
+
+-- Starts a call: the common arguments, the clock when the function needs
+-- it, and fresh per-call state (a call that failed halfway may have left
+-- some behind).
+local function begin(argv, clock)
+  P = argv[1]
+  NSHARDS = tonumber(argv[2])
+  MAXLEN = argv[3]
+  K_LEASES = P .. ':leases'
+  K_REAPING = P .. ':reaping'
+  K_TOKSEQ = P .. ':tokseq'
+  K_IDX_NAME = P .. ':idx:name'
+  K_IDX_BUSY = P .. ':idx:busy'
+  K_CONNS = P .. ':conns'
+  if clock then
+    local time = redis.call('TIME')
+    NOW = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+  else
+    NOW = nil
+  end
+  M, SHARD = {}, {}
+  touched_list, ntouched = {}, 0
+  reset_conns()
 end

@@ -6,8 +6,8 @@
 //! - [`domain`]: identifiers, modes, metrics, operations and the occupancy
 //!   rules as a pure state machine; no tonic, no Redis.
 //! - [`store`]: the [`store::Store`] trait, with an in-memory
-//!   implementation (one process) and a Redis one (Lua scripts under
-//!   `src/store/redis/lua/`, every key built in `store::redis::keys`).
+//!   implementation (one process) and a Redis one (a Lua function library
+//!   from `src/store/redis/lua/`, every key built in `store::redis::keys`).
 //! - [`api`]: gRPC adapters from protobuf to the domain and back.
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.

@@ -1,11 +1,11 @@
 //! The Redis store: state shared by any number of replicas.
 //!
-//! Every change is one Lua script (files under `lua/`, each prefixed with
-//! `lua/common.lua`, loaded once and called by EVALSHA), so a change is
-//! atomic and counts are maintained incrementally: reading a channel is one
-//! GET whatever its size. Concurrent writes of a replica are merged into one
-//! script call (`writer.rs`), and a script reads and writes everything a
-//! batch touches with a few variadic commands (the layout is in [`keys`]).
+//! Every change is one call of a Lua function (files under `lua/`, loaded
+//! as one Redis function library: `functions.rs`), so a change is atomic
+//! and counts are maintained incrementally: reading a channel is one GET
+//! whatever its size. Concurrent writes of a replica are merged into one
+//! call (`writer.rs`), and a call reads and writes everything a batch
+//! touches with a few variadic commands (the layout is in [`keys`]).
 //! Lease deadlines use the Redis clock (`TIME`), so replicas with skewed
 //! clocks agree on when a session expires.
 

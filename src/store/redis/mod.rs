@@ -120,42 +120,48 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<Vec<Vec<i64>>> = within(limit, invoke(&mut conn, &inv)).await?;
+        let raw: Vec<Vec<i64>> = within(limit, invoke(&mut conn, &inv)).await?;
         if raw.len() != jobs.len() {
             return Err(Error::Internal(format!(
-                "apply script returned {} writes for {}",
+                "apply function returned {} writes for {}",
                 raw.len(),
                 jobs.len()
             )));
         }
         jobs.iter()
             .zip(raw)
-            .map(|(job, raw)| {
-                if job.sequence > 0 && raw.len() == 1 && raw[0].first() == Some(&-1) {
-                    return Ok(None);
-                }
-                if raw.len() != job.ops.len() {
-                    return Err(Error::Internal(format!(
-                        "apply script returned {} results for {} operations",
-                        raw.len(),
-                        job.ops.len()
-                    )));
-                }
-                Ok(Some(
-                    raw.into_iter()
-                        .map(|r| OpResult {
-                            status: match r.first() {
-                                Some(2) => OpStatus::NotPresenceAttached,
-                                Some(3) => OpStatus::TooManyChannels,
-                                _ => OpStatus::Ok,
-                            },
-                            metrics: job.include_metrics.then(|| metrics_from(r.get(1..).unwrap_or(&[]))),
-                        })
-                        .collect(),
-                ))
-            })
+            .map(|(job, raw)| write_results(job, &raw))
             .collect()
     }
+}
+
+/// One write's results from the apply function's flat list: per operation
+/// its status, then nine metrics if the write asked for them; `None` for
+/// a stale sequenced write (`[-1]`).
+fn write_results(job: &writer::Job, raw: &[i64]) -> Result<Option<Vec<OpResult>>> {
+    if job.sequence > 0 && raw == [-1] {
+        return Ok(None);
+    }
+    let width = if job.include_metrics { 10 } else { 1 };
+    if raw.len() != job.ops.len() * width {
+        return Err(Error::Internal(format!(
+            "apply function returned {} values for {} operations",
+            raw.len(),
+            job.ops.len()
+        )));
+    }
+    Ok(Some(
+        raw.chunks_exact(width)
+            .map(|r| OpResult {
+                status: match r[0] {
+                    2 => OpStatus::NotPresenceAttached,
+                    3 => OpStatus::TooManyChannels,
+                    _ => OpStatus::Ok,
+                },
+                metrics: job.include_metrics.then(|| metrics_from(&r[1..])),
+            })
+            .collect(),
+    ))
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -528,5 +534,29 @@ mod tests {
         assert_eq!(parse_metrics(b""), Metrics::from_array([0; 9]));
         assert_eq!(parse_metrics(&packed[..35]), Metrics::from_array([0; 9]));
         assert_eq!(parse_metrics(b"1,0,1,0,0,0,0,0,0"), Metrics::from_array([0; 9]));
+    }
+
+    #[test]
+    fn apply_results_are_read_from_flat_lists() {
+        let (mut job, _rx) = writer::tests::job(2);
+        // statuses only
+        let r = write_results(&job, &[1, 3]).unwrap().unwrap();
+        assert_eq!(
+            r.iter().map(|x| x.status).collect::<Vec<_>>(),
+            [OpStatus::Ok, OpStatus::TooManyChannels]
+        );
+        assert!(r.iter().all(|x| x.metrics.is_none()));
+        // statuses each followed by nine metrics
+        job.include_metrics = true;
+        let flat = [2, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0];
+        let r = write_results(&job, &flat).unwrap().unwrap();
+        assert_eq!(r[0].status, OpStatus::NotPresenceAttached);
+        assert_eq!(r[0].metrics, Some(Metrics::from_array([1, 0, 0, 0, 0, 0, 0, 0, 7])));
+        assert_eq!(r[1].metrics, Some(Metrics::from_array([2, 0, 0, 0, 0, 0, 0, 0, 0])));
+        // a length that does not fit is an error, not a guess
+        assert!(write_results(&job, &[1, 1]).is_err());
+        // a stale sequenced write
+        job.sequence = 9;
+        assert!(write_results(&job, &[-1]).unwrap().is_none());
     }
 }

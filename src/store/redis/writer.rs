@@ -108,7 +108,7 @@ async fn run<S: Sender>(sender: Arc<S>, mut rx: mpsc::UnboundedReceiver<Job>) {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use std::sync::Mutex;
 
     use super::*;
@@ -144,7 +144,7 @@ mod tests {
         }
     }
 
-    fn job(n: usize) -> (Job, oneshot::Receiver<Result<Option<Vec<OpResult>>>>) {
+    pub(in crate::store::redis) fn job(n: usize) -> (Job, oneshot::Receiver<Result<Option<Vec<OpResult>>>>) {
         let op = Operation::Attach {
             connection: ConnectionId::parse("c", "c1").unwrap(),
             channel: ChannelName::parse("ch", "x").unwrap(),

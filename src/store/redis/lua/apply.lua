@@ -8,10 +8,12 @@
 -- connection id, channel, the mode bits (attach) or client id (enter,
 -- leave), and the channel's event stream shard (keys::shard_of, computed by
 -- the caller).
--- Returns per write a list with one entry per operation: {status} or
--- {status, metric...}, with status 1 applied, 2 not attached with presence
--- mode, 3 the connection has no room for another channel; or {{-1}} when
--- the write's sequence was stale and nothing of it was applied.
+-- Returns per write one flat list: per operation its status, followed by
+-- the channel's nine metrics when the write asked for them (no nested
+-- table per operation: each costs an allocation here and in the reply).
+-- Status 1 applied, 2 not attached with presence mode, 3 the connection
+-- has no room for another channel; {-1} when the write's sequence was
+-- stale and nothing of it was applied.
 
 local A = ARGV
 local ttl = tonumber(A[4])
@@ -76,7 +78,7 @@ for _, session in ipairs(sessions) do
       end
     end
     if stale then
-      out[w] = { { -1 } }
+      out[w] = { -1 }
     else
       live[#live + 1] = w
     end
@@ -118,13 +120,13 @@ for _, session in ipairs(sessions) do
         else
           op_leave(conn, ch, extra)
         end
-        local entry = { status }
+        n = n + 1
+        results[n] = status
         if include then
           local m = M[ch]
-          for x = 1, 9 do entry[x + 1] = m[x] end
+          for x = 1, 9 do results[n + x] = m[x] end
+          n = n + 9
         end
-        n = n + 1
-        results[n] = entry
       end
       out[w] = results
     end

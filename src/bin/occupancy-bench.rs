@@ -311,6 +311,9 @@ where
 /// for every subscriber of the channel, the time from the moment that
 /// Attach returned on A to the moment the subscriber received the event
 /// carrying that count (0 if the event came first; counted as `early`).
+/// A count no event carried is `missing`: lost, or merged, when two
+/// Attach calls on one channel left A in the same group commit call and
+/// so share one event with the final count.
 /// Deliveries per second are `rate × subscribers / channels`.
 async fn latency(
     a: String,

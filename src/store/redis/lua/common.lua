@@ -1,8 +1,9 @@
 -- The body of the Redis function library (see src/store/redis/functions.rs):
 -- key names, the clock, counters, and the occupancy rules, defined once
--- when the library loads. Every function starts with begin(ARGV), which
--- sets the per-call values below and resets the per-call state; Redis runs
--- one call at a time, so the functions can share it. Mirrors
+-- when the library loads. Every function starts with begin(ARGV, clock),
+-- which sets the per-call values below (the Redis clock only when the
+-- function reads leases) and resets the per-call state; Redis runs one call
+-- at a time, so the functions can share it. Mirrors
 -- src/domain/state.rs; the key layout is documented in
 -- src/store/redis/keys.rs, which builds the same names.
 --
@@ -179,7 +180,7 @@ end
 -- event stream shard of channels, when the caller passed it (as a string)
 local SHARD = {}
 
--- channels changed by this script, in first-touch order
+-- channels changed by this call, in first-touch order
 local touched_list, ntouched = {}, 0
 local function touch(ch)
   local m = M[ch]

@@ -16,8 +16,8 @@
 -- stale and nothing of it was applied.
 
 local A = ARGV
-local ttl = tonumber(A[4])
-local writes = tonumber(A[5])
+local ttl = tonum(A[4])
+local writes = tonum(A[5])
 
 -- every write's start, and the distinct channels of all of them, checked
 -- before anything is written
@@ -26,15 +26,15 @@ local chans, nchans = {}, 0
 local i = 6
 for w = 1, writes do
   starts[w] = i
-  local nops = tonumber(A[i + 3])
+  local nops = tonum(A[i + 3])
   local j = i + 4
   for _ = 1, nops do
     local kind, ch = A[j], A[j + 2]
     if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
       return redis.error_reply('ERR unknown operation kind ' .. tostring(kind))
     end
-    if not SHARD[ch] then
-      SHARD[ch] = A[j + 4]
+    if M[ch] == nil then
+      M[ch] = A[j + 4]
       nchans = nchans + 1
       chans[nchans] = ch
     end
@@ -44,7 +44,7 @@ for w = 1, writes do
 end
 if i ~= #A + 1 then return redis.error_reply('ERR malformed apply arguments') end
 
-load_metrics(chans)
+load_metrics(chans, nchans)
 local out = {}
 -- Writes are taken session by session (each session's in their order):
 -- concurrent writes of different sessions may be applied in any order,
@@ -67,14 +67,14 @@ for _, session in ipairs(sessions) do
   local live = {}
   for _, w in ipairs(by_session[session]) do
     local s = starts[w]
-    local seq = tonumber(A[s + 2])
+    local seq = tonum(A[s + 2])
     local stale = false
     if seq > 0 then
       local ks = k_seq(session)
-      if seq <= tonumber(redis.call('GET', ks) or '0') then
+      if seq <= tonum(rcall('GET', ks) or '0') then
         stale = true
       else
-        redis.call('SET', ks, A[s + 2], 'PX', SEQUENCE_MEMORY_MS)
+        rcall('SET', ks, A[s + 2], 'PX', SEQUENCE_MEMORY_MS)
       end
     end
     if stale then
@@ -90,35 +90,31 @@ for _, session in ipairs(sessions) do
       reset_conns()
     end
     cur_tok = tok
-    local conns, seen = {}, {}
+    local conns, nc = {}, 0
     for _, w in ipairs(live) do
       local s = starts[w]
-      local first, last = s + 4, s + 4 + 5 * (tonumber(A[s + 3]) - 1)
-      for k = first, last, 5 do
-        local conn = A[k + 1]
-        if not seen[conn] then
-          seen[conn] = true
-          conns[#conns + 1] = conn
-        end
+      for k = s + 5, s + 5 * tonum(A[s + 3]), 5 do
+        nc = nc + 1
+        conns[nc] = A[k]
       end
     end
-    load_conns(tok, conns)
+    load_conns(tok, conns, nc)
     for _, w in ipairs(live) do
       local s = starts[w]
       local include = A[s + 1] == '1'
-      local first, last = s + 4, s + 4 + 5 * (tonumber(A[s + 3]) - 1)
+      local first, last = s + 4, s + 4 + 5 * (tonum(A[s + 3]) - 1)
       local results, n = {}, 0
       for k = first, last, 5 do
-        local kind, conn, ch, extra = A[k], A[k + 1], A[k + 2], A[k + 3]
+        local kind, c, ch, extra = A[k], R[A[k + 1]], A[k + 2], A[k + 3]
         local status = 1
         if kind == 'A' then
-          status = op_attach(conn, ch, extra)
+          status = op_attach(c, ch, extra)
         elseif kind == 'D' then
-          op_detach(conn, ch)
+          op_detach(c, ch)
         elseif kind == 'E' then
-          status = op_enter(conn, ch, extra)
+          status = op_enter(c, ch, extra)
         else
-          op_leave(conn, ch, extra)
+          op_leave(c, ch, extra)
         end
         n = n + 1
         results[n] = status

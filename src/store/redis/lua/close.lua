@@ -2,7 +2,7 @@
 -- reaped by the caller at once) and 1 if the session was alive, or
 -- {false, 0} when it had no token.
 
-local tok = redis.call('GET', k_sess(ARGV[4]))
+local tok = rcall('GET', k_sess(ARGV[4]))
 if not tok then return { false, 0 } end
 local alive = lease_alive(tok)
 retire(tok)

@@ -17,7 +17,19 @@
 -- kind of change (MSET, HSET, ZADD, ZREM, one XADD per stream shard). A
 -- batch of 100 operations is then a few dozen Redis commands, not a dozen
 -- per operation: each command called from Lua costs several thousand
--- instructions of dispatch beyond its own work.
+-- instructions of dispatch beyond its own work. In Lua itself, stores into
+-- tables and new strings are what cost: per-item tables are made whole by
+-- one constructor, argument lists are built with their head in place (no
+-- copy), and hot paths avoid helper calls and globals (see callgrind
+-- figures in BENCHMARKS.md).
+
+-- Standard functions, kept as upvalues. A Redis function reads globals
+-- through its environment's metatable: every `string.find` is two table
+-- lookups and a metamethod check, where an upvalue is one load. The library
+-- body cannot take them when it loads (only the registration API is
+-- visible then), so begin() fills them on the first call.
+local sfind, ssub, smatch, sgmatch, sformat, sbyte, spack, sunpack
+local tonum, unpk, band, bxor, mfloor, mmin, mmax, rcall
 
 -- per call: the common arguments, the keys named after the prefix, and the
 -- Redis clock in ms (for functions that read it)
@@ -42,11 +54,11 @@ local C, PM, PCL = 1, 5, 9
 -- mode bit -> metric slot
 local MODE_SLOTS = { { 1, 2 }, { 2, 3 }, { 4, 4 }, { 8, 6 }, { 16, 7 }, { 32, 8 } }
 local PRESENCE = 4
--- unpack() takes at most about 8,000 values: variadic calls go in chunks
+-- unpk() takes at most about 8,000 values: variadic calls go in chunks
 -- (an even number, so that pairs stay together)
 local CHUNK = 4000
 
-local function has(modes, b) return bit.band(modes, b) ~= 0 end
+local function has(modes, b) return band(modes, b) ~= 0 end
 
 -- Numbers become strings through sprintf('%.14g'), thousands of
 -- instructions each: integers up to MEMO_MAX are formatted once and kept
@@ -56,20 +68,19 @@ local NUMSTR = {}
 local function str(n)
   local v = NUMSTR[n]
   if not v then
-    v = string.format('%d', n)
+    v = sformat('%d', n)
     if n >= 0 and n <= MEMO_MAX then NUMSTR[n] = v end
   end
   return v
 end
 
+-- The busy index key of a channel with c connections is
+-- busy_prefix(c) .. name.
 local BUSY_PREFIX = {}
-local function busy_key(c, ch)
-  local v = BUSY_PREFIX[c]
-  if not v then
-    v = string.format('%010d', 4294967295 - c) .. ':'
-    if c <= MEMO_MAX then BUSY_PREFIX[c] = v end
-  end
-  return v .. ch
+local function busy_prefix(c)
+  local v = sformat('%010d', 4294967295 - c) .. ':'
+  if c <= MEMO_MAX then BUSY_PREFIX[c] = v end
+  return v
 end
 
 -- FNV-1a (32 bit) over the name's bytes, as keys::shard_of in Rust.
@@ -79,7 +90,7 @@ end
 local function shard_of(ch)
   local h = 2166136261
   for i = 1, #ch do
-    h = bit.bxor(h, string.byte(ch, i)) % 4294967296
+    h = bxor(h, sbyte(ch, i)) % 4294967296
     h = (h * 403 + (h % 256) * 16777216) % 4294967296
   end
   return h % NSHARDS
@@ -101,12 +112,29 @@ local function call_many(cmd, head, items)
   local total = #items
   if total == 0 then return end
   if #head == 0 and total <= CHUNK then
-    redis.call(cmd, unpack(items, 1, total))
+    rcall(cmd, unpk(items, 1, total))
     return
   end
   for i = 1, total, CHUNK do
-    local args, n = chunk_args(head, items, i, math.min(total, i + CHUNK - 1))
-    redis.call(cmd, unpack(args, 1, n))
+    local args, n = chunk_args(head, items, i, mmin(total, i + CHUNK - 1))
+    rcall(cmd, unpk(args, 1, n))
+  end
+end
+
+-- Calls cmd with list[1..n], whose first nhead values are the head
+-- arguments: in one call when it fits, else in chunks of the items. Hot
+-- paths build their argument lists this way (head first), so nothing is
+-- copied into a second table.
+local function call_list(cmd, list, nhead, n)
+  if n <= nhead then return end
+  if n - nhead <= CHUNK then
+    rcall(cmd, unpk(list, 1, n))
+    return
+  end
+  local head = { unpk(list, 1, nhead) }
+  for i = nhead + 1, n, CHUNK do
+    local args, k = chunk_args(head, list, i, mmin(n, i + CHUNK - 1))
+    rcall(cmd, unpk(args, 1, k))
   end
 end
 
@@ -114,14 +142,15 @@ end
 local function read_many(cmd, head, items)
   local total = #items
   if total == 0 then return {} end
+  if #head == 0 and total <= CHUNK then return rcall(cmd, unpk(items, 1, total)) end
   if total <= CHUNK then
     local args, n = chunk_args(head, items, 1, total)
-    return redis.call(cmd, unpack(args, 1, n))
+    return rcall(cmd, unpk(args, 1, n))
   end
   local out, no = {}, 0
   for i = 1, total, CHUNK do
-    local args, n = chunk_args(head, items, i, math.min(total, i + CHUNK - 1))
-    local replies = redis.call(cmd, unpack(args, 1, n))
+    local args, n = chunk_args(head, items, i, mmin(total, i + CHUNK - 1))
+    local replies = rcall(cmd, unpk(args, 1, n))
     for k = 1, #replies do out[no + k] = replies[k] end
     no = no + #replies
   end
@@ -137,57 +166,59 @@ end
 local PACK = '<I4I4I4I4I4I4I4I4I4'
 local function parse_metrics(v)
   if v and #v == 36 then
-    local m = { struct.unpack(PACK, v) }
+    local m = { sunpack(PACK, v) }
     m[10] = nil
     return m
   end
   return { 0, 0, 0, 0, 0, 0, 0, 0, 0 }
 end
 
--- Counters of the channels this script changes, read once and written
--- back by finish(). Slots past the nine counters (one table per channel
--- instead of one table per kind of bookkeeping: each new key of a Lua
--- table costs an insertion, and these are per channel):
-local READ_C, TOUCHED = 10, 11 -- connection count as read; changed by this script
+-- Channels this call works on: M[name] is one table per channel, made
+-- whole by one constructor once its counters are read (every later store
+-- into a table, and every growth of one, costs far more than a
+-- constructor's slots): the nine counters (changed in Lua, written back
+-- by finish()), then:
+local READ_C = 10 -- connection count as read
+local TOUCHED = 11 -- changed by this call
+local KEY = 12 -- the counters' key
+local SHARD = 13 -- event stream shard as a string, when the caller passed it
+local NAME = 14
+-- Between apply's first pass and its load_metrics() call, the channels
+-- of its operations map to their shard (a string).
 local M = {}
 
--- Reads the counters of the given channels not read yet, in one MGET.
-local function load_metrics(names)
-  local want, keys, n = {}, {}, 0
-  for k = 1, #names do
-    local ch = names[k]
-    if not M[ch] then
-      n = n + 1
-      want[n] = ch
-      keys[n] = k_metrics(ch)
-    end
-  end
+-- Reads the counters of the channels names[1..n], which have no table
+-- yet, in one MGET, and makes their tables.
+local function load_metrics(names, n)
   if n == 0 then return end
+  local keys = {}
+  for i = 1, n do keys[i] = k_metrics(names[i]) end
   local vals = read_many('MGET', {}, keys)
   for i = 1, n do
-    local ch = want[i]
-    local m = parse_metrics(vals[i])
-    m[READ_C] = m[C]
-    M[ch] = m
+    local ch, v = names[i], vals[i]
+    local a, b, c, d, e, f, g, h, k = 0, 0, 0, 0, 0, 0, 0, 0, 0
+    if v and #v == 36 then a, b, c, d, e, f, g, h, k = sunpack(PACK, v) end
+    M[ch] = { a, b, c, d, e, f, g, h, k, a, false, keys[i], M[ch] or false, ch }
   end
 end
 
+-- A channel's table, reading its counters when needed (the channels of a
+-- write's operations are read before it runs; others, those of records
+-- being removed, one at a time).
 local function metrics(ch)
-  if not M[ch] then load_metrics({ ch }) end
+  local m = M[ch]
+  if m then return m end
+  load_metrics({ ch }, 1)
   return M[ch]
 end
 
--- event stream shard of channels, when the caller passed it (as a string)
-local SHARD = {}
-
 -- channels changed by this call, in first-touch order
 local touched_list, ntouched = {}, 0
-local function touch(ch)
-  local m = M[ch]
+local function touch(m)
   if not m[TOUCHED] then
     m[TOUCHED] = true
     ntouched = ntouched + 1
-    touched_list[ntouched] = ch
+    touched_list[ntouched] = m
   end
 end
 
@@ -195,31 +226,33 @@ end
 -- entry per stream shard holding each changed channel's new counters
 -- (field: the channel's name, value: its counters).
 local function finish()
-  local sets, dels, busy_rem, busy_add, name_add, name_rem = {}, {}, {}, {}, {}, {}
-  local ns, nd, nbr, nba, nna, nnr = 0, 0, 0, 0, 0, 0
+  local sets, dels = {}, {}
+  local busy_rem, busy_add = { K_IDX_BUSY }, { K_IDX_BUSY }
+  local name_rem, name_add = { K_IDX_NAME }, { K_IDX_NAME }
+  local ns, nd, nbr, nba, nnr, nna = 0, 0, 1, 1, 1, 1
   local by_shard = {}
   for t = 1, ntouched do
-    local ch = touched_list[t]
-    local m = M[ch]
+    local m = touched_list[t]
+    local ch = m[NAME]
     local before, after = m[READ_C], m[C]
-    local body = struct.pack(PACK, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9])
+    local body = spack(PACK, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9])
     if after > 0 then
-      sets[ns + 1] = k_metrics(ch)
+      sets[ns + 1] = m[KEY]
       sets[ns + 2] = body
       ns = ns + 2
     else
-      dels[nd + 1] = k_metrics(ch)
+      dels[nd + 1] = m[KEY]
       dels[nd + 2] = k_clients(ch)
       nd = nd + 2
     end
     if before ~= after then
       if before > 0 then
         nbr = nbr + 1
-        busy_rem[nbr] = busy_key(before, ch)
+        busy_rem[nbr] = (BUSY_PREFIX[before] or busy_prefix(before)) .. ch
       end
       if after > 0 then
         busy_add[nba + 1] = '0'
-        busy_add[nba + 2] = busy_key(after, ch)
+        busy_add[nba + 2] = (BUSY_PREFIX[after] or busy_prefix(after)) .. ch
         nba = nba + 2
         if before == 0 then
           name_add[nna + 1] = '0'
@@ -230,15 +263,14 @@ local function finish()
         nnr = nnr + 1
         name_rem[nnr] = ch
       end
+      m[READ_C] = after
     end
-    m[READ_C] = after
-    m[TOUCHED] = nil
+    m[TOUCHED] = false
     if NSHARDS > 0 then
-      local s = SHARD[ch]
-      if not s then s = str(shard_of(ch)) end
+      local s = m[SHARD] or str(shard_of(ch))
       local e = by_shard[s]
       if not e then
-        e = { n = 0 }
+        e = { k_events(s), 'MAXLEN', '~', false, '*', n = 5 }
         by_shard[s] = e
       end
       local n = e.n
@@ -248,35 +280,37 @@ local function finish()
     end
   end
   touched_list, ntouched = {}, 0
-  if ns > 0 then call_many('MSET', {}, sets) end
-  if nd > 0 then call_many('DEL', {}, dels) end
-  if nbr > 0 then call_many('ZREM', { K_IDX_BUSY }, busy_rem) end
-  if nba > 0 then call_many('ZADD', { K_IDX_BUSY }, busy_add) end
-  if nnr > 0 then call_many('ZREM', { K_IDX_NAME }, name_rem) end
-  if nna > 0 then call_many('ZADD', { K_IDX_NAME }, name_add) end
+  call_list('MSET', sets, 0, ns)
+  call_list('DEL', dels, 0, nd)
+  call_list('ZREM', busy_rem, 1, nbr)
+  call_list('ZADD', busy_add, 1, nba)
+  call_list('ZREM', name_rem, 1, nnr)
+  call_list('ZADD', name_add, 1, nna)
   -- the stream keeps about MAXLEN changes: an entry of k changes trims it
   -- to MAXLEN / k entries
-  local maxlen = tonumber(MAXLEN) * 2
-  for s, e in pairs(by_shard) do
-    local keep = math.floor(maxlen / e.n)
-    call_many('XADD', { k_events(s), 'MAXLEN', '~', keep >= 1 and (NUMSTR[keep] or str(keep)) or '1', '*' }, e)
+  local maxlen = tonum(MAXLEN) * 2
+  for _, e in pairs(by_shard) do
+    local n = e.n
+    local keep = mfloor(maxlen / (n - 5))
+    e[4] = keep >= 1 and (NUMSTR[keep] or str(keep)) or '1'
+    call_list('XADD', e, 5, n)
   end
 end
 
 local function lease_alive(tok)
-  local d = redis.call('ZSCORE', K_LEASES, tok)
-  return d and tonumber(d) > NOW
+  local d = rcall('ZSCORE', K_LEASES, tok)
+  return d and tonum(d) > NOW
 end
 
 -- Takes a session's token out of service: its lease ends and its remaining
 -- connections are left to the reapers (or to the next writer that claims
 -- them). The session name is freed for a new token.
 local function retire(tok)
-  redis.call('ZREM', K_LEASES, tok)
-  redis.call('SADD', K_REAPING, tok)
-  local s = redis.call('HGET', k_tok(tok), 's')
-  if s and redis.call('GET', k_sess(s)) == tok then
-    redis.call('DEL', k_sess(s))
+  rcall('ZREM', K_LEASES, tok)
+  rcall('SADD', K_REAPING, tok)
+  local s = rcall('HGET', k_tok(tok), 's')
+  if s and rcall('GET', k_sess(s)) == tok then
+    rcall('DEL', k_sess(s))
   end
 end
 
@@ -285,19 +319,19 @@ end
 -- it was alive.
 local function open_session(session, ttl)
   local ks = k_sess(session)
-  local tok = redis.call('GET', ks)
+  local tok = rcall('GET', ks)
   if tok then
     if lease_alive(tok) then
-      local t = tonumber(redis.call('HGET', k_tok(tok), 'ttl'))
-      redis.call('ZADD', K_LEASES, NOW + t, tok)
+      local t = tonum(rcall('HGET', k_tok(tok), 'ttl'))
+      rcall('ZADD', K_LEASES, NOW + t, tok)
       return tok, true
     end
     retire(tok)
   end
-  tok = tostring(redis.call('INCR', K_TOKSEQ))
-  redis.call('SET', ks, tok)
-  redis.call('HSET', k_tok(tok), 's', session, 'ttl', ttl)
-  redis.call('ZADD', K_LEASES, NOW + ttl, tok)
+  tok = tostring(rcall('INCR', K_TOKSEQ))
+  rcall('SET', ks, tok)
+  rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl)
+  rcall('ZADD', K_LEASES, NOW + ttl, tok)
   return tok, false
 end
 
@@ -306,19 +340,19 @@ end
 local function member_new(ch, client)
   local m = metrics(ch)
   m[PM] = m[PM] + 1
-  if redis.call('HINCRBY', k_clients(ch), client, '1') == 1 then m[PCL] = m[PCL] + 1 end
-  touch(ch)
+  if rcall('HINCRBY', k_clients(ch), client, '1') == 1 then m[PCL] = m[PCL] + 1 end
+  touch(m)
 end
 
 local function member_gone(ch, client)
   local m = metrics(ch)
   m[PM] = m[PM] - 1
   local kc = k_clients(ch)
-  if redis.call('HINCRBY', kc, client, '-1') <= 0 then
-    redis.call('HDEL', kc, client)
+  if rcall('HINCRBY', kc, client, '-1') <= 0 then
+    rcall('HDEL', kc, client)
     m[PCL] = m[PCL] - 1
   end
-  touch(ch)
+  touch(m)
 end
 
 -- A connection's record, its field in the hash P:conns: the owning token
@@ -338,7 +372,7 @@ local MODE_INFO = {}
 local function mode_info(s)
   local mi = MODE_INFO[s]
   if not mi then
-    local v = tonumber(s)
+    local v = tonum(s)
     local slots = {}
     for _, ms in ipairs(MODE_SLOTS) do
       if has(v, ms[1]) then slots[#slots + 1] = ms[2] end
@@ -350,21 +384,21 @@ local function mode_info(s)
 end
 
 local function has_member(members, client)
-  return string.find(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil
+  return sfind(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil
 end
 
 local function without_member(members, client)
   local s = members .. '\t'
   local k = '\t' .. client .. '\t'
-  local i = string.find(s, k, 1, true)
-  return string.sub(s, 1, i - 1) .. string.sub(s, i + #k - 1, #s - 1)
+  local i = sfind(s, k, 1, true)
+  return ssub(s, 1, i - 1) .. ssub(s, i + #k - 1, #s - 1)
 end
 
 -- Removes one attachment's share of its channel's counters.
 local function drop_attachment(ch, modes, members)
   local m = metrics(ch)
   if members ~= '' then
-    for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
+    for client in sgmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
   end
   local slots = mode_info(modes).slots
   for k = 1, #slots do
@@ -372,74 +406,83 @@ local function drop_attachment(ch, modes, members)
     m[x] = m[x] - 1
   end
   m[C] = m[C] - 1
-  touch(ch)
+  touch(m)
 end
 
 -- Removes every attachment of a record (or of its lines) from the counters.
 local function drop_record(r)
-  for ch, modes, members in string.gmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
+  for ch, modes, members in sgmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
     drop_attachment(ch, modes, members)
   end
 end
 
--- Connections a write script works on, all owned by its token once
--- loaded: R[conn] their attachment lines (false: no such connection),
--- RC[conn] their attachment count. Changed ones are written back by
--- flush_conns(); OWNED marks those already in the token's set.
-local R, RC, R_changed, R_list, OWNED = {}, {}, {}, {}, {}
-local nchanged = 0
+-- Connections a write works on, all owned by its token once loaded:
+-- R[conn] is one table per connection (one insertion into R, where a
+-- table per kind of bookkeeping cost one each), made with all its slots:
+local LINES = 1 -- its attachment lines; false: no such connection
+local COUNT = 2 -- its attachment count
+local CHANGED = 3 -- changed: flush_conns() writes it back
+local OWNED = 4 -- already in the token's set of connections
+local CONN = 5 -- its id
+local R, R_list, nchanged = {}, {}, 0
 
--- Forgets the connections of the previous write (the next write of the
--- same script may belong to another token).
+-- Forgets the connections of the previous session (the next one has
+-- another token).
 local function reset_conns()
-  R, RC, R_changed, R_list, OWNED = {}, {}, {}, {}, {}
-  nchanged = 0
+  R, R_list, nchanged = {}, {}, 0
 end
 
-local function rec_set(conn, lines, n)
-  R[conn] = lines
-  RC[conn] = n
-  if not R_changed[conn] then
-    R_changed[conn] = true
+local function rec_set(c, lines, n)
+  c[LINES] = lines
+  c[COUNT] = n
+  if not c[CHANGED] then
+    c[CHANGED] = true
     nchanged = nchanged + 1
-    R_list[nchanged] = conn
+    R_list[nchanged] = c
   end
 end
 
--- Makes tok the owner of the given connections, reading the records of
--- those not read yet.
+-- Makes tok the owner of conns[1..count] (repeats allowed), reading the
+-- records of those not read yet (each table made by one constructor).
 -- A connection owned by another live session moves whole (a resume on
 -- another front end); one owned by a dead session is removed first, so its
 -- old state is removed exactly once.
-local function load_conns(tok, conns)
-  local want, nwant = {}, 0
-  for k = 1, #conns do
+local function load_conns(tok, conns, count)
+  local ids, nwant = { K_CONNS }, 0
+  for k = 1, count do
     local conn = conns[k]
     if R[conn] == nil then
+      R[conn] = true
       nwant = nwant + 1
-      want[nwant] = conn
+      ids[nwant + 1] = conn
     end
   end
   if nwant == 0 then return end
-  local recs = read_many('HMGET', { K_CONNS }, want)
+  local recs
+  if nwant <= CHUNK then
+    recs = rcall('HMGET', unpk(ids, 1, nwant + 1))
+  else
+    local items = {}
+    for i = 1, nwant do items[i] = ids[i + 1] end
+    recs = read_many('HMGET', { K_CONNS }, items)
+  end
   for i = 1, nwant do
-    local conn, r = want[i], recs[i]
+    local conn, r = ids[i + 1], recs[i]
     if not r then
-      R[conn] = false
+      R[conn] = { false, 0, false, false, conn }
     else
-      local o, n, lines = string.match(r, '^([^\t]*)\t(%d+)(.*)$')
+      local o, n, lines = smatch(r, '^([^\t]*)\t(%d+)(.*)$')
       if o == tok then
-        R[conn] = lines
-        RC[conn] = tonumber(n)
-        OWNED[conn] = true
+        R[conn] = { lines, tonum(n), false, true, conn }
       else
-        redis.call('SREM', k_tokconns(o), conn)
+        rcall('SREM', k_tokconns(o), conn)
+        local c = { false, 0, false, false, conn }
+        R[conn] = c
         if lease_alive(o) then
-          rec_set(conn, lines, tonumber(n))
+          rec_set(c, lines, tonum(n))
         else
           drop_record(lines)
-          redis.call('HDEL', K_CONNS, conn)
-          R[conn] = false
+          rcall('HDEL', K_CONNS, conn)
         end
       end
     end
@@ -448,17 +491,17 @@ end
 
 -- Writes back the changed records of tok's connections and its set.
 local function flush_conns(tok)
-  local keep, gone, new = {}, {}, {}
-  local nk, ng, nn = 0, 0, 0
+  local keep, new, gone = { K_CONNS }, { k_tokconns(tok) }, {}
+  local nk, nn, ng = 1, 1, 0
   local head = tok .. '\t'
   for k = 1, nchanged do
-    local conn = R_list[k]
-    local lines, n = R[conn], RC[conn]
+    local c = R_list[k]
+    local conn, lines, n = c[CONN], c[LINES], c[COUNT]
     if lines and n > 0 then
       keep[nk + 1] = conn
       keep[nk + 2] = head .. (NUMSTR[n] or str(n)) .. lines
       nk = nk + 2
-      if not OWNED[conn] then
+      if not c[OWNED] then
         nn = nn + 1
         new[nn] = conn
       end
@@ -467,8 +510,8 @@ local function flush_conns(tok)
       gone[ng] = conn
     end
   end
-  if nk > 0 then call_many('HSET', { K_CONNS }, keep) end
-  if nn > 0 then call_many('SADD', { k_tokconns(tok) }, new) end
+  call_list('HSET', keep, 1, nk)
+  call_list('SADD', new, 1, nn)
   if ng > 0 then
     call_many('HDEL', { K_CONNS }, gone)
     call_many('SREM', { k_tokconns(tok) }, gone)
@@ -477,22 +520,22 @@ end
 
 -- Returns 1 when applied, 3 when the connection has no room for another
 -- channel. modes: the mode bits as a decimal string.
-local function op_attach(conn, ch, modes)
-  local lines, n = R[conn], RC[conn]
+local function op_attach(c, ch, modes)
+  local lines, n = c[LINES], c[COUNT]
   if not lines then lines, n = '', 0 end
   local key = '\n' .. ch .. '\t'
   local m = metrics(ch)
   local mi = mode_info(modes)
-  local i = string.find(lines, key, 1, true)
+  local i = sfind(lines, key, 1, true)
   if i then
-    local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+    local j = sfind(lines, '\n', i + 1, true) or (#lines + 1)
     local s = i + #key
-    local old = string.match(lines, '^%d+', s)
+    local old = smatch(lines, '^%d+', s)
     if old == modes then return 1 end
-    local members = string.sub(lines, s + #old, j - 1)
+    local members = ssub(lines, s + #old, j - 1)
     local oi = mode_info(old)
     if oi.presence and not mi.presence and members ~= '' then
-      for client in string.gmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
+      for client in sgmatch(members, '\t([^\t]+)') do member_gone(ch, client) end
       members = ''
     end
     local slots = oi.slots
@@ -500,7 +543,7 @@ local function op_attach(conn, ch, modes)
       local x = slots[k]
       m[x] = m[x] - 1
     end
-    lines = string.sub(lines, 1, i - 1) .. key .. modes .. members .. string.sub(lines, j)
+    lines = ssub(lines, 1, i - 1) .. key .. modes .. members .. ssub(lines, j)
   else
     if n >= MAX_CHANNELS then return 3 end
     m[C] = m[C] + 1
@@ -512,58 +555,58 @@ local function op_attach(conn, ch, modes)
     local x = slots[k]
     m[x] = m[x] + 1
   end
-  rec_set(conn, lines, n)
-  touch(ch)
+  rec_set(c, lines, n)
+  touch(m)
   return 1
 end
 
-local function op_detach(conn, ch)
-  local lines = R[conn]
+local function op_detach(c, ch)
+  local lines = c[LINES]
   if not lines then return end
   local key = '\n' .. ch .. '\t'
-  local i = string.find(lines, key, 1, true)
+  local i = sfind(lines, key, 1, true)
   if not i then return end
-  local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+  local j = sfind(lines, '\n', i + 1, true) or (#lines + 1)
   local s = i + #key
-  local old = string.match(lines, '^%d+', s)
-  drop_attachment(ch, old, string.sub(lines, s + #old, j - 1))
-  rec_set(conn, string.sub(lines, 1, i - 1) .. string.sub(lines, j), RC[conn] - 1)
+  local old = smatch(lines, '^%d+', s)
+  drop_attachment(ch, old, ssub(lines, s + #old, j - 1))
+  rec_set(c, ssub(lines, 1, i - 1) .. ssub(lines, j), c[COUNT] - 1)
 end
 
 -- The line of CH in a connection's lines: start, end (exclusive), mode
 -- bits, member part; nil when not attached.
 local function find_line(lines, ch)
   local key = '\n' .. ch .. '\t'
-  local i = string.find(lines, key, 1, true)
+  local i = sfind(lines, key, 1, true)
   if not i then return nil end
-  local j = string.find(lines, '\n', i + 1, true) or (#lines + 1)
+  local j = sfind(lines, '\n', i + 1, true) or (#lines + 1)
   local s = i + #key
-  local modes = string.match(lines, '^%d+', s)
-  return i, j, modes, string.sub(lines, s + #modes, j - 1)
+  local modes = smatch(lines, '^%d+', s)
+  return i, j, modes, ssub(lines, s + #modes, j - 1)
 end
 
 -- Returns 1 when applied (or already a member), 2 when the connection is
 -- not attached to the channel with presence mode.
-local function op_enter(conn, ch, client)
-  local lines = R[conn]
+local function op_enter(c, ch, client)
+  local lines = c[LINES]
   if not lines then return 2 end
   local i, j, modes, members = find_line(lines, ch)
   if not i or not mode_info(modes).presence then return 2 end
   if has_member(members, client) then return 1 end
   member_new(ch, client)
   local line = '\n' .. ch .. '\t' .. modes .. members .. '\t' .. client
-  rec_set(conn, string.sub(lines, 1, i - 1) .. line .. string.sub(lines, j), RC[conn])
+  rec_set(c, ssub(lines, 1, i - 1) .. line .. ssub(lines, j), c[COUNT])
   return 1
 end
 
-local function op_leave(conn, ch, client)
-  local lines = R[conn]
+local function op_leave(c, ch, client)
+  local lines = c[LINES]
   if not lines then return end
   local i, j, modes, members = find_line(lines, ch)
   if not i or not has_member(members, client) then return end
   member_gone(ch, client)
   local line = '\n' .. ch .. '\t' .. modes .. without_member(members, client)
-  rec_set(conn, string.sub(lines, 1, i - 1) .. line .. string.sub(lines, j), RC[conn])
+  rec_set(c, ssub(lines, 1, i - 1) .. line .. ssub(lines, j), c[COUNT])
 end
 
 -- Removes connections of a retired token until about `budget` attachments
@@ -573,9 +616,9 @@ local function reap_token(tok, budget)
   local kt = k_tokconns(tok)
   local purged, work = 0, 0
   while work < budget do
-    local conns = redis.call('SRANDMEMBER', kt, 64)
+    local conns = rcall('SRANDMEMBER', kt, 64)
     if #conns == 0 then break end
-    local recs = redis.call('HMGET', K_CONNS, unpack(conns))
+    local recs = rcall('HMGET', K_CONNS, unpk(conns))
     local done, gone = {}, {}
     for k, conn in ipairs(conns) do
       if work >= budget then break end
@@ -584,19 +627,19 @@ local function reap_token(tok, budget)
       purged = purged + 1
       work = work + 1
       local o, n = nil, 0
-      if r then o, n = string.match(r, '^([^\t]*)\t(%d+)') end
+      if r then o, n = smatch(r, '^([^\t]*)\t(%d+)') end
       if o == tok then
-        work = work + tonumber(n)
+        work = work + tonum(n)
         drop_record(r)
         gone[#gone + 1] = conn
       end
     end
-    redis.call('SREM', kt, unpack(done))
-    if #gone > 0 then redis.call('HDEL', K_CONNS, unpack(gone)) end
+    rcall('SREM', kt, unpk(done))
+    if #gone > 0 then rcall('HDEL', K_CONNS, unpk(gone)) end
   end
-  if redis.call('EXISTS', kt) == 0 then
-    redis.call('SREM', K_REAPING, tok)
-    redis.call('DEL', k_tok(tok))
+  if rcall('EXISTS', kt) == 0 then
+    rcall('SREM', K_REAPING, tok)
+    rcall('DEL', k_tok(tok))
     return purged, true
   end
   return purged, false
@@ -606,8 +649,14 @@ end
 -- it, and fresh per-call state (a call that failed halfway may have left
 -- some behind).
 local function begin(argv, clock)
+  if not rcall then
+    sfind, ssub, smatch, sgmatch = string.find, string.sub, string.match, string.gmatch
+    sformat, sbyte, spack, sunpack = string.format, string.byte, struct.pack, struct.unpack
+    tonum, unpk, band, bxor = tonumber, unpack, bit.band, bit.bxor
+    mfloor, mmin, mmax, rcall = math.floor, math.min, math.max, redis.call
+  end
   P = argv[1]
-  NSHARDS = tonumber(argv[2])
+  NSHARDS = tonum(argv[2])
   MAXLEN = argv[3]
   K_LEASES = P .. ':leases'
   K_REAPING = P .. ':reaping'
@@ -616,12 +665,12 @@ local function begin(argv, clock)
   K_IDX_BUSY = P .. ':idx:busy'
   K_CONNS = P .. ':conns'
   if clock then
-    local time = redis.call('TIME')
-    NOW = tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)
+    local time = rcall('TIME')
+    NOW = tonum(time[1]) * 1000 + mfloor(tonum(time[2]) / 1000)
   else
     NOW = nil
   end
-  M, SHARD = {}, {}
+  M = {}
   touched_list, ntouched = {}, 0
   reset_conns()
 end

@@ -3,13 +3,13 @@
 -- ARGV[6] limit (entries). Returns {gap, {id, channel, id, channel, ...},
 -- more}.
 
-local key = k_events(tonumber(ARGV[4]))
+local key = k_events(tonum(ARGV[4]))
 local after = ARGV[5]
-local limit = tonumber(ARGV[6])
+local limit = tonum(ARGV[6])
 
 local function parse(id)
-  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
-  return tonumber(ms), tonumber(seq)
+  local ms, seq = smatch(id, '^(%d+)-(%d+)$')
+  return tonum(ms), tonum(seq)
 end
 local function greater(a, b)
   local ams, aseq = parse(a)
@@ -17,18 +17,18 @@ local function greater(a, b)
   return ams > bms or (ams == bms and aseq > bseq)
 end
 
-if redis.call('EXISTS', key) == 0 then
+if rcall('EXISTS', key) == 0 then
   -- no stream: nothing happened, or it was lost with Redis' data
   if after == '0-0' then return { 0, {}, 0 } end
   return { 1, {}, 0 }
 end
 local gap = 0
-local info = redis.call('XINFO', 'STREAM', key)
+local info = rcall('XINFO', 'STREAM', key)
 for i = 1, #info, 2 do
   if info[i] == 'max-deleted-entry-id' and greater(info[i + 1], after) then gap = 1 end
   if info[i] == 'last-generated-id' and greater(after, info[i + 1]) then gap = 1 end
 end
-local entries = redis.call('XRANGE', key, '(' .. after, '+', 'COUNT', limit + 1)
+local entries = rcall('XRANGE', key, '(' .. after, '+', 'COUNT', limit + 1)
 local flat = {}
 local more = 0
 for i, e in ipairs(entries) do

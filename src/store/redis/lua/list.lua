@@ -7,20 +7,20 @@
 -- each (when asked), and 1 when more channels follow.
 
 local order, start, incl, upper, prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
-local limit = tonumber(ARGV[9])
+local limit = tonum(ARGV[9])
 local with_metrics = ARGV[10] == '1'
 local keys = {}
 local more = 0
 
 local function name_of(key)
-  if order == 'c' then return string.sub(key, 12) end
+  if order == 'c' then return ssub(key, 12) end
   return key
 end
 
 if order == 'n' then
   local lower = '-'
   if start ~= '' then lower = (incl == '1' and '[' or '(') .. start end
-  keys = redis.call('ZRANGE', K_IDX_NAME, lower, upper, 'BYLEX', 'LIMIT', 0, limit + 1)
+  keys = rcall('ZRANGE', K_IDX_NAME, lower, upper, 'BYLEX', 'LIMIT', 0, limit + 1)
   if #keys > limit then
     more = 1
     keys[#keys] = nil
@@ -30,11 +30,11 @@ else
   -- With a prefix, the cost grows with the busier channels outside it.
   local lower = '-'
   if start ~= '' then lower = '(' .. start end
-  local batch = math.max(limit + 1, 256)
+  local batch = mmax(limit + 1, 256)
   while true do
-    local chunk = redis.call('ZRANGE', K_IDX_BUSY, lower, '+', 'BYLEX', 'LIMIT', 0, batch)
+    local chunk = rcall('ZRANGE', K_IDX_BUSY, lower, '+', 'BYLEX', 'LIMIT', 0, batch)
     for _, k in ipairs(chunk) do
-      if string.sub(name_of(k), 1, #prefix) == prefix then
+      if ssub(name_of(k), 1, #prefix) == prefix then
         if #keys == limit then
           more = 1
           break

@@ -4,11 +4,11 @@
 -- purges up to the budget of connections of retired tokens.
 -- Returns {sessions retired, connections purged, 1 if work remains}.
 
-local budget = tonumber(ARGV[4])
+local budget = tonum(ARGV[4])
 local only = ARGV[5]
 local retired = 0
 if only == '' then
-  local expired = redis.call('ZRANGE', K_LEASES, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, 1000)
+  local expired = rcall('ZRANGE', K_LEASES, '-inf', NOW, 'BYSCORE', 'LIMIT', 0, 1000)
   for _, tok in ipairs(expired) do
     retire(tok)
     retired = retired + 1
@@ -19,7 +19,7 @@ local more = 0
 while budget > 0 do
   local tok = only
   if tok == '' then
-    tok = redis.call('SRANDMEMBER', K_REAPING)
+    tok = rcall('SRANDMEMBER', K_REAPING)
     if not tok then break end
   end
   local n, done = reap_token(tok, budget)
@@ -28,7 +28,7 @@ while budget > 0 do
   if only ~= '' and done then break end
   if not done and budget <= 0 then more = 1 end
 end
-if only == '' and redis.call('SCARD', K_REAPING) > 0 then more = 1 end
+if only == '' and rcall('SCARD', K_REAPING) > 0 then more = 1 end
 if only == '' and retired == 1000 then more = 1 end
 finish()
 return { retired, purged, more }

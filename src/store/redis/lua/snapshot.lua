@@ -8,7 +8,7 @@ local out = {}
 for i, v in ipairs(read_many('MGET', {}, keys)) do out[i] = parse_metrics(v) end
 local positions = {}
 for s = 0, NSHARDS - 1 do
-  local last = redis.call('XREVRANGE', k_events(s), '+', '-', 'COUNT', 1)
+  local last = rcall('XREVRANGE', k_events(s), '+', '-', 'COUNT', 1)
   if last[1] then positions[#positions + 1] = last[1][1] else positions[#positions + 1] = '0-0' end
 end
 out[#out + 1] = positions

@@ -32,6 +32,11 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(name = "occupancy-bench", about = "load generator for the occupancy service")]
 struct Cli {
+    /// Runtime threads of the load generator: 1 runs every worker on one
+    /// thread (no cross-thread wake-ups, as redis-benchmark's single event
+    /// loop); 0 uses one per core.
+    #[arg(long, global = true, default_value_t = 0)]
+    threads: usize,
     #[command(subcommand)]
     scenario: Scenario,
 }
@@ -999,9 +1004,21 @@ async fn footprint(load: Load, redis_url: String, count: usize) -> anyhow::Resul
     close(&load.url, &session).await
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = match cli.threads {
+        1 => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+        0 => tokio::runtime::Builder::new_multi_thread().enable_all().build()?,
+        n => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(n)
+            .enable_all()
+            .build()?,
+    };
+    runtime.block_on(run(cli.scenario))
+}
+
+async fn run(scenario: Scenario) -> anyhow::Result<()> {
+    match scenario {
         Scenario::Apply { load, batch, channels } => apply(load, batch, channels).await,
         Scenario::Unary { load } => unary(load).await,
         Scenario::Get { load } => get(load).await,

@@ -107,20 +107,6 @@ local function chunk_args(head, items, i, j)
   return args, n
 end
 
--- Calls cmd with the head arguments followed by items, in chunks.
-local function call_many(cmd, head, items)
-  local total = #items
-  if total == 0 then return end
-  if #head == 0 and total <= CHUNK then
-    rcall(cmd, unpk(items, 1, total))
-    return
-  end
-  for i = 1, total, CHUNK do
-    local args, n = chunk_args(head, items, i, mmin(total, i + CHUNK - 1))
-    rcall(cmd, unpk(args, 1, n))
-  end
-end
-
 -- Calls cmd with list[1..n], whose first nhead values are the head
 -- arguments: in one call when it fits, else in chunks of the items. Hot
 -- paths build their argument lists this way (head first), so nothing is
@@ -138,7 +124,8 @@ local function call_list(cmd, list, nhead, n)
   end
 end
 
--- As call_many, for commands answering one value per item: the replies.
+-- Calls cmd with the head arguments followed by items, in chunks, for
+-- commands answering one value per item: the replies.
 local function read_many(cmd, head, items)
   local total = #items
   if total == 0 then return {} end
@@ -491,8 +478,8 @@ end
 
 -- Writes back the changed records of tok's connections and its set.
 local function flush_conns(tok)
-  local keep, new, gone = { K_CONNS }, { k_tokconns(tok) }, {}
-  local nk, nn, ng = 1, 1, 0
+  local keep, new, gone = { K_CONNS }, { k_tokconns(tok) }, { K_CONNS }
+  local nk, nn, ng = 1, 1, 1
   local head = tok .. '\t'
   for k = 1, nchanged do
     local c = R_list[k]
@@ -512,9 +499,10 @@ local function flush_conns(tok)
   end
   call_list('HSET', keep, 1, nk)
   call_list('SADD', new, 1, nn)
-  if ng > 0 then
-    call_many('HDEL', { K_CONNS }, gone)
-    call_many('SREM', { k_tokconns(tok) }, gone)
+  if ng > 1 then
+    call_list('HDEL', gone, 1, ng)
+    gone[1] = new[1] -- the same ids, out of the token's set
+    call_list('SREM', gone, 1, ng)
   end
 end
 

@@ -20,7 +20,7 @@ use crate::api::convert;
 use crate::domain::events::EVENT_NAME;
 use crate::domain::{ChangeEvent, ChannelName, Metrics, Pos};
 use crate::proto::v1 as pb;
-use crate::store::ChangeSink;
+use crate::store::{ChangeSink, Demand};
 
 /// A change as subscribers receive it, with its body encoded once.
 #[derive(Debug)]
@@ -144,6 +144,8 @@ pub struct Hub {
     resync: watch::Sender<u64>,
     next_id: AtomicU64,
     published: AtomicU64,
+    /// Registrations, for the feed to pause on when there are none.
+    demand: Demand,
 }
 
 impl std::fmt::Debug for Hub {
@@ -176,6 +178,7 @@ impl Hub {
             resync: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             published: AtomicU64::new(0),
+            demand: Demand::new(shards),
         })
     }
 
@@ -215,6 +218,8 @@ impl Hub {
     }
 
     /// Registers a subscription to `channels` and to names under `prefix`.
+    /// Before reading its snapshot, the subscription must wait for
+    /// [`Hub::ready`].
     pub fn register(self: &Arc<Self>, channels: &[ChannelName], prefix: Option<&str>) -> Registration {
         let inbox = Arc::new(Inbox {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
@@ -232,6 +237,7 @@ impl Hub {
                 r.longest_prefix = r.longest_prefix.max(p.len());
             }
         }
+        self.demand.listen();
         Registration {
             hub: self.clone(),
             inbox,
@@ -240,7 +246,20 @@ impl Hub {
         }
     }
 
+    /// Waits until the feed reads every shard, so every change from now on
+    /// reaches the registered inboxes (a replica with no subscription stops
+    /// reading the log; see [`Demand`]).
+    pub async fn ready(&self) {
+        self.demand.ready().await;
+    }
+
+    /// Event shards whose reader is paused for want of subscriptions.
+    pub fn paused_shards(&self) -> usize {
+        self.demand.paused()
+    }
+
     fn unregister(&self, reg: &Registration) {
+        self.demand.unlisten();
         let Ok(mut r) = self.registry.write() else { return };
         let id = reg.inbox.id;
         for c in &reg.channels {
@@ -332,5 +351,9 @@ impl ChangeSink for Hub {
             *w = Pos::ZERO;
         }
         self.resync.send_modify(|g| *g += 1);
+    }
+
+    fn demand(&self) -> Option<&Demand> {
+        Some(&self.demand)
     }
 }

@@ -171,6 +171,9 @@ impl Live {
         let reg = hub.register(&sub.spec.channels, sub.spec.prefix.as_deref());
         let mut resyncs = hub.resyncs();
         resyncs.borrow_and_update();
+        // a replica with no subscription stops reading the log: wait until
+        // it follows it again, so the snapshot is not older than the feed
+        hub.ready().await;
         match sub.spec.resume.clone() {
             Some(token) => sub.resume(&reg, token).await?,
             None => sub.snapshot(&reg, false).await?,

@@ -13,10 +13,12 @@ use crate::domain::{
 };
 use crate::error::Result;
 
+pub mod demand;
 pub mod memory;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
+pub use demand::Demand;
 pub use memory::MemoryStore;
 
 /// Progress of one round of lease expiry work.
@@ -37,6 +39,11 @@ pub trait ChangeSink: Send + Sync + 'static {
     /// Changes may have been missed (the event log was lost or trimmed past
     /// a reader): every subscriber should take a fresh snapshot.
     fn resync(&self);
+    /// Who listens, if the sink says: a feed may stop reading while nobody
+    /// does (see [`Demand`]). `None` (the default): always read.
+    fn demand(&self) -> Option<&Demand> {
+        None
+    }
 }
 
 /// Metrics of some channels together with the log positions they reflect,

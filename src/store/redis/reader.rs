@@ -7,6 +7,10 @@
 //! position; if the stream was lost (Redis restarted empty) or trimmed
 //! past it, the reader starts at the stream's end and asks the sink to
 //! resync, so subscribers take fresh snapshots instead of missing changes.
+//!
+//! While the replica holds no subscription, a reader pauses (no XREAD at
+//! all) and, once one arrives, goes on from the log's end; see
+//! [`crate::store::Demand`] for why that stays exact.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +18,7 @@ use std::time::Duration;
 use redis::streams::StreamReadReply;
 use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use super::functions::{self, Function};
 use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN};
@@ -98,6 +102,48 @@ pub(super) async fn run(
         let mut pos = start;
         let mut verified = tokio::time::Instant::now();
         loop {
+            // nobody on this replica listens: stop reading until someone
+            // does, then go on from the log's end (see `Demand`)
+            if let Some(demand) = sink.demand().filter(|d| d.pause(shard)) {
+                debug!(shard, "no subscription, event stream reader paused");
+                tokio::select! {
+                    () = cancel.cancelled() => {
+                        demand.resume(shard);
+                        return;
+                    }
+                    () = demand.wanted() => {}
+                }
+                let state = tokio::time::timeout(cfg.timeout * 2, async {
+                    let mut inv = functions::call(&cfg, Function::StreamState);
+                    inv.arg(shard);
+                    functions::invoke::<(u8, String, String)>(&mut conn, &inv).await
+                })
+                .await;
+                demand.resume(shard);
+                match state {
+                    Ok(Ok((exists, last_generated, _))) => {
+                        pos = if exists == 1 {
+                            Pos::parse(&last_generated).unwrap_or_default()
+                        } else {
+                            Pos::ZERO
+                        };
+                        last = Some(pos);
+                        verified = tokio::time::Instant::now();
+                        debug!(shard, "event stream reader resumed");
+                    }
+                    failed => {
+                        // the listeners went on: starting over from
+                        // nothing makes the reconnection resync them
+                        last = None;
+                        let cause = match failed {
+                            Ok(Err(e)) => e.to_string(),
+                            _ => "timed out".to_string(),
+                        };
+                        failing = backoff_wait(&cancel, &mut backoff, shard, &cause, false).await;
+                        break;
+                    }
+                }
+            }
             // Redis may lose its data without dropping the connection (a
             // flush, a failover to an empty replica): once a second, check
             // that the last entry read is still there.

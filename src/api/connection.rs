@@ -45,7 +45,7 @@ fn some_metrics(m: Metrics) -> Option<pb::Metrics> {
 
 #[tonic::async_trait]
 impl pb::connection_service_server::ConnectionService for ConnectionApi {
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
         let r = req.into_inner();
         let m = self
@@ -56,7 +56,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::DetachResponse>, Status> {
         let r = req.into_inner();
         let m = self
@@ -67,7 +67,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn enter_presence(
         &self,
         req: Request<pb::EnterPresenceRequest>,
@@ -80,7 +80,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn leave_presence(
         &self,
         req: Request<pb::LeavePresenceRequest>,
@@ -93,7 +93,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, ops = req.get_ref().operations.len()))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, ops = req.get_ref().operations.len()))]
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
@@ -125,7 +125,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id))]
     async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveResponse>, Status> {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
@@ -140,7 +140,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id, attachments = req.get_ref().attachments.len()))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, attachments = req.get_ref().attachments.len()))]
     async fn sync_session(
         &self,
         req: Request<pb::SyncSessionRequest>,
@@ -168,7 +168,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         }))
     }
 
-    #[instrument(skip_all, fields(session = %req.get_ref().session_id))]
+    #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id))]
     async fn close_session(
         &self,
         req: Request<pb::CloseSessionRequest>,

@@ -36,7 +36,7 @@ impl OccupancyApi {
 impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
     type SubscribeOccupancyStream = Pin<Box<dyn Stream<Item = Item> + Send + 'static>>;
 
-    #[instrument(skip_all, fields(channels = req.get_ref().channels.len(), prefix = %req.get_ref().prefix))]
+    #[instrument(level = "debug", skip_all, fields(channels = req.get_ref().channels.len(), prefix = %req.get_ref().prefix))]
     async fn subscribe_occupancy(
         &self,
         req: Request<pb::SubscribeOccupancyRequest>,
@@ -60,7 +60,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         Ok(Response::new(Box::pin(stream)))
     }
 
-    #[instrument(skip_all, fields(channel = %req.get_ref().channel))]
+    #[instrument(level = "debug", skip_all, fields(channel = %req.get_ref().channel))]
     async fn get_occupancy(
         &self,
         req: Request<pb::GetOccupancyRequest>,
@@ -73,7 +73,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         }))
     }
 
-    #[instrument(skip_all, fields(channels = req.get_ref().channels.len()))]
+    #[instrument(level = "debug", skip_all, fields(channels = req.get_ref().channels.len()))]
     async fn batch_get_occupancy(
         &self,
         req: Request<pb::BatchGetOccupancyRequest>,
@@ -102,7 +102,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         }))
     }
 
-    #[instrument(skip_all, fields(prefix = %req.get_ref().prefix))]
+    #[instrument(level = "debug", skip_all, fields(prefix = %req.get_ref().prefix))]
     async fn list_channels(
         &self,
         req: Request<pb::ListChannelsRequest>,

@@ -53,10 +53,7 @@ pub(super) async fn run(
     while !cancel.is_cancelled() {
         let attempt = async {
             let mut conn = client.get_multiplexed_async_connection_with_config(&conn_cfg).await?;
-            let mut inv = functions::call(&cfg, Function::StreamState);
-            inv.arg(shard);
-            let (exists, last_generated, max_deleted): (u8, String, String) =
-                functions::invoke(&mut conn, &inv).await?;
+            let (exists, last_generated, max_deleted) = stream_state(&mut conn, &cfg, shard).await?;
             Ok::<_, redis::RedisError>((conn, exists == 1, last_generated, max_deleted))
         };
         let (mut conn, exists, last_generated, max_deleted) = match tokio::time::timeout(cfg.timeout * 2, attempt).await
@@ -113,12 +110,7 @@ pub(super) async fn run(
                     }
                     () = demand.wanted() => {}
                 }
-                let state = tokio::time::timeout(cfg.timeout * 2, async {
-                    let mut inv = functions::call(&cfg, Function::StreamState);
-                    inv.arg(shard);
-                    functions::invoke::<(u8, String, String)>(&mut conn, &inv).await
-                })
-                .await;
+                let state = tokio::time::timeout(cfg.timeout * 2, stream_state(&mut conn, &cfg, shard)).await;
                 demand.resume(shard);
                 match state {
                     Ok(Ok((exists, last_generated, _))) => {
@@ -195,6 +187,18 @@ pub(super) async fn run(
             }
         }
     }
+}
+
+/// Whether shard `shard`'s stream exists, its last generated id and its
+/// largest deleted id.
+async fn stream_state(
+    conn: &mut redis::aio::MultiplexedConnection,
+    cfg: &RedisConfig,
+    shard: u32,
+) -> redis::RedisResult<(u8, String, String)> {
+    let mut inv = functions::call(cfg, Function::StreamState);
+    inv.arg(shard);
+    functions::invoke(conn, &inv).await
 }
 
 async fn entry_exists(conn: &mut redis::aio::MultiplexedConnection, key: &str, pos: Pos) -> redis::RedisResult<bool> {

@@ -2,10 +2,11 @@
 //!
 //! Every change is one call of a Lua function (files under `lua/`, loaded
 //! as one Redis function library: `functions.rs`), so a change is atomic
-//! and counts are maintained incrementally: reading a channel is one GET
+//! and counts are maintained incrementally: reading a channel is one key
 //! whatever its size. Concurrent writes of a replica are merged into one
-//! call (`writer.rs`), and a call reads and writes everything a batch
-//! touches with a few variadic commands (the layout is in [`keys`]).
+//! call (`writer.rs`), concurrent small reads into one MGET (`reads.rs`),
+//! and a call reads and writes everything a batch touches with a few
+//! variadic commands (the layout is in [`keys`]).
 //! Lease deadlines use the Redis clock (`TIME`), so replicas with skewed
 //! clocks agree on when a session expires.
 
@@ -28,8 +29,10 @@ use crate::domain::{
 use crate::error::{Error, Result};
 
 mod functions;
+mod group;
 pub mod keys;
 mod reader;
+mod reads;
 mod writer;
 
 use functions::{invoke, Function};
@@ -81,6 +84,23 @@ pub struct RedisStore {
     /// The group commit queue of writes, started on first use (inside the
     /// runtime).
     writes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
+    /// The read queue (`reads.rs`), started on first use.
+    reads: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<reads::Read>>>,
+}
+
+/// Reads merged reads' keys with one MGET.
+struct MgetFetch {
+    conn: ConnectionManager,
+    timeout: Duration,
+}
+
+impl reads::Fetch for MgetFetch {
+    async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        let mut cmd = redis::cmd("MGET");
+        cmd.arg(keys);
+        let mut conn = self.conn.clone();
+        within(self.timeout, cmd.query_async(&mut conn)).await
+    }
 }
 
 /// Sends merged writes as one call of the apply script.
@@ -120,7 +140,7 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<Vec<i64>> = within(limit, invoke(&mut conn, &inv)).await?;
+        let raw: Vec<redis::Value> = within(limit, invoke(&mut conn, &inv)).await?;
         if raw.len() != jobs.len() {
             return Err(Error::Internal(format!(
                 "apply function returned {} writes for {}",
@@ -135,30 +155,42 @@ impl writer::Sender for ApplySender {
     }
 }
 
-/// One write's results from the apply function's flat list: per operation
-/// its status, then nine metrics if the write asked for them; `None` for
-/// a stale sequenced write (`[-1]`).
-fn write_results(job: &writer::Job, raw: &[i64]) -> Result<Option<Vec<OpResult>>> {
-    if job.sequence > 0 && raw == [-1] {
-        return Ok(None);
-    }
-    let width = if job.include_metrics { 10 } else { 1 };
-    if raw.len() != job.ops.len() * width {
+/// Bytes of an operation's result in the apply function's reply: a status
+/// byte, then (when asked for) the channel's counters as stored.
+const OP_RESULT_LEN: usize = 1 + PACKED_METRICS_LEN;
+
+/// One write's results from the apply function's reply (`lua/apply.lua`):
+/// a string of one status byte per operation, each followed by the
+/// channel's packed counters when the write asked for them; or -1 when the
+/// write's sequence was stale (nothing applied: `None`).
+fn write_results(job: &writer::Job, raw: &redis::Value) -> Result<Option<Vec<OpResult>>> {
+    let bytes = match raw {
+        redis::Value::Int(-1) if job.sequence > 0 => return Ok(None),
+        redis::Value::BulkString(b) => b.as_slice(),
+        other => {
+            return Err(Error::Internal(format!(
+                "apply function returned {other:?} for a write"
+            )))
+        }
+    };
+    let width = if job.include_metrics { OP_RESULT_LEN } else { 1 };
+    if bytes.len() != job.ops.len() * width {
         return Err(Error::Internal(format!(
-            "apply function returned {} values for {} operations",
-            raw.len(),
+            "apply function returned {} bytes for {} operations",
+            bytes.len(),
             job.ops.len()
         )));
     }
     Ok(Some(
-        raw.chunks_exact(width)
+        bytes
+            .chunks_exact(width)
             .map(|r| OpResult {
                 status: match r[0] {
                     2 => OpStatus::NotPresenceAttached,
                     3 => OpStatus::TooManyChannels,
                     _ => OpStatus::Ok,
                 },
-                metrics: job.include_metrics.then(|| metrics_from(&r[1..])),
+                metrics: job.include_metrics.then(|| parse_metrics(&r[1..])),
             })
             .collect(),
     ))
@@ -223,6 +255,7 @@ impl RedisStore {
             conn,
             cfg,
             writes: Arc::default(),
+            reads: Arc::default(),
         })
     }
 
@@ -358,12 +391,28 @@ impl Store for RedisStore {
         if channels.is_empty() {
             return Ok(Vec::new());
         }
-        let mut cmd = redis::cmd("MGET");
-        for ch in channels {
-            cmd.arg(keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()));
-        }
-        let mut conn = self.conn.clone();
-        let raw: Vec<Option<Vec<u8>>> = self.bounded(cmd.query_async(&mut conn)).await?;
+        let fetch = || MgetFetch {
+            conn: self.conn.clone(),
+            timeout: self.cfg.timeout,
+        };
+        let keys: Vec<String> = channels
+            .iter()
+            .map(|ch| keys::channel_metrics(&self.cfg.key_prefix, ch.as_str()))
+            .collect();
+        let raw = if keys.len() >= reads::MERGE_BELOW {
+            // a large read pays for its own command: merging would only
+            // make it wait for a slot
+            reads::Fetch::mget(&fetch(), keys).await?
+        } else {
+            let queue = self.reads.get_or_init(|| reads::start(fetch()));
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            queue
+                .send(reads::Read { keys, reply })
+                .map_err(|_| Error::Internal("read queue closed".into()))?;
+            answer
+                .await
+                .map_err(|_| Error::Internal("read queue dropped a read".into()))??
+        };
         if raw.len() != channels.len() {
             return Err(Error::Internal(format!(
                 "MGET returned {} values for {} keys",
@@ -537,26 +586,36 @@ mod tests {
     }
 
     #[test]
-    fn apply_results_are_read_from_flat_lists() {
+    fn apply_results_are_read_from_one_string_per_write() {
+        use redis::Value;
         let (mut job, _rx) = writer::tests::job(2);
         // statuses only
-        let r = write_results(&job, &[1, 3]).unwrap().unwrap();
+        let r = write_results(&job, &Value::BulkString(vec![1, 3])).unwrap().unwrap();
         assert_eq!(
             r.iter().map(|x| x.status).collect::<Vec<_>>(),
             [OpStatus::Ok, OpStatus::TooManyChannels]
         );
         assert!(r.iter().all(|x| x.metrics.is_none()));
-        // statuses each followed by nine metrics
+        // statuses each followed by the nine counters as stored
         job.include_metrics = true;
-        let flat = [2, 1, 0, 0, 0, 0, 0, 0, 0, 7, 1, 2, 0, 0, 0, 0, 0, 0, 0, 0];
-        let r = write_results(&job, &flat).unwrap().unwrap();
+        let mut packed = vec![2u8];
+        packed.extend([1u32, 0, 0, 0, 0, 0, 0, 0, 7].iter().flat_map(|v| v.to_le_bytes()));
+        packed.push(1);
+        packed.extend([2u32, 0, 0, 0, 0, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
+        let r = write_results(&job, &Value::BulkString(packed.clone()))
+            .unwrap()
+            .unwrap();
         assert_eq!(r[0].status, OpStatus::NotPresenceAttached);
         assert_eq!(r[0].metrics, Some(Metrics::from_array([1, 0, 0, 0, 0, 0, 0, 0, 7])));
+        assert_eq!(r[1].status, OpStatus::Ok);
         assert_eq!(r[1].metrics, Some(Metrics::from_array([2, 0, 0, 0, 0, 0, 0, 0, 0])));
         // a length that does not fit is an error, not a guess
-        assert!(write_results(&job, &[1, 1]).is_err());
-        // a stale sequenced write
+        assert!(write_results(&job, &Value::BulkString(packed[..40].to_vec())).is_err());
+        assert!(write_results(&job, &Value::BulkString(vec![1, 1])).is_err());
+        // -1 only means stale for a sequenced write
+        assert!(write_results(&job, &Value::Int(-1)).is_err());
         job.sequence = 9;
-        assert!(write_results(&job, &[-1]).unwrap().is_none());
+        assert!(write_results(&job, &Value::Int(-1)).unwrap().is_none());
+        assert!(write_results(&job, &Value::Nil).is_err());
     }
 }

@@ -29,7 +29,7 @@
 -- body cannot take them when it loads (only the registration API is
 -- visible then), so begin() fills them on the first call.
 local sfind, ssub, smatch, sgmatch, sformat, sbyte, spack, sunpack
-local tonum, unpk, band, bxor, mfloor, mmin, mmax, rcall
+local tonum, unpk, band, bxor, mfloor, mmin, mmax, rcall, tconcat
 
 -- per call: the common arguments, the keys named after the prefix, and the
 -- Redis clock in ms (for functions that read it)
@@ -71,6 +71,17 @@ local function str(n)
     v = sformat('%d', n)
     if n >= 0 and n <= MEMO_MAX then NUMSTR[n] = v end
   end
+  return v
+end
+
+-- The other way: tonumber() parses with glibc strtod, twice (Lua 5.1
+-- checks, then converts), about 1,000 instructions; short numerals (counts,
+-- sequence numbers below 10,000, flags) are parsed once and kept. Hot paths
+-- write `STRNUM[s] or num(s)`.
+local STRNUM = {}
+local function num(s)
+  local v = tonum(s)
+  if v and #s <= 4 then STRNUM[s] = v end
   return v
 end
 
@@ -151,6 +162,11 @@ end
 -- tonumber calls (glibc strtod) and a gmatch, about a fifth of an Apply
 -- operation's instructions.
 local PACK = '<I4I4I4I4I4I4I4I4I4'
+-- an operation's result in apply's reply: its status byte, then its
+-- channel's counters as PACK
+local OP_PACK = '<BI4I4I4I4I4I4I4I4I4'
+-- an operation's status byte in apply's reply, when it carries no counters
+local STATUS_BYTE = { '\1', '\2', '\3' }
 local function parse_metrics(v)
   if v and #v == 36 then
     local m = { sunpack(PACK, v) }
@@ -460,7 +476,7 @@ local function load_conns(tok, conns, count)
     else
       local o, n, lines = smatch(r, '^([^\t]*)\t(%d+)(.*)$')
       if o == tok then
-        R[conn] = { lines, tonum(n), false, true, conn }
+        R[conn] = { lines, STRNUM[n] or num(n), false, true, conn }
       else
         rcall('SREM', k_tokconns(o), conn)
         local c = { false, 0, false, false, conn }
@@ -642,6 +658,7 @@ local function begin(argv, clock)
     sformat, sbyte, spack, sunpack = string.format, string.byte, struct.pack, struct.unpack
     tonum, unpk, band, bxor = tonumber, unpack, bit.band, bit.bxor
     mfloor, mmin, mmax, rcall = math.floor, math.min, math.max, redis.call
+    tconcat = table.concat
   end
   P = argv[1]
   NSHARDS = tonum(argv[2])

@@ -1,0 +1,102 @@
+//! Merging concurrent requests into few Redis calls, for writes
+//! (`writer.rs`) and reads (`reads.rs`).
+//!
+//! One task per queue takes the requests waiting and hands them to `call`
+//! as one group. With no call in flight a request leaves at once (no timer,
+//! no added latency). While calls are in flight, requests queue, and
+//! another call leaves only once [`Policy::min_size`] units (operations,
+//! keys) wait, with at most [`Policy::in_flight`] calls outstanding; a call
+//! carries at most [`Policy::max_size`] units (a larger request goes
+//! alone). A request is carried out once queued, even if its caller goes
+//! away meanwhile.
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, Notify, Semaphore};
+
+/// When a group leaves.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Policy {
+    /// Calls outstanding at once.
+    pub in_flight: usize,
+    /// Units that must wait before a call leaves while another is in flight.
+    pub min_size: usize,
+    /// Units in one call at most.
+    pub max_size: usize,
+}
+
+/// Starts the queue's task: `size` tells a request's units, `call` carries
+/// out one group (in queue order) and answers each of its requests. The
+/// task ends when every sender of the returned queue is dropped.
+pub(super) fn start<J, F, Fut>(policy: Policy, size: fn(&J) -> usize, call: F) -> mpsc::UnboundedSender<J>
+where
+    J: Send + 'static,
+    F: Fn(Vec<J>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(run(policy, size, call, rx));
+    tx
+}
+
+async fn run<J, F, Fut>(policy: Policy, size: fn(&J) -> usize, call: F, mut rx: mpsc::UnboundedReceiver<J>)
+where
+    J: Send + 'static,
+    F: Fn(Vec<J>) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let slots = Arc::new(Semaphore::new(policy.in_flight));
+    // a call ended: the loop may send what waits
+    let ended = Arc::new(Notify::new());
+    let mut queue: VecDeque<J> = VecDeque::new();
+    let mut queued = 0usize;
+    let mut open = true;
+    loop {
+        while let Ok(j) = rx.try_recv() {
+            queued += size(&j);
+            queue.push_back(j);
+        }
+        let busy = policy.in_flight - slots.available_permits();
+        if queue.is_empty() {
+            if !open {
+                return;
+            }
+        } else if busy == 0 || (busy < policy.in_flight && queued >= policy.min_size) {
+            // only this task takes permits, and one is free
+            let Ok(permit) = slots.clone().try_acquire_owned() else {
+                continue;
+            };
+            let mut units = 0;
+            let mut group = Vec::new();
+            while let Some(j) = queue.front() {
+                let n = size(j);
+                if !group.is_empty() && units + n > policy.max_size {
+                    break;
+                }
+                units += n;
+                group.extend(queue.pop_front());
+            }
+            queued -= units;
+            let done = call(group);
+            let ended = ended.clone();
+            tokio::spawn(async move {
+                done.await;
+                drop(permit);
+                ended.notify_one();
+            });
+            continue;
+        }
+        tokio::select! {
+            () = ended.notified() => {}
+            j = rx.recv(), if open => match j {
+                Some(j) => {
+                    queued += size(&j);
+                    queue.push_back(j);
+                }
+                None => open = false,
+            },
+        }
+    }
+}

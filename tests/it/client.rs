@@ -5,9 +5,15 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
+use occupancy::domain::{
+    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+};
 use occupancy::proto::v1::Mode;
+use occupancy::store::{ChangeSink, History, ReapReport, Snapshot, Store, SyncOutcome};
+use occupancy::Result as OResult;
 use occupancy_client::proto::Mode as CMode;
 use occupancy_client::{Client, OccupancyData};
+use tokio_util::sync::CancellationToken;
 
 use crate::fixture::Fx;
 use crate::support::process::Proc;
@@ -177,4 +183,125 @@ async fn session_helper_keeps_its_lease_and_resyncs_after_data_loss() {
         (fx.get("hall").await[0] == 0).then_some(())
     })
     .await;
+}
+
+/// A store that holds every SyncSession at a gate until the test opens it,
+/// and records the order in which syncs and closes take effect.
+struct GatedSyncs {
+    inner: Arc<dyn Store>,
+    arrived: tokio::sync::Notify,
+    gate: tokio::sync::Semaphore,
+    log: Mutex<Vec<&'static str>>,
+    closes: tokio::sync::watch::Sender<usize>,
+}
+
+#[async_trait::async_trait]
+impl Store for GatedSyncs {
+    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> OResult<Vec<OpResult>> {
+        self.inner.apply(session, ops, include_metrics).await
+    }
+    async fn apply_sequenced(
+        &self,
+        session: &SessionId,
+        sequence: u64,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> OResult<Option<Vec<OpResult>>> {
+        self.inner
+            .apply_sequenced(session, sequence, ops, include_metrics)
+            .await
+    }
+    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
+        self.inner.keep_alive(session, ttl_ms).await
+    }
+    async fn close_session(&self, session: &SessionId) -> OResult<bool> {
+        let r = self.inner.close_session(session).await;
+        self.log.lock().unwrap().push("close");
+        self.closes.send_modify(|n| *n += 1);
+        r
+    }
+    async fn get(&self, channels: &[ChannelName]) -> OResult<Vec<Metrics>> {
+        self.inner.get(channels).await
+    }
+    async fn list(&self, query: &ListQuery) -> OResult<ListPage> {
+        self.inner.list(query).await
+    }
+    async fn session_state(&self, session: &SessionId) -> OResult<Vec<HeldAttachment>> {
+        self.inner.session_state(session).await
+    }
+    async fn sync_session(
+        &self,
+        session: &SessionId,
+        desired: &[HeldAttachment],
+        ttl_ms: Option<u64>,
+    ) -> OResult<SyncOutcome> {
+        self.arrived.notify_one();
+        self.gate.acquire().await.expect("gate").forget();
+        let r = self.inner.sync_session(session, desired, ttl_ms).await;
+        self.log.lock().unwrap().push("sync");
+        r
+    }
+    async fn reap(&self) -> OResult<ReapReport> {
+        self.inner.reap().await
+    }
+    fn shards(&self) -> u32 {
+        self.inner.shards()
+    }
+    async fn snapshot(&self, channels: &[ChannelName]) -> OResult<Snapshot> {
+        self.inner.snapshot(channels).await
+    }
+    async fn history(&self, shard: u32, after: Pos, limit: usize) -> OResult<History> {
+        self.inner.history(shard, after, limit).await
+    }
+    fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+        self.inner.feed(sink, cancel);
+    }
+    async fn ping(&self) -> OResult<()> {
+        self.inner.ping().await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closing_a_session_waits_for_a_resync_in_flight() {
+    let h = Harness::memory(Duration::from_secs(60));
+    let store = Arc::new(GatedSyncs {
+        inner: h.store(),
+        arrived: tokio::sync::Notify::new(),
+        gate: tokio::sync::Semaphore::new(0),
+        log: Mutex::new(Vec::new()),
+        closes: tokio::sync::watch::channel(0).0,
+    });
+    let s = crate::support::TestServer::start(h.config(), store.clone()).await;
+    let fx = Fx::new(&s).await;
+    let client = Client::new(s.url()).unwrap();
+    let session = client.session("front-1", Duration::from_secs(1)).await.unwrap();
+    session.attach("c1", "lobby", &[CMode::Subscribe]);
+    session.flush().await.unwrap();
+    assert_eq!(fx.get("lobby").await[0], 1);
+    // the service forgets the session; the helper's next KeepAlive (within
+    // a third of its 1 s TTL) finds it unknown and starts re-sending
+    assert!(fx.close("front-1").await);
+    tokio::time::timeout(Duration::from_secs(5), store.arrived.notified())
+        .await
+        .expect("a re-sync within 5 s");
+    store.log.lock().unwrap().clear();
+    let mut closes = store.closes.subscribe();
+    let before = *closes.borrow_and_update();
+    // close while that re-sync is held: CloseSession must not overtake it
+    let closing = tokio::spawn(session.close());
+    let overtook = tokio::time::timeout(Duration::from_millis(500), closes.wait_for(|n| *n > before))
+        .await
+        .is_ok();
+    store.gate.add_permits(1);
+    tokio::time::timeout(Duration::from_secs(10), closing)
+        .await
+        .expect("close returns")
+        .unwrap()
+        .unwrap();
+    assert!(
+        !overtook,
+        "CloseSession reached the service while a re-sync was in flight"
+    );
+    assert_eq!(*store.log.lock().unwrap(), ["sync", "close"]);
+    assert_eq!(fx.get("lobby").await, [0; 9], "closing removed everything");
 }

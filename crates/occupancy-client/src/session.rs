@@ -204,7 +204,7 @@ impl Session {
         self.inner.cancel.cancel();
         lock(&self.inner.queue).clear();
         lock(&self.inner.holdings).clear();
-        close_session(&self.inner.client, &self.inner.id).await
+        self.inner.close().await
     }
 }
 
@@ -216,30 +216,37 @@ impl Drop for Session {
         self.inner.cancel.cancel();
         // best effort: close the lease rather than leave it to expire
         if let Ok(handle) = tokio::runtime::Handle::try_current() {
-            let client = self.inner.client.clone();
-            let id = self.inner.id.clone();
+            let inner = self.inner.clone();
             handle.spawn(async move {
-                let _ = close_session(&client, &id).await;
+                if let Err(e) = inner.close().await {
+                    tracing::warn!(session = %inner.id, cause = %e, "closing a dropped session failed; its lease will expire");
+                }
             });
         }
     }
 }
 
-async fn close_session(client: &Client, id: &str) -> Result<(), Error> {
-    client
-        .call(|ch| {
-            let id = id.to_string();
-            async move {
-                ConnectionServiceClient::new(ch)
-                    .close_session(proto::CloseSessionRequest { session_id: id })
-                    .await?;
-                Ok(())
-            }
-        })
-        .await
-}
-
 impl Inner {
+    /// Closes the lease once no write or re-sync is in flight. Called after
+    /// `cancel`, so none starts afterwards: a re-sync already under way when
+    /// the session was closed would otherwise land after CloseSession and
+    /// bring the whole state back under a lease nobody renews.
+    async fn close(&self) -> Result<(), Error> {
+        let _sending = self.sending.lock().await;
+        let id = self.id.clone();
+        self.client
+            .call(|ch| {
+                let id = id.clone();
+                async move {
+                    ConnectionServiceClient::new(ch)
+                        .close_session(proto::CloseSessionRequest { session_id: id })
+                        .await?;
+                    Ok(())
+                }
+            })
+            .await
+    }
+
     /// Batch sequences from the clock in microseconds, strictly
     /// increasing, so a restarted front end reusing its session id starts
     /// above its earlier batches.
@@ -292,6 +299,10 @@ impl Inner {
 
     async fn flush(&self) -> Result<(), Error> {
         let _sending = self.sending.lock().await;
+        if self.cancel.is_cancelled() {
+            // closed: CloseSession removes everything, queued writes too
+            return Ok(());
+        }
         let ops = std::mem::take(&mut *lock(&self.queue));
         for chunk in ops.chunks(MAX_BATCH) {
             // one sequence per batch, kept across retries: a retry of a
@@ -321,6 +332,10 @@ impl Inner {
 
     async fn sync(&self) -> Result<(), Error> {
         let _sending = self.sending.lock().await;
+        if self.cancel.is_cancelled() {
+            // closed: re-sending would bring back what CloseSession removed
+            return Ok(());
+        }
         // the held state already includes every queued write
         lock(&self.queue).clear();
         let attachments: Vec<proto::SessionAttachment> = lock(&self.holdings)

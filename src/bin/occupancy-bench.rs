@@ -52,6 +52,46 @@ struct Load {
     /// How long to measure.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     duration: Duration,
+    /// NAME=PID of a process whose CPU time per operation over the
+    /// measured window the result line reports (`cpu_us_NAME=`), with the
+    /// load generator's own (`cpu_us_gen=`); repeatable.
+    #[arg(long = "cpu-of", value_parser = parse_cpu_of)]
+    cpu_of: Vec<(String, u32)>,
+}
+
+fn parse_cpu_of(s: &str) -> Result<(String, u32), String> {
+    let (name, pid) = s.split_once('=').ok_or("expected NAME=PID")?;
+    let pid = pid.parse().map_err(|e| format!("bad pid {pid}: {e}"))?;
+    Ok((name.to_string(), pid))
+}
+
+/// CPU time (user and system, all threads) of a process so far, from
+/// `/proc/PID/stat`; `None` reads this process.
+fn cpu_time(pid: Option<u32>) -> anyhow::Result<Duration> {
+    let path = pid.map_or_else(|| "/proc/self/stat".to_string(), |p| format!("/proc/{p}/stat"));
+    let stat = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // the command name (field 2) may hold spaces: count from its ')'
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime, fields 14 and 15, in USER_HZ ticks (100 per second
+    // in the Linux ABI)
+    let mut ticks = 0u64;
+    for f in fields.get(11..13).context("short stat")? {
+        ticks += f
+            .parse::<u64>()
+            .with_context(|| format!("bad tick count {f} in {path}"))?;
+    }
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+/// CPU time of each watched process, and of this one as `gen`.
+fn cpu_snapshot(watch: &[(String, u32)]) -> anyhow::Result<Vec<(String, Duration)>> {
+    let mut out = Vec::with_capacity(watch.len() + 1);
+    for (name, pid) in watch {
+        out.push((name.clone(), cpu_time(Some(*pid))?));
+    }
+    out.push(("gen".to_string(), cpu_time(None)?));
+    Ok(out)
 }
 
 #[derive(Subcommand)]
@@ -461,6 +501,8 @@ struct Stats {
     ops: u64,
     elapsed: Duration,
     latencies_ms: Vec<f64>,
+    /// CPU time of each watched process over the measured window.
+    cpu: Vec<(String, Duration)>,
 }
 
 impl Stats {
@@ -491,6 +533,12 @@ where
     Fut: std::future::Future<Output = anyhow::Result<u64>> + Send,
 {
     let conns = channels(&load.url, load.in_flight).await?;
+    let watching = !load.cpu_of.is_empty();
+    let cpu_before = if watching {
+        cpu_snapshot(&load.cpu_of)?
+    } else {
+        Vec::new()
+    };
     let start = Instant::now();
     let deadline = start + load.duration;
     let mut workers = Vec::new();
@@ -514,6 +562,7 @@ where
         ops: 0,
         elapsed: Duration::ZERO,
         latencies_ms: Vec::new(),
+        cpu: Vec::new(),
     };
     for w in workers {
         let (ops, lat) = w.await??;
@@ -521,13 +570,26 @@ where
         stats.latencies_ms.extend(lat);
     }
     stats.elapsed = start.elapsed();
+    if watching {
+        let after = cpu_snapshot(&load.cpu_of)?;
+        stats.cpu = after
+            .into_iter()
+            .zip(cpu_before)
+            .map(|((name, a), (_, b))| (name, a.saturating_sub(b)))
+            .collect();
+    }
     Ok(stats)
 }
 
 fn result(scenario: &str, stats: &mut Stats, extra: &str) {
     let rate = stats.rate();
     let (p50, p99) = (stats.p(0.5), stats.p(0.99));
-    println!("RESULT scenario={scenario} rate={rate:.0} p50_ms={p50:.3} p99_ms={p99:.3}{extra}");
+    let mut cpu = String::new();
+    for (name, t) in &stats.cpu {
+        let per_op = t.as_secs_f64() * 1e6 / stats.ops.max(1) as f64;
+        cpu.push_str(&format!(" cpu_us_{name}={per_op:.1}"));
+    }
+    println!("RESULT scenario={scenario} rate={rate:.0} p50_ms={p50:.3} p99_ms={p99:.3}{extra}{cpu}");
 }
 
 /// A cheap deterministic mix for picking names.

@@ -258,3 +258,115 @@ async fn the_function_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(fx.list_all("li", 10).await, ["lib"]);
     assert_eq!(libraries(&mut c).len(), 1);
 }
+
+/// Redis' count of calls of one command, from INFO commandstats.
+fn command_calls(c: &mut ::redis::Connection, name: &str) -> u64 {
+    let info: String = ::redis::cmd("INFO").arg("commandstats").query(c).unwrap();
+    let prefix = format!("cmdstat_{name}:calls=");
+    info.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|rest| rest.split(',').next())
+        .map_or(0, |n| n.parse().unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_that_find_the_library_missing_load_it_once() {
+    use occupancy::domain::list::{ListOrder, ListQuery};
+    use occupancy::domain::SessionId;
+    let h = Harness::redis(Duration::from_secs(15));
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    // a store that never ran a health check: its first calls find no
+    // library in this fresh Redis, all at once
+    let store = h.store();
+    let query = ListQuery::new(String::new(), 10, "", ListOrder::Name, false).unwrap();
+    let calls = (0..24).map(|i| {
+        let store = store.clone();
+        let query = query.clone();
+        async move {
+            if i % 2 == 0 {
+                store.list(&query).await.map(|_| ())
+            } else {
+                let session = SessionId::parse("session_id", format!("s{i}")).unwrap();
+                store.keep_alive(&session, None).await.map(|_| ())
+            }
+        }
+    });
+    for r in futures::future::join_all(calls).await {
+        r.expect("every call succeeds once the library is loaded");
+    }
+    assert_eq!(
+        command_calls(&mut c, "function|load"),
+        1,
+        "one FUNCTION LOAD for all of them"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_loads_the_library() {
+    let h = Harness::redis(Duration::from_secs(15));
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let libraries = |c: &mut ::redis::Connection| -> usize {
+        let listed: Vec<::redis::Value> = ::redis::cmd("FUNCTION").arg("LIST").query(c).unwrap();
+        listed.len()
+    };
+    let store = h.store();
+    assert_eq!(libraries(&mut c), 0);
+    store.ping().await.unwrap();
+    assert_eq!(libraries(&mut c), 1, "loaded by the first check");
+    store.ping().await.unwrap();
+    assert_eq!(
+        command_calls(&mut c, "function|load"),
+        1,
+        "not loaded again while Redis has it"
+    );
+    let _: () = ::redis::cmd("FUNCTION").arg("FLUSH").query(&mut c).unwrap();
+    store.ping().await.unwrap();
+    assert_eq!(libraries(&mut c), 1, "back after Redis lost it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_without_function_commands_is_healthy_once_an_administrator_loaded_the_library() {
+    let h = Harness::redis(Duration::from_secs(15));
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let _: () = ::redis::cmd("ACL")
+        .arg("SETUSER")
+        .arg("limited")
+        .arg("on")
+        .arg("nopass")
+        .arg("~*")
+        .arg("+@all")
+        .arg("-function")
+        .query(&mut c)
+        .unwrap();
+    // the administrator's part: a store of the default user loads it
+    h.store().ping().await.unwrap();
+    let mut cfg = h.redis_config().unwrap();
+    cfg.url = cfg.url.replacen("redis://", "redis://limited:any@", 1);
+    let limited = RedisStore::new(cfg).unwrap();
+    occupancy::store::Store::ping(&limited)
+        .await
+        .expect("healthy without FUNCTION rights");
+    let page = occupancy::store::Store::list(
+        &limited,
+        &occupancy::domain::list::ListQuery::new(
+            String::new(),
+            10,
+            "",
+            occupancy::domain::list::ListOrder::Name,
+            false,
+        )
+        .unwrap(),
+    )
+    .await
+    .expect("and its calls work");
+    assert!(page.channels.is_empty(), "{page:?}");
+}

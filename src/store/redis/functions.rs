@@ -12,11 +12,16 @@
 //! a quarter of a one-operation write. A library pays that once, at load.
 //!
 //! The library's name carries a hash of its code, so replicas of different
-//! versions sharing one Redis each call their own functions. A call that
-//! finds its function missing (a Redis that restarted empty, a `FUNCTION
-//! FLUSH`, a failover to a replica that never got it) loads the library and
-//! retries once. Old versions' libraries stay until deleted with `FUNCTION
-//! DELETE`; they hold only code.
+//! versions sharing one Redis each call their own functions. A replica
+//! loads it with its first health check ([`ensure_loaded`]), before it
+//! reports SERVING. A call that finds its function missing anyway (a Redis
+//! that restarted empty, a `FUNCTION FLUSH`, a failover to a replica that
+//! never got it) loads the library and retries once; the calls that found
+//! it missing at the same time wait for that one load instead of each
+//! sending their own (a replica starting under load sent one `FUNCTION
+//! LOAD` per call in flight, all but one failing, each counted in Redis'
+//! error statistics). Old versions' libraries stay until deleted with
+//! `FUNCTION DELETE`; they hold only code.
 
 use std::sync::LazyLock;
 
@@ -113,13 +118,50 @@ pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     cmd
 }
 
+/// Held while a call that found its function missing loads the library,
+/// so the others retry after that load rather than load it again. One for
+/// the process: a load takes a millisecond, and only calls that failed
+/// ever wait for it.
+static LOADING: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 /// Runs a [`call`], loading the library first if Redis does not have it.
 pub(crate) async fn invoke<T: FromRedisValue>(conn: &mut impl ConnectionLike, cmd: &Cmd) -> RedisResult<T> {
     match cmd.query_async(conn).await {
         Err(e) if missing(&e) => {
-            load(conn).await?;
-            cmd.query_async(conn).await
+            let _one_load = LOADING.lock().await;
+            // another call may have loaded it meanwhile; a call whose
+            // function was missing changed nothing, so trying it again is
+            // safe
+            match cmd.query_async(conn).await {
+                Err(e) if missing(&e) => {
+                    load(conn).await?;
+                    cmd.query_async(conn).await
+                }
+                r => r,
+            }
         }
+        r => r,
+    }
+}
+
+/// Loads the library unless Redis already has this version of it. A user
+/// whose ACL forbids `FUNCTION` commands is not an error here: an
+/// administrator loads the library for it (README), and a call that finds
+/// it missing says so.
+pub(crate) async fn ensure_loaded(conn: &mut impl ConnectionLike) -> RedisResult<()> {
+    let listed: RedisResult<Vec<redis::Value>> = redis::cmd("FUNCTION")
+        .arg("LIST")
+        .arg("LIBRARYNAME")
+        .arg(&LIBRARY.name)
+        .query_async(conn)
+        .await;
+    let r = match listed {
+        Ok(listed) if listed.is_empty() => load(conn).await,
+        Ok(_) => Ok(()),
+        Err(e) => Err(e),
+    };
+    match r {
+        Err(e) if e.kind() == redis::ErrorKind::Server(redis::ServerErrorKind::NoPerm) => Ok(()),
         r => r,
     }
 }

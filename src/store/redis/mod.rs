@@ -560,14 +560,16 @@ impl Store for RedisStore {
         }
     }
 
+    /// Also makes sure Redis holds this version's function library, so a
+    /// replica has it before it reports SERVING, and gets it back within a
+    /// health interval when Redis lost it.
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
-        if pong == "PONG" {
-            Ok(())
-        } else {
-            Err(Error::Internal(format!("unexpected PING reply {pong}")))
+        if pong != "PONG" {
+            return Err(Error::Internal(format!("unexpected PING reply {pong}")));
         }
+        self.bounded(functions::ensure_loaded(&mut conn)).await
     }
 }
 

@@ -213,12 +213,12 @@ async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Dura
     let mut serving = None;
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
-        let ok = store.ping().await.is_ok();
+        let checked = store.ping().await;
+        let ok = checked.is_ok();
         if serving != Some(ok) {
-            if ok {
-                info!("store reachable: SERVING");
-            } else {
-                warn!("store unreachable: NOT_SERVING");
+            match checked {
+                Ok(()) => info!("store ready: SERVING"),
+                Err(e) => warn!(cause = %e, "store not ready: NOT_SERVING"),
             }
             set_serving(&health, ok).await;
             serving = Some(ok);

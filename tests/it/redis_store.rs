@@ -370,3 +370,39 @@ async fn a_user_without_function_commands_is_healthy_once_an_administrator_loade
     .expect("and its calls work");
     assert!(page.channels.is_empty(), "{page:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replicas_with_different_event_shard_counts_are_not_both_healthy() {
+    use occupancy::store::Store;
+    let h = Harness::redis(Duration::from_secs(15));
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let mut c = redis.connection();
+    let with_shards = |n: u32| {
+        let mut cfg = h.redis_config().unwrap();
+        cfg.event_shards = n;
+        RedisStore::new(cfg).unwrap()
+    };
+    let (eight, also_eight, four) = (with_shards(8), with_shards(8), with_shards(4));
+    eight.ping().await.expect("the first replica records its count");
+    also_eight.ping().await.expect("a replica with the same count");
+    let e = four.ping().await.expect_err("a replica with another count");
+    let text = e.to_string();
+    assert!(
+        text.contains("--event-shards") && text.contains('8') && text.contains('4'),
+        "{text}"
+    );
+    // the record expires unless a matching replica keeps it
+    let key = keys::event_shards(&h.redis_config().unwrap().key_prefix);
+    let ttl: i64 = ::redis::cmd("PTTL").arg(&key).query(&mut c).unwrap();
+    assert!(
+        ttl > 0 && ttl <= occupancy::store::redis::EVENT_SHARDS_RECORD.as_millis() as i64,
+        "{ttl}"
+    );
+    // once the old replicas are gone and their record expired, the new
+    // count takes over
+    let _: () = ::redis::cmd("DEL").arg(&key).query(&mut c).unwrap();
+    four.ping().await.expect("the new count is recorded");
+    assert!(eight.ping().await.is_err(), "and an old replica is refused in turn");
+}

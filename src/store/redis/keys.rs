@@ -19,6 +19,7 @@
 //! | `P:tokseq` | string | token counter |
 //! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
+//! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
 //!
 //! A connection costs one field in `P:conns` and one member of its token's
 //! set, no key of its own: that keeps Redis' memory per attachment low and
@@ -101,6 +102,11 @@ pub fn leases(prefix: &str) -> String {
 /// The event stream of one shard.
 pub fn events(prefix: &str, shard: u32) -> String {
     format!("{prefix}:{{ev:{shard}}}")
+}
+
+/// The number of event shards the replicas sharing this Redis use.
+pub fn event_shards(prefix: &str) -> String {
+    format!("{prefix}:event-shards")
 }
 
 pub use crate::domain::events::shard_of;

@@ -281,6 +281,49 @@ impl RedisStore {
         self.cfg.default_ttl.as_millis() as u64
     }
 
+    /// Fails when another replica sharing this Redis writes its events
+    /// to a different number of shards.
+    ///
+    /// A write appends its events to the shards of its own configuration
+    /// and a replica reads those of its own, so replicas that disagree
+    /// lose each other's events, silently. The first health check records
+    /// the count (`keys::event_shards`), each matching one keeps the record
+    /// alive, and a replica with another count reports NOT_SERVING with
+    /// this error until the record expires, [`EVENT_SHARDS_RECORD`] after
+    /// the last replica of the old count stopped.
+    async fn check_event_shards(&self, conn: &mut ConnectionManager) -> Result<()> {
+        let key = keys::event_shards(&self.cfg.key_prefix);
+        let ttl = EVENT_SHARDS_RECORD.as_millis() as u64;
+        let mine = self.cfg.event_shards;
+        let recorded: Option<u32> = self
+            .bounded(
+                redis::cmd("SET")
+                    .arg(&key)
+                    .arg(mine)
+                    .arg("NX")
+                    .arg("GET")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(conn),
+            )
+            .await?;
+        match recorded {
+            None => Ok(()),
+            Some(n) if n == mine => {
+                let _kept: bool = self
+                    .bounded(redis::cmd("PEXPIRE").arg(&key).arg(ttl).query_async(conn))
+                    .await?;
+                Ok(())
+            }
+            Some(n) => Err(Error::FailedPrecondition(format!(
+                "this replica writes and reads {mine} event shards, but another replica sharing this Redis uses {n}: \
+                 every replica must use the same --event-shards (the record `{key}` expires {}s after the last \
+                 replica using {n} stopped)",
+                EVENT_SHARDS_RECORD.as_secs()
+            ))),
+        }
+    }
+
     async fn reap_with(&self, only_token: &str) -> Result<ReapReport> {
         let mut inv = self.call(Function::Reap);
         inv.arg(REAP_BUDGET).arg(only_token);
@@ -293,6 +336,10 @@ impl RedisStore {
         })
     }
 }
+
+/// How long the event shard count recorded in Redis outlives the last
+/// health check that kept it (see `RedisStore::check_event_shards`).
+pub const EVENT_SHARDS_RECORD: Duration = Duration::from_secs(30);
 
 /// Bytes of a channel's counters as stored (`keys::channel_metrics`).
 pub(crate) const PACKED_METRICS_LEN: usize = 36;
@@ -562,14 +609,17 @@ impl Store for RedisStore {
 
     /// Also makes sure Redis holds this version's function library, so a
     /// replica has it before it reports SERVING, and gets it back within a
-    /// health interval when Redis lost it.
+    /// health interval when Redis lost it; and that every replica sharing
+    /// this Redis uses the same number of event shards
+    /// (`RedisStore::check_event_shards`).
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
         if pong != "PONG" {
             return Err(Error::Internal(format!("unexpected PING reply {pong}")));
         }
-        self.bounded(functions::ensure_loaded(&mut conn)).await
+        self.bounded(functions::ensure_loaded(&mut conn)).await?;
+        self.check_event_shards(&mut conn).await
     }
 }
 

@@ -259,6 +259,16 @@ async fn the_function_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(libraries(&mut c).len(), 1);
 }
 
+/// A harness on a fresh Redis of its own, and a connection to that Redis.
+fn fresh_redis() -> (Harness, ::redis::Connection) {
+    let h = Harness::redis(Duration::from_secs(15));
+    let crate::support::Backend::Redis(redis) = &h.backend else {
+        unreachable!()
+    };
+    let c = redis.connection();
+    (h, c)
+}
+
 /// Redis' count of calls of one command, from INFO commandstats.
 fn command_calls(c: &mut ::redis::Connection, name: &str) -> u64 {
     let info: String = ::redis::cmd("INFO").arg("commandstats").query(c).unwrap();
@@ -273,11 +283,7 @@ fn command_calls(c: &mut ::redis::Connection, name: &str) -> u64 {
 async fn calls_that_find_the_library_missing_load_it_once() {
     use occupancy::domain::list::{ListOrder, ListQuery};
     use occupancy::domain::SessionId;
-    let h = Harness::redis(Duration::from_secs(15));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
-    let mut c = redis.connection();
+    let (h, mut c) = fresh_redis();
     // a store that never ran a health check: its first calls find no
     // library in this fresh Redis, all at once
     let store = h.store();
@@ -306,11 +312,7 @@ async fn calls_that_find_the_library_missing_load_it_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_health_check_loads_the_library() {
-    let h = Harness::redis(Duration::from_secs(15));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
-    let mut c = redis.connection();
+    let (h, mut c) = fresh_redis();
     let libraries = |c: &mut ::redis::Connection| -> usize {
         let listed: Vec<::redis::Value> = ::redis::cmd("FUNCTION").arg("LIST").query(c).unwrap();
         listed.len()
@@ -332,11 +334,7 @@ async fn the_health_check_loads_the_library() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_user_without_function_commands_is_healthy_once_an_administrator_loaded_the_library() {
-    let h = Harness::redis(Duration::from_secs(15));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
-    let mut c = redis.connection();
+    let (h, mut c) = fresh_redis();
     let _: () = ::redis::cmd("ACL")
         .arg("SETUSER")
         .arg("limited")
@@ -374,11 +372,7 @@ async fn a_user_without_function_commands_is_healthy_once_an_administrator_loade
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replicas_with_different_event_shard_counts_are_not_both_healthy() {
     use occupancy::store::Store;
-    let h = Harness::redis(Duration::from_secs(15));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
-    let mut c = redis.connection();
+    let (h, mut c) = fresh_redis();
     let with_shards = |n: u32| {
         let mut cfg = h.redis_config().unwrap();
         cfg.event_shards = n;

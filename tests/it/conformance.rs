@@ -31,6 +31,7 @@ both_stores!(
     writes_are_idempotent,
     reattach_replaces_modes,
     presence_clients_count_distinct_clients,
+    members_are_told_apart_by_their_whole_id,
     enter_needs_presence_mode,
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,
@@ -145,6 +146,36 @@ async fn presence_clients_count_distinct_clients(h: Harness) {
     // detach removes the last member too
     let m = fx.detach("fe", "c2", "room").await;
     assert_eq!(m, [0; 9]);
+}
+
+/// Member ids that start alike ("bo", "bob", "bobby") on one connection,
+/// which is attached to a second channel whose members follow in the
+/// connection's record: each enter and leave finds exactly its own member.
+async fn members_are_told_apart_by_their_whole_id(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.keep_alive("fe", LONG_TTL_MS).await;
+    fx.attach("fe", "c1", "room", &[Mode::Presence]).await;
+    fx.attach("fe", "c1", "room2", &[Mode::Presence]).await;
+    fx.enter("fe", "c1", "room2", "zed").await;
+    fx.enter("fe", "c1", "room2", "bob").await;
+    for (id, members) in [("bobby", 1), ("bob", 2), ("b", 3), ("bob", 3), ("bo", 4), ("bobby", 4)] {
+        let m = fx.enter("fe", "c1", "room", id).await;
+        assert_eq!((m[4], m[8]), (members, members), "enter {id}");
+    }
+    // a member of the other channel is not one of this channel's
+    let m = fx.leave("fe", "c1", "room", "zed").await;
+    assert_eq!((m[4], m[8]), (4, 4), "leave zed");
+    for (id, members) in [("bob", 3), ("bob", 3), ("bobby", 2), ("bobby", 2), ("b", 1), ("bo", 0)] {
+        let m = fx.leave("fe", "c1", "room", id).await;
+        assert_eq!((m[4], m[8]), (members, members), "leave {id}");
+    }
+    assert_eq!(fx.get("room").await, [1, 0, 0, 1, 0, 0, 0, 0, 0]);
+    assert_eq!(fx.get("room2").await, [1, 0, 0, 1, 2, 0, 0, 0, 2]);
+    // the record still holds room2's members: detaching removes them
+    assert_eq!(fx.detach("fe", "c1", "room2").await, [0; 9]);
+    let m = fx.enter("fe", "c1", "room", "bob").await;
+    assert_eq!((m[4], m[8]), (1, 1));
 }
 
 async fn enter_needs_presence_mode(h: Harness) {

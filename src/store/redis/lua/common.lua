@@ -386,17 +386,6 @@ local function mode_info(s)
   return mi
 end
 
-local function has_member(members, client)
-  return sfind(members .. '\t', '\t' .. client .. '\t', 1, true) ~= nil
-end
-
-local function without_member(members, client)
-  local s = members .. '\t'
-  local k = '\t' .. client .. '\t'
-  local i = sfind(s, k, 1, true)
-  return ssub(s, 1, i - 1) .. ssub(s, i + #k - 1, #s - 1)
-end
-
 -- Removes one attachment's share of its channel's counters.
 local function drop_attachment(ch, modes, members)
   local m = metrics(ch)
@@ -578,7 +567,7 @@ local function op_detach(c, ch)
 end
 
 -- The line of CH in a connection's lines: start, end (exclusive), mode
--- bits, member part; nil when not attached.
+-- bits, and where its member part starts; nil when not attached.
 local function find_line(lines, ch)
   local key = '\n' .. ch .. '\t'
   local i = sfind(lines, key, 1, true)
@@ -586,31 +575,50 @@ local function find_line(lines, ch)
   local j = sfind(lines, '\n', i + 1, true) or (#lines + 1)
   local s = i + #key
   local modes = smatch(lines, '^%d+', s)
-  return i, j, modes, ssub(lines, s + #modes, j - 1)
+  return i, j, modes, s + #modes
+end
+
+-- The member CLIENT in a line's member part lines[ms, j) ('\tCLIENT' per
+-- member): the position of its tab, or nil. Searched in place: the part is
+-- not cut out, and a match cannot run past j (member ids hold no '\n').
+local function member_at(lines, ms, j, client)
+  local pat = '\t' .. client
+  local e0 = #pat
+  local p = ms
+  while p < j do
+    p = sfind(lines, pat, p, true)
+    if not p or p >= j then return nil end
+    local e = p + e0
+    -- the whole id, not the start of a longer one
+    if e == j or sbyte(lines, e) == 9 then return p end
+    p = p + 1
+  end
+  return nil
 end
 
 -- Returns 1 when applied (or already a member), 2 when the connection is
--- not attached to the channel with presence mode.
+-- not attached to the channel with presence mode. The member goes at the
+-- end of the line.
 local function op_enter(c, ch, client)
   local lines = c[LINES]
   if not lines then return 2 end
-  local i, j, modes, members = find_line(lines, ch)
+  local i, j, modes, ms = find_line(lines, ch)
   if not i or not mode_info(modes).presence then return 2 end
-  if has_member(members, client) then return 1 end
+  if member_at(lines, ms, j, client) then return 1 end
   member_new(ch, client)
-  local line = '\n' .. ch .. '\t' .. modes .. members .. '\t' .. client
-  rec_set(c, ssub(lines, 1, i - 1) .. line .. ssub(lines, j), c[COUNT])
+  rec_set(c, ssub(lines, 1, j - 1) .. '\t' .. client .. ssub(lines, j), c[COUNT])
   return 1
 end
 
 local function op_leave(c, ch, client)
   local lines = c[LINES]
   if not lines then return end
-  local i, j, modes, members = find_line(lines, ch)
-  if not i or not has_member(members, client) then return end
+  local i, j, _, ms = find_line(lines, ch)
+  if not i then return end
+  local p = member_at(lines, ms, j, client)
+  if not p then return end
   member_gone(ch, client)
-  local line = '\n' .. ch .. '\t' .. modes .. without_member(members, client)
-  rec_set(c, ssub(lines, 1, i - 1) .. line .. ssub(lines, j), c[COUNT])
+  rec_set(c, ssub(lines, 1, p - 1) .. ssub(lines, p + #client + 1), c[COUNT])
 end
 
 -- Removes connections of a retired token until about `budget` attachments

@@ -167,6 +167,8 @@ local PACK = '<I4I4I4I4I4I4I4I4I4'
 local OP_PACK = '<BI4I4I4I4I4I4I4I4I4'
 -- an operation's status byte in apply's reply, when it carries no counters
 local STATUS_BYTE = { '\1', '\2', '\3' }
+-- the results of a write of one operation (reused: only slot 1 is read)
+local OUT1 = { false }
 local function parse_metrics(v)
   if v and #v == 36 then
     local m = { sunpack(PACK, v) }

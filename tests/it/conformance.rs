@@ -32,6 +32,7 @@ both_stores!(
     reattach_replaces_modes,
     presence_clients_count_distinct_clients,
     members_are_told_apart_by_their_whole_id,
+    a_small_write_after_large_ones_changes_only_its_own,
     enter_needs_presence_mode,
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,
@@ -176,6 +177,45 @@ async fn members_are_told_apart_by_their_whole_id(h: Harness) {
     assert_eq!(fx.detach("fe", "c1", "room2").await, [0; 9]);
     let m = fx.enter("fe", "c1", "room", "bob").await;
     assert_eq!((m[4], m[8]), (1, 1));
+}
+
+/// Large writes followed by small ones: nothing of a larger earlier write
+/// is written again (the Redis functions reuse their argument lists from
+/// call to call, with entries of earlier calls past the current count).
+async fn a_small_write_after_large_ones_changes_only_its_own(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    fx.keep_alive("fe", LONG_TTL_MS).await;
+    fx.keep_alive("fe2", LONG_TTL_MS).await;
+    let chans: Vec<String> = (0..300).map(|i| format!("big-{i:03}")).collect();
+    // 300 channels, each with a member; then all detached in one write
+    let mut ops = Vec::new();
+    for (i, ch) in chans.iter().enumerate() {
+        let conn = format!("c{}", i % 50);
+        ops.push(attach_op(&conn, ch, &[Mode::Presence]));
+        ops.push(enter_op(&conn, ch, "alice"));
+    }
+    fx.apply("fe", ops).await;
+    assert_eq!(fx.list_all("big-", 1000).await.len(), 300);
+    let ops = chans
+        .iter()
+        .enumerate()
+        .map(|(i, ch)| detach_op(&format!("c{}", i % 50), ch))
+        .collect();
+    fx.apply("fe", ops).await;
+    // small writes of another session, then of the first
+    assert_eq!(
+        fx.attach("fe2", "d1", "small", &[Mode::Subscribe]).await,
+        [1, 0, 1, 0, 0, 0, 0, 0, 0]
+    );
+    assert_eq!(fx.attach("fe", "c1", "small", &[]).await, [2, 0, 1, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(fx.list_all("", 1000).await, ["small"]);
+    for ch in [&chans[0], &chans[150], &chans[299]] {
+        assert_eq!(fx.get(ch).await, [0; 9], "{ch}");
+    }
+    // closing the first session removes exactly its one attachment left
+    assert!(fx.close("fe").await);
+    assert_eq!(fx.get("small").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
 }
 
 async fn enter_needs_presence_mode(h: Harness) {

@@ -180,8 +180,9 @@ async fn members_are_told_apart_by_their_whole_id(h: Harness) {
 }
 
 /// Large writes followed by small ones: nothing of a larger earlier write
-/// is written again (the Redis functions reuse their argument lists from
-/// call to call, with entries of earlier calls past the current count).
+/// is written again, and nothing of it is left behind (a guard for the
+/// Redis functions' per-call state: their argument lists must not carry
+/// entries of an earlier call).
 async fn a_small_write_after_large_ones_changes_only_its_own(h: Harness) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;

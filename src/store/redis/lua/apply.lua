@@ -24,8 +24,8 @@ local writes = tonum(A[5])
 
 -- every write's start, and the distinct channels of all of them, checked
 -- before anything is written
-local starts = W_STARTS
-local chans, nchans = W_CHANS, 0
+local starts = {}
+local chans, nchans = {}, 0
 local i = 6
 for w = 1, writes do
   starts[w] = i
@@ -53,30 +53,22 @@ local out = {}
 -- concurrent writes of different sessions may be applied in any order,
 -- and this way each session's lease is opened, and its connections'
 -- records read and written back, once per call instead of once per write.
--- Each session's writes are chained in order (nxt[w]: the session's next
--- write, false after its last), without a table per session.
-local nxt, first_of, last_of, sessions, nsess = W_NEXT, {}, {}, W_SESSIONS, 0
+local by_session, sessions = {}, {}
 for w = 1, writes do
   local session = A[starts[w]]
-  local l = last_of[session]
-  if l then
-    nxt[l] = w
-  else
-    first_of[session] = w
-    nsess = nsess + 1
-    sessions[nsess] = session
+  local list = by_session[session]
+  if not list then
+    list = {}
+    by_session[session] = list
+    sessions[#sessions + 1] = session
   end
-  last_of[session] = w
-  nxt[w] = false
+  list[#list + 1] = w
 end
 local cur_tok = nil
-local live = W_LIVE
-for si = 1, nsess do
-  local session = sessions[si]
+for _, session in ipairs(sessions) do
   -- a write not newer than the session's last one is not applied again
-  local nlive = 0
-  local w = first_of[session]
-  while w do
+  local live = {}
+  for _, w in ipairs(by_session[session]) do
     local s = starts[w]
     local seq = STRNUM[A[s + 2]] or num(A[s + 2])
     local stale = false
@@ -91,33 +83,30 @@ for si = 1, nsess do
     if stale then
       out[w] = -1
     else
-      nlive = nlive + 1
-      live[nlive] = w
+      live[#live + 1] = w
     end
-    w = nxt[w]
   end
-  if nlive > 0 then
+  if #live > 0 then
     local tok = open_session(session, ttl)
     if cur_tok then
       flush_conns(cur_tok)
       reset_conns()
     end
     cur_tok = tok
-    local conns, nc = W_CONNS, 0
-    for li = 1, nlive do
-      local s = starts[live[li]]
+    local conns, nc = {}, 0
+    for _, w in ipairs(live) do
+      local s = starts[w]
       for k = s + 5, s + 5 * (STRNUM[A[s + 3]] or num(A[s + 3])), 5 do
         nc = nc + 1
         conns[nc] = A[k]
       end
     end
     load_conns(tok, conns, nc)
-    for li = 1, nlive do
-      local w = live[li]
+    for _, w in ipairs(live) do
       local s = starts[w]
       local include = A[s + 1] == '1'
       local first, last = s + 4, s + 4 + 5 * ((STRNUM[A[s + 3]] or num(A[s + 3])) - 1)
-      local results, n = first == last and OUT1 or W_RESULTS, 0
+      local results, n = first == last and OUT1 or {}, 0
       for k = first, last, 5 do
         local kind, c, ch, extra = A[k], R[A[k + 1]], A[k + 2], A[k + 3]
         local status = 1
@@ -139,7 +128,7 @@ for si = 1, nsess do
         end
       end
       -- a write of one operation (a unary call) needs no concatenation
-      out[w] = n == 1 and results[1] or tconcat(results, '', 1, n)
+      out[w] = n == 1 and results[1] or tconcat(results)
     end
   end
 end

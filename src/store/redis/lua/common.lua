@@ -60,19 +60,6 @@ local CHUNK = 4000
 
 local function has(modes, b) return band(modes, b) ~= 0 end
 
--- Work lists of apply, reused from call to call (the library's upvalues
--- outlive a call): a list keeps the array part it grew to, where a new
--- table per call grows by doubling, one rehash per power of two, and
--- those rehashes were about a tenth of an Apply operation's
--- instructions. Every use goes by an explicit count, never `#` or
--- ipairs, since entries past the count are left from earlier calls.
-local W_CHANS, W_KEYS, W_CONNS, W_IDS, W_RESULTS, W_STARTS = {}, {}, {}, {}, {}, {}
-local W_NEXT, W_SESSIONS, W_LIVE = {}, {}, {}
-local W_SETS, W_DELS, W_BUSY_REM, W_BUSY_ADD, W_NAME_REM, W_NAME_ADD = {}, {}, {}, {}, {}, {}
-local W_KEEP, W_NEW, W_GONE = {}, {}, {}
--- per event stream shard (its number as a string), the XADD argument list
-local W_EVENTS = {}
-
 -- Numbers become strings through sprintf('%.14g'), thousands of
 -- instructions each: integers up to MEMO_MAX are formatted once and kept
 -- (across calls: the memo is bounded and holds no state).
@@ -148,11 +135,10 @@ local function call_list(cmd, list, nhead, n)
   end
 end
 
--- Calls cmd with the head arguments followed by items[1..total] (total:
--- #items when not given), in chunks, for commands answering one value per
--- item: the replies.
-local function read_many(cmd, head, items, total)
-  total = total or #items
+-- Calls cmd with the head arguments followed by items, in chunks, for
+-- commands answering one value per item: the replies.
+local function read_many(cmd, head, items)
+  local total = #items
   if total == 0 then return {} end
   if #head == 0 and total <= CHUNK then return rcall(cmd, unpk(items, 1, total)) end
   if total <= CHUNK then
@@ -210,9 +196,9 @@ local M = {}
 -- yet, in one MGET, and makes their tables.
 local function load_metrics(names, n)
   if n == 0 then return end
-  local keys = W_KEYS
+  local keys = {}
   for i = 1, n do keys[i] = k_metrics(names[i]) end
-  local vals = read_many('MGET', {}, keys, n)
+  local vals = read_many('MGET', {}, keys)
   for i = 1, n do
     local ch, v = names[i], vals[i]
     local a, b, c, d, e, f, g, h, k = 0, 0, 0, 0, 0, 0, 0, 0, 0
@@ -245,10 +231,9 @@ end
 -- entry per stream shard holding each changed channel's new counters
 -- (field: the channel's name, value: its counters).
 local function finish()
-  local sets, dels = W_SETS, W_DELS
-  local busy_rem, busy_add = W_BUSY_REM, W_BUSY_ADD
-  local name_rem, name_add = W_NAME_REM, W_NAME_ADD
-  busy_rem[1], busy_add[1], name_rem[1], name_add[1] = K_IDX_BUSY, K_IDX_BUSY, K_IDX_NAME, K_IDX_NAME
+  local sets, dels = {}, {}
+  local busy_rem, busy_add = { K_IDX_BUSY }, { K_IDX_BUSY }
+  local name_rem, name_add = { K_IDX_NAME }, { K_IDX_NAME }
   local ns, nd, nbr, nba, nnr, nna = 0, 0, 1, 1, 1, 1
   local by_shard = {}
   for t = 1, ntouched do
@@ -290,13 +275,7 @@ local function finish()
       local s = m[SHARD] or str(shard_of(ch))
       local e = by_shard[s]
       if not e then
-        e = W_EVENTS[s]
-        if not e then
-          e = { false, 'MAXLEN', '~', false, '*', n = 5 }
-          W_EVENTS[s] = e
-        end
-        e[1] = k_events(s)
-        e.n = 5
+        e = { k_events(s), 'MAXLEN', '~', false, '*', n = 5 }
         by_shard[s] = e
       end
       local n = e.n
@@ -305,7 +284,7 @@ local function finish()
       e.n = n + 2
     end
   end
-  ntouched = 0
+  touched_list, ntouched = {}, 0
   call_list('MSET', sets, 0, ns)
   call_list('DEL', dels, 0, nd)
   call_list('ZREM', busy_rem, 1, nbr)
@@ -442,10 +421,9 @@ local CONN = 5 -- its id
 local R, R_list, nchanged = {}, {}, 0
 
 -- Forgets the connections of the previous session (the next one has
--- another token). R_list is a work list (see W_CHANS): only its first
--- nchanged entries count.
+-- another token).
 local function reset_conns()
-  R, nchanged = {}, 0
+  R, R_list, nchanged = {}, {}, 0
 end
 
 local function rec_set(c, lines, n)
@@ -464,8 +442,7 @@ end
 -- another front end); one owned by a dead session is removed first, so its
 -- old state is removed exactly once.
 local function load_conns(tok, conns, count)
-  local ids, nwant = W_IDS, 0
-  ids[1] = K_CONNS
+  local ids, nwant = { K_CONNS }, 0
   for k = 1, count do
     local conn = conns[k]
     if R[conn] == nil then
@@ -508,8 +485,7 @@ end
 
 -- Writes back the changed records of tok's connections and its set.
 local function flush_conns(tok)
-  local keep, new, gone = W_KEEP, W_NEW, W_GONE
-  keep[1], new[1], gone[1] = K_CONNS, k_tokconns(tok), K_CONNS
+  local keep, new, gone = { K_CONNS }, { k_tokconns(tok) }, { K_CONNS }
   local nk, nn, ng = 1, 1, 1
   local head = tok .. '\t'
   for k = 1, nchanged do
@@ -710,6 +686,6 @@ local function begin(argv, clock)
     NOW = nil
   end
   M = {}
-  ntouched = 0
+  touched_list, ntouched = {}, 0
   reset_conns()
 end

@@ -106,7 +106,10 @@ for _, session in ipairs(sessions) do
       local s = starts[w]
       local include = A[s + 1] == '1'
       local first, last = s + 4, s + 4 + 5 * ((STRNUM[A[s + 3]] or num(A[s + 3])) - 1)
-      local results, n = first == last and OUT1 or {}, 0
+      -- a write of one operation (a unary call) needs no table of results
+      -- and no concatenation
+      local one = first == last
+      local results, n = one and OUT1 or {}, 0
       for k = first, last, 5 do
         local kind, c, ch, extra = A[k], R[A[k + 1]], A[k + 2], A[k + 3]
         local status = 1
@@ -127,8 +130,7 @@ for _, session in ipairs(sessions) do
           results[n] = STATUS_BYTE[status]
         end
       end
-      -- a write of one operation (a unary call) needs no concatenation
-      out[w] = n == 1 and results[1] or tconcat(results)
+      out[w] = one and results[1] or tconcat(results)
     end
   end
 end

@@ -116,10 +116,18 @@ fn wall_ms() -> i64 {
 /// response: while the client does not read (HTTP/2 flow control), it is
 /// not polled and its inbox coalesces, so memory stays bounded by the
 /// number of followed channels. Ending it on shutdown is the caller's job.
-pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<Item = Item> + Send + 'static {
-    futures::stream::unfold(Phase::Start(store, hub, spec), |phase| async move {
+///
+/// Right after the snapshot or replay comes one `live` message; a stream
+/// with nothing to send for `heartbeat` sends a heartbeat message.
+pub fn stream(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    spec: Spec,
+    heartbeat: Duration,
+) -> impl Stream<Item = Item> + Send + 'static {
+    futures::stream::unfold(Phase::Start(store, hub, spec, heartbeat), |phase| async move {
         let mut live = match phase {
-            Phase::Start(store, hub, spec) => match Live::start(store, hub, spec).await {
+            Phase::Start(store, hub, spec, heartbeat) => match Live::start(store, hub, spec, heartbeat).await {
                 Ok(live) => Box::new(live),
                 Err(e) => return Some((Err(Status::from(e)), Phase::Done)),
             },
@@ -133,7 +141,7 @@ pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<I
 
 /// Where a subscription stream is.
 enum Phase {
-    Start(Arc<dyn Store>, Arc<Hub>, Spec),
+    Start(Arc<dyn Store>, Arc<Hub>, Spec, Duration),
     Live(Box<Live>),
     Done,
 }
@@ -144,12 +152,18 @@ struct Live {
     reg: Registration,
     resyncs: watch::Receiver<u64>,
     retry_resync: Option<Instant>,
+    /// Whether the `live` message went out (after the snapshot or replay).
+    live_sent: bool,
+    /// Quiet time before a heartbeat.
+    heartbeat: Duration,
+    /// When the last message went out.
+    last_sent: Instant,
 }
 
 impl Live {
     /// Registers with the hub and takes the snapshot (or replays since the
     /// resume point).
-    async fn start(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> Result<Self, Error> {
+    async fn start(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec, heartbeat: Duration) -> Result<Self, Error> {
         let shards = hub.shards();
         let mut sub = Sub {
             store,
@@ -183,20 +197,38 @@ impl Live {
             reg,
             resyncs,
             retry_resync: None,
+            live_sent: false,
+            heartbeat,
+            last_sent: Instant::now(),
         })
     }
 
     /// The next response, in order; `None` when the hub went away.
     async fn next(&mut self) -> Option<SubscribeOccupancyResponse> {
+        let item = self.next_message().await?;
+        self.last_sent = Instant::now();
+        Some(item)
+    }
+
+    async fn next_message(&mut self) -> Option<SubscribeOccupancyResponse> {
         let Live {
             sub,
             reg,
             resyncs,
             retry_resync,
+            live_sent,
+            heartbeat,
+            last_sent,
         } = self;
+        let beat_at = *last_sent + *heartbeat;
         loop {
             if let Some(item) = sub.next_ready() {
                 return Some(item);
+            }
+            if !*live_sent {
+                // the snapshot (or replay) is out: live from here
+                *live_sent = true;
+                return Some(SubscribeOccupancyResponse::live(wall_ms()));
             }
             let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
             let wake = match (next_timer, *retry_resync) {
@@ -218,6 +250,9 @@ impl Live {
                         *retry_resync = sub.resync(reg).await;
                     }
                     sub.fire_timers(now);
+                }
+                () = tokio::time::sleep_until(beat_at) => {
+                    return Some(SubscribeOccupancyResponse::heartbeat(wall_ms()));
                 }
             }
         }

@@ -31,6 +31,7 @@ async fn a_16_mib_request_gets_a_clear_error_and_changes_nothing() {
         operations: ops,
         include_metrics: false,
         sequence: 0,
+        session_epoch: 0,
     };
     assert!(prost::Message::encoded_len(&req) >= 16 * 1024 * 1000);
     let e = fx.w.clone().apply(req).await.unwrap_err();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use occupancy::domain::{
-    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, Pos, SessionId, Applied, Batch,
 };
 use occupancy::proto::v1::Mode;
 use occupancy::store::{ChangeSink, History, ReapReport, Snapshot, Store, SyncOutcome};
@@ -197,24 +197,13 @@ struct GatedSyncs {
 
 #[async_trait::async_trait]
 impl Store for GatedSyncs {
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> OResult<Vec<OpResult>> {
-        self.inner.apply(session, ops, include_metrics).await
-    }
-    async fn apply_sequenced(
-        &self,
-        session: &SessionId,
-        sequence: u64,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> OResult<Option<Vec<OpResult>>> {
-        self.inner
-            .apply_sequenced(session, sequence, ops, include_metrics)
-            .await
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> OResult<Applied> {
+        self.inner.write(session, batch).await
     }
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
         self.inner.keep_alive(session, ttl_ms).await
     }
-    async fn close_session(&self, session: &SessionId) -> OResult<bool> {
+    async fn close_session(&self, session: &SessionId) -> OResult<Option<u64>> {
         let r = self.inner.close_session(session).await;
         self.log.lock().unwrap().push("close");
         self.closes.send_modify(|n| *n += 1);

@@ -166,6 +166,7 @@ impl Writer {
             operations: ops.iter().map(|o| pb::Operation { op: Some(to_pb(o)) }).collect(),
             include_metrics: false,
             sequence: self.sequence,
+            session_epoch: 0,
         };
         let mut replica = self.rng.random_range(0..self.clients.len());
         let mut result = None;

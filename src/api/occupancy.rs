@@ -29,7 +29,12 @@ impl OccupancyApi {
     /// The service over `store`, streaming from `hub`; open streams end
     /// with UNAVAILABLE when `cancel` fires, and get a heartbeat when quiet
     /// for `heartbeat`.
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, cancel: CancellationToken, heartbeat: std::time::Duration) -> Self {
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        cancel: CancellationToken,
+        heartbeat: std::time::Duration,
+    ) -> Self {
         Self {
             store,
             hub,

@@ -225,7 +225,10 @@ impl Message for SubscribeOccupancyResponse {
         };
         event
             + self.live.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
-            + self.heartbeat.as_ref().map_or(0, |m| encoding::message::encoded_len(3, m))
+            + self
+                .heartbeat
+                .as_ref()
+                .map_or(0, |m| encoding::message::encoded_len(3, m))
     }
 
     fn clear(&mut self) {

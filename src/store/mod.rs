@@ -103,7 +103,12 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`Store::write`].
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<(Vec<OpResult>, u64)> {
+    async fn apply(
+        &self,
+        session: &SessionId,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<(Vec<OpResult>, u64)> {
         match self.write(session, Batch::new(ops, include_metrics)).await? {
             Applied::Done { results, epoch } => Ok((results, epoch)),
             other => Err(crate::Error::Internal(format!(

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use occupancy::domain::{
-    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, Pos, SessionId, Applied, Batch,
+    Applied, Batch, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, Pos, SessionId,
 };
 use occupancy::proto::v1::Mode;
 use occupancy::store::{ChangeSink, History, ReapReport, Snapshot, Store, SyncOutcome};

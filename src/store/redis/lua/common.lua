@@ -325,9 +325,11 @@ end
 -- data (a counter kept in Redis would start again).
 local function live_token(session)
   local tok = rcall('GET', k_sess(session))
-  if tok and not lease_alive(tok) then
+  -- (a missing key reads as false)
+  if not tok then return nil end
+  if not lease_alive(tok) then
     retire(tok)
-    tok = nil
+    return nil
   end
   return tok
 end

@@ -1,6 +1,7 @@
 //! The service's one error type, and the one place that picks gRPC status
 //! codes for it.
 
+use crate::auth::AuthError;
 use crate::domain::InvalidInput;
 
 /// Everything that can go wrong while serving a request.
@@ -15,6 +16,10 @@ pub enum Error {
     /// A limit was reached (channels per connection).
     #[error("{0}")]
     ResourceExhausted(String),
+    /// The caller is unknown (UNAUTHENTICATED) or may not do this
+    /// (PERMISSION_DENIED); nothing was changed.
+    #[error(transparent)]
+    Auth(#[from] AuthError),
     /// The store cannot be reached in time (timeouts, refused or dropped
     /// connections, a loading or read-only Redis).
     #[error("store unavailable: {0}")]
@@ -33,6 +38,10 @@ impl From<Error> for tonic::Status {
             Error::InvalidInput(e) => tonic::Status::invalid_argument(e.to_string()),
             Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
             Error::ResourceExhausted(msg) => tonic::Status::resource_exhausted(msg),
+            // logged and counted where refused (`crate::auth`); the message
+            // names the key id and channel, never a secret
+            Error::Auth(e) if e.is_unauthenticated() => tonic::Status::unauthenticated(e.to_string()),
+            Error::Auth(e) => tonic::Status::permission_denied(e.to_string()),
             Error::Unavailable(cause) => {
                 tracing::warn!(%cause, "store unavailable");
                 tonic::Status::unavailable("occupancy store unavailable, retry later")
@@ -86,6 +95,17 @@ mod tests {
         let s: tonic::Status = Error::Internal("secret detail".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));
+        let s: tonic::Status = Error::from(AuthError::Expired("k".into())).into();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        assert!(s.message().contains("expired"));
+        let s: tonic::Status = Error::from(AuthError::Denied {
+            key: "k".into(),
+            op: crate::auth::Op::Read,
+            channel: "rooms:1".into(),
+        })
+        .into();
+        assert_eq!(s.code(), tonic::Code::PermissionDenied);
+        assert!(s.message().contains("rooms:1"));
     }
 
     #[test]

@@ -17,6 +17,7 @@
 //! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod domain;

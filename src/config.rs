@@ -2,6 +2,8 @@
 //! also an `OCCUPANCY_*` variable), validated before anything binds.
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -114,6 +116,26 @@ pub struct ServeArgs {
     /// Log format.
     #[arg(long, env = "OCCUPANCY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
+    /// Key file (TOML) of API keys and token signers; every call then needs
+    /// a credential (health and reflection stay open). Reloaded on change
+    /// and on SIGHUP. Unset: no access control.
+    #[arg(long, env = "OCCUPANCY_AUTH_KEYS")]
+    pub auth_keys: Option<PathBuf>,
+    /// Serve without credentials on a non-loopback address (refused
+    /// otherwise).
+    #[arg(long, env = "OCCUPANCY_ALLOW_ANONYMOUS")]
+    pub allow_anonymous: bool,
+    /// TLS certificate chain (PEM); with --tls-key, gRPC is served over TLS
+    /// only. Reloaded on change.
+    #[arg(long, env = "OCCUPANCY_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, env = "OCCUPANCY_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates (PEM) that client certificates must chain to (mTLS);
+    /// needs --tls-cert.
+    #[arg(long, env = "OCCUPANCY_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
 }
 
 /// Where state lives.
@@ -140,6 +162,10 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Quiet time after which a subscription stream gets a heartbeat.
     pub stream_heartbeat: Duration,
+    /// Access control; `None`: every caller may do everything.
+    pub auth: Option<Arc<crate::auth::Authenticator>>,
+    /// Server TLS; `None`: plaintext.
+    pub tls: Option<crate::tls::TlsConfig>,
 }
 
 impl Config {
@@ -152,6 +178,8 @@ impl Config {
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
             stream_heartbeat: Duration::from_secs(20),
+            auth: None,
+            tls: None,
         }
     }
 
@@ -186,6 +214,26 @@ impl ServeArgs {
                 })
             }
         };
+        check_anonymous(&self.listen, self.auth_keys.is_some(), self.allow_anonymous)?;
+        let auth = match &self.auth_keys {
+            None => None,
+            Some(path) => Some(Arc::new(
+                crate::auth::Authenticator::from_file(path.clone()).map_err(|e| format!("invalid --auth-keys: {e}"))?,
+            )),
+        };
+        let tls = match (&self.tls_cert, &self.tls_key) {
+            (Some(cert), Some(key)) => {
+                let tls = crate::tls::TlsConfig {
+                    cert: cert.clone(),
+                    key: key.clone(),
+                    client_ca: self.tls_client_ca.clone(),
+                };
+                // load once now, so a bad file fails before anything binds
+                crate::tls::ReloadingAcceptor::new(&tls)?;
+                Some(tls)
+            }
+            _ => None,
+        };
         Ok(Config {
             store,
             session_ttl: self.session_ttl,
@@ -193,8 +241,25 @@ impl ServeArgs {
             health_interval: self.health_interval,
             shutdown_grace: self.shutdown_grace,
             stream_heartbeat: self.stream_heartbeat,
+            auth,
+            tls,
         })
     }
+}
+
+/// The safe default: a service reachable from other hosts needs
+/// credentials, unless the operator says anonymous access is meant.
+///
+/// # Errors
+/// A message saying how to start anyway.
+pub fn check_anonymous(listen: &SocketAddr, has_keys: bool, allow_anonymous: bool) -> Result<(), String> {
+    if listen.ip().is_loopback() || has_keys || allow_anonymous {
+        return Ok(());
+    }
+    Err(format!(
+        "refusing to serve {listen} without access control: anyone who can reach it could change and read \
+         every channel. Give --auth-keys FILE, or --allow-anonymous to serve without credentials anyway"
+    ))
 }
 
 #[cfg(test)]
@@ -217,5 +282,23 @@ mod tests {
         assert!(cli.serve.to_config().unwrap_err().contains("key-prefix"));
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "nope://"]).unwrap();
         assert!(cli.serve.to_config().is_err());
+    }
+
+    #[test]
+    fn non_loopback_without_keys_needs_allow_anonymous() {
+        let cli = Cli::try_parse_from(["occupancy", "--listen", "0.0.0.0:50051"]).unwrap();
+        let e = cli.serve.to_config().unwrap_err();
+        assert!(e.contains("--allow-anonymous") && e.contains("--auth-keys"), "{e}");
+        let cli = Cli::try_parse_from(["occupancy", "--listen", "0.0.0.0:50051", "--allow-anonymous"]).unwrap();
+        assert!(cli.serve.to_config().unwrap().auth.is_none());
+        let cli = Cli::try_parse_from(["occupancy", "--listen", "[::1]:50051"]).unwrap();
+        assert!(cli.serve.to_config().is_ok());
+        let cli =
+            Cli::try_parse_from(["occupancy", "--listen", "0.0.0.0:1", "--auth-keys", "/nonexistent.toml"]).unwrap();
+        let e = cli.serve.to_config().unwrap_err();
+        assert!(e.contains("--auth-keys") && e.contains("nonexistent"), "{e}");
+        assert!(Cli::try_parse_from(["occupancy", "--tls-cert", "c.pem"]).is_err());
+        let cli = Cli::try_parse_from(["occupancy", "--tls-cert", "/no/c.pem", "--tls-key", "/no/k.pem"]).unwrap();
+        assert!(cli.serve.to_config().unwrap_err().contains("--tls-cert"));
     }
 }

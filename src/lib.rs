@@ -26,6 +26,7 @@ pub mod fanout;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};

@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tonic::service::interceptor::InterceptedService;
 use tonic::transport::server::TcpIncoming;
 use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
@@ -76,7 +77,16 @@ pub async fn run_with(
 
     store.feed(hub.clone(), cancel.clone());
 
-    let tasks = [
+    let auth = config
+        .auth
+        .clone()
+        .unwrap_or_else(|| Arc::new(crate::auth::Authenticator::open()));
+    let tls = match &config.tls {
+        None => None,
+        Some(t) => Some(crate::tls::ReloadingAcceptor::new(t).map_err(Error::Internal)?),
+    };
+
+    let mut tasks = vec![
         tokio::spawn(reaper(store.clone(), config.reap_interval, cancel.clone())),
         tokio::spawn(health_probe(
             store.clone(),
@@ -84,7 +94,15 @@ pub async fn run_with(
             config.health_interval,
             cancel.clone(),
         )),
+        tokio::spawn(crate::auth::reload::watch(auth.clone(), cancel.clone())),
     ];
+    if let Some(tls) = &tls {
+        tasks.push(tokio::spawn(tls.clone().watch(cancel.clone())));
+    }
+    if !auth.enabled() {
+        warn!("no --auth-keys: every caller may read and change every channel");
+    }
+    let authenticate = crate::api::auth::Authenticate(auth.clone());
 
     // Both reflection versions: v1 for current tools, v1alpha for the
     // many grpcurl and IDE builds that still ask only for it.
@@ -111,19 +129,16 @@ pub async fn run_with(
         }
     };
 
-    info!(%addr, "serving");
-    // `Server::tcp_nodelay` only applies to listeners tonic binds itself;
-    // accepted streams of our own listener get it from `TcpIncoming`. Without
-    // it a response written in two segments waits for the client's delayed
-    // ACK (~40 ms per call once a request spans more than one segment).
-    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
-    let server = Server::builder()
+    info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving");
+    let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(
+        // health and reflection above stay open; the occupancy services
+        // authenticate every call first
+        .add_service(InterceptedService::new(
             pb::occupancy_service_server::OccupancyServiceServer::new(OccupancyApi::new(
                 store.clone(),
                 hub.clone(),
@@ -131,12 +146,25 @@ pub async fn run_with(
                 config.stream_heartbeat,
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .add_service(
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
             pb::connection_service_server::ConnectionServiceServer::new(ConnectionApi::new(store.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
-        )
-        .serve_with_incoming_shutdown(incoming, signal);
+            authenticate,
+        ));
+    let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
+        Some(tls) => Box::pin(router.serve_with_incoming_shutdown(tls.incoming(listener, cancel.clone()), signal)),
+        None => {
+            // `Server::tcp_nodelay` only applies to listeners tonic binds
+            // itself; accepted streams of our own listener get it from
+            // `TcpIncoming`. Without it a response written in two segments
+            // waits for the client's delayed ACK (~40 ms per call once a
+            // request spans more than one segment).
+            let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
+            Box::pin(router.serve_with_incoming_shutdown(incoming, signal))
+        }
+    };
     tokio::pin!(server);
     let grace = config.shutdown_grace;
     let result = tokio::select! {

@@ -5,7 +5,9 @@ use std::sync::Arc;
 use tonic::{Request, Response, Status};
 use tracing::instrument;
 
+use super::auth::principal;
 use super::convert;
+use crate::auth::{Op, Principal};
 use crate::domain::{Applied, Batch, InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
 use crate::error::Error;
 use crate::proto::v1 as pb;
@@ -24,9 +26,15 @@ impl ConnectionApi {
 
     /// Applies one operation and returns the channel's metrics after it
     /// and the session's lease epoch.
-    async fn one(&self, session: &str, op: Result<Operation, InvalidInput>) -> Result<(Metrics, u64), Error> {
+    async fn one(
+        &self,
+        who: &Principal,
+        session: &str,
+        op: Result<Operation, InvalidInput>,
+    ) -> Result<(Metrics, u64), Error> {
         let session = convert::session(session)?;
         let op = op?;
+        who.check(Op::Report, op.channel().as_str())?;
         let (r, epoch) = self.store.apply(&session, std::slice::from_ref(&op), true).await?;
         let r = r
             .into_iter()
@@ -48,9 +56,14 @@ fn some_metrics(m: Metrics) -> Option<pb::Metrics> {
 impl pb::connection_service_server::ConnectionService for ConnectionApi {
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let (m, session_epoch) = self
-            .one(&r.session_id, convert::attach(&r.connection_id, &r.channel, &r.modes))
+            .one(
+                &who,
+                &r.session_id,
+                convert::attach(&r.connection_id, &r.channel, &r.modes),
+            )
             .await?;
         Ok(Response::new(pb::AttachResponse {
             metrics: some_metrics(m),
@@ -60,9 +73,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
 
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::DetachResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let (m, session_epoch) = self
-            .one(&r.session_id, convert::detach(&r.connection_id, &r.channel))
+            .one(&who, &r.session_id, convert::detach(&r.connection_id, &r.channel))
             .await?;
         Ok(Response::new(pb::DetachResponse {
             metrics: some_metrics(m),
@@ -75,9 +89,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         &self,
         req: Request<pb::EnterPresenceRequest>,
     ) -> Result<Response<pb::EnterPresenceResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, false);
-        let (m, session_epoch) = self.one(&r.session_id, op).await?;
+        let (m, session_epoch) = self.one(&who, &r.session_id, op).await?;
         Ok(Response::new(pb::EnterPresenceResponse {
             metrics: some_metrics(m),
             session_epoch,
@@ -89,9 +104,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         &self,
         req: Request<pb::LeavePresenceRequest>,
     ) -> Result<Response<pb::LeavePresenceResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, true);
-        let (m, session_epoch) = self.one(&r.session_id, op).await?;
+        let (m, session_epoch) = self.one(&who, &r.session_id, op).await?;
         Ok(Response::new(pb::LeavePresenceResponse {
             metrics: some_metrics(m),
             session_epoch,
@@ -100,9 +116,14 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
 
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, ops = req.get_ref().operations.len()))]
     async fn apply(&self, req: Request<pb::ApplyRequest>) -> Result<Response<pb::ApplyResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ops = convert::operations(&r.operations).map_err(Error::from)?;
+        // one forbidden operation refuses the whole batch, before the store
+        for op in &ops {
+            who.check(Op::Report, op.channel().as_str()).map_err(Error::from)?;
+        }
         let batch = Batch {
             ops: &ops,
             include_metrics: r.include_metrics,
@@ -147,9 +168,11 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
 
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id))]
     async fn keep_alive(&self, req: Request<pb::KeepAliveRequest>) -> Result<Response<pb::KeepAliveResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
+        who.check_any(Op::Report).map_err(Error::from)?;
         let (status, ttl_ms, session_epoch) = match self.store.keep_alive(&session, ttl).await? {
             KeepAliveOutcome::Active { ttl_ms, epoch } => (pb::SessionStatus::Active, ttl_ms, epoch),
             KeepAliveOutcome::Unknown { ttl_ms, epoch } => (pb::SessionStatus::Unknown, ttl_ms, epoch),
@@ -166,10 +189,15 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         &self,
         req: Request<pb::SyncSessionRequest>,
     ) -> Result<Response<pb::SyncSessionResponse>, Status> {
+        let who = principal(&req)?;
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
         let desired = convert::held(&r.attachments).map_err(Error::from)?;
+        who.check_any(Op::Report).map_err(Error::from)?;
+        for a in &desired {
+            who.check(Op::Report, a.channel.as_str()).map_err(Error::from)?;
+        }
         let out = self.store.sync_session(&session, &desired, ttl).await?;
         if out.added + out.removed > 0 {
             tracing::info!(
@@ -195,7 +223,9 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         &self,
         req: Request<pb::CloseSessionRequest>,
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
+        let who = principal(&req)?;
         let session: SessionId = convert::session(&req.into_inner().session_id).map_err(Error::from)?;
+        who.check_any(Op::Report).map_err(Error::from)?;
         let closed = self.store.close_session(&session).await?;
         Ok(Response::new(pb::CloseSessionResponse {
             closed: closed.is_some(),

@@ -2,6 +2,7 @@
 //! (failures become INVALID_ARGUMENT naming the field), calls the store,
 //! and converts the result back.
 
+pub mod auth;
 mod connection;
 pub mod convert;
 mod occupancy;

@@ -191,8 +191,11 @@ fn until_expiry(
 /// under the prefix this is the store's own page.
 ///
 /// # Errors
-/// The store's.
+/// PERMISSION_DENIED for a credential that may read no channel at all;
+/// the store's.
 async fn list_for(store: &dyn Store, who: &Principal, q: ListQuery) -> Result<ListPage, Error> {
+    // a credential that may read nothing is refused outright
+    who.check_any(Op::Read)?;
     if who.covers(Op::Read, &q.prefix) {
         return store.list(&q).await;
     }

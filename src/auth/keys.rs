@@ -168,14 +168,16 @@ impl KeySet {
         Ok(set)
     }
 
-    /// Reads and parses a key file.
+    /// Reads and parses a key file; also returns the SHA-256 digest of its
+    /// text, to tell later whether it changed.
     ///
     /// # Errors
     /// A message naming the file and what is wrong with it.
-    pub fn load(path: &Path) -> Result<Self, String> {
+    pub fn load(path: &Path) -> Result<(Self, [u8; 32]), String> {
         let text = std::fs::read_to_string(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
         let dir = path.parent().unwrap_or_else(|| Path::new("."));
-        Self::parse(&text, dir).map_err(|e| format!("{}: {e}", path.display()))
+        let set = Self::parse(&text, dir).map_err(|e| format!("{}: {e}", path.display()))?;
+        Ok((set, sha256(text.as_bytes())))
     }
 }
 

@@ -129,6 +129,10 @@ pub struct AuthCounters {
     pub failures: AtomicU64,
     /// Authenticated calls refused for their scope or ownership.
     pub denials: AtomicU64,
+    /// Key file reloads taken.
+    pub reloads: AtomicU64,
+    /// Key file reloads refused (the previous keys stayed).
+    pub reload_failures: AtomicU64,
 }
 
 /// Who is calling, and what they may do.
@@ -250,6 +254,8 @@ impl Principal {
 pub struct Authenticator {
     keys: Option<RwLock<Arc<KeySet>>>,
     path: Option<PathBuf>,
+    /// SHA-256 of the key file text the keys in force came from.
+    loaded: RwLock<Option<[u8; 32]>>,
     counters: Arc<AuthCounters>,
 }
 
@@ -259,6 +265,7 @@ impl Authenticator {
         Self {
             keys: None,
             path: None,
+            loaded: RwLock::new(None),
             counters: Arc::default(),
         }
     }
@@ -269,6 +276,7 @@ impl Authenticator {
         Self {
             keys: Some(RwLock::new(Arc::new(keys))),
             path,
+            loaded: RwLock::new(None),
             counters: Arc::default(),
         }
     }
@@ -278,8 +286,19 @@ impl Authenticator {
     /// # Errors
     /// A message naming the file and what is wrong with it.
     pub fn from_file(path: PathBuf) -> Result<Self, String> {
-        let keys = KeySet::load(&path)?;
-        Ok(Self::new(keys, Some(path)))
+        let (keys, digest) = KeySet::load(&path)?;
+        let auth = Self::new(keys, Some(path));
+        auth.set_loaded(digest);
+        Ok(auth)
+    }
+
+    /// The digest of the key file text the keys in force came from.
+    pub fn loaded(&self) -> Option<[u8; 32]> {
+        *self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    pub(crate) fn set_loaded(&self, digest: [u8; 32]) {
+        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(digest);
     }
 
     /// Whether calls need a credential.

@@ -2,6 +2,7 @@
 //! when the file changes (checked every second) and on SIGHUP. A file that
 //! fails to load leaves the previous keys in force, and the log says why.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,16 +14,9 @@ use super::{Authenticator, KeySet};
 /// How often the key file is looked at.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 
-/// What the file looked like when last loaded: its modification time,
-/// length and content digest (the digest catches a rewrite within one
-/// mtime tick).
-#[derive(PartialEq, Eq, Clone, Debug)]
-struct Seen(Option<std::time::SystemTime>, [u8; 32]);
-
-fn look(path: &std::path::Path) -> Option<Seen> {
-    let meta = std::fs::metadata(path).ok()?;
-    let text = std::fs::read(path).ok()?;
-    Some(Seen(meta.modified().ok(), super::keys::sha256(&text)))
+/// The digest of the file's text now, if it can be read.
+fn look(path: &std::path::Path) -> Option<[u8; 32]> {
+    std::fs::read(path).ok().map(|text| super::keys::sha256(&text))
 }
 
 /// Loads the key file once more; on failure the keys in force stay.
@@ -30,13 +24,16 @@ fn look(path: &std::path::Path) -> Option<Seen> {
 pub fn reload(auth: &Authenticator) -> bool {
     let Some(path) = auth.path() else { return false };
     match KeySet::load(path) {
-        Ok(keys) => {
+        Ok((keys, digest)) => {
             let (k, s) = keys.counts();
             auth.replace(keys);
+            auth.set_loaded(digest);
+            auth.counters().reloads.fetch_add(1, Ordering::Relaxed);
             info!(file = %path.display(), keys = k, signers = s, "key file reloaded");
             true
         }
         Err(e) => {
+            auth.counters().reload_failures.fetch_add(1, Ordering::Relaxed);
             warn!(cause = %e, "key file not reloaded; the previous keys stay in force");
             false
         }
@@ -48,7 +45,10 @@ pub async fn watch(auth: Arc<Authenticator>, cancel: CancellationToken) {
     let Some(path) = auth.path().map(std::path::Path::to_path_buf) else {
         return;
     };
-    let mut seen = look(&path);
+    // compared with the text the keys in force came from, so a change
+    // made between loading and this task starting is not missed; a bad
+    // text is tried once, not every second
+    let mut tried = auth.loaded();
     #[cfg(unix)]
     let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
         Ok(s) => Some(s),
@@ -76,13 +76,13 @@ pub async fn watch(auth: Arc<Authenticator>, cancel: CancellationToken) {
             () = hangup => {
                 info!("SIGHUP: reloading the key file");
                 reload(&auth);
-                seen = look(&path);
+                tried = look(&path);
             }
             _ = tick.tick() => {
                 let now = look(&path);
-                if now.is_some() && now != seen {
+                if now.is_some() && now != auth.loaded() && now != tried {
                     reload(&auth);
-                    seen = now;
+                    tried = now;
                 }
             }
         }

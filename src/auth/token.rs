@@ -110,6 +110,23 @@ pub fn mint(
     cap: Option<BTreeMap<String, Vec<String>>>,
     ttl: Duration,
 ) -> Result<String, String> {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs();
+    mint_until(key_id, secret, cap, now + ttl.as_secs().max(1))
+}
+
+/// [`mint`] with the expiry given as Unix seconds.
+///
+/// # Errors
+/// As [`mint`].
+pub fn mint_until(
+    key_id: &str,
+    secret: &str,
+    cap: Option<BTreeMap<String, Vec<String>>>,
+    exp: u64,
+) -> Result<String, String> {
     keys::check_id(key_id)?;
     if let Some(c) = &cap {
         Capabilities::parse(c)?;
@@ -119,7 +136,7 @@ pub fn mint(
         .unwrap_or_default()
         .as_secs();
     let claims = Claims {
-        exp: now + ttl.as_secs().max(1),
+        exp,
         iat: Some(now),
         cap,
     };

@@ -1,0 +1,733 @@
+//! Access control through gRPC, on both stores: the credential matrix of
+//! every RPC, filtered listings, prefix subscriptions, token-bound streams,
+//! session ownership, key file reloads; and the safe default of the real
+//! binary.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use occupancy::auth::keys::secret_digest_hex;
+use occupancy::auth::token::mint_until;
+use occupancy::auth::Authenticator;
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::interceptor::InterceptedService;
+use tonic::service::Interceptor;
+use tonic::transport::Channel;
+use tonic::Code;
+
+use crate::fixture::*;
+use crate::subscribe::Sub;
+use crate::support::{eventually, Harness, TestServer};
+
+const TTL: Duration = Duration::from_secs(30);
+
+/// Adds `authorization: Bearer …` to every call (none when empty).
+#[derive(Clone)]
+pub struct Bearer(Option<MetadataValue<Ascii>>);
+
+impl Bearer {
+    pub fn new(credential: &str) -> Self {
+        if credential.is_empty() {
+            return Self(None);
+        }
+        Self(Some(format!("Bearer {credential}").parse().expect("ascii")))
+    }
+}
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+pub type R = pb::occupancy_service_client::OccupancyServiceClient<InterceptedService<Channel, Bearer>>;
+pub type W = pb::connection_service_client::ConnectionServiceClient<InterceptedService<Channel, Bearer>>;
+
+/// Clients of one server holding one credential.
+pub struct As {
+    pub r: R,
+    pub w: W,
+}
+
+pub async fn with(s: &TestServer, credential: &str) -> As {
+    let ch = s.channel().await;
+    As {
+        r: pb::occupancy_service_client::OccupancyServiceClient::with_interceptor(ch.clone(), Bearer::new(credential)),
+        w: pb::connection_service_client::ConnectionServiceClient::with_interceptor(ch, Bearer::new(credential)),
+    }
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+/// The test's keys: name → (secret, capabilities as TOML inline table).
+pub const KEYS: &[(&str, &str, &str)] = &[
+    ("admin", "admin-secret", r#"{ "*" = ["*"] }"#),
+    ("fe", "fe-secret", r#"{ "*" = ["report"] }"#),
+    ("fe2", "fe2-secret", r#"{ "*" = ["report"] }"#),
+    ("dash", "dash-secret", r#"{ "rooms:*" = ["read", "subscribe"] }"#),
+];
+
+pub fn key_file_text(extra: &str) -> String {
+    let mut s = String::new();
+    for (id, secret, caps) in KEYS {
+        s.push_str(&format!(
+            "[keys.{id}]\nsecret_sha256 = \"{}\"\ncapabilities = {caps}\n\n",
+            secret_digest_hex(secret)
+        ));
+    }
+    s.push_str(extra);
+    s
+}
+
+/// A key file in a temporary directory.
+pub struct KeyFile {
+    pub dir: tempfile::TempDir,
+}
+
+impl KeyFile {
+    pub fn new(text: &str) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("keys.toml"), text).unwrap();
+        Self { dir }
+    }
+    pub fn path(&self) -> PathBuf {
+        self.dir.path().join("keys.toml")
+    }
+    /// Replaces the file atomically (write and rename, as editors and
+    /// config managers do).
+    pub fn replace(&self, text: &str) {
+        let tmp = self.dir.path().join("keys.toml.new");
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path()).unwrap();
+    }
+}
+
+pub fn authenticator(path: &Path) -> Arc<Authenticator> {
+    Arc::new(Authenticator::from_file(path.to_path_buf()).expect("key file"))
+}
+
+/// A server replica of `h` with access control from `keys`.
+pub async fn server(h: &Harness, keys: &KeyFile) -> TestServer {
+    server_with(h, authenticator(&keys.path())).await
+}
+
+/// A server replica of `h` with access control by `auth`.
+pub async fn server_with(h: &Harness, auth: Arc<Authenticator>) -> TestServer {
+    let mut c = h.config();
+    c.auth = Some(auth);
+    TestServer::start(c, h.store()).await
+}
+
+const ADMIN: &str = "admin:admin-secret";
+const FE: &str = "fe:fe-secret";
+const FE2: &str = "fe2:fe2-secret";
+const DASH: &str = "dash:dash-secret";
+
+/// Everything the store holds, as a full-access key sees it: every
+/// channel with its metrics.
+async fn everything(a: &mut As) -> Vec<(String, [u32; 9])> {
+    let mut out = Vec::new();
+    let mut cursor = String::new();
+    for _ in 0..1000 {
+        let page =
+            a.r.list_channels(pb::ListChannelsRequest {
+                limit: 1000,
+                cursor: cursor.clone(),
+                by: pb::ListBy::Value as i32,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        for c in page.channels {
+            let m = c
+                .status
+                .and_then(|s| s.occupancy)
+                .and_then(|o| o.metrics)
+                .unwrap_or_default();
+            out.push((c.channel_id, arr(&m)));
+        }
+        if page.next_cursor.is_empty() {
+            return out;
+        }
+        cursor = page.next_cursor;
+    }
+    panic!("more than 1000 pages");
+}
+
+fn attach(conn: &str, channel: &str) -> pb::AttachRequest {
+    pb::AttachRequest {
+        session_id: "fe-1".into(),
+        connection_id: conn.into(),
+        channel: channel.into(),
+        modes: crate::support::modes(&[Mode::Presence, Mode::Subscribe]),
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Rpc {
+    Attach,
+    Detach,
+    Enter,
+    Leave,
+    Apply,
+    KeepAlive,
+    Close,
+    Sync,
+    Get,
+    BatchGet,
+    List,
+    Subscribe,
+}
+
+impl Rpc {
+    const ALL: [Rpc; 12] = [
+        Rpc::Attach,
+        Rpc::Detach,
+        Rpc::Enter,
+        Rpc::Leave,
+        Rpc::Apply,
+        Rpc::KeepAlive,
+        Rpc::Close,
+        Rpc::Sync,
+        Rpc::Get,
+        Rpc::BatchGet,
+        Rpc::List,
+        Rpc::Subscribe,
+    ];
+
+    fn writes(self) -> bool {
+        matches!(
+            self,
+            Rpc::Attach | Rpc::Detach | Rpc::Enter | Rpc::Leave | Rpc::Apply | Rpc::KeepAlive | Rpc::Close | Rpc::Sync
+        )
+    }
+
+    /// A key that may not make this call, and one that may.
+    fn keys(self) -> (&'static str, &'static str) {
+        match self {
+            r if r.writes() => (DASH, FE),
+            Rpc::Get | Rpc::BatchGet | Rpc::List | Rpc::Subscribe => (FE, DASH),
+            _ => unreachable!(),
+        }
+    }
+
+    /// Makes the call on channel `rooms:1` (session `fe-1`); the status.
+    async fn call(self, a: &mut As) -> Code {
+        let ch = "rooms:1";
+        let r = match self {
+            Rpc::Attach => a.w.attach(attach("c-new", ch)).await.map(drop),
+            Rpc::Detach => {
+                a.w.detach(pb::DetachRequest {
+                    session_id: "fe-1".into(),
+                    connection_id: "c-1".into(),
+                    channel: ch.into(),
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Enter => {
+                a.w.enter_presence(pb::EnterPresenceRequest {
+                    session_id: "fe-1".into(),
+                    connection_id: "c-1".into(),
+                    channel: ch.into(),
+                    client_id: "mallory".into(),
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Leave => {
+                a.w.leave_presence(pb::LeavePresenceRequest {
+                    session_id: "fe-1".into(),
+                    connection_id: "c-1".into(),
+                    channel: ch.into(),
+                    client_id: "alice".into(),
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Apply => {
+                a.w.apply(pb::ApplyRequest {
+                    session_id: "fe-1".into(),
+                    operations: vec![pb::Operation {
+                        op: Some(detach_op("c-1", ch)),
+                    }],
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::KeepAlive => {
+                a.w.keep_alive(pb::KeepAliveRequest {
+                    session_id: "fe-1".into(),
+                    ttl_ms: 60_000,
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Close => {
+                a.w.close_session(pb::CloseSessionRequest {
+                    session_id: "fe-1".into(),
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Sync => {
+                a.w.sync_session(pb::SyncSessionRequest {
+                    session_id: "fe-1".into(),
+                    attachments: vec![],
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Get => {
+                a.r.get_occupancy(pb::GetOccupancyRequest { channel: ch.into() })
+                    .await
+                    .map(drop)
+            }
+            Rpc::BatchGet => {
+                a.r.batch_get_occupancy(pb::BatchGetOccupancyRequest {
+                    channels: vec![ch.into()],
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::List => {
+                a.r.list_channels(pb::ListChannelsRequest {
+                    prefix: "rooms:".into(),
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+            Rpc::Subscribe => {
+                a.r.subscribe_occupancy(pb::SubscribeOccupancyRequest {
+                    channels: vec![ch.into()],
+                    ..Default::default()
+                })
+                .await
+                .map(drop)
+            }
+        };
+        match r {
+            Ok(()) => Code::Ok,
+            Err(s) => {
+                if matches!(s.code(), Code::PermissionDenied) {
+                    assert!(
+                        s.message().contains("rooms:1") || s.message().contains("may not"),
+                        "{s:?}"
+                    );
+                }
+                if s.code() == Code::Unauthenticated && s.message().contains("expired") {
+                    return Code::DeadlineExceeded; // marks "said it expired"
+                }
+                s.code()
+            }
+        }
+    }
+}
+
+/// Every RPC × every kind of credential: exactly the status the issue
+/// gives, and the store unchanged after every refused call.
+async fn every_rpc_gets_the_status_its_credential_earns(h: Harness) {
+    let keys = KeyFile::new(&key_file_text(""));
+    let s = server(&h, &keys).await;
+    let mut admin = with(&s, ADMIN).await;
+    for rpc in Rpc::ALL {
+        // a fresh state per RPC: fe's session fe-1 holds c-1 on rooms:1
+        // with alice entered
+        let _ = admin
+            .w
+            .close_session(pb::CloseSessionRequest {
+                session_id: "fe-1".into(),
+            })
+            .await;
+        let mut fe = with(&s, FE).await;
+        fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
+        fe.w.enter_presence(pb::EnterPresenceRequest {
+            session_id: "fe-1".into(),
+            connection_id: "c-1".into(),
+            channel: "rooms:1".into(),
+            client_id: "alice".into(),
+        })
+        .await
+        .unwrap();
+        let before = everything(&mut admin).await;
+        assert!(!before.is_empty());
+        let (lacking, holding) = rpc.keys();
+        let (lacking_id, lacking_secret) = lacking.split_once(':').unwrap();
+        let (holding_id, holding_secret) = holding.split_once(':').unwrap();
+        let expired = mint_until(holding_id, holding_secret, None, now() - 10).unwrap();
+        let stranger = mint_until("stranger", "whatever", None, now() + 600).unwrap();
+        let _ = lacking_secret;
+        let cases: [(&str, String, Code); 7] = [
+            ("no credential", String::new(), Code::Unauthenticated),
+            ("unknown key", "nobody:secret".into(), Code::Unauthenticated),
+            ("wrong secret", format!("{holding_id}:wrong"), Code::Unauthenticated),
+            ("expired token", expired, Code::DeadlineExceeded),
+            ("token of an unknown key", stranger, Code::Unauthenticated),
+            (
+                "key lacking the capability",
+                lacking.to_string(),
+                Code::PermissionDenied,
+            ),
+            ("key with the capability", holding.to_string(), Code::Ok),
+        ];
+        for (what, credential, want) in cases {
+            let mut a = with(&s, &credential).await;
+            let got = rpc.call(&mut a).await;
+            assert_eq!(got, want, "{rpc:?} with {what} ({lacking_id})");
+            if want != Code::Ok {
+                assert_eq!(
+                    everything(&mut admin).await,
+                    before,
+                    "{rpc:?} with {what} changed the store"
+                );
+            }
+        }
+    }
+}
+
+/// An Apply with one forbidden operation is refused whole.
+async fn an_apply_with_one_forbidden_operation_changes_nothing(h: Harness) {
+    let keys = KeyFile::new(&key_file_text(&format!(
+        "[keys.rooms-fe]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"rooms:*\" = [\"report\"] }}\n",
+        secret_digest_hex("rf")
+    )));
+    let s = server(&h, &keys).await;
+    let mut a = with(&s, "rooms-fe:rf").await;
+    let mut admin = with(&s, ADMIN).await;
+    let err =
+        a.w.apply(pb::ApplyRequest {
+            session_id: "s".into(),
+            operations: vec![
+                pb::Operation {
+                    op: Some(attach_op("c", "rooms:1", &[Mode::Subscribe])),
+                },
+                pb::Operation {
+                    op: Some(attach_op("c", "games:1", &[Mode::Subscribe])),
+                },
+            ],
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
+    assert!(err.message().contains("games:1"), "{err:?}");
+    assert!(everything(&mut admin).await.is_empty());
+    // batch reads too: refused whole, naming the channel
+    let mut dash = with(&s, DASH).await;
+    let err = dash
+        .r
+        .batch_get_occupancy(pb::BatchGetOccupancyRequest {
+            channels: vec!["rooms:1".into(), "games:1".into()],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), Code::PermissionDenied);
+    assert!(err.message().contains("games:1"), "{err:?}");
+}
+
+/// 2,000 readable channels among 2,000 others interleaved by name, walked
+/// in small pages: exactly the readable ones, no repeats, no empty page.
+async fn a_filtered_listing_walks_exactly_the_readable_channels(h: Harness) {
+    let mut readable = BTreeSet::new();
+    let mut caps = String::from("{ ");
+    for i in 0..4000 {
+        if i % 2 == 0 {
+            let name = format!("w:{i:05}");
+            caps.push_str(&format!("\"{name}\" = [\"read\"], "));
+            readable.insert(name);
+        }
+    }
+    caps.push('}');
+    let keys = KeyFile::new(&key_file_text(&format!(
+        "[keys.some]\nsecret_sha256 = \"{}\"\ncapabilities = {caps}\n",
+        secret_digest_hex("some")
+    )));
+    let s = server(&h, &keys).await;
+    let mut admin = with(&s, ADMIN).await;
+    for c in 0..4 {
+        let ops = (c * 1000..(c + 1) * 1000)
+            .map(|i| pb::Operation {
+                op: Some(attach_op(&format!("c{c}"), &format!("w:{i:05}"), &[Mode::Subscribe])),
+            })
+            .collect();
+        admin
+            .w
+            .apply(pb::ApplyRequest {
+                session_id: "loader".into(),
+                operations: ops,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+    }
+    // a channel outside the prefix the key also cannot read
+    admin.w.attach(attach("x", "rooms:1")).await.unwrap();
+    let mut some = with(&s, "some:some").await;
+    for (limit, order) in [
+        (7, pb::ListOrder::Name),
+        (50, pb::ListOrder::Name),
+        (7, pb::ListOrder::ConnectionsDesc),
+    ] {
+        for prefix in ["", "w:"] {
+            let mut seen = Vec::new();
+            let mut cursor = String::new();
+            for page_no in 0..10_000 {
+                let page = some
+                    .r
+                    .list_channels(pb::ListChannelsRequest {
+                        prefix: prefix.into(),
+                        limit,
+                        cursor: cursor.clone(),
+                        order: order as i32,
+                        ..Default::default()
+                    })
+                    .await
+                    .unwrap()
+                    .into_inner();
+                assert!(
+                    !page.channels.is_empty() || page.next_cursor.is_empty(),
+                    "empty page {page_no} with more to follow"
+                );
+                assert!(page.channels.len() <= limit as usize);
+                seen.extend(page.channels.into_iter().map(|c| c.channel_id));
+                if page.next_cursor.is_empty() {
+                    break;
+                }
+                cursor = page.next_cursor;
+            }
+            let set: BTreeSet<_> = seen.iter().cloned().collect();
+            assert_eq!(set.len(), seen.len(), "a channel repeated ({order:?}, {limit})");
+            assert_eq!(set, readable, "({order:?}, limit {limit}, prefix {prefix:?})");
+            if order == pb::ListOrder::Name {
+                assert!(seen.windows(2).all(|w| w[0] < w[1]), "name order");
+            }
+        }
+    }
+    // a prefix under which nothing is readable: one empty, final page
+    let page = some
+        .r
+        .list_channels(pb::ListChannelsRequest {
+            prefix: "rooms:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(page.channels.is_empty() && page.next_cursor.is_empty());
+}
+
+/// Prefix subscriptions only where the whole prefix is covered.
+async fn prefix_subscriptions_need_the_whole_prefix(h: Harness) {
+    let keys = KeyFile::new(&key_file_text(""));
+    let s = server(&h, &keys).await;
+    let mut dash = with(&s, DASH).await;
+    for prefix in ["", "room", "games:"] {
+        let err = dash
+            .r
+            .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+                prefix: prefix.into(),
+                channels: if prefix.is_empty() {
+                    vec!["rooms:1".into()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            })
+            .await
+            .map(drop);
+        if prefix.is_empty() {
+            // no prefix: the named channel is readable
+            assert!(err.is_ok(), "{err:?}");
+            continue;
+        }
+        let err = err.unwrap_err();
+        assert_eq!(err.code(), Code::PermissionDenied, "{prefix}: {err:?}");
+        assert!(err.message().contains(prefix), "{err:?}");
+    }
+    let stream = dash
+        .r
+        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+            prefix: "rooms:eu:".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = Sub::from_stream(stream);
+    let mut fe = with(&s, FE).await;
+    fe.w.attach(attach("c-1", "rooms:eu:1")).await.unwrap();
+    let e = sub.next().await;
+    assert_eq!(e.channel, "rooms:eu:1");
+    assert_eq!(e.metrics.unwrap().connections, 1);
+}
+
+/// A stream opened with a token ends UNAUTHENTICATED when the token
+/// expires; a fresh token with `resume_from` misses nothing.
+async fn a_token_bound_stream_ends_at_expiry_and_resumes(h: Harness) {
+    let keys = KeyFile::new(&key_file_text(""));
+    let s = server(&h, &keys).await;
+    let mut fe = with(&s, FE).await;
+    fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
+    let exp = now() + 2;
+    let token = mint_until("dash", "dash-secret", None, exp).unwrap();
+    let mut dash = with(&s, &token).await;
+    let stream = dash
+        .r
+        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+            channels: vec!["rooms:1".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = Sub::from_stream(stream);
+    let first = sub.next().await;
+    assert_eq!(first.metrics.unwrap().connections, 1);
+    fe.w.attach(attach("c-2", "rooms:1")).await.unwrap();
+    let second = sub.next().await;
+    assert_eq!(second.metrics.unwrap().connections, 2);
+    // the stream ends with UNAUTHENTICATED saying so, within the token's
+    // life plus a margin
+    let end = sub
+        .next_within(Duration::from_secs(10))
+        .await
+        .expect("the stream ends")
+        .expect_err("with a status");
+    assert_eq!(end.code(), Code::Unauthenticated, "{end:?}");
+    assert!(end.message().contains("expired"), "{end:?}");
+    assert!(now() >= exp);
+    // a change while away
+    fe.w.attach(attach("c-3", "rooms:1")).await.unwrap();
+    let fresh = mint_until("dash", "dash-secret", None, now() + 600).unwrap();
+    let mut dash = with(&s, &fresh).await;
+    let stream = dash
+        .r
+        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+            channels: vec!["rooms:1".into()],
+            resume_from: second.id.clone(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let mut sub = Sub::from_stream(stream);
+    let caught_up = sub.next().await;
+    assert_eq!(caught_up.metrics.unwrap().connections, 3);
+    assert!(caught_up.id > second.id);
+}
+
+both_stores!(
+    every_rpc_gets_the_status_its_credential_earns,
+    an_apply_with_one_forbidden_operation_changes_nothing,
+    a_filtered_listing_walks_exactly_the_readable_channels,
+    prefix_subscriptions_need_the_whole_prefix,
+    a_token_bound_stream_ends_at_expiry_and_resumes,
+);
+
+/// Reloading the key file under load fails no call; a broken file keeps
+/// the old keys; a new key in a good file works once loaded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_file_reload_under_load_fails_no_call() {
+    let h = Harness::memory(TTL);
+    let keys = KeyFile::new(&key_file_text(""));
+    let auth = authenticator(&keys.path());
+    let s = server_with(&h, auth.clone()).await;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for w in 0..4 {
+        let mut a = with(&s, if w % 2 == 0 { FE } else { DASH }).await;
+        let stop = stop.clone();
+        load.push(tokio::spawn(async move {
+            let mut calls = 0u32;
+            while !stop.load(Ordering::Relaxed) && calls < 1_000_000 {
+                if w % 2 == 0 {
+                    a.w.attach(attach(&format!("c{w}"), "rooms:1"))
+                        .await
+                        .expect("write during reload");
+                } else {
+                    a.r.get_occupancy(pb::GetOccupancyRequest {
+                        channel: "rooms:1".into(),
+                    })
+                    .await
+                    .expect("read during reload");
+                }
+                calls += 1;
+            }
+            calls
+        }));
+    }
+    // rewrites adding a key each time, picked up on change
+    for round in 0..3 {
+        let text = key_file_text(&format!(
+            "[keys.new{round}]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"*\" = [\"read\"] }}\n",
+            secret_digest_hex("n")
+        ));
+        keys.replace(&text);
+        let mut n = with(&s, &format!("new{round}:n")).await;
+        eventually(Duration::from_secs(10), "the new key works", || {
+            let mut r = n.r.clone();
+            async move {
+                r.get_occupancy(pb::GetOccupancyRequest {
+                    channel: "rooms:1".into(),
+                })
+                .await
+                .ok()
+            }
+        })
+        .await;
+        let _ = &mut n;
+    }
+    // a broken file: the old keys stay (new2 still works after the
+    // watcher has certainly looked at it; the broken text is noticed as a
+    // change, so a later good file is still picked up)
+    let failed = auth.counters().reload_failures.load(Ordering::Relaxed);
+    keys.replace("[keys.new2\nthis is not toml");
+    let mut later = with(&s, "later:l").await;
+    eventually(Duration::from_secs(10), "the broken file is tried", || {
+        let tried = auth.counters().reload_failures.load(Ordering::Relaxed) > failed;
+        async move { tried.then_some(()) }
+    })
+    .await;
+    let mut n2 = with(&s, "new2:n").await;
+    n2.r.get_occupancy(pb::GetOccupancyRequest {
+        channel: "rooms:1".into(),
+    })
+    .await
+    .expect("the previous keys stay after a bad file");
+    keys.replace(&key_file_text(&format!(
+        "[keys.later]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"*\" = [\"read\"] }}\n",
+        secret_digest_hex("l")
+    )));
+    eventually(Duration::from_secs(10), "a good file after a bad one", || {
+        let mut r = later.r.clone();
+        async move {
+            r.get_occupancy(pb::GetOccupancyRequest {
+                channel: "rooms:1".into(),
+            })
+            .await
+            .ok()
+        }
+    })
+    .await;
+    let _ = &mut later;
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for l in load {
+        total += l.await.expect("no call failed");
+    }
+    assert!(total > 0);
+}

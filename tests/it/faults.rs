@@ -103,7 +103,7 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     assert_eq!(sub_mismatches, 0, "subscribers on the other replicas missed changes");
 }
 
-fn holdings_to_pb(h: &[(String, String, u8, Vec<String>)]) -> Vec<pb::SessionAttachment> {
+pub fn holdings_to_pb(h: &[(String, String, u8, Vec<String>)]) -> Vec<pb::SessionAttachment> {
     h.iter()
         .map(|(conn, ch, modes, members)| {
             let modes_pb: Vec<i32> = [

@@ -29,6 +29,7 @@ mod abuse;
 mod cli;
 mod client;
 mod conformance;
+mod epochs;
 mod examples;
 mod faults;
 mod fixture;

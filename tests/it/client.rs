@@ -294,3 +294,41 @@ async fn closing_a_session_waits_for_a_resync_in_flight() {
     assert_eq!(*store.log.lock().unwrap(), ["sync", "close"]);
     assert_eq!(fx.get("lobby").await, [0; 9], "closing removed everything");
 }
+
+/// Redis restarts empty and the front end's next call is a write: the
+/// batch names the lease it was built under, is refused for its epoch, and
+/// the `Session` re-sends its whole state before `flush` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_helper_resyncs_when_a_write_finds_another_lease() {
+    let mut h = Harness::redis(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let client = Client::new(s.url()).unwrap();
+    let session = client.session("front-1", Duration::from_secs(60)).await.unwrap();
+    session.attach("c1", "lobby", &[CMode::Presence]);
+    assert!(session.enter("c1", "lobby", "alice"));
+    session.flush().await.unwrap();
+    let before = session.epoch();
+    assert_ne!(before, 0);
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.restart();
+    eventually(Duration::from_secs(10), "redis to answer", || async {
+        fx.w.clone()
+            .keep_alive(occupancy::proto::v1::KeepAliveRequest {
+                session_id: "probe".into(),
+                ttl_ms: 0,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    session.attach("c2", "lobby", &[]);
+    session.flush().await.unwrap();
+    assert_ne!(session.epoch(), before, "the state is in a new lease");
+    assert!(session.resyncs() >= 1);
+    assert_eq!(fx.get("lobby").await, [2, 0, 0, 1, 1, 0, 0, 0, 1]);
+    session.close().await.unwrap();
+    assert_eq!(fx.get("lobby").await, [0; 9]);
+}

@@ -30,6 +30,7 @@ mod auth;
 mod cli;
 mod client;
 mod conformance;
+mod epochs;
 mod examples;
 mod faults;
 mod fixture;

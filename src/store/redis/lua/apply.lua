@@ -74,10 +74,11 @@ for w = 1, writes do
 end
 for _, session in ipairs(sessions) do
   local tok = live_token(session)
-  -- the lease's last sequence, as a number and as stored
-  local q, qs = 0, '0'
+  -- the lease's length, and its last sequence as a number and as stored
+  local q, qs, lease_ms = 0, '0', nil
   if tok then
-    qs = rcall('HGET', k_tok(tok), 'q') or '0'
+    local v = rcall('HMGET', k_tok(tok), 'ttl', 'q')
+    lease_ms, qs = v[1], v[2] or '0'
     q = tonum(qs)
   end
   local q0 = q
@@ -153,7 +154,7 @@ for _, session in ipairs(sessions) do
         tok = nil
       end
     else
-      extend(tok)
+      rcall('ZADD', K_LEASES, NOW + tonum(lease_ms), tok)
       if q ~= q0 then rcall('HSET', k_tok(tok), 'q', qs) end
     end
   end

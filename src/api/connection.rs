@@ -35,7 +35,11 @@ impl ConnectionApi {
         let session = convert::session(session)?;
         let op = op?;
         who.check(Op::Report, op.channel().as_str())?;
-        let (r, epoch) = self.store.apply(&session, std::slice::from_ref(&op), true).await?;
+        let (r, epoch) = self
+            .store
+            .apply_as(&session, who.owner(), std::slice::from_ref(&op), true)
+            .await
+            .map_err(|e| counted(who, e))?;
         let r = r
             .into_iter()
             .next()
@@ -45,6 +49,19 @@ impl ConnectionApi {
             s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message().into())),
             s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message().into())),
         }
+    }
+}
+
+/// A KeepAlive refused: the session belongs to another key.
+fn refused(who: &Principal, session: &SessionId) -> Status {
+    counted(who, crate::store::not_owner(who.owner(), session, false)).into()
+}
+
+/// Counts and logs an ownership refusal coming back from the store.
+fn counted(who: &Principal, e: Error) -> Error {
+    match e {
+        Error::Auth(a) => Error::Auth(who.denied(a)),
+        other => other,
     }
 }
 
@@ -129,6 +146,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
             include_metrics: r.include_metrics,
             sequence: r.sequence,
             epoch: r.session_epoch,
+            owner: who.owner(),
         };
         let (results, session_epoch) = match self.store.write(&session, batch).await? {
             Applied::Done { results, epoch } => (results, epoch),
@@ -138,6 +156,9 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
                     session_epoch: epoch,
                     ..Default::default()
                 }))
+            }
+            Applied::NotOwner { connection } => {
+                return Err(counted(&who, crate::store::not_owner(who.owner(), &session, connection)).into())
             }
             Applied::WrongEpoch { epoch } => {
                 return Ok(Response::new(pb::ApplyResponse {
@@ -173,9 +194,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
         who.check_any(Op::Report).map_err(Error::from)?;
-        let (status, ttl_ms, session_epoch) = match self.store.keep_alive(&session, ttl).await? {
+        let (status, ttl_ms, session_epoch) = match self.store.keep_alive_as(&session, who.owner(), ttl).await? {
             KeepAliveOutcome::Active { ttl_ms, epoch } => (pb::SessionStatus::Active, ttl_ms, epoch),
             KeepAliveOutcome::Unknown { ttl_ms, epoch } => (pb::SessionStatus::Unknown, ttl_ms, epoch),
+            KeepAliveOutcome::NotOwner => return Err(refused(&who, &session)),
         };
         Ok(Response::new(pb::KeepAliveResponse {
             status: status as i32,
@@ -198,7 +220,11 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         for a in &desired {
             who.check(Op::Report, a.channel.as_str()).map_err(Error::from)?;
         }
-        let out = self.store.sync_session(&session, &desired, ttl).await?;
+        let out = self
+            .store
+            .sync_session_as(&session, who.owner(), &desired, ttl)
+            .await
+            .map_err(|e| counted(&who, e))?;
         if out.added + out.removed > 0 {
             tracing::info!(
                 added = out.added,
@@ -226,7 +252,11 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         let who = principal(&req)?;
         let session: SessionId = convert::session(&req.into_inner().session_id).map_err(Error::from)?;
         who.check_any(Op::Report).map_err(Error::from)?;
-        let closed = self.store.close_session(&session).await?;
+        let closed = self
+            .store
+            .close_session_as(&session, who.owner())
+            .await
+            .map_err(|e| counted(&who, e))?;
         Ok(Response::new(pb::CloseSessionResponse {
             closed: closed.is_some(),
             session_epoch: closed.unwrap_or(0),

@@ -122,6 +122,8 @@ pub enum KeepAliveOutcome {
         /// The new lease's epoch.
         epoch: u64,
     },
+    /// The session's live lease belongs to another owner: nothing changed.
+    NotOwner,
 }
 
 impl KeepAliveOutcome {
@@ -129,6 +131,7 @@ impl KeepAliveOutcome {
     pub fn epoch(&self) -> u64 {
         match self {
             KeepAliveOutcome::Active { epoch, .. } | KeepAliveOutcome::Unknown { epoch, .. } => *epoch,
+            KeepAliveOutcome::NotOwner => 0,
         }
     }
 }
@@ -160,6 +163,12 @@ pub enum Applied {
         /// The epoch of the session's live lease, 0 when it has none.
         epoch: u64,
     },
+    /// Not applied: the session's live lease, or a connection an attach
+    /// or enter of the write would move, belongs to another owner.
+    NotOwner {
+        /// Whether it was a connection (else the session itself).
+        connection: bool,
+    },
 }
 
 impl Applied {
@@ -167,6 +176,7 @@ impl Applied {
     pub fn epoch(&self) -> u64 {
         match self {
             Applied::Done { epoch, .. } | Applied::Stale { epoch } | Applied::WrongEpoch { epoch } => *epoch,
+            Applied::NotOwner { .. } => 0,
         }
     }
 }
@@ -183,6 +193,9 @@ pub struct Batch<'a> {
     pub sequence: u64,
     /// The lease epoch the batch was built under; 0 for no check.
     pub epoch: u64,
+    /// Who writes: the credential that owns the leases it opens, and may
+    /// write only to its own ("" when access control is off).
+    pub owner: &'a str,
 }
 
 impl<'a> Batch<'a> {
@@ -193,6 +206,7 @@ impl<'a> Batch<'a> {
             include_metrics,
             sequence: 0,
             epoch: 0,
+            owner: "",
         }
     }
 }

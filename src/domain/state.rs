@@ -13,6 +13,11 @@
 //! old session's expiry leaves it be. Detach and Leave never move a
 //! connection: naming one another session owns, they change nothing.
 //!
+//! Owners: a lease records who opened it (the credential's key id, ""
+//! with access control off). A write, KeepAlive or close by anyone else
+//! changes nothing, and neither does a write whose attach or enter would
+//! move a connection out of a live lease of another owner.
+//!
 //! Leases: a write opens a lease only when the session holds something
 //! after it (a refused or empty write leaves no lease behind). Each lease
 //! has an epoch that never repeats (a bijective mix of the lease's number
@@ -46,6 +51,8 @@ struct Lease {
     epoch: u64,
     /// Last batch sequence applied in this lease (0: none).
     sequence: u64,
+    /// Who opened it.
+    owner: String,
 }
 
 #[derive(Debug)]
@@ -174,10 +181,25 @@ impl OccupancyState {
         if batch.epoch != 0 && batch.epoch != current {
             return Applied::WrongEpoch { epoch: current };
         }
+        if live.is_some_and(|l| l.owner != batch.owner) {
+            return Applied::NotOwner { connection: false };
+        }
+        // an attach or enter would move a connection of another owner's
+        // live lease: refused whole, before anything changes
+        let mine = self.sessions.get(session).copied();
+        let foreign = batch.ops.iter().any(|op| {
+            matches!(op, Operation::Attach { .. } | Operation::Enter { .. })
+                && self.conns.get(op.connection()).is_some_and(|c| {
+                    Some(c.token) != mine && self.leases.get(&c.token).is_some_and(|l| l.owner != batch.owner)
+                })
+        });
+        if foreign {
+            return Applied::NotOwner { connection: true };
+        }
         if batch.sequence > 0 && live.is_some_and(|l| batch.sequence <= l.sequence) {
             return Applied::Stale { epoch: current };
         }
-        let (token, fresh) = self.open(now, session, default_ttl_ms);
+        let (token, fresh) = self.open(now, session, default_ttl_ms, batch.owner);
         let mut touched = Touched::default();
         let mut results = Vec::with_capacity(batch.ops.len());
         for op in batch.ops {
@@ -213,8 +235,25 @@ impl OccupancyState {
         default_ttl_ms: u64,
         changes: &mut Vec<Change>,
     ) -> KeepAliveOutcome {
+        self.keep_alive_as(now, session, "", ttl_ms, default_ttl_ms, changes)
+    }
+
+    /// [`OccupancyState::keep_alive`] by `owner`: a live lease of another
+    /// owner is left alone.
+    pub fn keep_alive_as(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        owner: &str,
+        ttl_ms: Option<u64>,
+        default_ttl_ms: u64,
+        changes: &mut Vec<Change>,
+    ) -> KeepAliveOutcome {
         self.expire(now, changes);
-        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms));
+        if self.owner(session).is_some_and(|o| o != owner) {
+            return KeepAliveOutcome::NotOwner;
+        }
+        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms), owner);
         let lease = self.leases.get_mut(&token).expect("open returns a live lease");
         if let Some(ttl) = ttl_ms {
             lease.ttl_ms = ttl;
@@ -235,7 +274,35 @@ impl OccupancyState {
     /// Removes everything of `session` now; the epoch of the lease closed,
     /// or `None` when it had no live lease.
     pub fn close_session(&mut self, now: u64, session: &SessionId, changes: &mut Vec<Change>) -> Option<u64> {
+        self.close_session_as(now, session, "", changes).unwrap_or(None)
+    }
+
+    /// The owner of `session`'s live lease (after expiring what ran out).
+    fn owner(&self, session: &SessionId) -> Option<&str> {
+        self.sessions
+            .get(session)
+            .and_then(|t| self.leases.get(t))
+            .map(|l| l.owner.as_str())
+    }
+
+    /// [`OccupancyState::close_session`] by `owner`: `Err(())` and nothing
+    /// changed when another owner holds the session's live lease.
+    #[allow(clippy::result_unit_err)]
+    pub fn close_session_as(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        owner: &str,
+        changes: &mut Vec<Change>,
+    ) -> Result<Option<u64>, ()> {
         self.expire(now, changes);
+        if self.owner(session).is_some_and(|o| o != owner) {
+            return Err(());
+        }
+        Ok(self.close_inner(session, changes))
+    }
+
+    fn close_inner(&mut self, session: &SessionId, changes: &mut Vec<Change>) -> Option<u64> {
         let token = self.sessions.get(session).copied()?;
         let epoch = self.leases.get(&token).map(|l| l.epoch);
         self.retire(token, changes);
@@ -318,7 +385,7 @@ impl OccupancyState {
 
     /// The session's live lease, extended, or a new one; and whether it is
     /// new.
-    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64) -> (u64, bool) {
+    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64, owner: &str) -> (u64, bool) {
         if let Some(&token) = self.sessions.get(session) {
             let lease = self.leases.get_mut(&token).expect("session maps to a lease");
             let old = lease.deadline;
@@ -340,6 +407,7 @@ impl OccupancyState {
                 conns: HashSet::new(),
                 epoch: mix(self.epoch_seed.wrapping_add(token)).max(1),
                 sequence: 0,
+                owner: owner.to_string(),
             },
         );
         self.deadlines.insert((now + default_ttl_ms, token));

@@ -139,13 +139,14 @@ impl Store for MemoryStore {
         self.with(|s, now, ch| s.apply(now, session, ttl, batch, ch))
     }
 
-    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let ttl = self.default_ttl_ms;
-        self.with(|s, now, ch| s.keep_alive(now, session, ttl_ms, ttl, ch))
+        self.with(|s, now, ch| s.keep_alive_as(now, session, owner, ttl_ms, ttl, ch))
     }
 
-    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>> {
-        self.with(|s, now, ch| s.close_session(now, session, ch))
+    async fn close_session_as(&self, session: &SessionId, owner: &str) -> Result<Option<u64>> {
+        self.with(|s, now, ch| s.close_session_as(now, session, owner, ch))?
+            .map_err(|()| crate::store::not_owner(owner, session, false))
     }
 
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {

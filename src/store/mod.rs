@@ -82,6 +82,23 @@ pub struct SyncOutcome {
     pub epoch: u64,
 }
 
+/// The refusal of a call by `owner` on `session` that belongs to another
+/// owner (or names a connection of another owner's session).
+pub fn not_owner(owner: &str, session: &SessionId, connection: bool) -> crate::Error {
+    let what = if connection {
+        format!(
+            "a connection this write would move out of another key's session (writing session {:?})",
+            session.as_str()
+        )
+    } else {
+        format!("session {:?}", session.as_str())
+    };
+    crate::Error::Auth(crate::auth::AuthError::NotOwner {
+        key: owner.to_string(),
+        what,
+    })
+}
+
 /// Occupancy state shared by the service's handlers.
 ///
 /// Every method is atomic with respect to the others, whichever replica
@@ -109,8 +126,26 @@ pub trait Store: Send + Sync + 'static {
         ops: &[Operation],
         include_metrics: bool,
     ) -> Result<(Vec<OpResult>, u64)> {
-        match self.write(session, Batch::new(ops, include_metrics)).await? {
+        self.apply_as(session, "", ops, include_metrics).await
+    }
+
+    /// [`Store::apply`] by `owner` (see [`Batch::owner`]).
+    ///
+    /// # Errors
+    /// As [`Store::write`]; [`crate::Error::Auth`] when the session or a
+    /// connection it would move belongs to another owner (nothing changed).
+    async fn apply_as(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        ops: &[Operation],
+        include_metrics: bool,
+    ) -> Result<(Vec<OpResult>, u64)> {
+        let mut batch = Batch::new(ops, include_metrics);
+        batch.owner = owner;
+        match self.write(session, batch).await? {
             Applied::Done { results, epoch } => Ok((results, epoch)),
+            Applied::NotOwner { connection } => Err(not_owner(owner, session, connection)),
             other => Err(crate::Error::Internal(format!(
                 "an unconditional write was refused: {other:?}"
             ))),
@@ -121,14 +156,34 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`Store::write`].
-    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome>;
+    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+        self.keep_alive_as(session, "", ttl_ms).await
+    }
+
+    /// [`Store::keep_alive`] by `owner`, in the same atomic step as the
+    /// owner check: [`KeepAliveOutcome::NotOwner`] (nothing changed) when
+    /// the session's live lease belongs to another owner; a lease it opens
+    /// records `owner`.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome>;
 
     /// Removes everything of `session` now: the epoch of the lease closed,
     /// or `None` when it had no live lease.
     ///
     /// # Errors
     /// As [`Store::write`].
-    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>>;
+    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>> {
+        self.close_session_as(session, "").await
+    }
+
+    /// [`Store::close_session`] by `owner`.
+    ///
+    /// # Errors
+    /// As [`Store::write`]; [`crate::Error::Auth`] when the session's live
+    /// lease belongs to another owner (nothing changed).
+    async fn close_session_as(&self, session: &SessionId, owner: &str) -> Result<Option<u64>>;
 
     /// The metrics of each channel, in order (zero for inactive ones).
     ///
@@ -163,7 +218,25 @@ pub trait Store: Send + Sync + 'static {
         desired: &[HeldAttachment],
         ttl_ms: Option<u64>,
     ) -> Result<SyncOutcome> {
-        let was = self.keep_alive(session, ttl_ms).await?;
+        self.sync_session_as(session, "", desired, ttl_ms).await
+    }
+
+    /// [`Store::sync_session`] by `owner`.
+    ///
+    /// # Errors
+    /// As [`Store::write`]; [`crate::Error::Auth`] when the session, or a
+    /// connection it declares, belongs to another owner.
+    async fn sync_session_as(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        desired: &[HeldAttachment],
+        ttl_ms: Option<u64>,
+    ) -> Result<SyncOutcome> {
+        let was = self.keep_alive_as(session, owner, ttl_ms).await?;
+        if was == KeepAliveOutcome::NotOwner {
+            return Err(not_owner(owner, session, false));
+        }
         let mut outcome = SyncOutcome {
             was_alive: matches!(was, KeepAliveOutcome::Active { .. }),
             added: 0,
@@ -181,7 +254,7 @@ pub trait Store: Send + Sync + 'static {
             for chunk in ops.chunks(crate::domain::ops::MAX_BATCH) {
                 // the lease the KeepAlive above opened or extended; a write
                 // cannot drop it (only a new lease is dropped when empty)
-                outcome.epoch = self.apply(session, chunk, false).await?.1;
+                outcome.epoch = self.apply_as(session, owner, chunk, false).await?.1;
             }
         }
         Ok(outcome)

@@ -630,7 +630,154 @@ async fn a_token_bound_stream_ends_at_expiry_and_resumes(h: Harness) {
     assert!(caught_up.id > second.id);
 }
 
+/// A session belongs to the key that opened it: another key cannot keep
+/// it alive, close, sync or write it, nor take over its connections, on
+/// any of three replicas; the owner can, from any replica.
+async fn sessions_belong_to_the_key_that_opened_them(h: Harness) {
+    let keys = KeyFile::new(&key_file_text(""));
+    let (a, b, c) = (
+        server(&h, &keys).await,
+        server(&h, &keys).await,
+        server(&h, &keys).await,
+    );
+    let mut admin = with(&a, ADMIN).await;
+    let mut fe = with(&a, FE).await;
+    fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
+    fe.w.enter_presence(pb::EnterPresenceRequest {
+        session_id: "fe-1".into(),
+        connection_id: "c-1".into(),
+        channel: "rooms:1".into(),
+        client_id: "alice".into(),
+    })
+    .await
+    .unwrap();
+    let before = everything(&mut admin).await;
+    let other_session = |conn: &str| pb::AttachRequest {
+        session_id: "fe2-1".into(),
+        ..attach(conn, "rooms:2")
+    };
+    for replica in [&b, &c] {
+        let mut fe2 = with(replica, FE2).await;
+        let denied: Vec<(&str, Result<(), tonic::Status>)> = vec![
+            (
+                "keep alive",
+                fe2.w
+                    .keep_alive(pb::KeepAliveRequest {
+                        session_id: "fe-1".into(),
+                        ttl_ms: 60_000,
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "close",
+                fe2.w
+                    .close_session(pb::CloseSessionRequest {
+                        session_id: "fe-1".into(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "sync",
+                fe2.w
+                    .sync_session(pb::SyncSessionRequest {
+                        session_id: "fe-1".into(),
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            ("attach into", fe2.w.attach(attach("c-9", "rooms:1")).await.map(drop)),
+            (
+                "apply into",
+                fe2.w
+                    .apply(pb::ApplyRequest {
+                        session_id: "fe-1".into(),
+                        operations: vec![pb::Operation {
+                            op: Some(detach_op("c-1", "rooms:1")),
+                        }],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "take over by attach",
+                fe2.w.attach(other_session("c-1")).await.map(drop),
+            ),
+            (
+                "take over by enter",
+                fe2.w
+                    .enter_presence(pb::EnterPresenceRequest {
+                        session_id: "fe2-1".into(),
+                        connection_id: "c-1".into(),
+                        channel: "rooms:1".into(),
+                        client_id: "mallory".into(),
+                    })
+                    .await
+                    .map(drop),
+            ),
+            (
+                "take over in a batch",
+                fe2.w
+                    .apply(pb::ApplyRequest {
+                        session_id: "fe2-1".into(),
+                        operations: vec![
+                            pb::Operation {
+                                op: Some(attach_op("c-7", "rooms:2", &[Mode::Subscribe])),
+                            },
+                            pb::Operation {
+                                op: Some(attach_op("c-1", "rooms:2", &[Mode::Subscribe])),
+                            },
+                        ],
+                        ..Default::default()
+                    })
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (what, r) in denied {
+            let e = r.expect_err(what);
+            assert_eq!(e.code(), Code::PermissionDenied, "{what}: {e:?}");
+            assert!(e.message().contains("fe2"), "{what}: {e:?}");
+            assert_eq!(everything(&mut admin).await, before, "{what} changed the store");
+        }
+    }
+    // the owner, from another replica: keeps it alive, and resumes its
+    // connection in another session of its own
+    let mut fe_c = with(&c, FE).await;
+    let ka = fe_c
+        .w
+        .keep_alive(pb::KeepAliveRequest {
+            session_id: "fe-1".into(),
+            ttl_ms: 60_000,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(ka.status, pb::SessionStatus::Active as i32);
+    fe_c.w
+        .attach(pb::AttachRequest {
+            session_id: "fe-1b".into(),
+            ..attach("c-1", "rooms:1")
+        })
+        .await
+        .unwrap();
+    // fe's old session now holds nothing of c-1: closing it leaves rooms:1
+    fe_c.w
+        .close_session(pb::CloseSessionRequest {
+            session_id: "fe-1".into(),
+        })
+        .await
+        .unwrap();
+    let now_state = everything(&mut admin).await;
+    assert_eq!(now_state.len(), 1, "{now_state:?}");
+    assert_eq!(now_state[0].1[0], 1, "c-1 still attached through fe-1b");
+}
+
 both_stores!(
+    sessions_belong_to_the_key_that_opened_them,
     every_rpc_gets_the_status_its_credential_earns,
     an_apply_with_one_forbidden_operation_changes_nothing,
     a_filtered_listing_walks_exactly_the_readable_channels,

@@ -200,11 +200,11 @@ impl Store for GatedSyncs {
     async fn write(&self, session: &SessionId, batch: Batch<'_>) -> OResult<Applied> {
         self.inner.write(session, batch).await
     }
-    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
-        self.inner.keep_alive(session, ttl_ms).await
+    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
+        self.inner.keep_alive_as(session, owner, ttl_ms).await
     }
-    async fn close_session(&self, session: &SessionId) -> OResult<Option<u64>> {
-        let r = self.inner.close_session(session).await;
+    async fn close_session_as(&self, session: &SessionId, owner: &str) -> OResult<Option<u64>> {
+        let r = self.inner.close_session_as(session, owner).await;
         self.log.lock().unwrap().push("close");
         self.closes.send_modify(|n| *n += 1);
         r
@@ -218,15 +218,16 @@ impl Store for GatedSyncs {
     async fn session_state(&self, session: &SessionId) -> OResult<Vec<HeldAttachment>> {
         self.inner.session_state(session).await
     }
-    async fn sync_session(
+    async fn sync_session_as(
         &self,
         session: &SessionId,
+        owner: &str,
         desired: &[HeldAttachment],
         ttl_ms: Option<u64>,
     ) -> OResult<SyncOutcome> {
         self.arrived.notify_one();
         self.gate.acquire().await.expect("gate").forget();
-        let r = self.inner.sync_session(session, desired, ttl_ms).await;
+        let r = self.inner.sync_session_as(session, owner, desired, ttl_ms).await;
         self.log.lock().unwrap().push("sync");
         r
     }

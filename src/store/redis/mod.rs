@@ -27,6 +27,7 @@ use crate::domain::{
     ListedChannel, Metrics, ModeSet, OpResult, OpStatus, Operation, Pos, SessionId,
 };
 use crate::error::{Error, Result};
+use crate::store::not_owner;
 
 mod functions;
 mod group;
@@ -121,6 +122,7 @@ impl writer::Sender for ApplySender {
                 .arg(job.sequence)
                 .arg(job.epoch)
                 .arg(new_token())
+                .arg(job.owner.as_str())
                 .arg(job.ops.len());
             total += job.ops.len();
             for op in &job.ops {
@@ -183,13 +185,17 @@ fn epoch_of(raw: &redis::Value) -> Result<u64> {
 /// One write's outcome from the apply function's reply (`lua/apply.lua`):
 /// a string of one status byte per operation, each followed by the
 /// channel's packed counters when the write asked for them; or -1 when the
-/// write's sequence was stale, -2 when its epoch was not the live lease's
+/// write's sequence was stale, -2 when its epoch was not the live lease's,
+/// -3 when the session's lease, -4 when a connection it would move,
+/// belongs to another owner
 /// (nothing applied); then the session's token after the write.
 fn write_results(job: &writer::Job, raw: &redis::Value, token: &redis::Value) -> Result<Applied> {
     let epoch = epoch_of(token)?;
     let bytes = match raw {
         redis::Value::Int(-1) if job.sequence > 0 => return Ok(Applied::Stale { epoch }),
         redis::Value::Int(-2) if job.epoch > 0 => return Ok(Applied::WrongEpoch { epoch }),
+        redis::Value::Int(-3) => return Ok(Applied::NotOwner { connection: false }),
+        redis::Value::Int(-4) => return Ok(Applied::NotOwner { connection: true }),
         redis::Value::BulkString(b) => b.as_slice(),
         other => {
             return Err(Error::Internal(format!(
@@ -411,6 +417,7 @@ impl Store for RedisStore {
                 session: session.clone(),
                 sequence: batch.sequence,
                 epoch: batch.epoch,
+                owner: batch.owner.to_string(),
                 ops: batch.ops.to_vec(),
                 include_metrics: batch.include_metrics,
                 reply,
@@ -421,14 +428,18 @@ impl Store for RedisStore {
             .map_err(|_| Error::Internal("the write queue dropped a write".into()))?
     }
 
-    async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let mut inv = self.call(Function::KeepAlive);
         inv.arg(session.as_str())
             .arg(ttl_ms.unwrap_or(0))
             .arg(self.ttl_ms())
-            .arg(new_token());
+            .arg(new_token())
+            .arg(owner);
         let mut conn = self.conn.clone();
         let (status, ttl_ms, token): (u8, u64, redis::Value) = self.bounded(invoke(&mut conn, &inv)).await?;
+        if status == 3 {
+            return Ok(KeepAliveOutcome::NotOwner);
+        }
         let epoch = epoch_of(&token)?;
         Ok(if status == 1 {
             KeepAliveOutcome::Active { ttl_ms, epoch }
@@ -437,11 +448,14 @@ impl Store for RedisStore {
         })
     }
 
-    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>> {
+    async fn close_session_as(&self, session: &SessionId, owner: &str) -> Result<Option<u64>> {
         let mut inv = self.call(Function::Close);
-        inv.arg(session.as_str());
+        inv.arg(session.as_str()).arg(owner);
         let mut conn = self.conn.clone();
         let (token, alive): (Option<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        if alive == 3 {
+            return Err(not_owner(owner, session, false));
+        }
         let Some(token) = token else {
             return Ok(None);
         };

@@ -45,6 +45,8 @@ pub(super) struct Job {
     pub session: SessionId,
     pub sequence: u64,
     pub epoch: u64,
+    /// Who writes ("" with access control off).
+    pub owner: String,
     pub ops: Vec<Operation>,
     pub include_metrics: bool,
     pub reply: oneshot::Sender<Result<Applied>>,
@@ -156,6 +158,7 @@ pub(super) mod tests {
             session: SessionId::parse("s", "fe").unwrap(),
             sequence: 0,
             epoch: 0,
+            owner: String::new(),
             ops: vec![op; n],
             include_metrics: false,
             reply,

@@ -5,7 +5,8 @@
 -- session id, '1' to return each operation's channel metrics, the write's
 -- sequence (0: none), the lease epoch it was built under ('0': no check),
 -- a new random token for the lease it may open (see live_token in
--- common.lua), its number of operations, and five arguments per
+-- common.lua), its owner ('' with access control off), its number of
+-- operations, and five arguments per
 -- operation: kind ('A' attach, 'D' detach, 'E' enter, 'L' leave),
 -- connection id, channel, the mode bits (attach) or client id (enter,
 -- leave), and the channel's event stream shard (keys::shard_of, computed by
@@ -14,7 +15,9 @@
 -- as one byte, followed by the channel's nine counters packed as stored
 -- (PACK, 36 bytes) when the write asked for them; or -1 when the write's
 -- sequence was not above the last one of the session's lease, -2 when its
--- epoch was not the session's live lease (nothing of it applied). Status 1
+-- epoch was not the session's live lease, -3 when that lease belongs to
+-- another owner, -4 when an attach or enter of it would move a connection
+-- out of a live lease of another owner (nothing of it applied). Status 1
 -- applied, 2 not attached with presence mode, 3 the connection has no room
 -- for another channel. Second, the session's token (its lease epoch) after
 -- the write, or false when it holds no lease. One string per write instead
@@ -37,8 +40,8 @@ local chans, nchans = {}, 0
 local i = 6
 for w = 1, writes do
   starts[w] = i
-  local nops = STRNUM[A[i + 5]] or num(A[i + 5])
-  local j = i + 6
+  local nops = STRNUM[A[i + 6]] or num(A[i + 6])
+  local j = i + 7
   for _ = 1, nops do
     local kind, ch = A[j], A[j + 2]
     if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
@@ -82,17 +85,60 @@ for _, session in ipairs(sessions) do
     q = tonum(qs)
   end
   local q0 = q
-  -- a write built under another lease, or not newer than the lease's last
-  -- one, is not applied
-  local live = {}
+  -- the lease's owner; for a lease this call may open, the owner of its
+  -- first write
+  local owner = tok and owner_of(tok)
+  -- a write of another owner, or built under another lease, is not
+  -- applied
+  local cand = {}
   for _, w in ipairs(by_session[session]) do
     local s = starts[w]
     local ep = A[s + 3]
     if ep ~= '0' and ep ~= tok then
       out[w] = -2
+    elseif owner and owner ~= A[s + 5] then
+      out[w] = -3
     else
+      owner = A[s + 5]
+      cand[#cand + 1] = w
+    end
+  end
+  local fresh = false
+  local live = {}
+  if #cand > 0 then
+    if not tok then
+      fresh = true
+      tok = A[starts[cand[1]] + 4]
+    end
+    local conns, nc = {}, 0
+    for _, w in ipairs(cand) do
+      local s = starts[w]
+      for k = s + 8, s + 3 + 5 * (STRNUM[A[s + 6]] or num(A[s + 6])), 5 do
+        nc = nc + 1
+        conns[nc] = A[k]
+      end
+    end
+    load_conns(tok, conns, nc)
+    -- then: no attach or enter moving a connection of another owner's
+    -- live lease, and a sequence above the lease's last one
+    for _, w in ipairs(cand) do
+      local s = starts[w]
+      local mine = A[s + 5]
+      local theirs = false
+      for k = s + 7, s + 7 + 5 * ((STRNUM[A[s + 6]] or num(A[s + 6])) - 1), 5 do
+        local kind = A[k]
+        if kind == 'A' or kind == 'E' then
+          local f = R[A[k + 1]][FOREIGN]
+          if f and owner_of(f) ~= mine then
+            theirs = true
+            break
+          end
+        end
+      end
       local seq = STRNUM[A[s + 2]] or num(A[s + 2])
-      if seq > 0 and seq <= q then
+      if theirs then
+        out[w] = -4
+      elseif seq > 0 and seq <= q then
         out[w] = -1
       else
         if seq > 0 then q, qs = seq, A[s + 2] end
@@ -100,25 +146,11 @@ for _, session in ipairs(sessions) do
       end
     end
   end
-  local fresh = false
   if #live > 0 then
-    if not tok then
-      fresh = true
-      tok = A[starts[live[1]] + 4]
-    end
-    local conns, nc = {}, 0
-    for _, w in ipairs(live) do
-      local s = starts[w]
-      for k = s + 7, s + 2 + 5 * (STRNUM[A[s + 5]] or num(A[s + 5])), 5 do
-        nc = nc + 1
-        conns[nc] = A[k]
-      end
-    end
-    load_conns(tok, conns, nc)
     for _, w in ipairs(live) do
       local s = starts[w]
       local include = A[s + 1] == '1'
-      local first, last = s + 6, s + 6 + 5 * ((STRNUM[A[s + 5]] or num(A[s + 5])) - 1)
+      local first, last = s + 7, s + 7 + 5 * ((STRNUM[A[s + 6]] or num(A[s + 6])) - 1)
       -- a write of one operation (a unary call) needs no table of results
       -- and no concatenation
       local one = first == last
@@ -149,7 +181,7 @@ for _, session in ipairs(sessions) do
     reset_conns()
     if fresh then
       if holds then
-        open_lease(session, tok, ttl, qs)
+        open_lease(session, tok, ttl, qs, owner)
       else
         tok = nil
       end

@@ -341,11 +341,28 @@ local function extend(tok)
 end
 
 -- Opens a lease for the session under the new token tok, with the lease
--- length ttl and the batch sequence seq.
-local function open_lease(session, tok, ttl, seq)
+-- length ttl, the batch sequence seq and its owner (the credential's key
+-- id; '' with access control off, then not stored).
+local function open_lease(session, tok, ttl, seq, owner)
   rcall('SET', k_sess(session), tok)
-  rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl, 'q', seq)
+  if owner ~= '' then
+    rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl, 'q', seq, 'o', owner)
+  else
+    rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl, 'q', seq)
+  end
   rcall('ZADD', K_LEASES, NOW + ttl, tok)
+end
+
+-- The owner of a token's lease ('' when none was recorded), read once per
+-- call.
+local OWNERS = {}
+local function owner_of(tok)
+  local o = OWNERS[tok]
+  if o == nil then
+    o = rcall('HGET', k_tok(tok), 'o') or ''
+    OWNERS[tok] = o
+  end
+  return o
 end
 
 -- Presence member bookkeeping on a channel: member count, and the count of
@@ -707,6 +724,7 @@ local function begin(argv, clock)
     NOW = nil
   end
   M = {}
+  OWNERS = {}
   touched_list, ntouched = {}, 0
   reset_conns()
 end

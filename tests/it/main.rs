@@ -42,3 +42,4 @@ mod process;
 mod redis_store;
 mod subscribe;
 mod support;
+mod tls;

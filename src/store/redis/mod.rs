@@ -237,6 +237,9 @@ impl From<RedisError> for Error {
             || e.is_io_error()
             || e.is_connection_refusal()
             || e.is_connection_dropped()
+            // a wrong ACL user or password: Redis cannot be used until the
+            // configuration or Redis is fixed (the log names the cause)
+            || e.kind() == ErrorKind::AuthenticationFailed
             || matches!(
                 e.kind(),
                 ErrorKind::Server(

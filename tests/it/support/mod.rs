@@ -148,6 +148,16 @@ impl TestServer {
             .expect("connect to test server")
     }
 
+    /// A plaintext channel, or why it could not connect.
+    pub async fn channel_result(&self) -> Result<Channel, tonic::transport::Error> {
+        Channel::from_shared(self.url())
+            .expect("url")
+            .connect_timeout(Duration::from_secs(5))
+            .timeout(Duration::from_secs(5))
+            .connect()
+            .await
+    }
+
     /// Read-side client.
     pub async fn read(&self) -> ReadClient {
         ReadClient::new(self.channel().await)

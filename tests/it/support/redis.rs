@@ -110,6 +110,15 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
+    /// A blocking connection as an ACL user (a password with no characters
+    /// that need escaping in a URL).
+    pub fn connection_as(&self, user: &str, password: &str) -> redis::Connection {
+        redis::Client::open(format!("redis://{user}:{password}@127.0.0.1:{}/", self.port))
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect to test redis as a user")
+    }
+
     /// Sends a signal (`STOP`, `CONT`, ...) to the server, to stall it
     /// without losing anything.
     pub fn signal(&self, sig: &str) {

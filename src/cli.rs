@@ -38,6 +38,45 @@ pub struct Target {
     /// Give up on a call after this long.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: ClientAuth,
+}
+
+/// Credentials and TLS trust of a client command.
+#[derive(Debug, Clone, Args)]
+pub struct ClientAuth {
+    /// API key, `KEY_ID:SECRET` (prefer the variable: arguments show in
+    /// process lists).
+    #[arg(long, env = "OCCUPANCY_KEY", hide_env_values = true, conflicts_with = "token")]
+    pub key: Option<String>,
+    /// Signed token (JWT), instead of a key.
+    #[arg(long, env = "OCCUPANCY_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// CA certificate file (PEM) to trust for https:// endpoints, instead
+    /// of the system's roots.
+    #[arg(long, env = "OCCUPANCY_CA")]
+    pub ca: Option<std::path::PathBuf>,
+}
+
+impl ClientAuth {
+    /// Applies the credential and CA to a client builder.
+    ///
+    /// # Errors
+    /// A message naming `--ca` when the file cannot be read.
+    pub fn apply(&self, mut b: occupancy_client::ClientBuilder) -> Result<occupancy_client::ClientBuilder, String> {
+        if let Some(k) = &self.key {
+            b = b.api_key(k.trim());
+        }
+        if let Some(t) = &self.token {
+            b = b.token(t.trim());
+        }
+        if let Some(ca) = &self.ca {
+            let pem = std::fs::read(ca).map_err(|e| format!("--ca {}: {e}", ca.display()))?;
+            b = b.ca_certificate(pem);
+        }
+        Ok(b)
+    }
 }
 
 /// `occupancy get`.
@@ -90,6 +129,7 @@ fn client(t: &Target) -> Result<Client, Error> {
     for e in &t.endpoint {
         b = b.endpoint(e.trim());
     }
+    b = t.auth.apply(b).map_err(Error::InvalidEndpoint)?;
     b.connect()
 }
 

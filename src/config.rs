@@ -43,6 +43,11 @@ pub enum Command {
     List(crate::cli::ListArgs),
     /// Follow channels live: a refreshing table, busiest first.
     Watch(crate::cli::WatchArgs),
+    /// Make an API key: prints the client's credential and the key file
+    /// entry.
+    Key(crate::auth::commands::KeyArgs),
+    /// Sign a short-lived token with an API key (HS256).
+    Token(crate::auth::commands::TokenArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

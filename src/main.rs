@@ -19,6 +19,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Get(a)) => std::process::exit(occupancy::cli::get(a).await),
         Some(Command::List(a)) => std::process::exit(occupancy::cli::list(a).await),
         Some(Command::Watch(a)) => std::process::exit(occupancy::cli::watch(a).await),
+        Some(Command::Key(a)) => std::process::exit(occupancy::auth::commands::key(&a)),
+        Some(Command::Token(a)) => std::process::exit(occupancy::auth::commands::token(&a)),
     };
     let config = match args.to_config() {
         Ok(c) => c,

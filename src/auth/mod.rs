@@ -16,6 +16,7 @@
 //! identity: it owns the sessions it opens.
 
 pub mod capability;
+pub mod commands;
 pub mod keys;
 pub mod reload;
 pub mod token;

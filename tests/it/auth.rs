@@ -878,3 +878,81 @@ async fn a_key_file_reload_under_load_fails_no_call() {
     }
     assert!(total > 0);
 }
+
+/// The real binary: a non-loopback address without keys is refused before
+/// binding, naming the way out; `occupancy key` makes a key the service
+/// takes, and the CLI sends it from `OCCUPANCY_KEY` or a token from
+/// `--token`; health stays open without a credential.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_refuses_open_non_loopback_and_the_cli_sends_credentials() {
+    use crate::support::process::{binary, Proc};
+    use std::process::Command;
+    let out = Command::new(binary())
+        .args(["serve", "--listen", "0.0.0.0:0"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--allow-anonymous") && err.contains("--auth-keys"),
+        "{err}"
+    );
+
+    let made = Command::new(binary())
+        .args(["key", "ops", "-c", "*=read,report"])
+        .output()
+        .unwrap();
+    assert!(made.status.success());
+    let text = String::from_utf8(made.stdout).unwrap();
+    let credential = text
+        .lines()
+        .nth(1)
+        .and_then(|l| l.strip_prefix("# "))
+        .expect("the credential line")
+        .to_string();
+    let keys = KeyFile::new(&text);
+    let p = Proc::spawn(&["--auth-keys", keys.path().to_str().unwrap()]);
+    let url = p.url();
+    let get = |env: Option<(&str, &str)>, extra: &[&str]| {
+        let mut c = Command::new(binary());
+        c.args(["get", "rooms:1", "--json", "--endpoint", &url]).args(extra);
+        c.env_remove("OCCUPANCY_KEY").env_remove("OCCUPANCY_TOKEN");
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        c.output().unwrap()
+    };
+    let out = get(Some(("OCCUPANCY_KEY", &credential)), &[]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = get(None, &[]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("missing credential"));
+    let token = Command::new(binary())
+        .args(["token", "-c", "rooms:*=read", "--ttl", "5m"])
+        .env("OCCUPANCY_KEY", &credential)
+        .output()
+        .unwrap();
+    assert!(token.status.success());
+    let token = String::from_utf8(token.stdout).unwrap();
+    let out = get(None, &["--token", token.trim()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // the token narrows the key: games:1 is not readable with it
+    let mut c = Command::new(binary());
+    let out = c
+        .args(["get", "games:1", "--endpoint", &url, "--token", token.trim()])
+        .env_remove("OCCUPANCY_KEY")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("games:1"));
+    // health needs no credential
+    let ch = Channel::from_shared(url.clone()).unwrap().connect().await.unwrap();
+    let h = tonic_health::pb::health_client::HealthClient::new(ch)
+        .check(tonic_health::pb::HealthCheckRequest::default())
+        .await
+        .expect("health stays open");
+    assert_eq!(
+        h.into_inner().status,
+        tonic_health::pb::health_check_response::ServingStatus::Serving as i32
+    );
+}

@@ -18,8 +18,9 @@
 //! # Ok(()) }
 //! ```
 //!
-//! - [`Client`]: endpoints with failover, TLS for `https://` URLs, and
-//!   retries of every call (all of the service's calls are idempotent).
+//! - [`Client`]: endpoints with failover, TLS for `https://` URLs (the
+//!   system's roots or a CA of your own), an API key or token sent with
+//!   every call, and retries of every call (all of the service's calls are idempotent).
 //! - [`RoomOccupancy`]: Ably Chat's room occupancy shape: [`get`]
 //!   (one-off), [`subscribe`] returning a [`Subscription`] that
 //!   [`unsubscribe`]s (or is dropped), [`current`] (the latest value
@@ -37,6 +38,7 @@
 //! [`current`]: RoomOccupancy::current
 //! [`stream`]: RoomOccupancy::stream
 
+mod credentials;
 mod room;
 mod session;
 
@@ -45,9 +47,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tonic::transport::{Channel, ClientTlsConfig, Endpoint};
+use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
+pub use credentials::{AuthChannel, Credentials};
 pub use room::{OccupancyData, OccupancyStream, Room, RoomOccupancy, Subscription};
 pub use session::Session;
 
@@ -98,6 +101,8 @@ pub struct ClientBuilder {
     request_timeout: Duration,
     attempts: usize,
     backoff: Duration,
+    credential: Option<String>,
+    ca: Option<Vec<u8>>,
 }
 
 impl Default for ClientBuilder {
@@ -108,6 +113,8 @@ impl Default for ClientBuilder {
             request_timeout: Duration::from_secs(10),
             attempts: 4,
             backoff: Duration::from_millis(100),
+            credential: None,
+            ca: None,
         }
     }
 }
@@ -150,6 +157,30 @@ impl ClientBuilder {
         self
     }
 
+    /// Sends an API key (`KEY_ID:SECRET`) with every call.
+    #[must_use]
+    pub fn api_key(mut self, key: impl Into<String>) -> Self {
+        self.credential = Some(key.into());
+        self
+    }
+
+    /// Sends a signed token with every call (instead of a key). A
+    /// subscription made with a token ends when the token expires; make a
+    /// new client with a fresh token and subscribe again.
+    #[must_use]
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.credential = Some(token.into());
+        self
+    }
+
+    /// Trusts the CA certificates in `pem` for `https://` endpoints
+    /// (instead of the system's roots).
+    #[must_use]
+    pub fn ca_certificate(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca = Some(pem.into());
+        self
+    }
+
     /// The client. Connections are made lazily, on first use.
     ///
     /// # Errors
@@ -159,6 +190,11 @@ impl ClientBuilder {
         if self.endpoints.is_empty() {
             return Err(Error::InvalidEndpoint("no endpoint given".into()));
         }
+        let credentials = match &self.credential {
+            None => Credentials::default(),
+            Some(c) => Credentials::bearer(c)
+                .ok_or_else(|| Error::InvalidEndpoint("the credential must be visible ASCII".into()))?,
+        };
         let mut channels = Vec::with_capacity(self.endpoints.len());
         for url in &self.endpoints {
             let mut ep = Endpoint::from_shared(url.clone())
@@ -168,11 +204,15 @@ impl ClientBuilder {
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_while_idle(true);
             if url.starts_with("https://") {
+                let tls = match &self.ca {
+                    Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
+                    None => ClientTlsConfig::new().with_native_roots(),
+                };
                 ep = ep
-                    .tls_config(ClientTlsConfig::new().with_native_roots())
+                    .tls_config(tls)
                     .map_err(|e| Error::InvalidEndpoint(format!("{url}: {e}")))?;
             }
-            channels.push(ep.connect_lazy());
+            channels.push(AuthChannel::new(ep.connect_lazy(), credentials.clone()));
         }
         Ok(Client {
             inner: Arc::new(Inner {
@@ -187,7 +227,7 @@ impl ClientBuilder {
 }
 
 struct Inner {
-    channels: Vec<Channel>,
+    channels: Vec<AuthChannel>,
     current: AtomicUsize,
     attempts: usize,
     backoff: Duration,
@@ -237,7 +277,7 @@ impl Client {
     }
 
     /// The channel of the endpoint in use.
-    pub(crate) fn channel(&self) -> (usize, Channel) {
+    pub(crate) fn channel(&self) -> (usize, AuthChannel) {
         let i = self.inner.current.load(Ordering::Relaxed) % self.inner.channels.len();
         (i, self.inner.channels[i].clone())
     }
@@ -263,7 +303,7 @@ impl Client {
     /// transient errors.
     pub(crate) async fn call<T, F, Fut>(&self, f: F) -> Result<T, Error>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: Future<Output = Result<T, Status>>,
     {
         let mut last = None;
@@ -291,8 +331,8 @@ impl Client {
             .into())
     }
 
-    /// The channel to the endpoint in use.
-    pub fn occupancy_service_channel(&self) -> Channel {
+    /// The channel to the endpoint in use (with the client's credential).
+    pub fn occupancy_service_channel(&self) -> AuthChannel {
         self.channel().1
     }
 
@@ -303,12 +343,12 @@ impl Client {
     }
 
     /// The raw read-side client on the current endpoint.
-    pub fn occupancy_service(&self) -> OccupancyServiceClient<Channel> {
+    pub fn occupancy_service(&self) -> OccupancyServiceClient<AuthChannel> {
         OccupancyServiceClient::new(self.channel().1)
     }
 
     /// The raw write-side client on the current endpoint.
-    pub fn connection_service(&self) -> ConnectionServiceClient<Channel> {
+    pub fn connection_service(&self) -> ConnectionServiceClient<AuthChannel> {
         ConnectionServiceClient::new(self.channel().1)
     }
 

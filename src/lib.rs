@@ -8,7 +8,11 @@
 //! - [`store`]: the [`store::Store`] trait, with an in-memory
 //!   implementation (one process) and a Redis one (a Lua function library
 //!   from `src/store/redis/lua/`, every key built in `store::redis::keys`).
-//! - [`api`]: gRPC adapters from protobuf to the domain and back.
+//! - [`auth`]: access control without transport: key files, capabilities
+//!   per channel pattern, signed tokens, reloads.
+//! - [`tls`]: server TLS with certificate reload and optional mTLS.
+//! - [`api`]: gRPC adapters from protobuf to the domain and back (and the
+//!   interceptor that authenticates calls).
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.
 //! - [`cli`]: the `get`, `list` and `watch` client subcommands.

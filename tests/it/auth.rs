@@ -956,3 +956,11 @@ async fn the_binary_refuses_open_non_loopback_and_the_cli_sends_credentials() {
         tonic_health::pb::health_check_response::ServingStatus::Serving as i32
     );
 }
+
+/// The example key file in `deploy/` loads.
+#[test]
+fn the_example_key_file_loads() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/auth-keys.example.toml");
+    let auth = Authenticator::from_file(path).expect("the example key file loads");
+    assert!(auth.enabled());
+}

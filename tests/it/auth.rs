@@ -964,3 +964,47 @@ fn the_example_key_file_loads() {
     let auth = Authenticator::from_file(path).expect("the example key file loads");
     assert!(auth.enabled());
 }
+
+/// The Rust client sends its key with every call: the Session helper
+/// works with a front end's key, a dashboard's key reads, and a client
+/// without a credential is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_rust_client_and_its_session_helper_use_a_key() {
+    let h = Harness::memory(TTL);
+    let keys = KeyFile::new(&key_file_text(""));
+    let s = server(&h, &keys).await;
+    let fe = occupancy_client::Client::builder()
+        .endpoint(s.url())
+        .api_key(FE)
+        .connect()
+        .unwrap();
+    let session = fe.session("fe-rust", Duration::from_secs(5)).await.unwrap();
+    session.attach("c-1", "rooms:1", &[occupancy_client::proto::Mode::Subscribe]);
+    session.flush().await.unwrap();
+    assert!(
+        !session.keep_alive().await.unwrap(),
+        "the session was known: no re-sync"
+    );
+    let dash = occupancy_client::Client::builder()
+        .endpoint(s.url())
+        .api_key(DASH)
+        .connect()
+        .unwrap();
+    assert_eq!(dash.room("rooms:1").occupancy().get().await.unwrap().connections, 1);
+    // the session belongs to fe: dash's own writes to it are refused
+    let mut other = with(&s, FE2).await;
+    let e = other
+        .w
+        .keep_alive(pb::KeepAliveRequest {
+            session_id: "fe-rust".into(),
+            ttl_ms: 5_000,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied);
+    let anon = occupancy_client::Client::builder().endpoint(s.url()).connect().unwrap();
+    let e = anon.room("rooms:1").occupancy().get().await.unwrap_err();
+    assert_eq!(e.code(), Some(Code::Unauthenticated), "{e:?}");
+    session.close().await.unwrap();
+    assert_eq!(dash.room("rooms:1").occupancy().get().await.unwrap().connections, 0);
+}

@@ -22,6 +22,7 @@
 // Usage: node occupancy-client.js [--endpoint HOST:PORT] COMMAND ...
 'use strict';
 
+const fs = require('node:fs');
 const path = require('node:path');
 const { parseArgs } = require('node:util');
 const grpc = require('@grpc/grpc-js');
@@ -32,7 +33,7 @@ const DEFAULT_PROTO_ROOT = path.resolve(__dirname, '..', '..', 'proto');
 // Deadline of each unary call, in milliseconds.
 const CALL_TIMEOUT_MS = 30000;
 
-const USAGE = `usage: node occupancy-client.js [--endpoint HOST:PORT] [--proto-root DIR] COMMAND ...
+const USAGE = `usage: node occupancy-client.js [--endpoint HOST:PORT] [--key KEY_ID:SECRET | --token TOKEN] [--ca FILE | --tls] [--proto-root DIR] COMMAND ...
 
 commands:
   get CHANNEL...                                 occupancy of channels
@@ -57,6 +58,10 @@ function parse(argv) {
       allowPositionals: true,
       options: {
         endpoint: { type: 'string', default: '127.0.0.1:50051' },
+        key: { type: 'string', default: process.env.OCCUPANCY_KEY ?? '' },
+        token: { type: 'string', default: process.env.OCCUPANCY_TOKEN ?? '' },
+        ca: { type: 'string', default: '' },
+        tls: { type: 'boolean', default: false },
         'proto-root': { type: 'string', default: DEFAULT_PROTO_ROOT },
         prefix: { type: 'string', default: '' },
         limit: { type: 'string', default: '0' },
@@ -88,11 +93,35 @@ function parse(argv) {
     command,
     channels,
     endpoint: values.endpoint,
+    credential: values.token || values.key,
+    ca: values.ca,
+    tls: values.tls || values.ca !== '',
     protoRoot: values['proto-root'],
     prefix: values.prefix,
     limit,
     count,
   };
+}
+
+// TLS with --ca FILE (or the system's roots with --tls); plaintext otherwise.
+function channelCredentials(opts) {
+  if (!opts.tls) return grpc.credentials.createInsecure();
+  return grpc.credentials.createSsl(opts.ca ? fs.readFileSync(opts.ca) : null);
+}
+
+// The credential (--key KEY_ID:SECRET or --token, or OCCUPANCY_KEY /
+// OCCUPANCY_TOKEN) as `authorization: Bearer ...` on every call, plaintext
+// or TLS alike.
+function clientOptions(opts) {
+  if (!opts.credential) return {};
+  const bearer = (options, nextCall) =>
+    new grpc.InterceptingCall(nextCall(options), {
+      start(metadata, listener, next) {
+        metadata.set('authorization', `Bearer ${opts.credential}`);
+        next(metadata, listener);
+      },
+    });
+  return { interceptors: [bearer] };
 }
 
 function loadService(protoRoot) {
@@ -244,7 +273,7 @@ async function main() {
   const opts = parse(process.argv.slice(2));
   const v1 = loadService(opts.protoRoot);
   const service = opts.command === 'front-end' ? v1.ConnectionService : v1.OccupancyService;
-  const client = new service(opts.endpoint, grpc.credentials.createInsecure());
+  const client = new service(opts.endpoint, channelCredentials(opts), clientOptions(opts));
   const command = { get, list, subscribe, 'front-end': frontEnd }[opts.command];
   try {
     await command(client, opts);

@@ -174,6 +174,10 @@ def emit_line(obj) -> None:
 def parse_args(argv):
     p = argparse.ArgumentParser(description="Occupancy service client (grpcio).")
     p.add_argument("--endpoint", default="127.0.0.1:50051", help="server address, host:port (default %(default)s)")
+    p.add_argument("--key", default=os.environ.get("OCCUPANCY_KEY"), help="API key KEY_ID:SECRET (default $OCCUPANCY_KEY)")
+    p.add_argument("--token", default=os.environ.get("OCCUPANCY_TOKEN"), help="signed token (default $OCCUPANCY_TOKEN)")
+    p.add_argument("--ca", type=Path, help="CA certificate (PEM) to trust; connects over TLS")
+    p.add_argument("--tls", action="store_true", help="connect over TLS with the system's roots")
     p.add_argument("--proto-root", type=Path, default=DEFAULT_PROTO_ROOT, help="directory holding " + PROTO_FILE)
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -200,13 +204,39 @@ def parse_args(argv):
     return args
 
 
+def open_channel(grpc, args):
+    """A channel to the endpoint: TLS with --ca or --tls, and the credential
+    (--key, --token) as `authorization: Bearer ...` on every call."""
+    if args.ca or args.tls:
+        roots = args.ca.read_bytes() if args.ca else None
+        channel = grpc.secure_channel(args.endpoint, grpc.ssl_channel_credentials(root_certificates=roots))
+    else:
+        channel = grpc.insecure_channel(args.endpoint)
+    credential = args.token or args.key
+    if not credential:
+        return channel
+    metadata = (("authorization", f"Bearer {credential}"),)
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor):
+        def _with(self, details):
+            return details._replace(metadata=tuple(details.metadata or ()) + metadata)
+
+        def intercept_unary_unary(self, continuation, details, request):
+            return continuation(self._with(details), request)
+
+        def intercept_unary_stream(self, continuation, details, request):
+            return continuation(self._with(details), request)
+
+    return grpc.intercept_channel(channel, Bearer())
+
+
 def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     import grpc
 
     with tempfile.TemporaryDirectory(prefix="occupancy-stubs-") as out_dir:
         pb2, pb2_grpc = load_stubs(args.proto_root, out_dir)
-        with grpc.insecure_channel(args.endpoint) as channel:
+        with open_channel(grpc, args) as channel:
             stub = pb2_grpc.OccupancyServiceStub(channel)
             if args.command == "front-end":
                 stub = pb2_grpc.ConnectionServiceStub(channel)

@@ -693,3 +693,45 @@ impl JsonPath for Json {
         path.iter().fold(self, |j, k| &j[*k])
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_client_sends_its_key() {
+    let Some(deps) = python_deps().await else { return };
+    credentials(&Client::Python(deps)).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_client_sends_its_key() {
+    if !node_modules().await {
+        return;
+    }
+    credentials(&Client::Node).await;
+}
+
+/// Against a server with a key file: the client's `--key` (and
+/// `OCCUPANCY_KEY`) is sent with every call; without it the call is
+/// refused with UNAUTHENTICATED.
+async fn credentials(client: &Client) {
+    let keys = crate::auth::KeyFile::new(&crate::auth::key_file_text(""));
+    let proc = Proc::spawn(&["--auth-keys", keys.path().to_str().expect("utf-8 path")]);
+    let addr = proc.addr.to_string();
+    let got = client
+        .lines(&addr, &["--key", "dash:dash-secret", "get", "rooms:a"])
+        .await;
+    assert_eq!(got.len(), 1, "{} get printed {got:?}", client.name());
+    assert_details(&got[0], "rooms:a", false, &[("connections", 0)]);
+    let mut cmd = client.command(&addr, &["get", "rooms:a"]);
+    cmd.env("OCCUPANCY_KEY", "dash:dash-secret");
+    let out = run(cmd, CLIENT_TIMEOUT).await;
+    assert!(
+        out.ok(),
+        "{} with OCCUPANCY_KEY failed:\n{}",
+        client.name(),
+        out.describe()
+    );
+    let mut cmd = client.command(&addr, &["get", "rooms:a"]);
+    cmd.env_remove("OCCUPANCY_KEY").env_remove("OCCUPANCY_TOKEN");
+    let out = run(cmd, CLIENT_TIMEOUT).await;
+    assert!(!out.ok(), "{} without a key must fail", client.name());
+    assert!(out.describe().contains("UNAUTHENTICATED"), "{}", out.describe());
+}

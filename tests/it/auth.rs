@@ -24,7 +24,7 @@ use crate::fixture::*;
 use crate::subscribe::Sub;
 use crate::support::{eventually, Harness, TestServer};
 
-const TTL: Duration = Duration::from_secs(30);
+const TTL: Duration = Duration::from_secs(120);
 
 /// Adds `authorization: Bearer …` to every call (none when empty).
 #[derive(Clone)]
@@ -474,6 +474,15 @@ async fn a_filtered_listing_walks_exactly_the_readable_channels(h: Harness) {
             .await
             .unwrap();
     }
+    // the walks below may outlast the default lease on a loaded machine
+    admin
+        .w
+        .keep_alive(pb::KeepAliveRequest {
+            session_id: "loader".into(),
+            ttl_ms: 600_000,
+        })
+        .await
+        .unwrap();
     // a channel outside the prefix the key also cannot read
     admin.w.attach(attach("x", "rooms:1")).await.unwrap();
     let mut some = with(&s, "some:some").await;

@@ -63,6 +63,15 @@ fn parse_positive(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// An HTTP listen address: `HOST:PORT`, or a bare port for loopback.
+fn parse_http_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| "must be HOST:PORT (e.g. 127.0.0.1:8080) or a port for loopback".to_string())
+}
+
 fn parse_grace(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d > Duration::from_secs(600) {
@@ -77,6 +86,11 @@ pub struct ServeArgs {
     /// Address to serve gRPC on.
     #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051")]
     pub listen: SocketAddr,
+    /// Address of the HTTP side (REST, server-sent events, /stats,
+    /// /metrics, the dashboard); off unless set. A bare port listens on
+    /// loopback.
+    #[arg(long, env = "OCCUPANCY_HTTP_LISTEN", value_parser = parse_http_listen)]
+    pub http_listen: Option<SocketAddr>,
     /// Redis URL (redis:// or rediss://); unset runs on the in-memory store
     /// (one process only).
     #[arg(long, env = "OCCUPANCY_REDIS_URL")]
@@ -133,6 +147,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Where the HTTP side listens, if anywhere.
+    pub http_listen: Option<SocketAddr>,
 }
 
 impl Config {
@@ -144,6 +160,7 @@ impl Config {
             reap_interval: Duration::from_millis(250),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            http_listen: None,
         }
     }
 
@@ -184,6 +201,7 @@ impl ServeArgs {
             reap_interval: self.reap_interval,
             health_interval: self.health_interval,
             shutdown_grace: self.shutdown_grace,
+            http_listen: self.http_listen,
         })
     }
 }
@@ -204,6 +222,12 @@ mod tests {
         assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "nope"]).is_err());
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--key-prefix", "a{b"]).unwrap();
         assert!(cli.serve.to_config().unwrap_err().contains("key-prefix"));
+        let cli = Cli::try_parse_from(["occupancy", "--http-listen", "8080"]).unwrap();
+        assert_eq!(
+            cli.serve.to_config().unwrap().http_listen,
+            Some(([127, 0, 0, 1], 8080).into())
+        );
+        assert!(Cli::try_parse_from(["occupancy", "--http-listen", "nope"]).is_err());
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "nope://"]).unwrap();
         assert!(cli.serve.to_config().is_err());
     }

@@ -9,6 +9,9 @@
 //!   implementation (one process) and a Redis one (a Lua function library
 //!   from `src/store/redis/lua/`, every key built in `store::redis::keys`).
 //! - [`api`]: gRPC adapters from protobuf to the domain and back.
+//! - [`http`]: the HTTP side (axum): Ably-shaped REST, server-sent
+//!   events, `/stats`, `/metrics`, the OpenAPI document and the dashboard.
+//! - [`telemetry`]: Prometheus metrics of the replica.
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.
 //! - [`cli`]: the `get`, `list` and `watch` client subcommands.
@@ -22,9 +25,11 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod fanout;
+pub mod http;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 
 pub use config::Config;
 pub use error::{Error, Result};

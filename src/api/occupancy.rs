@@ -9,8 +9,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
-use crate::domain::list::MAX_BATCH_GET;
-use crate::domain::{ChannelName, InvalidInput, ListQuery};
+use crate::domain::{ChannelName, ListQuery};
 use crate::error::Error;
 use crate::fanout::subscription::{self, Item};
 use crate::fanout::Hub;
@@ -78,20 +77,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         &self,
         req: Request<pb::BatchGetOccupancyRequest>,
     ) -> Result<Response<pb::BatchGetOccupancyResponse>, Status> {
-        let names = req.into_inner().channels;
-        if names.is_empty() || names.len() > MAX_BATCH_GET {
-            return Err(Error::from(InvalidInput::new(
-                "channels",
-                format!("must hold 1 to {MAX_BATCH_GET} channels, got {}", names.len()),
-            ))
-            .into());
-        }
-        let channels = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| ChannelName::parse(&format!("channels[{i}]"), n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::from)?;
+        let channels = convert::batch_channels(req.into_inner().channels).map_err(Error::from)?;
         let metrics = self.store.get(&channels).await?;
         Ok(Response::new(pb::BatchGetOccupancyResponse {
             channels: channels
@@ -99,6 +85,14 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
                 .zip(metrics)
                 .map(|(c, m)| convert::details(c.into_string(), Some(m)))
                 .collect(),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn get_stats(&self, _req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
+        let t = self.store.stats().await?;
+        Ok(Response::new(pb::GetStatsResponse {
+            stats: Some(convert::stats(t)),
         }))
     }
 

@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
 use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Totals};
 use super::mode::{Mode, ModeSet};
 use super::ops::{HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 
@@ -68,6 +68,10 @@ pub struct OccupancyState {
     next_token: u64,
     /// Per session: last applied batch sequence and when (ms).
     sequences: HashMap<SessionId, (u64, u64)>,
+    /// Sums of every channel's connections and presence members, kept as
+    /// the channels change.
+    total_connections: u64,
+    total_members: u64,
 }
 
 /// How long a session's last batch sequence is remembered after its last
@@ -115,6 +119,17 @@ impl OccupancyState {
         }
         out.sort();
         out
+    }
+
+    /// App-wide totals; every figure is kept up to date by the changes
+    /// themselves, so this costs the same whatever the state's size.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            active_channels: self.by_name.len() as u64,
+            connections: self.total_connections,
+            presence_members: self.total_members,
+            sessions: self.sessions.len() as u64,
+        }
     }
 
     /// Number of live sessions (for tests and gauges).
@@ -467,6 +482,7 @@ impl OccupancyState {
         }
         let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members += 1;
+        self.total_members += 1;
         let n = chan.clients.entry(client.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
@@ -484,6 +500,7 @@ impl OccupancyState {
         }
         let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members -= 1;
+        self.total_members -= 1;
         if let Some(n) = chan.clients.get_mut(client) {
             *n -= 1;
             if *n == 0 {
@@ -517,10 +534,14 @@ impl OccupancyState {
         }
     }
 
+    /// Follows a change of a channel's connection count in the indexes and
+    /// the totals.
     fn reindex(&mut self, channel: &ChannelName, before: Metrics, after: Metrics) {
         if before.connections == after.connections {
             return;
         }
+        self.total_connections =
+            (self.total_connections + u64::from(after.connections)).saturating_sub(u64::from(before.connections));
         if before.connections > 0 {
             self.by_busy.remove(&busy_key(before.connections, channel.as_str()));
         }

@@ -294,6 +294,18 @@ impl Hub {
             .sum()
     }
 
+    /// Number of open subscriptions (for gauges).
+    pub fn subscriptions(&self) -> usize {
+        let Ok(r) = self.registry.read() else { return 0 };
+        let mut seen = std::collections::HashSet::new();
+        r.by_channel
+            .values()
+            .chain(r.by_prefix.values())
+            .flatten()
+            .filter(|i| seen.insert(i.id))
+            .count()
+    }
+
     /// Number of registered subscriptions' channel and prefix entries.
     pub fn registrations(&self) -> usize {
         self.registry.read().map_or(0, |r| {

@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
     ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos,
-    SessionId,
+    SessionId, Totals,
 };
 use crate::error::Result;
 
@@ -130,6 +130,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// As [`Store::apply`].
     async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// App-wide totals, read in one atomic step. Both stores keep them as
+    /// channels and sessions change, so this costs the same whatever the
+    /// number of channels.
+    ///
+    /// # Errors
+    /// As [`Store::apply`].
+    async fn stats(&self) -> Result<Totals>;
 
     /// Everything `session` holds while its lease is alive, sorted; empty
     /// for an unknown or expired session.

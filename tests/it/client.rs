@@ -226,6 +226,9 @@ impl Store for GatedSyncs {
     async fn list(&self, query: &ListQuery) -> OResult<ListPage> {
         self.inner.list(query).await
     }
+    async fn stats(&self) -> OResult<occupancy::domain::Totals> {
+        self.inner.stats().await
+    }
     async fn session_state(&self, session: &SessionId) -> OResult<Vec<HeldAttachment>> {
         self.inner.session_state(session).await
     }

@@ -33,6 +33,7 @@ mod examples;
 mod faults;
 mod fixture;
 mod fuzz;
+mod http;
 mod model;
 mod model_check;
 mod nginx;

@@ -14,7 +14,8 @@
 //! | `P:tok:T:conns` | set | connections owned by token `T` |
 //! | `P:sess:ID` | string | the session's current token |
 //! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms |
-//! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
+//! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock); its size is the number of open sessions |
+//! | `P:totals` | hash | `c` → the sum of every channel's connections, `pm` → of its presence members; changed by every function call that changes a channel, in the same atomic call |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:tokseq` | string | token counter |
 //! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
@@ -92,6 +93,11 @@ pub fn session(prefix: &str, session: &str) -> String {
 /// A session's last applied batch sequence.
 pub fn sequence(prefix: &str, session: &str) -> String {
     format!("{prefix}:seq:{session}")
+}
+
+/// App-wide sums of the channels' counters (`c`, `pm`).
+pub fn totals(prefix: &str) -> String {
+    format!("{prefix}:totals")
 }
 
 /// The lease deadlines.

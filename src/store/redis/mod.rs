@@ -24,7 +24,7 @@ use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
     ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics,
-    ModeSet, OpResult, OpStatus, Operation, Pos, SessionId,
+    ModeSet, OpResult, OpStatus, Operation, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 
@@ -511,6 +511,34 @@ impl Store for RedisStore {
             });
         }
         Ok(ListPage { channels, next_cursor })
+    }
+
+    /// Three O(1) reads in one MULTI: the name index's size (active
+    /// channels), the totals hash the functions keep (`keys::totals`), and
+    /// the lease set's size (open sessions).
+    async fn stats(&self) -> Result<Totals> {
+        let p = &self.cfg.key_prefix;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZCARD")
+            .arg(keys::name_index(p))
+            .cmd("HMGET")
+            .arg(keys::totals(p))
+            .arg("c")
+            .arg("pm")
+            .cmd("ZCARD")
+            .arg(keys::leases(p));
+        let mut conn = self.conn.clone();
+        let (channels, sums, sessions): (u64, Vec<Option<i64>>, u64) =
+            self.bounded(pipe.query_async(&mut conn)).await?;
+        // a sum can only be negative if the hash was changed by hand
+        let sum = |i: usize| sums.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok(Totals {
+            active_channels: channels,
+            connections: sum(0),
+            presence_members: sum(1),
+            sessions,
+        })
     }
 
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {

@@ -1,5 +1,5 @@
-//! The client subcommands of the `occupancy` binary: `get`, `list` and
-//! `watch`, for people (tables) and scripts (`--json`, one object a line).
+//! The client subcommands of the `occupancy` binary: `get`, `list`,
+//! `watch` and `stats`, for people (tables) and scripts (`--json`, one object a line).
 //!
 //! Exit codes: 0 success, 1 other errors, 2 bad usage or an argument the
 //! service refused (INVALID_ARGUMENT), 3 the service could not be reached
@@ -83,6 +83,44 @@ pub struct WatchArgs {
     #[command(flatten)]
     #[allow(missing_docs)]
     pub target: Target,
+}
+
+/// `occupancy stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy stats`: the app-wide totals; returns the exit code.
+pub async fn stats(args: StatsArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e),
+    };
+    match client.stats().await {
+        Ok(s) => {
+            if args.target.json {
+                println!(
+                    "{}",
+                    json!({
+                        "activeChannels": s.active_channels,
+                        "connections": s.connections,
+                        "presenceMembers": s.presence_members,
+                        "sessions": s.sessions,
+                    })
+                );
+            } else {
+                println!("active channels   {}", s.active_channels);
+                println!("connections       {}", s.connections);
+                println!("presence members  {}", s.presence_members);
+                println!("sessions          {}", s.sessions);
+            }
+            0
+        }
+        Err(e) => fail(&e),
+    }
 }
 
 fn client(t: &Target) -> Result<Client, Error> {

@@ -41,6 +41,9 @@ pub enum Command {
     List(crate::cli::ListArgs),
     /// Follow channels live: a refreshing table, busiest first.
     Watch(crate::cli::WatchArgs),
+    /// Print the app-wide totals (active channels, connections, presence
+    /// members, sessions).
+    Stats(crate::cli::StatsArgs),
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {

@@ -19,6 +19,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Get(a)) => std::process::exit(occupancy::cli::get(a).await),
         Some(Command::List(a)) => std::process::exit(occupancy::cli::list(a).await),
         Some(Command::Watch(a)) => std::process::exit(occupancy::cli::watch(a).await),
+        Some(Command::Stats(a)) => std::process::exit(occupancy::cli::stats(a).await),
     };
     let config = match args.to_config() {
         Ok(c) => c,

@@ -121,7 +121,7 @@ pub async fn run_with_http(
     ];
     let http_task = if let Some(http) = http {
         let http_addr = http.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
-        info!(%http_addr, "serving HTTP");
+        info!(http = %http_addr, "HTTP side listening");
         let state = crate::http::HttpState {
             store: store.clone(),
             hub: hub.clone(),

@@ -1,4 +1,4 @@
-//! The `get`, `list` and `watch` subcommands: human and JSON output, and
+//! The `get`, `list`, `watch` and `stats` subcommands: human and JSON output, and
 //! exit codes scripts can rely on.
 
 use std::process::{Command, Output, Stdio};
@@ -82,6 +82,22 @@ async fn get_prints_a_table_or_json() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(json_lines(&out)[0]["status"]["occupancy"]["metrics"]["connections"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_prints_the_totals() {
+    let (p, _fx) = server_with_state().await;
+    let url = p.url();
+    let out = run(&["stats", "--json", "--endpoint", &url]);
+    assert!(out.status.success());
+    assert_eq!(
+        json_lines(&out),
+        [serde_json::json!({"activeChannels": 2, "connections": 3, "presenceMembers": 1, "sessions": 1})]
+    );
+    let out = run(&["stats", "--endpoint", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("active channels   2"), "{text}");
+    assert!(text.contains("presence members  1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

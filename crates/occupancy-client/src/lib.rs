@@ -333,6 +333,23 @@ impl Client {
         .await
     }
 
+    /// App-wide totals: active channels, connections, presence members and
+    /// open sessions.
+    ///
+    /// # Errors
+    /// The service's error after retries.
+    pub async fn stats(&self) -> Result<proto::AppStats, Error> {
+        self.call(|ch| async move {
+            Ok(OccupancyServiceClient::new(ch)
+                .get_stats(proto::GetStatsRequest {})
+                .await?
+                .into_inner()
+                .stats
+                .unwrap_or_default())
+        })
+        .await
+    }
+
     /// One page of active channels.
     ///
     /// # Errors

@@ -71,6 +71,24 @@ impl Proc {
         format!("http://{}", self.addr)
     }
 
+    /// The HTTP side's address, from its log line (started with
+    /// `--http-listen`); waits up to 20 s for it.
+    pub fn http_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.log.lock().ok().and_then(|l| {
+                l.iter()
+                    .filter(|x| x.contains("HTTP side listening"))
+                    .find_map(|x| x.split("http=").nth(1)?.split_whitespace().next()?.parse().ok())
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no 'HTTP side listening' line within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Whether it printed a line containing `needle`.
     pub fn logged(&self, needle: &str) -> bool {
         self.log

@@ -329,7 +329,8 @@ impl ChangeSink for Hub {
                 // every prefix of the name, at character boundaries: the
                 // cost depends on the name, not on the number of prefixes
                 let limit = r.longest_prefix.min(name.len());
-                for (i, _) in name.char_indices().skip(1).chain(std::iter::once((name.len(), ' '))) {
+                // (the empty prefix, which follows every channel, included)
+                for (i, _) in name.char_indices().chain(std::iter::once((name.len(), ' '))) {
                     if i > limit {
                         break;
                     }

@@ -111,11 +111,19 @@ async fn open(
         ),
         None => (param(&params, "lastEventId").unwrap_or("").to_string(), "lastEventId"),
     };
+    // an explicit empty prefix follows every channel (the dashboard's
+    // unfiltered view); SubscribeOccupancy reads an empty prefix as none,
+    // so validate the rest with a stand-in and set it after
+    let every_channel = by_query && channels.is_empty() && param(&params, "prefix") == Some("");
     // fields added to the request later keep their defaults here
     #[allow(clippy::needless_update)]
     let req = pb::SubscribeOccupancyRequest {
         channels,
-        prefix: param(&params, "prefix").unwrap_or("").to_string(),
+        prefix: if every_channel {
+            "-".to_string()
+        } else {
+            param(&params, "prefix").unwrap_or("").to_string()
+        },
         categories,
         debounce_ms,
         resume_from,
@@ -123,7 +131,7 @@ async fn open(
     };
     // the same validation as SubscribeOccupancy, with the fields named as
     // this request spells them
-    let spec = convert::subscription(req, state.store.shards()).map_err(|mut e| {
+    let mut spec = convert::subscription(req, state.store.shards()).map_err(|mut e| {
         e.field = match e.field.as_str() {
             "debounce_ms" => "debounceMs".to_string(),
             "resume_from" => resume_field.to_string(),
@@ -132,6 +140,9 @@ async fn open(
         };
         e
     })?;
+    if every_channel {
+        spec.prefix = Some(String::new());
+    }
     tracing::info!(
         channels = spec.channels.len(),
         prefix = spec.prefix.as_deref().unwrap_or(""),

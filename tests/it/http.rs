@@ -538,6 +538,9 @@ async fn sse_sends_snapshot_then_changes(h: Harness) {
     fx.attach("fe", "c1", "live:a", &[Mode::Subscribe]).await;
     let mut one = open_sse(&s, "/channels/live:a/occupancy/stream", None).await;
     let mut pre = open_sse(&s, "/occupancy/stream?prefix=live:&categories=presenceMembers", None).await;
+    // an explicit empty prefix follows every channel
+    let mut all = open_sse(&s, "/occupancy/stream?prefix=", None).await;
+    assert_eq!(next_event(&mut all).await.channel, "live:a");
     let snap = next_event(&mut one).await;
     assert_eq!((snap.channel.as_str(), snap.data.metrics.connections), ("live:a", 1));
     let snap = next_event(&mut pre).await;
@@ -560,6 +563,20 @@ async fn sse_sends_snapshot_then_changes(h: Harness) {
     assert_eq!((e.channel.as_str(), e.data.metrics.connections), ("live:b", 1));
     let e = next_event(&mut pre).await;
     assert_eq!((e.channel.as_str(), e.data.metrics.presence_members), ("live:b", 1));
+    let mut got = Vec::new();
+    for _ in 0..4 {
+        let e = next_event(&mut all).await;
+        got.push((e.channel, e.data.metrics.connections, e.data.metrics.presence_members));
+    }
+    assert_eq!(
+        got,
+        [
+            ("live:a".to_string(), 2, 0),
+            ("live:a".to_string(), 2, 1),
+            ("live:b".to_string(), 1, 0),
+            ("live:b".to_string(), 1, 1)
+        ]
+    );
     // shutdown ends the streams
     s.stop().await.expect("clean stop");
     let end = tokio::time::timeout(Duration::from_secs(10), one.next()).await;

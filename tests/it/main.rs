@@ -29,6 +29,7 @@ mod abuse;
 mod cli;
 mod client;
 mod conformance;
+mod dashboard;
 mod examples;
 mod faults;
 mod fixture;

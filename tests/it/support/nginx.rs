@@ -10,6 +10,8 @@ pub struct Nginx {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP server (for the replicas' HTTP side) listens.
+    pub http_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -29,12 +31,45 @@ fn binary() -> &'static str {
 /// The shipped configuration, pointed at `upstreams` and listening on
 /// `listen`, with logs and temp files in `dir`.
 pub fn config(upstreams: &[SocketAddr], listen: SocketAddr, dir: &std::path::Path) -> String {
+    let http_listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    config_with_http(upstreams, listen, upstreams, http_listen, dir)
+}
+
+/// [`config`] with the HTTP side's upstreams and listen address too.
+pub fn config_with_http(
+    upstreams: &[SocketAddr],
+    listen: SocketAddr,
+    http_upstreams: &[SocketAddr],
+    http_listen: SocketAddr,
+    dir: &std::path::Path,
+) -> String {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).expect("deploy/nginx.conf");
     let mut out = String::new();
     let mut servers_written = false;
+    let mut in_http_upstream = false;
     for line in shipped.lines() {
         let t = line.trim_start();
+        if t.starts_with("upstream occupancy_http ") {
+            in_http_upstream = true;
+            out.push_str(line);
+            out.push('\n');
+            for u in http_upstreams {
+                out.push_str(&format!("        server {u};\n"));
+            }
+            continue;
+        }
+        if in_http_upstream {
+            if t.starts_with('}') {
+                in_http_upstream = false;
+            } else if t.starts_with("server ") {
+                continue;
+            }
+        }
+        if t.starts_with("listen ") && !t.contains("http2") {
+            out.push_str(&format!("        listen {http_listen};\n"));
+            continue;
+        }
         if t.starts_with("server 127.0.0.1:") {
             if !servers_written {
                 for u in upstreams {
@@ -69,10 +104,20 @@ pub fn config(upstreams: &[SocketAddr], listen: SocketAddr, dir: &std::path::Pat
 impl Nginx {
     /// Starts nginx in front of `upstreams` and waits until it accepts.
     pub fn start(upstreams: &[SocketAddr]) -> Self {
+        Self::start_with_http(upstreams, upstreams)
+    }
+
+    /// [`Nginx::start`] with the replicas' HTTP sides at `http_upstreams`.
+    pub fn start_with_http(upstreams: &[SocketAddr], http_upstreams: &[SocketAddr]) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let http_listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(upstreams, listen, dir.path())).unwrap();
+        std::fs::write(
+            &conf,
+            config_with_http(upstreams, listen, http_upstreams, http_listen, dir.path()),
+        )
+        .unwrap();
         let global = format!(
             "daemon off; pid {}/nginx.pid; error_log {}/error.log warn;",
             dir.path().display(),
@@ -107,6 +152,7 @@ impl Nginx {
         Self {
             child,
             addr: listen,
+            http_addr: http_listen,
             _dir: dir,
         }
     }

@@ -113,7 +113,6 @@ async fn next_sse(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_http_side_works_through_nginx() {
     use eventsource_stream::Eventsource;
-    use futures::StreamExt;
     let redis = RedisServer::start();
     let url = redis.url();
     let replicas: Vec<Proc> = (0..3)

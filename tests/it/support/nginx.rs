@@ -29,13 +29,8 @@ fn binary() -> &'static str {
 }
 
 /// The shipped configuration, pointed at `upstreams` and listening on
-/// `listen`, with logs and temp files in `dir`.
-pub fn config(upstreams: &[SocketAddr], listen: SocketAddr, dir: &std::path::Path) -> String {
-    let http_listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    config_with_http(upstreams, listen, upstreams, http_listen, dir)
-}
-
-/// [`config`] with the HTTP side's upstreams and listen address too.
+/// `listen` (the HTTP side at `http_upstreams` and `http_listen`), with
+/// logs and temp files in `dir`.
 pub fn config_with_http(
     upstreams: &[SocketAddr],
     listen: SocketAddr,

@@ -30,6 +30,7 @@ mod cli;
 mod client;
 mod conformance;
 mod dashboard;
+mod deploy;
 mod examples;
 mod faults;
 mod fixture;

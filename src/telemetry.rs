@@ -9,7 +9,7 @@
 //! subscriptions and queues, health) are read when scraped.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -57,6 +57,154 @@ pub struct GrpcLabels {
 pub struct GrpcMethodLabels {
     /// As [`GrpcLabels::method`].
     pub method: String,
+}
+
+/// Labels of a Redis call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisCallLabels {
+    /// What the call does (`apply`, `get`, `list`, ...): a fixed set.
+    pub call: &'static str,
+}
+
+/// Labels of a failed Redis call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisErrorLabels {
+    /// As [`RedisCallLabels::call`].
+    pub call: &'static str,
+    /// `unavailable` (timeouts, dropped or refused connections) or `other`.
+    pub kind: &'static str,
+}
+
+/// Labels of an event shard.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ShardLabels {
+    /// The shard's number (at most 256 of them).
+    pub shard: u32,
+}
+
+/// Metrics of the store's Redis traffic. The Redis store records them
+/// deep in its call paths, where no handle to a replica's [`Telemetry`]
+/// reaches, so they are one set per process, exported by every registry
+/// (a process runs one replica; in tests several replicas share them).
+pub struct StoreMetrics {
+    redis_calls: Family<RedisCallLabels, Histogram>,
+    redis_errors: Family<RedisErrorLabels, Counter>,
+    group_writes: Histogram,
+    group_operations: Histogram,
+    merged_reads: Histogram,
+    event_lag: Family<ShardLabels, Histogram>,
+}
+
+impl std::fmt::Debug for StoreMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StoreMetrics").finish_non_exhaustive()
+    }
+}
+
+/// The kinds of Redis call, for the `call` label.
+pub const REDIS_CALLS: [&str; 11] = [
+    "apply",
+    "get",
+    "list",
+    "snapshot",
+    "history",
+    "reap",
+    "keep_alive",
+    "close",
+    "session_state",
+    "stats",
+    "health",
+];
+
+static STORE: LazyLock<StoreMetrics> = LazyLock::new(|| {
+    // error series exist from the start at zero, so rates and alerts on
+    // them work before the first error
+    let redis_errors = Family::<RedisErrorLabels, Counter>::default();
+    for call in REDIS_CALLS {
+        for kind in ["unavailable", "other"] {
+            let _created = redis_errors.get_or_create(&RedisErrorLabels { call, kind });
+        }
+    }
+    StoreMetrics {
+        redis_calls: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
+        redis_errors,
+        group_writes: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
+        group_operations: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
+        merged_reads: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        event_lag: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 16))),
+    }
+});
+
+/// The process's store metrics.
+pub fn store() -> &'static StoreMetrics {
+    &STORE
+}
+
+impl StoreMetrics {
+    /// Records a Redis call of kind `call` that took `took`; `failed` is
+    /// `Some(unavailable)` when it failed.
+    pub fn redis_call(&self, call: &'static str, took: Duration, failed: Option<bool>) {
+        self.redis_calls
+            .get_or_create(&RedisCallLabels { call })
+            .observe(took.as_secs_f64());
+        if let Some(unavailable) = failed {
+            let kind = if unavailable { "unavailable" } else { "other" };
+            self.redis_errors.get_or_create(&RedisErrorLabels { call, kind }).inc();
+        }
+    }
+
+    /// Records one group commit: `writes` requests merged into one call of
+    /// `operations` operations.
+    pub fn group_commit(&self, writes: usize, operations: usize) {
+        self.group_writes.observe(writes as f64);
+        self.group_operations.observe(operations as f64);
+    }
+
+    /// Records one merged read of `keys` keys.
+    pub fn merged_read(&self, keys: usize) {
+        self.merged_reads.observe(keys as f64);
+    }
+
+    /// Records the time from a change's commit (its stream entry's time)
+    /// to its hand-over to the hub, on `shard`.
+    pub fn event_lag(&self, shard: u32, lag: Duration) {
+        self.event_lag
+            .get_or_create(&ShardLabels { shard })
+            .observe(lag.as_secs_f64());
+    }
+
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "redis_call_duration_seconds",
+            "Time of Redis calls made by this process, by kind of call",
+            self.redis_calls.clone(),
+        );
+        registry.register(
+            "redis_call_errors",
+            "Failed Redis calls by kind of call and of failure",
+            self.redis_errors.clone(),
+        );
+        registry.register(
+            "group_commit_writes",
+            "Write requests merged into one Redis call (group commit)",
+            self.group_writes.clone(),
+        );
+        registry.register(
+            "group_commit_operations",
+            "Operations in one merged Redis write call",
+            self.group_operations.clone(),
+        );
+        registry.register(
+            "merged_read_keys",
+            "Keys read by one merged MGET",
+            self.merged_reads.clone(),
+        );
+        registry.register(
+            "event_lag_seconds",
+            "Time from a change's commit in Redis to its hand-over to this replica's subscriptions, per event shard (includes clock skew between Redis and the replica)",
+            self.event_lag.clone(),
+        );
+    }
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -192,6 +340,7 @@ impl Telemetry {
             "Scrapes that could not read the app-wide totals from the store",
             stats_errors.clone(),
         );
+        store().register(&mut registry);
         Self {
             registry,
             http_requests,
@@ -442,5 +591,9 @@ mod tests {
         assert!(text.contains("occupancy_sessions_reaped_total 2"));
         assert!(text.contains("occupancy_connections_reaped_total 5"));
         assert!(text.contains("occupancy_subscriptions 1"));
+        assert!(
+            text.contains("occupancy_redis_call_errors_total{call=\"apply\",kind=\"unavailable\"}"),
+            "{text}"
+        );
     }
 }

@@ -130,13 +130,28 @@ fn metric_names(expr: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_grafana_dashboard_queries_only_exported_metrics() {
-    let h = Harness::memory(std::time::Duration::from_secs(15));
+    use eventsource_stream::Eventsource;
+    use futures::StreamExt;
+    let h = Harness::redis(std::time::Duration::from_secs(15));
     let s = h.http_server().await;
-    // one request of each kind, so labelled series exist
+    // one request of each kind, so labelled series exist: HTTP and gRPC
+    // reads, a write, and an event delivered to a subscription
     let c = reqwest::Client::new();
     c.get(format!("{}/stats", s.http_url())).send().await.unwrap();
     let fx = crate::fixture::Fx::new(&s).await;
     fx.get("x").await;
+    let mut events = c
+        .get(format!("{}/channels/x/occupancy/stream", s.http_url()))
+        .send()
+        .await
+        .unwrap()
+        .bytes_stream()
+        .eventsource();
+    let within = std::time::Duration::from_secs(10);
+    tokio::time::timeout(within, events.next()).await.expect("snapshot");
+    fx.attach("fe", "c", "x", &[occupancy::proto::v1::Mode::Subscribe])
+        .await;
+    tokio::time::timeout(within, events.next()).await.expect("the change");
     let text = c
         .get(format!("{}/metrics", s.http_url()))
         .send()

@@ -657,10 +657,26 @@ async fn metrics_text(s: &TestServer) -> String {
     r.text().await.unwrap()
 }
 
+/// The value of the line of `text` that starts with `series ` (a series
+/// with its labels written out), or 0.
+fn raw(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(series)?
+                .strip_prefix(' ')?
+                .split(' ')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
 async fn metrics_parse_and_move_with_load(h: Harness) {
     let s = h.http_server().await;
     let fx = Fx::new(&s).await;
-    let before = scrape(&metrics_text(&s).await);
+    let before_text = metrics_text(&s).await;
+    let before = scrape(&before_text);
     assert!(!before.samples.is_empty());
     let stats_ok = [("method", "GET"), ("route", "/stats"), ("status", "200")];
     let n0 = sample(&before, "occupancy_http_requests_total", &stats_ok);
@@ -716,6 +732,19 @@ async fn metrics_parse_and_move_with_load(h: Harness) {
     );
     assert_eq!(sample(&after, "occupancy_sessions", &[]), 0.0);
     assert_eq!(sample(&after, "occupancy_channel_connections", &[]), 0.0);
+    if matches!(h.backend, crate::support::Backend::Redis(_)) {
+        // the Redis store's calls (process-wide: other tests' replicas in
+        // this process count too, so only rises are checked)
+        let text = metrics_text(&s).await;
+        for series in [
+            "occupancy_redis_call_duration_seconds_count{call=\"apply\"}",
+            "occupancy_redis_call_duration_seconds_count{call=\"stats\"}",
+            "occupancy_redis_call_duration_seconds_count{call=\"reap\"}",
+            "occupancy_group_commit_writes_count",
+        ] {
+            assert!(raw(&text, series) > raw(&before_text, series), "{series} rose");
+        }
+    }
     // latency histograms count the same requests
     assert_eq!(
         after

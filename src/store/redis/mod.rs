@@ -96,10 +96,11 @@ struct MgetFetch {
 
 impl reads::Fetch for MgetFetch {
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        crate::telemetry::store().merged_read(keys.len());
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         let mut conn = self.conn.clone();
-        within(self.timeout, cmd.query_async(&mut conn)).await
+        within("get", self.timeout, cmd.query_async(&mut conn)).await
     }
 }
 
@@ -140,7 +141,8 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<redis::Value> = within(limit, invoke(&mut conn, &inv)).await?;
+        crate::telemetry::store().group_commit(jobs.len(), total);
+        let raw: Vec<redis::Value> = within("apply", limit, invoke(&mut conn, &inv)).await?;
         if raw.len() != jobs.len() {
             return Err(Error::Internal(format!(
                 "apply function returned {} writes for {}",
@@ -269,8 +271,12 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        within(self.cfg.timeout, fut).await
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        within(call, self.cfg.timeout, fut).await
     }
 
     fn call(&self, f: Function) -> redis::Cmd {
@@ -297,6 +303,7 @@ impl RedisStore {
         let mine = self.cfg.event_shards;
         let recorded: Option<u32> = self
             .bounded(
+                "health",
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(mine)
@@ -311,7 +318,7 @@ impl RedisStore {
             None => Ok(()),
             Some(n) if n == mine => {
                 let _kept: bool = self
-                    .bounded(redis::cmd("PEXPIRE").arg(&key).arg(ttl).query_async(conn))
+                    .bounded("health", redis::cmd("PEXPIRE").arg(&key).arg(ttl).query_async(conn))
                     .await?;
                 Ok(())
             }
@@ -328,7 +335,7 @@ impl RedisStore {
         let mut inv = self.call(Function::Reap);
         inv.arg(REAP_BUDGET).arg(only_token);
         let mut conn = self.conn.clone();
-        let (expired, removed, more): (usize, usize, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (expired, removed, more): (usize, usize, u8) = self.bounded("reap", invoke(&mut conn, &inv)).await?;
         Ok(ReapReport {
             sessions_expired: expired,
             connections_removed: removed,
@@ -358,11 +365,21 @@ pub(crate) fn parse_metrics(bytes: &[u8]) -> Metrics {
 }
 
 /// A Redis call bounded by `limit`; no answer in time is UNAVAILABLE.
-async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-    match tokio::time::timeout(limit, fut).await {
+/// Runs a Redis call of kind `call` within `limit`, recording its time
+/// and failure (`telemetry::store`).
+async fn within<T>(
+    call: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
-    }
+    };
+    let failed = r.as_ref().err().map(|e| matches!(e, Error::Unavailable(_)));
+    crate::telemetry::store().redis_call(call, start.elapsed(), failed);
+    r
 }
 
 pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
@@ -413,7 +430,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::KeepAlive);
         inv.arg(session.as_str()).arg(ttl_ms.unwrap_or(0)).arg(self.ttl_ms());
         let mut conn = self.conn.clone();
-        let (status, ttl_ms): (u8, u64) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (status, ttl_ms): (u8, u64) = self.bounded("keep_alive", invoke(&mut conn, &inv)).await?;
         Ok(if status == 1 {
             KeepAliveOutcome::Active { ttl_ms }
         } else {
@@ -425,7 +442,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::Close);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let (token, alive): (Option<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (token, alive): (Option<String>, u8) = self.bounded("close", invoke(&mut conn, &inv)).await?;
         if let Some(token) = token {
             // Remove everything of the token before answering, in bounded
             // script calls so that a huge session does not stall Redis.
@@ -491,7 +508,8 @@ impl Store for RedisStore {
         .arg(q.limit)
         .arg(if q.with_metrics { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) =
+            self.bounded("list", invoke(&mut conn, &inv)).await?;
         let next_cursor = (more == 1)
             .then(|| keys.last().map(|k| crate::domain::list::encode_cursor(q.order, k)))
             .flatten();
@@ -530,7 +548,7 @@ impl Store for RedisStore {
             .arg(keys::leases(p));
         let mut conn = self.conn.clone();
         let (channels, sums, sessions): (u64, Vec<Option<i64>>, u64) =
-            self.bounded(pipe.query_async(&mut conn)).await?;
+            self.bounded("stats", pipe.query_async(&mut conn)).await?;
         // a sum can only be negative if the hash was changed by hand
         let sum = |i: usize| sums.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
         Ok(Totals {
@@ -545,7 +563,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::SessionState);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let flat: Vec<String> = self.bounded(invoke(&mut conn, &inv)).await?;
+        let flat: Vec<String> = self.bounded("session_state", invoke(&mut conn, &inv)).await?;
         let bad = || Error::Internal("session state script returned a malformed list".into());
         let mut out = Vec::new();
         let mut it = flat.into_iter();
@@ -583,7 +601,7 @@ impl Store for RedisStore {
             inv.arg(c.as_str());
         }
         let mut conn = self.conn.clone();
-        let mut raw: Vec<redis::Value> = self.bounded(invoke(&mut conn, &inv)).await?;
+        let mut raw: Vec<redis::Value> = self.bounded("snapshot", invoke(&mut conn, &inv)).await?;
         let bad = |what: &str| Error::Internal(format!("snapshot script returned {what}"));
         let positions: Vec<String> =
             redis::from_redis_value(raw.pop().ok_or_else(|| bad("nothing"))?).map_err(|e| bad(&e.to_string()))?;
@@ -606,7 +624,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::History);
         inv.arg(shard).arg(after.to_string()).arg(limit);
         let mut conn = self.conn.clone();
-        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded("history", invoke(&mut conn, &inv)).await?;
         let mut changes = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
             let (Some(pos), Some(ch)) = (Pos::parse(&pair[0]), pair.get(1)) else {
@@ -642,11 +660,13 @@ impl Store for RedisStore {
     /// (`RedisStore::check_event_shards`).
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let pong: String = self
+            .bounded("health", redis::cmd("PING").query_async(&mut conn))
+            .await?;
         if pong != "PONG" {
             return Err(Error::Internal(format!("unexpected PING reply {pong}")));
         }
-        self.bounded(functions::ensure_loaded(&mut conn)).await?;
+        self.bounded("health", functions::ensure_loaded(&mut conn)).await?;
         self.check_event_shards(&mut conn).await
     }
 }

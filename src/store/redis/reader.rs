@@ -168,10 +168,16 @@ pub(super) async fn run(
             };
             match reply {
                 Ok(Some(reply)) => {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
                     for k in reply.keys {
                         for entry in k.ids {
                             let Some(p) = Pos::parse(&entry.id) else { continue };
                             pos = p;
+                            // the entry's id is the Redis clock at commit
+                            crate::telemetry::store()
+                                .event_lag(shard, Duration::from_millis(now_ms.saturating_sub(p.ms)));
                             for e in decode(shard, p, &entry.map) {
                                 sink.publish(e);
                             }

@@ -386,8 +386,9 @@ pub async fn drive(urls: &[String], d: &Drive, model: Arc<Mutex<Model>>) -> Repo
     total
 }
 
-/// Compares every channel's metrics and a full ListChannels walk, on each
-/// replica, with the model; returns the number of mismatches.
+/// Compares every channel's metrics, a full ListChannels walk and the
+/// app-wide totals, on each replica, with the model; returns the number of
+/// mismatches.
 pub async fn check(urls: &[String], model: &Model, universe: &[String]) -> usize {
     let mut mismatches = 0;
     for url in urls {
@@ -413,6 +414,23 @@ pub async fn check(urls: &[String], model: &Model, universe: &[String]) -> usize
         let listed = fx.list_all("", 7).await;
         if listed != model.active() {
             eprintln!("list mismatch on {url}: got {listed:?}, model {:?}", model.active());
+            mismatches += 1;
+        }
+        // the app-wide totals, kept incrementally by the store, against
+        // the model's sums over its active channels
+        let stats = r
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+            .stats
+            .unwrap_or_default();
+        let active = model.active();
+        let sum = |i: usize| active.iter().map(|ch| u64::from(model.metrics(ch)[i])).sum::<u64>();
+        let want = (active.len() as u64, sum(0), sum(4));
+        let got = (stats.active_channels, stats.connections, stats.presence_members);
+        if got != want {
+            eprintln!("totals mismatch on {url}: got {got:?}, model {want:?}");
             mismatches += 1;
         }
     }

@@ -49,7 +49,7 @@ pub struct GrpcLabels {
     /// path outside the served services.
     pub method: String,
     /// The gRPC status code name (`OK`, `INVALID_ARGUMENT`, ...).
-    pub code: String,
+    pub code: &'static str,
 }
 
 /// Labels of a gRPC call's latency.
@@ -385,17 +385,11 @@ impl Telemetry {
     }
 
     /// Records an answered gRPC call.
-    pub fn grpc_request(&self, method: &str, code: &str, took: Duration) {
-        self.grpc_requests
-            .get_or_create(&GrpcLabels {
-                method: method.to_string(),
-                code: code.to_string(),
-            })
-            .inc();
+    pub fn grpc_request(&self, method: String, code: &'static str, took: Duration) {
+        let labels = GrpcLabels { method, code };
+        self.grpc_requests.get_or_create(&labels).inc();
         self.grpc_latency
-            .get_or_create(&GrpcMethodLabels {
-                method: method.to_string(),
-            })
+            .get_or_create(&GrpcMethodLabels { method: labels.method })
             .observe(took.as_secs_f64());
     }
 
@@ -560,7 +554,7 @@ where
                     .map_or("OK", |v| grpc_code_name(v.as_bytes())),
                 Err(_) => "INTERNAL",
             };
-            telemetry.grpc_request(&method, code, start.elapsed());
+            telemetry.grpc_request(method, code, start.elapsed());
             res
         })
     }

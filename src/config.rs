@@ -1,7 +1,8 @@
 //! Command line and environment configuration (clap derive; every flag is
 //! also an `OCCUPANCY_*` variable), validated before anything binds.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
@@ -41,6 +42,35 @@ pub enum Command {
     List(crate::cli::ListArgs),
     /// Follow channels live: a refreshing table, busiest first.
     Watch(crate::cli::WatchArgs),
+    /// Check a replica's health (grpc.health.v1): exit 0 when SERVING,
+    /// 1 otherwise; for container HEALTHCHECKs and Kubernetes exec probes.
+    Health(crate::cli::HealthArgs),
+}
+
+/// `HOST:PORT` to listen on, the host a name (`localhost`) or an address
+/// (`0.0.0.0`, `[::]`). A name that resolves to several addresses listens
+/// on the first IPv4 one (where most clients of `localhost` go first),
+/// else on the first.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("expected HOST:PORT (e.g. 127.0.0.1:50051, localhost:50051, 0.0.0.0:50051)".into());
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("expected HOST:PORT with a port of 0 to 65535 (e.g. localhost:50051)".into());
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host} resolves to no address"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -74,13 +104,17 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 /// Options of `occupancy serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to serve gRPC on: HOST:PORT, the host a name or an address.
+    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// Redis URL (redis:// or rediss://); unset runs on the in-memory store
-    /// (one process only).
+    /// Redis URL (redis:// or rediss:// for TLS); unset runs on the
+    /// in-memory store (one process only).
     #[arg(long, env = "OCCUPANCY_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for a rediss:// URL
+    /// instead of the system's roots (a private CA).
+    #[arg(long, env = "OCCUPANCY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key, so deployments can share a Redis.
     #[arg(long, env = "OCCUPANCY_KEY_PREFIX", default_value = "occupancy")]
     pub key_prefix: String,
@@ -168,7 +202,14 @@ impl ServeArgs {
                 redis::Client::open(url.as_str()).map_err(|e| format!("invalid --redis-url: {e}"))?;
                 crate::store::redis::keys::validate_prefix(&self.key_prefix)
                     .map_err(|e| format!("invalid --key-prefix: {e}"))?;
+                if let Some(ca) = &self.redis_ca_file {
+                    if !url.starts_with("rediss://") {
+                        return Err("invalid --redis-ca-file: only used with a rediss:// --redis-url".into());
+                    }
+                    crate::store::redis::read_ca_file(ca).map_err(|e| format!("invalid --redis-ca-file: {e}"))?;
+                }
                 StoreConfig::Redis(RedisConfig {
+                    tls_ca_file: self.redis_ca_file.clone(),
                     url: url.clone(),
                     key_prefix: self.key_prefix.clone(),
                     timeout: self.redis_timeout,
@@ -202,6 +243,16 @@ mod tests {
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "500ms"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "11m"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "localhost"]).is_err());
+        assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "localhost:99999"]).is_err());
+        let cli = Cli::try_parse_from(["occupancy", "--listen", "localhost:50070"]).unwrap();
+        assert!(cli.serve.listen.ip().is_loopback() && cli.serve.listen.port() == 50070);
+        assert_eq!(parse_listen("0.0.0.0:1").unwrap(), SocketAddr::from(([0, 0, 0, 0], 1)));
+        let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--redis-ca-file", "/nope"]).unwrap();
+        assert!(cli.serve.to_config().unwrap_err().contains("--redis-ca-file"));
+        let cli = Cli::try_parse_from(["occupancy", "--redis-url", "rediss://x", "--redis-ca-file", "/nope"]).unwrap();
+        let e = cli.serve.to_config().unwrap_err();
+        assert!(e.contains("--redis-ca-file") && e.contains("/nope"), "{e}");
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--key-prefix", "a{b"]).unwrap();
         assert!(cli.serve.to_config().unwrap_err().contains("key-prefix"));
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "nope://"]).unwrap();

@@ -34,8 +34,17 @@ impl From<Error> for tonic::Status {
             Error::FailedPrecondition(msg) => tonic::Status::failed_precondition(msg),
             Error::ResourceExhausted(msg) => tonic::Status::resource_exhausted(msg),
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "store unavailable");
-                tonic::Status::unavailable("occupancy store unavailable, retry later")
+                // debug, not warn: during an outage every call fails the
+                // same way, and the health probe logs the outage once
+                tracing::debug!(%cause, "store unavailable");
+                let mut status = tonic::Status::unavailable("occupancy store unavailable, retry later");
+                // tells clients the service itself answered (it is reachable;
+                // its Redis is not)
+                status.metadata_mut().insert(
+                    occupancy_client::STORE_UNAVAILABLE_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
             }
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -56,6 +65,7 @@ mod tests {
         assert!(s.message().contains("channel"));
         let s: tonic::Status = Error::Unavailable("x".into()).into();
         assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(occupancy_client::Error::from(s).is_store_unavailable());
         let s: tonic::Status = Error::Internal("secret detail".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));

@@ -38,7 +38,7 @@ use crate::store::Store;
 pub struct Spec {
     /// Named channels.
     pub channels: Vec<ChannelName>,
-    /// Names under this prefix, if any.
+    /// Names under this prefix, if any (the empty prefix for every channel).
     pub prefix: Option<String>,
     /// Categories whose change triggers an event; empty for all.
     pub categories: Vec<Category>,

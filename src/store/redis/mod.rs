@@ -47,8 +47,14 @@ const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
 /// How to reach and lay out the Redis state.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL (TLS with rustls; the URL's user and
+    /// password, if any, are sent with AUTH). `rediss://` checks the
+    /// server's certificate against the system's roots, or against
+    /// `tls_ca_file`.
     pub url: String,
+    /// PEM file of the CA certificate(s) that sign the Redis server's
+    /// certificate, for a private CA; `None` trusts the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so deployments can share a Redis.
     pub key_prefix: String,
     /// Bound on connecting and on every call.
@@ -66,6 +72,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls_ca_file: None,
             key_prefix: "occupancy".into(),
             timeout: Duration::from_secs(1),
             default_ttl: Duration::from_secs(15),
@@ -73,6 +80,19 @@ impl RedisConfig {
             stream_max_len: 10_000,
         }
     }
+}
+
+/// The PEM bytes of a CA file, checked to hold at least one certificate.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or holds no PEM
+/// certificate.
+pub fn read_ca_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(pem)
 }
 
 /// Occupancy state in Redis.
@@ -241,7 +261,20 @@ impl RedisStore {
         let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = match &cfg.tls_ca_file {
+            None => redis::Client::open(info).map_err(bad_url)?,
+            Some(path) => {
+                let root_cert = read_ca_file(path).map_err(|e| crate::domain::InvalidInput::new("redis_ca_file", e))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+        };
         // Every call is bounded by `bounded` (scaled for large batches); the
         // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()

@@ -389,10 +389,7 @@ pub async fn watch(args: WatchArgs) -> i32 {
         let mut svc = OccupancyServiceClient::new(client.occupancy_service_channel());
         let stream = tokio::time::timeout(args.target.timeout, svc.subscribe_occupancy(req)).await;
         let mut stream = match stream {
-            Ok(Ok(s)) => {
-                failures = 0;
-                s.into_inner()
-            }
+            Ok(Ok(s)) => s.into_inner(),
             Ok(Err(status)) if status.code() == Code::InvalidArgument => {
                 return fail(&Error::Status(status), &args.target)
             }
@@ -433,8 +430,24 @@ pub async fn watch(args: WatchArgs) -> i32 {
                     continue;
                 }
             };
-            let Ok(Some(r)) = msg else { break };
+            let r = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return fail(&Error::Status(status), &args.target)
+                }
+                Err(status) => {
+                    // e.g. the store is down: the snapshot failed; give up
+                    // after three tries in a row, as when connecting fails
+                    failures += 1;
+                    if failures >= 3 {
+                        return fail(&Error::Status(status), &args.target);
+                    }
+                    break;
+                }
+            };
             let Some(e) = r.event else { continue };
+            failures = 0;
             resume = e.id.clone();
             seen += 1;
             let m = e.metrics.unwrap_or_default();

@@ -111,7 +111,21 @@ pub async fn run_with(
         }
     };
 
-    info!(%addr, "serving");
+    // everything an operator needs to know which replica this is, once
+    let (store_kind, redis_url, key_prefix) = match &config.store {
+        StoreConfig::Memory => ("memory", String::new(), String::new()),
+        StoreConfig::Redis(r) => ("redis", redacted(&r.url), r.key_prefix.clone()),
+    };
+    info!(
+        %addr,
+        version = env!("CARGO_PKG_VERSION"),
+        store = store_kind,
+        redis = %redis_url,
+        key_prefix = %key_prefix,
+        event_shards = store.shards(),
+        session_ttl = ?config.session_ttl,
+        "serving"
+    );
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself;
     // accepted streams of our own listener get it from `TcpIncoming`. Without
     // it a response written in two segments waits for the client's delayed
@@ -144,6 +158,18 @@ pub async fn run_with(
     }
     info!("stopped");
     result
+}
+
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn set_serving(health: &HealthReporter, serving: bool) {
@@ -181,6 +207,9 @@ async fn next_tick(tick: &mut tokio::time::Interval, cancel: &CancellationToken)
 /// Runs lease expiry rounds until cancelled. Every replica runs one; the
 /// store makes concurrent rounds safe.
 async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
+    // a failing store fails every round (4 a second by default): log the
+    // outage once, sum it up now and then, and log its end
+    let outage = crate::store::outage::OutageLog::new("session reaper");
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
         // Keep going while work remains, at most 100 rounds per tick so a
@@ -188,6 +217,7 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
         for _ in 0..100 {
             match store.reap().await {
                 Ok(r) => {
+                    outage.recovered(0);
                     if r.sessions_expired > 0 {
                         info!(
                             sessions = r.sessions_expired,
@@ -200,7 +230,7 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
                     }
                 }
                 Err(e) => {
-                    warn!(cause = %e, "reap round failed");
+                    outage.failed(0, &e);
                     break;
                 }
             }
@@ -223,5 +253,18 @@ async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Dura
             set_serving(&health, ok).await;
             serving = Some(ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(super::redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            super::redacted("rediss://app:s3cret@r:6380/0"),
+            "rediss://app:***@r:6380/0"
+        );
+        assert_eq!(super::redacted("redis://:s3cret@r/"), "redis://:***@r/");
     }
 }

@@ -209,13 +209,14 @@ impl Live {
                     if changed.is_err() {
                         return None;
                     }
-                    *retry_resync = sub.resync(reg).await;
+                    let retrying = retry_resync.is_some();
+                    *retry_resync = sub.resync(reg, retrying).await;
                 }
                 () = reg.inbox.notify.notified() => sub.drain(reg),
                 () = sleep_until(wake), if wake.is_some() => {
                     let now = Instant::now();
                     if retry_resync.is_some_and(|t| t <= now) {
-                        *retry_resync = sub.resync(reg).await;
+                        *retry_resync = sub.resync(reg, true).await;
                     }
                     sub.fire_timers(now);
                 }
@@ -489,7 +490,9 @@ impl Sub {
 
     /// Takes a fresh snapshot after the hub said changes may be lost;
     /// returns when to retry if it failed.
-    async fn resync(&mut self, reg: &Registration) -> Option<Instant> {
+    /// `retrying`: an earlier attempt failed (then a failure is not logged
+    /// again: the health probe reports the outage).
+    async fn resync(&mut self, reg: &Registration, retrying: bool) -> Option<Instant> {
         // held changes are superseded by the snapshot; queued ones are
         // still written (they are older states, corrected right after)
         for i in 0..self.chans.len() {
@@ -501,6 +504,10 @@ impl Sub {
             Ok(()) => {
                 debug!("subscription resynced");
                 None
+            }
+            Err(e) if retrying => {
+                debug!(cause = %e, "subscription resync failed again, retrying");
+                Some(Instant::now() + RESYNC_RETRY)
             }
             Err(e) => {
                 warn!(cause = %e, "subscription resync failed, retrying");

@@ -15,6 +15,7 @@ use crate::error::Result;
 
 pub mod demand;
 pub mod memory;
+pub mod outage;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 

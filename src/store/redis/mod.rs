@@ -629,6 +629,7 @@ impl Store for RedisStore {
     }
 
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+        let outage = Arc::new(crate::store::outage::OutageLog::new("event stream readers"));
         for shard in 0..self.cfg.event_shards {
             tokio::spawn(reader::run(
                 self.client.clone(),
@@ -636,6 +637,7 @@ impl Store for RedisStore {
                 shard,
                 sink.clone(),
                 cancel.clone(),
+                outage.clone(),
             ));
         }
     }

@@ -118,8 +118,8 @@ pub async fn run_with(
     };
     info!(
         %addr,
-        version = env!("CARGO_PKG_VERSION"),
-        store = store_kind,
+        version = %env!("CARGO_PKG_VERSION"),
+        store = %store_kind,
         redis = %redis_url,
         key_prefix = %key_prefix,
         event_shards = store.shards(),

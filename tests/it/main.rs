@@ -26,6 +26,7 @@ macro_rules! both_stores {
 }
 
 mod abuse;
+mod bench;
 mod cli;
 mod client;
 mod conformance;

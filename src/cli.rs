@@ -109,6 +109,11 @@ pub struct HealthArgs {
     /// Give up after this long (counts as not healthy).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Exit 0 whenever the replica answers, SERVING or not: a liveness
+    /// probe, so that a Redis outage (NOT_SERVING) takes replicas out of
+    /// load balancing (readiness) without restarting them all.
+    #[arg(long)]
+    pub live: bool,
 }
 
 fn client(t: &Target) -> Result<Client, Error> {
@@ -138,8 +143,9 @@ fn fail(err: &Error, target: &Target) -> i32 {
 }
 
 /// `occupancy health`: asks one replica's grpc.health.v1 service; returns
-/// 0 when it answers SERVING and 1 otherwise (not serving, no answer, or
-/// a bad endpoint), printing the status or the reason.
+/// 0 when it answers SERVING (any status with `--live`) and 1 otherwise
+/// (not serving, no answer, or a bad endpoint), printing the status or
+/// the reason.
 pub async fn health(args: HealthArgs) -> i32 {
     use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
     let url = match occupancy_client::endpoint_url(&args.endpoint) {
@@ -183,7 +189,7 @@ pub async fn health(args: HealthArgs) -> i32 {
         Ok(Ok(status)) => {
             let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
             println!("{name}");
-            1
+            i32::from(!args.live)
         }
         Ok(Err(e)) => {
             eprintln!("error: {url}: {e}");

@@ -346,9 +346,15 @@ async fn health_exits_0_when_serving_and_1_otherwise() {
     }
     let out = last.expect("health reported NOT_SERVING within 10 s");
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
+    // --live (a liveness probe): the replica answers, so it lives
+    let out = run(&["health", "--live", "--endpoint", &addr]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
     let dead = free_addr().to_string();
     let out = run(&["health", "--endpoint", &dead, "--timeout", "1s"]);
     assert_eq!(out.status.code(), Some(1));
+    let out = run(&["health", "--live", "--endpoint", &dead, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "nothing answers: not alive");
     assert!(String::from_utf8_lossy(&out.stderr).contains(&dead));
     let out = run(&["health", "--endpoint", "nope"]);
     assert_eq!(out.status.code(), Some(1));

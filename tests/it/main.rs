@@ -30,6 +30,7 @@ mod bench;
 mod cli;
 mod client;
 mod conformance;
+mod deploy;
 mod examples;
 mod faults;
 mod fixture;

@@ -39,6 +39,7 @@ mod model;
 mod model_check;
 mod nginx;
 mod process;
+mod readme;
 mod redis_store;
 mod subscribe;
 mod support;

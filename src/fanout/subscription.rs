@@ -99,6 +99,18 @@ struct Sub {
     token_buf: Vec<Pos>,
     watermark_buf: Vec<Pos>,
     inbox_buf: Vec<Arc<HubEvent>>,
+    /// The rest of a first snapshot under a prefix (or of every channel),
+    /// read one page at a time as the client takes the previous one.
+    walk: Option<Walk>,
+}
+
+/// Where a first snapshot's walk of the channel listing stands.
+#[derive(Debug)]
+struct Walk {
+    prefix: String,
+    cursor: String,
+    /// Event log positions of the newest snapshot read.
+    positions: Vec<Pos>,
 }
 
 fn wall_ms() -> i64 {
@@ -126,8 +138,12 @@ pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<I
             Phase::Live(live) => live,
             Phase::Done => return None,
         };
-        let item = live.next().await?;
-        Some((Ok(item), Phase::Live(live)))
+        match live.next().await? {
+            Ok(item) => Some((Ok(item), Phase::Live(live))),
+            // a page of the first snapshot could not be read: end the
+            // stream; the client resumes (its ids then ask for a snapshot)
+            Err(e) => Some((Err(Status::from(e)), Phase::Done)),
+        }
     })
 }
 
@@ -166,6 +182,7 @@ impl Live {
             token_buf: Vec::new(),
             watermark_buf: Vec::new(),
             inbox_buf: Vec::new(),
+            walk: None,
         };
         // register before reading anything, so no change falls in between
         let reg = hub.register(&sub.spec.channels, sub.spec.prefix.as_deref());
@@ -186,8 +203,9 @@ impl Live {
         })
     }
 
-    /// The next response, in order; `None` when the hub went away.
-    async fn next(&mut self) -> Option<SubscribeOccupancyResponse> {
+    /// The next response, in order; `None` when the hub went away, an
+    /// error when a page of the first snapshot could not be read.
+    async fn next(&mut self) -> Option<Result<SubscribeOccupancyResponse, Error>> {
         let Live {
             sub,
             reg,
@@ -196,7 +214,16 @@ impl Live {
         } = self;
         loop {
             if let Some(item) = sub.next_ready() {
-                return Some(item);
+                return Some(Ok(item));
+            }
+            // the first snapshot goes on, a page at a time, once the client
+            // has taken the previous page: memory holds one page, however
+            // many channels there are
+            if sub.walk.is_some() {
+                if let Err(e) = sub.walk_step(reg).await {
+                    return Some(Err(e));
+                }
+                continue;
             }
             let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
             let wake = match (next_timer, *retry_resync) {
@@ -447,6 +474,16 @@ impl Sub {
         let mut positions = self
             .snapshot_of(&named.iter().cloned().collect::<Vec<_>>(), resync, !resync)
             .await?;
+        if let (Some(prefix), false) = (self.spec.prefix.clone(), resync) {
+            // the first snapshot: its first page now, the rest as the
+            // client reads (`walk_step`)
+            self.walk = Some(Walk {
+                prefix,
+                cursor: String::new(),
+                positions,
+            });
+            return self.walk_step(reg).await;
+        }
         if let Some(prefix) = self.spec.prefix.clone() {
             let mut cursor = String::new();
             loop {
@@ -478,6 +515,42 @@ impl Sub {
                 positions = p;
             }
         }
+        self.finish_snapshot(reg, positions, resync).await
+    }
+
+    /// Reads the next page of the first snapshot's walk and queues its
+    /// channels; after the last page, finishes the snapshot.
+    async fn walk_step(&mut self, reg: &Registration) -> Result<(), Error> {
+        let Some(walk) = self.walk.as_ref() else { return Ok(()) };
+        let q = ListQuery::new(walk.prefix.clone(), SNAPSHOT_PAGE, &walk.cursor, ListOrder::Name, false)?;
+        let page = self.store.list(&q).await?;
+        let names: Vec<ChannelName> = page.channels.into_iter().map(|c| c.name).collect();
+        let p = self.snapshot_of(&names, false, true).await?;
+        let Some(walk) = self.walk.as_mut() else { return Ok(()) };
+        if !p.is_empty() {
+            walk.positions = p;
+        }
+        match page.next_cursor {
+            Some(c) => {
+                walk.cursor = c;
+                Ok(())
+            }
+            None => {
+                let positions = std::mem::take(&mut walk.positions);
+                self.walk = None;
+                self.finish_snapshot(reg, positions, false).await
+            }
+        }
+    }
+
+    /// Ends a snapshot read at `positions`: what the subscriber has seen
+    /// of the event log, then the changes that arrived meanwhile.
+    async fn finish_snapshot(
+        &mut self,
+        reg: &Registration,
+        mut positions: Vec<Pos>,
+        resync: bool,
+    ) -> Result<(), Error> {
         if positions.is_empty() {
             positions = self.store.snapshot(&[]).await?.positions;
         }
@@ -560,5 +633,123 @@ impl Sub {
         }
         self.drain(reg);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::StreamExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::domain::{
+        ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ModeSet, OpResult, Operation, SessionId,
+    };
+    use crate::store::{ChangeSink, History, MemoryStore, ReapReport, Snapshot, SyncOutcome};
+    use crate::Result;
+
+    /// The memory store, counting listing pages read.
+    struct CountingLists {
+        inner: MemoryStore,
+        lists: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for CountingLists {
+        async fn apply(&self, s: &SessionId, ops: &[Operation], m: bool) -> Result<Vec<OpResult>> {
+            self.inner.apply(s, ops, m).await
+        }
+        async fn apply_sequenced(
+            &self,
+            s: &SessionId,
+            seq: u64,
+            ops: &[Operation],
+            m: bool,
+        ) -> Result<Option<Vec<OpResult>>> {
+            self.inner.apply_sequenced(s, seq, ops, m).await
+        }
+        async fn keep_alive(&self, s: &SessionId, ttl: Option<u64>) -> Result<KeepAliveOutcome> {
+            self.inner.keep_alive(s, ttl).await
+        }
+        async fn close_session(&self, s: &SessionId) -> Result<bool> {
+            self.inner.close_session(s).await
+        }
+        async fn get(&self, c: &[ChannelName]) -> Result<Vec<Metrics>> {
+            self.inner.get(c).await
+        }
+        async fn list(&self, q: &ListQuery) -> Result<crate::domain::ListPage> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            let page: ListPage = self.inner.list(q).await?;
+            Ok(page)
+        }
+        async fn session_state(&self, s: &SessionId) -> Result<Vec<HeldAttachment>> {
+            self.inner.session_state(s).await
+        }
+        async fn sync_session(&self, s: &SessionId, d: &[HeldAttachment], ttl: Option<u64>) -> Result<SyncOutcome> {
+            self.inner.sync_session(s, d, ttl).await
+        }
+        async fn reap(&self) -> Result<ReapReport> {
+            self.inner.reap().await
+        }
+        fn shards(&self) -> u32 {
+            self.inner.shards()
+        }
+        async fn snapshot(&self, c: &[ChannelName]) -> Result<Snapshot> {
+            self.inner.snapshot(c).await
+        }
+        async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History> {
+            self.inner.history(shard, after, limit).await
+        }
+        fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+            self.inner.feed(sink, cancel);
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+    }
+
+    /// A snapshot of every channel is read a page at a time, each page
+    /// once the client has taken the previous one: a subscriber holds one
+    /// page of events, however many channels are active.
+    #[tokio::test]
+    async fn every_channel_snapshot_is_read_a_page_at_a_time() {
+        let store = Arc::new(CountingLists {
+            inner: MemoryStore::new(Duration::from_secs(60)),
+            lists: AtomicUsize::new(0),
+        });
+        let session = SessionId::parse("s", "fe").unwrap();
+        let ops: Vec<Operation> = (0..2_500)
+            .map(|i| Operation::Attach {
+                connection: ConnectionId::parse("c", format!("c{i}")).unwrap(),
+                channel: ChannelName::parse("ch", format!("ch:{i:04}")).unwrap(),
+                modes: ModeSet::EMPTY,
+            })
+            .collect();
+        store.apply(&session, &ops, false).await.unwrap();
+        let hub = Hub::new(store.shards());
+        store.feed(hub.clone(), CancellationToken::new());
+        let spec = Spec {
+            channels: vec![],
+            prefix: Some(String::new()),
+            categories: vec![],
+            debounce: Duration::ZERO,
+            resume: None,
+        };
+        let events = stream(store.clone(), hub, spec);
+        futures::pin_mut!(events);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..2_500 {
+            let r = events.next().await.expect("an event").expect("no error");
+            let ev = r.into_event().unwrap().unwrap();
+            seen.insert(ev.channel);
+            // pages of 1,000: page n+1 is read only once page n is taken
+            let pages = store.lists.load(Ordering::SeqCst);
+            assert_eq!(pages, i / SNAPSHOT_PAGE as usize + 1, "after {} events", i + 1);
+        }
+        assert_eq!(seen.len(), 2_500);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 3);
     }
 }

@@ -45,6 +45,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         tracing::info!(
             channels = spec.channels.len(),
             prefix = spec.prefix.as_deref().unwrap_or(""),
+            all_channels = spec.prefix.as_deref() == Some(""),
             resume = spec.resume.is_some(),
             "subscription opened"
         );

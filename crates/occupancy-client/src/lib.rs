@@ -215,7 +215,7 @@ impl ClientBuilder {
     /// neither `HOST:PORT` nor an `http://` or `https://` URL.
     pub fn connect(self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
-            return Err(Error::InvalidEndpoint("list: no endpoint given".into()));
+            return Err(Error::InvalidEndpoint("(none): give at least one".into()));
         }
         let mut channels = Vec::with_capacity(self.endpoints.len());
         for given in &self.endpoints {

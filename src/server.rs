@@ -112,20 +112,28 @@ pub async fn run_with(
     };
 
     // everything an operator needs to know which replica this is, once
-    let (store_kind, redis_url, key_prefix) = match &config.store {
-        StoreConfig::Memory => ("memory", String::new(), String::new()),
-        StoreConfig::Redis(r) => ("redis", redacted(&r.url), r.key_prefix.clone()),
-    };
-    info!(
-        %addr,
-        version = %env!("CARGO_PKG_VERSION"),
-        store = %store_kind,
-        redis = %redis_url,
-        key_prefix = %key_prefix,
-        event_shards = store.shards(),
-        session_ttl = ?config.session_ttl,
-        "serving"
-    );
+    let version = env!("CARGO_PKG_VERSION");
+    match &config.store {
+        StoreConfig::Memory => info!(
+            %addr,
+            %version,
+            store = %"memory",
+            event_shards = store.shards(),
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+        StoreConfig::Redis(r) => info!(
+            %addr,
+            %version,
+            store = %"redis",
+            redis = %redacted(&r.url),
+            key_prefix = %r.key_prefix,
+            event_shards = store.shards(),
+            stream_max_len = r.stream_max_len,
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+    }
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself;
     // accepted streams of our own listener get it from `TcpIncoming`. Without
     // it a response written in two segments waits for the client's delayed

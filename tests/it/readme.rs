@@ -12,7 +12,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::process::Command;
 
-use crate::examples::{node_modules, python_deps, run, Output};
+use crate::examples::{node_modules, python_deps, run};
 use crate::support::process::{binary, Proc};
 
 /// A command of the README and where it stands.
@@ -137,25 +137,74 @@ fn objects(text: &str) -> Vec<Json> {
         .collect()
 }
 
-/// How long a command may run; streaming ones (a subscription, a live
-/// table) are stopped after it and judged on what they printed.
-fn limit(command: &str) -> (Duration, bool) {
-    let streams = command.contains("SubscribeOccupancy")
+/// Whether the command streams until stopped (a subscription, a live
+/// table, a count of events that the walk-through does not produce).
+fn streams(command: &str) -> bool {
+    command.contains("SubscribeOccupancy")
         || (command.contains(" watch ") && !command.contains("--count"))
         || command.contains("--count 10")
-        || command.contains("subscribe rooms:lobby --count 5");
-    if streams {
-        (Duration::from_secs(4), true)
+        || command.contains("subscribe rooms:lobby --count 5")
+}
+
+/// Whether a streaming command's output so far holds a whole first
+/// message: a JSON object, a JSON line, or a whole `watch` table.
+fn has_a_whole_message(text: &str) -> bool {
+    if text.trim_start().starts_with('{') {
+        serde_json::Deserializer::from_str(text)
+            .into_iter::<Json>()
+            .next()
+            .is_some_and(|r| r.is_ok())
+    } else if text.contains("occupancy at") {
+        text.contains("\n\n")
     } else {
-        (Duration::from_secs(60), false)
+        text.contains('\n')
     }
 }
 
+/// Runs a streaming command until it printed a whole first message (at
+/// most 30 s), then stops it; returns (stdout, stderr, whether it exited
+/// by itself with a failure).
+async fn run_streaming(mut cmd: Command) -> (String, String, bool) {
+    use tokio::io::AsyncReadExt;
+    cmd.stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true);
+    let mut child = cmd.spawn().expect("start the command");
+    let mut stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let err = tokio::spawn(async move {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s).await;
+        s
+    });
+    let mut text = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut failed = false;
+    while !has_a_whole_message(&String::from_utf8_lossy(&text)) {
+        match tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await {
+            Ok(Ok(n)) if n > 0 => text.extend_from_slice(&buf[..n]),
+            Ok(_) => {
+                failed = !child.wait().await.is_ok_and(|s| s.success());
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    let _ = child.kill().await;
+    let err = tokio::time::timeout(Duration::from_secs(5), err)
+        .await
+        .ok()
+        .and_then(Result::ok)
+        .unwrap_or_default();
+    (String::from_utf8_lossy(&text).to_string(), err, failed)
+}
+
 /// What each kind of command must print.
-fn check(step: &Step, out: &Output) {
+fn check(step: &Step, text: &str, stderr: &str) {
     let c = step.command.as_str();
-    let text = out.stdout.as_str();
-    let ctx = || format!("{c}\nstdout:\n{text}\nstderr:\n{}", out.stderr);
+    let ctx = || format!("{c}\nstdout:\n{text}\nstderr:\n{stderr}");
     assert!(!text.trim().is_empty(), "printed nothing: {}", ctx());
     if c.starts_with("grpcurl") && c.ends_with(" list") {
         assert!(text.contains("occupancy.v1.OccupancyService"), "{}", ctx());
@@ -300,14 +349,15 @@ async fn the_readme_works_as_written() {
         if let Some(deps) = &python {
             cmd.env("PYTHONPATH", deps);
         }
-        let (within, streams) = limit(c);
-        let out = run(cmd, within).await;
-        if streams {
-            assert!(out.status.is_none_or(|s| s.success()), "{c}: {}", out.describe());
+        if streams(c) {
+            let (stdout, stderr, failed) = run_streaming(cmd).await;
+            assert!(!failed, "{c} failed:\n{stderr}");
+            check(step, &stdout, &stderr);
         } else {
+            let out = run(cmd, Duration::from_secs(60)).await;
             assert!(out.ok(), "{c} (section {:?}) failed: {}", step.section, out.describe());
+            check(step, &out.stdout, &out.stderr);
         }
-        check(step, &out);
         ran += 1;
     }
     println!("ran {ran} README commands; not run here: {skipped:#?}");

@@ -135,6 +135,12 @@ fn fail(err: &Error, target: &Target) -> i32 {
         eprintln!("error: the occupancy service cannot be reached at {at}: {err}");
         return EXIT_UNREACHABLE;
     }
+    if err.code() == Some(Code::Unimplemented) {
+        eprintln!(
+            "error: {at} answered, but does not offer the occupancy service (UNIMPLEMENTED): is it the right address?"
+        );
+        return 1;
+    }
     eprintln!("error: {err}");
     match err.code() {
         None | Some(Code::InvalidArgument) => EXIT_USAGE,

@@ -503,3 +503,24 @@ async fn watch_table_follows_a_redis_restart() {
     redis.restart();
     w.until("rooms:a back to 0", |t| conns(t, "rooms:a") == Some(0)).await;
 }
+
+/// Exit 1 for anything else: here a gRPC server that is not the
+/// occupancy service (UNIMPLEMENTED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_errors_exit_1() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let out = tokio::task::spawn_blocking(move || run(&["get", "x", "--endpoint", &addr]))
+        .await
+        .unwrap();
+    server.abort();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not offer the occupancy service"), "{err}");
+}

@@ -168,10 +168,11 @@ fn new_token() -> u64 {
     rand::random::<u64>().max(1)
 }
 
-/// A lease epoch from a token as Redis holds it (`false`/nil: no lease).
+/// A lease epoch from a token as Redis holds it (Lua's `false`, nil in
+/// RESP2 and false in RESP3: no lease).
 fn epoch_of(raw: &redis::Value) -> Result<u64> {
     match raw {
-        redis::Value::Nil => Ok(0),
+        redis::Value::Nil | redis::Value::Boolean(false) => Ok(0),
         redis::Value::BulkString(b) => std::str::from_utf8(b)
             .ok()
             .and_then(|t| t.parse().ok())
@@ -679,6 +680,8 @@ mod tests {
         assert!(r.iter().all(|x| x.metrics.is_none()));
         // no lease after the write
         let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Nil).unwrap());
+        assert_eq!(epoch, 0);
+        let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Boolean(false)).unwrap());
         assert_eq!(epoch, 0);
         // statuses each followed by the nine counters as stored
         job.include_metrics = true;

@@ -140,6 +140,11 @@ pub struct ServeArgs {
     /// Changes each Redis event stream shard keeps, approximately.
     #[arg(long, env = "OCCUPANCY_STREAM_MAX_LEN", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
     pub stream_max_len: u64,
+    /// A SubscribeOccupancy stream quiet for this long gets a heartbeat
+    /// message (well under the idle timeouts of common proxies and load
+    /// balancers, often 60 s).
+    #[arg(long, env = "OCCUPANCY_STREAM_HEARTBEAT", default_value = "20s", value_parser = parse_positive)]
+    pub stream_heartbeat: Duration,
     /// Log format.
     #[arg(long, env = "OCCUPANCY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     pub log_format: String,
@@ -167,6 +172,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Quiet time after which a subscription stream gets a heartbeat.
+    pub stream_heartbeat: Duration,
 }
 
 impl Config {
@@ -178,6 +185,7 @@ impl Config {
             reap_interval: Duration::from_millis(250),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            stream_heartbeat: Duration::from_secs(20),
         }
     }
 
@@ -225,6 +233,7 @@ impl ServeArgs {
             reap_interval: self.reap_interval,
             health_interval: self.health_interval,
             shutdown_grace: self.shutdown_grace,
+            stream_heartbeat: self.stream_heartbeat,
         })
     }
 }
@@ -240,6 +249,8 @@ mod tests {
         let cfg = cli.serve.to_config().unwrap();
         assert!(matches!(cfg.store, StoreConfig::Memory));
         assert_eq!(cfg.session_ttl, Duration::from_secs(15));
+        assert_eq!(cfg.stream_heartbeat, Duration::from_secs(20));
+        assert!(Cli::try_parse_from(["occupancy", "--stream-heartbeat", "0s"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "500ms"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "11m"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "nope"]).is_err());

@@ -54,6 +54,33 @@ impl From<Error> for tonic::Status {
     }
 }
 
+/// Largest request message the service decodes (gRPC's usual default,
+/// set explicitly on every service).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Gives a request refused for its size the code the gRPC spec gives a
+/// message over the limit, RESOURCE_EXHAUSTED, with a message naming the
+/// limit. The decoder (tonic) answers such a request OUT_OF_RANGE before
+/// any handler runs, in the response's headers (a trailers-only answer),
+/// so this runs on every response as a layer of the server; anything else
+/// passes unchanged.
+pub fn name_over_limit<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let over = tonic::Status::from_header_map(headers).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange && s.message().contains("decoded message length too large")
+    });
+    if over {
+        let status = tonic::Status::resource_exhausted(format!(
+            "request message too large: the limit is {MAX_REQUEST_BYTES} bytes (4 MiB) per message; \
+             split the batch (at most 10000 operations and 4 MiB per Apply)"
+        ));
+        if status.add_header(headers).is_err() {
+            tracing::error!("could not rewrite the status of an oversized request");
+        }
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,5 +96,23 @@ mod tests {
         let s: tonic::Status = Error::Internal("secret detail".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));
+    }
+
+    #[test]
+    fn an_oversized_request_answers_resource_exhausted_naming_the_limit() {
+        let decoder = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 6000000 bytes, the limit is: 4194304 bytes",
+        );
+        let resp = name_over_limit(decoder.into_http::<()>());
+        let s = tonic::Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("4194304 bytes"), "{s:?}");
+        // other answers pass unchanged
+        let other = tonic::Status::out_of_range("something else");
+        let resp = name_over_limit(other.into_http::<()>());
+        let s = tonic::Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!((s.code(), s.message()), (tonic::Code::OutOfRange, "something else"));
+        let ok = name_over_limit(http::Response::new(()));
+        assert!(tonic::Status::from_header_map(ok.headers()).is_none());
     }
 }

@@ -14,7 +14,7 @@ use tracing::{info, warn};
 
 use crate::api::{ConnectionApi, OccupancyApi};
 use crate::config::{Config, StoreConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, MAX_REQUEST_BYTES};
 use crate::proto::v1 as pb;
 use crate::store::{MemoryStore, RedisStore, Store};
 
@@ -141,15 +141,23 @@ pub async fn run_with(
     let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::occupancy_service_server::OccupancyServiceServer::new(
-            OccupancyApi::new(store.clone(), hub.clone(), cancel.clone()),
-        ))
-        .add_service(pb::connection_service_server::ConnectionServiceServer::new(
-            ConnectionApi::new(store.clone()),
-        ))
+        .add_service(
+            pb::occupancy_service_server::OccupancyServiceServer::new(OccupancyApi::new(
+                store.clone(),
+                hub.clone(),
+                cancel.clone(),
+                config.stream_heartbeat,
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::connection_service_server::ConnectionServiceServer::new(ConnectionApi::new(store.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let grace = config.shutdown_grace;

@@ -128,10 +128,18 @@ fn wall_ms() -> i64 {
 /// response: while the client does not read (HTTP/2 flow control), it is
 /// not polled and its inbox coalesces, so memory stays bounded by the
 /// number of followed channels. Ending it on shutdown is the caller's job.
-pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<Item = Item> + Send + 'static {
-    futures::stream::unfold(Phase::Start(store, hub, spec), |phase| async move {
+///
+/// Right after the snapshot or replay comes one `live` message; a stream
+/// with nothing to send for `heartbeat` sends a heartbeat message.
+pub fn stream(
+    store: Arc<dyn Store>,
+    hub: Arc<Hub>,
+    spec: Spec,
+    heartbeat: Duration,
+) -> impl Stream<Item = Item> + Send + 'static {
+    futures::stream::unfold(Phase::Start(store, hub, spec, heartbeat), |phase| async move {
         let mut live = match phase {
-            Phase::Start(store, hub, spec) => match Live::start(store, hub, spec).await {
+            Phase::Start(store, hub, spec, heartbeat) => match Live::start(store, hub, spec, heartbeat).await {
                 Ok(live) => Box::new(live),
                 Err(e) => return Some((Err(Status::from(e)), Phase::Done)),
             },
@@ -149,7 +157,7 @@ pub fn stream(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> impl Stream<I
 
 /// Where a subscription stream is.
 enum Phase {
-    Start(Arc<dyn Store>, Arc<Hub>, Spec),
+    Start(Arc<dyn Store>, Arc<Hub>, Spec, Duration),
     Live(Box<Live>),
     Done,
 }
@@ -160,12 +168,18 @@ struct Live {
     reg: Registration,
     resyncs: watch::Receiver<u64>,
     retry_resync: Option<Instant>,
+    /// Whether the `live` message went out (after the snapshot or replay).
+    live_sent: bool,
+    /// Quiet time before a heartbeat.
+    heartbeat: Duration,
+    /// When the last message went out.
+    last_sent: Instant,
 }
 
 impl Live {
     /// Registers with the hub and takes the snapshot (or replays since the
     /// resume point).
-    async fn start(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec) -> Result<Self, Error> {
+    async fn start(store: Arc<dyn Store>, hub: Arc<Hub>, spec: Spec, heartbeat: Duration) -> Result<Self, Error> {
         let shards = hub.shards();
         let mut sub = Sub {
             store,
@@ -200,18 +214,31 @@ impl Live {
             reg,
             resyncs,
             retry_resync: None,
+            live_sent: false,
+            heartbeat,
+            last_sent: Instant::now(),
         })
     }
 
     /// The next response, in order; `None` when the hub went away, an
     /// error when a page of the first snapshot could not be read.
     async fn next(&mut self) -> Option<Result<SubscribeOccupancyResponse, Error>> {
+        let item = self.next_message().await?;
+        self.last_sent = Instant::now();
+        Some(item)
+    }
+
+    async fn next_message(&mut self) -> Option<Result<SubscribeOccupancyResponse, Error>> {
         let Live {
             sub,
             reg,
             resyncs,
             retry_resync,
+            live_sent,
+            heartbeat,
+            last_sent,
         } = self;
+        let beat_at = *last_sent + *heartbeat;
         loop {
             if let Some(item) = sub.next_ready() {
                 return Some(Ok(item));
@@ -224,6 +251,11 @@ impl Live {
                     return Some(Err(e));
                 }
                 continue;
+            }
+            if !*live_sent {
+                // the snapshot (or replay) is out: live from here
+                *live_sent = true;
+                return Some(Ok(SubscribeOccupancyResponse::live(wall_ms())));
             }
             let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
             let wake = match (next_timer, *retry_resync) {
@@ -246,6 +278,9 @@ impl Live {
                         *retry_resync = sub.resync(reg, true).await;
                     }
                     sub.fire_timers(now);
+                }
+                () = tokio::time::sleep_until(beat_at) => {
+                    return Some(Ok(SubscribeOccupancyResponse::heartbeat(wall_ms())));
                 }
             }
         }
@@ -646,7 +681,7 @@ mod tests {
 
     use super::*;
     use crate::domain::{
-        ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ModeSet, OpResult, Operation, SessionId,
+        Applied, Batch, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ModeSet, Operation, SessionId,
     };
     use crate::store::{ChangeSink, History, MemoryStore, ReapReport, Snapshot, SyncOutcome};
     use crate::Result;
@@ -659,22 +694,13 @@ mod tests {
 
     #[async_trait]
     impl Store for CountingLists {
-        async fn apply(&self, s: &SessionId, ops: &[Operation], m: bool) -> Result<Vec<OpResult>> {
-            self.inner.apply(s, ops, m).await
-        }
-        async fn apply_sequenced(
-            &self,
-            s: &SessionId,
-            seq: u64,
-            ops: &[Operation],
-            m: bool,
-        ) -> Result<Option<Vec<OpResult>>> {
-            self.inner.apply_sequenced(s, seq, ops, m).await
+        async fn write(&self, s: &SessionId, batch: Batch<'_>) -> Result<Applied> {
+            self.inner.write(s, batch).await
         }
         async fn keep_alive(&self, s: &SessionId, ttl: Option<u64>) -> Result<KeepAliveOutcome> {
             self.inner.keep_alive(s, ttl).await
         }
-        async fn close_session(&self, s: &SessionId) -> Result<bool> {
+        async fn close_session(&self, s: &SessionId) -> Result<Option<u64>> {
             self.inner.close_session(s).await
         }
         async fn get(&self, c: &[ChannelName]) -> Result<Vec<Metrics>> {
@@ -738,7 +764,7 @@ mod tests {
             debounce: Duration::ZERO,
             resume: None,
         };
-        let events = stream(store.clone(), hub, spec);
+        let events = stream(store.clone(), hub, spec, Duration::from_secs(60));
         futures::pin_mut!(events);
         let mut seen = std::collections::BTreeSet::new();
         for i in 0..2_500 {

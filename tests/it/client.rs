@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use occupancy::domain::{
-    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+    Applied, Batch, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, Pos, SessionId,
 };
 use occupancy::proto::v1::Mode;
 use occupancy::store::{ChangeSink, History, ReapReport, Snapshot, Store, SyncOutcome};
@@ -197,24 +197,13 @@ struct GatedSyncs {
 
 #[async_trait::async_trait]
 impl Store for GatedSyncs {
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> OResult<Vec<OpResult>> {
-        self.inner.apply(session, ops, include_metrics).await
-    }
-    async fn apply_sequenced(
-        &self,
-        session: &SessionId,
-        sequence: u64,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> OResult<Option<Vec<OpResult>>> {
-        self.inner
-            .apply_sequenced(session, sequence, ops, include_metrics)
-            .await
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> OResult<Applied> {
+        self.inner.write(session, batch).await
     }
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
         self.inner.keep_alive(session, ttl_ms).await
     }
-    async fn close_session(&self, session: &SessionId) -> OResult<bool> {
+    async fn close_session(&self, session: &SessionId) -> OResult<Option<u64>> {
         let r = self.inner.close_session(session).await;
         self.log.lock().unwrap().push("close");
         self.closes.send_modify(|n| *n += 1);
@@ -340,4 +329,42 @@ async fn endpoints_as_host_port_or_url() {
             "{bad:?}: {err}"
         );
     }
+}
+
+/// Redis restarts empty and the front end's next call is a write: the
+/// batch names the lease it was built under, is refused for its epoch, and
+/// the `Session` re-sends its whole state before `flush` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_helper_resyncs_when_a_write_finds_another_lease() {
+    let mut h = Harness::redis(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let client = Client::new(s.url()).unwrap();
+    let session = client.session("front-1", Duration::from_secs(60)).await.unwrap();
+    session.attach("c1", "lobby", &[CMode::Presence]);
+    assert!(session.enter("c1", "lobby", "alice"));
+    session.flush().await.unwrap();
+    let before = session.epoch();
+    assert_ne!(before, 0);
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.restart();
+    eventually(Duration::from_secs(10), "redis to answer", || async {
+        fx.w.clone()
+            .keep_alive(occupancy::proto::v1::KeepAliveRequest {
+                session_id: "probe".into(),
+                ttl_ms: 0,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    session.attach("c2", "lobby", &[]);
+    session.flush().await.unwrap();
+    assert_ne!(session.epoch(), before, "the state is in a new lease");
+    assert!(session.resyncs() >= 1);
+    assert_eq!(fx.get("lobby").await, [2, 0, 0, 1, 1, 0, 0, 0, 1]);
+    session.close().await.unwrap();
+    assert_eq!(fx.get("lobby").await, [0; 9]);
 }

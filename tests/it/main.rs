@@ -31,6 +31,7 @@ mod cli;
 mod client;
 mod conformance;
 mod deploy;
+mod epochs;
 mod examples;
 mod faults;
 mod fixture;

@@ -14,14 +14,19 @@ use crate::support::{eventually, Harness, TestServer};
 
 type Response = occupancy::fanout::wire::SubscribeOccupancyResponse;
 
-/// A client-side subscription.
+/// A client-side subscription. Event readers skip the stream's `live`
+/// and `heartbeat` messages, counting them.
 pub struct Sub {
     stream: Streaming<Response>,
+    /// `live` messages seen.
+    pub lives: usize,
+    /// Heartbeats seen.
+    pub heartbeats: usize,
 }
 
 pub async fn subscribe(s: &TestServer, req: pb::SubscribeOccupancyRequest) -> Result<Sub, tonic::Status> {
     let stream = s.read().await.subscribe_occupancy(req).await?.into_inner();
-    Ok(Sub { stream })
+    Ok(Sub::from_stream(stream))
 }
 
 pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
@@ -34,17 +39,38 @@ pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
 impl Sub {
     /// Wraps an open stream.
     pub fn from_stream(stream: Streaming<Response>) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            lives: 0,
+            heartbeats: 0,
+        }
+    }
+
+    /// The next message of any kind, within `within`.
+    pub async fn message_within(&mut self, within: Duration) -> Option<Result<Response, tonic::Status>> {
+        match tokio::time::timeout(within, self.stream.message()).await {
+            Err(_) => None,
+            Ok(Ok(Some(r))) => Some(Ok(r)),
+            Ok(Ok(None)) => panic!("stream ended"),
+            Ok(Err(status)) => Some(Err(status)),
+        }
     }
 
     /// The next event, within `within`.
     pub async fn next_within(&mut self, within: Duration) -> Option<Result<pb::OccupancyEvent, tonic::Status>> {
-        match tokio::time::timeout(within, self.stream.message()).await {
-            Err(_) => None,
-            Ok(Ok(Some(r))) => Some(Ok(r.into_event().expect("decode").expect("an event"))),
-            Ok(Ok(None)) => panic!("stream ended"),
-            Ok(Err(status)) => Some(Err(status)),
+        let deadline = tokio::time::Instant::now() + within;
+        // at most one live message, and heartbeats no more often than
+        // every few ms: bounded
+        for _ in 0..100_000 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.message_within(left).await? {
+                Err(status) => return Some(Err(status)),
+                Ok(r) if r.live.is_some() => self.lives += 1,
+                Ok(r) if r.heartbeat.is_some() => self.heartbeats += 1,
+                Ok(r) => return Some(Ok(r.into_event().expect("decode").expect("an event"))),
+            }
         }
+        panic!("100,000 messages without an event");
     }
 
     /// The next event; panics after 10 s.

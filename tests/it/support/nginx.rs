@@ -69,10 +69,16 @@ pub fn config(upstreams: &[SocketAddr], listen: SocketAddr, dir: &std::path::Pat
 impl Nginx {
     /// Starts nginx in front of `upstreams` and waits until it accepts.
     pub fn start(upstreams: &[SocketAddr]) -> Self {
+        Self::start_with(upstreams, |c| c)
+    }
+
+    /// [`Nginx::start`] with the configuration passed through `edit` (to
+    /// lower a timeout, say).
+    pub fn start_with(upstreams: &[SocketAddr], edit: impl FnOnce(String) -> String) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, config(upstreams, listen, dir.path())).unwrap();
+        std::fs::write(&conf, edit(config(upstreams, listen, dir.path()))).unwrap();
         let global = format!(
             "daemon off; pid {}/nginx.pid; error_log {}/error.log warn;",
             dir.path().display(),

@@ -38,8 +38,17 @@ impl From<Error> for tonic::Status {
             Error::ResourceExhausted(msg) => tonic::Status::resource_exhausted(msg),
             Error::NotFound(msg) => tonic::Status::not_found(msg),
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "store unavailable");
-                tonic::Status::unavailable("occupancy store unavailable, retry later")
+                // debug, not warn: during an outage every call fails the
+                // same way, and the health probe logs the outage once
+                tracing::debug!(%cause, "store unavailable");
+                let mut status = tonic::Status::unavailable("occupancy store unavailable, retry later");
+                // tells clients the service itself answered (it is reachable;
+                // its Redis is not)
+                status.metadata_mut().insert(
+                    occupancy_client::STORE_UNAVAILABLE_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
             }
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
@@ -80,7 +89,8 @@ impl axum::response::IntoResponse for Error {
             Error::ResourceExhausted(msg) => http_error(S::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", &msg, None),
             Error::NotFound(msg) => http_error(S::NOT_FOUND, "NOT_FOUND", &msg, None),
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "store unavailable");
+                // debug, as for gRPC: the health probe logs the outage once
+                tracing::debug!(%cause, "store unavailable");
                 http_error(
                     S::SERVICE_UNAVAILABLE,
                     "UNAVAILABLE",
@@ -96,6 +106,33 @@ impl axum::response::IntoResponse for Error {
     }
 }
 
+/// Largest request message the service decodes (gRPC's usual default,
+/// set explicitly on every service).
+pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+
+/// Gives a request refused for its size the code the gRPC spec gives a
+/// message over the limit, RESOURCE_EXHAUSTED, with a message naming the
+/// limit. The decoder (tonic) answers such a request OUT_OF_RANGE before
+/// any handler runs, in the response's headers (a trailers-only answer),
+/// so this runs on every response as a layer of the server; anything else
+/// passes unchanged.
+pub fn name_over_limit<B>(mut resp: http::Response<B>) -> http::Response<B> {
+    let headers = resp.headers_mut();
+    let over = tonic::Status::from_header_map(headers).is_some_and(|s| {
+        s.code() == tonic::Code::OutOfRange && s.message().contains("decoded message length too large")
+    });
+    if over {
+        let status = tonic::Status::resource_exhausted(format!(
+            "request message too large: the limit is {MAX_REQUEST_BYTES} bytes (4 MiB) per message; \
+             split the batch (at most 10000 operations and 4 MiB per Apply)"
+        ));
+        if status.add_header(headers).is_err() {
+            tracing::error!("could not rewrite the status of an oversized request");
+        }
+    }
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -107,6 +144,7 @@ mod tests {
         assert!(s.message().contains("channel"));
         let s: tonic::Status = Error::Unavailable("x".into()).into();
         assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(occupancy_client::Error::from(s).is_store_unavailable());
         let s: tonic::Status = Error::Internal("secret detail".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));
@@ -120,5 +158,23 @@ mod tests {
         assert_eq!(Error::NotFound("x".into()).into_response().status(), 404);
         assert_eq!(Error::Unavailable("x".into()).into_response().status(), 503);
         assert_eq!(Error::Internal("x".into()).into_response().status(), 500);
+    }
+
+    #[test]
+    fn an_oversized_request_answers_resource_exhausted_naming_the_limit() {
+        let decoder = tonic::Status::out_of_range(
+            "Error, decoded message length too large: found 6000000 bytes, the limit is: 4194304 bytes",
+        );
+        let resp = name_over_limit(decoder.into_http::<()>());
+        let s = tonic::Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!(s.code(), tonic::Code::ResourceExhausted);
+        assert!(s.message().contains("4194304 bytes"), "{s:?}");
+        // other answers pass unchanged
+        let other = tonic::Status::out_of_range("something else");
+        let resp = name_over_limit(other.into_http::<()>());
+        let s = tonic::Status::from_header_map(resp.headers()).unwrap();
+        assert_eq!((s.code(), s.message()), (tonic::Code::OutOfRange, "something else"));
+        let ok = name_over_limit(http::Response::new(()));
+        assert!(tonic::Status::from_header_map(ok.headers()).is_none());
     }
 }

@@ -14,7 +14,7 @@
 //! - [`telemetry`]: Prometheus metrics of the replica.
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.
-//! - [`cli`]: the `get`, `list` and `watch` client subcommands.
+//! - [`cli`]: the `get`, `list`, `watch` and `health` client subcommands.
 //! - [`server`]: [`run`] assembles the services, health, reflection,
 //!   background tasks and graceful shutdown on an already-bound listener.
 //! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.

@@ -15,7 +15,7 @@ use tracing::{info, warn};
 
 use crate::api::{ConnectionApi, OccupancyApi};
 use crate::config::{Config, StoreConfig};
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, MAX_REQUEST_BYTES};
 use crate::proto::v1 as pb;
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::{GrpcMetricsLayer, Telemetry};
@@ -127,6 +127,7 @@ pub async fn run_with_http(
             hub: hub.clone(),
             cancel: cancel.clone(),
             telemetry: telemetry.clone(),
+            heartbeat: config.stream_heartbeat,
         };
         Some(tokio::spawn(async move {
             if let Err(e) = crate::http::serve(http, state).await {
@@ -163,7 +164,29 @@ pub async fn run_with_http(
         }
     };
 
-    info!(%addr, "serving");
+    // everything an operator needs to know which replica this is, once
+    let version = env!("CARGO_PKG_VERSION");
+    match &config.store {
+        StoreConfig::Memory => info!(
+            %addr,
+            %version,
+            store = %"memory",
+            event_shards = store.shards(),
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+        StoreConfig::Redis(r) => info!(
+            %addr,
+            %version,
+            store = %"redis",
+            redis = %redacted(&r.url),
+            key_prefix = %r.key_prefix,
+            event_shards = store.shards(),
+            stream_max_len = r.stream_max_len,
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+    }
     // `Server::tcp_nodelay` only applies to listeners tonic binds itself;
     // accepted streams of our own listener get it from `TcpIncoming`. Without
     // it a response written in two segments waits for the client's delayed
@@ -172,15 +195,23 @@ pub async fn run_with_http(
     let server = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
         .layer(GrpcMetricsLayer::new(telemetry.clone()))
+        .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        .add_service(pb::occupancy_service_server::OccupancyServiceServer::new(
-            OccupancyApi::new(store.clone(), hub.clone(), cancel.clone()),
-        ))
-        .add_service(pb::connection_service_server::ConnectionServiceServer::new(
-            ConnectionApi::new(store.clone()),
-        ))
+        .add_service(
+            pb::occupancy_service_server::OccupancyServiceServer::new(OccupancyApi::new(
+                store.clone(),
+                hub.clone(),
+                cancel.clone(),
+                config.stream_heartbeat,
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
+        .add_service(
+            pb::connection_service_server::ConnectionServiceServer::new(ConnectionApi::new(store.clone()))
+                .max_decoding_message_size(MAX_REQUEST_BYTES),
+        )
         .serve_with_incoming_shutdown(incoming, signal);
     tokio::pin!(server);
     let grace = config.shutdown_grace;
@@ -204,6 +235,18 @@ pub async fn run_with_http(
     }
     info!("stopped");
     result
+}
+
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
 }
 
 async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bool) {
@@ -242,6 +285,9 @@ async fn next_tick(tick: &mut tokio::time::Interval, cancel: &CancellationToken)
 /// Runs lease expiry rounds until cancelled. Every replica runs one; the
 /// store makes concurrent rounds safe.
 async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duration, cancel: CancellationToken) {
+    // a failing store fails every round (4 a second by default): log the
+    // outage once, sum it up now and then, and log its end
+    let outage = crate::store::outage::OutageLog::new("session reaper");
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
         // Keep going while work remains, at most 100 rounds per tick so a
@@ -250,6 +296,7 @@ async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duratio
             match store.reap().await {
                 Ok(r) => {
                     telemetry.reaped(r.sessions_expired, r.connections_removed);
+                    outage.recovered(0);
                     if r.sessions_expired > 0 {
                         info!(
                             sessions = r.sessions_expired,
@@ -263,7 +310,7 @@ async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duratio
                 }
                 Err(e) => {
                     telemetry.reap_failed();
-                    warn!(cause = %e, "reap round failed");
+                    outage.failed(0, &e);
                     break;
                 }
             }
@@ -292,5 +339,18 @@ async fn health_probe(
             set_serving(&health, &telemetry, ok).await;
             serving = Some(ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(super::redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            super::redacted("rediss://app:s3cret@r:6380/0"),
+            "rediss://app:***@r:6380/0"
+        );
+        assert_eq!(super::redacted("redis://:s3cret@r/"), "redis://:***@r/");
     }
 }

@@ -12,6 +12,12 @@
 //   subscribe CHANNEL... [--prefix P] [--count N]
 //                                    occupancy events (the snapshot first,
 //                                    then every change); exits after N events
+//   front-end SESSION CONNECTION CHANNEL...
+//                                    a front end following the session rule
+//                                    (FrontEnd below): attaches CONNECTION to
+//                                    each CHANNEL, then sends a KeepAlive per
+//                                    line read from stdin, and closes the
+//                                    session at the end of stdin
 //
 // Usage: node occupancy-client.js [--endpoint HOST:PORT] COMMAND ...
 'use strict';
@@ -33,6 +39,8 @@ commands:
   list [--prefix P] [--limit N]                  every active channel, all pages
   subscribe [CHANNEL...] [--prefix P] [--count N]
                                                  stream occupancy events; exit after N
+  front-end SESSION CONNECTION CHANNEL...        a front end following the session rule:
+                                                 attach, then a KeepAlive per stdin line
 
 --endpoint defaults to 127.0.0.1:50051.`;
 
@@ -74,7 +82,8 @@ function parse(argv) {
   if (command === 'subscribe' && channels.length === 0 && !values.prefix) {
     fail('subscribe needs channels, --prefix, or both');
   }
-  if (!['get', 'list', 'subscribe'].includes(command)) fail(`unknown command ${command ?? '(none)'}`);
+  if (command === 'front-end' && channels.length < 3) fail('front-end needs SESSION CONNECTION CHANNEL...');
+  if (!['get', 'list', 'subscribe', 'front-end'].includes(command)) fail(`unknown command ${command ?? '(none)'}`);
   return {
     command,
     channels,
@@ -137,7 +146,9 @@ function subscribe(client, opts) {
     let seen = 0;
     let done = false;
     call.on('data', (response) => {
-      if (done) return;
+      // the stream also says when it is live and sends heartbeats while
+      // quiet: only events are printed
+      if (done || !response.event) return;
       emit(response.event);
       seen += 1;
       if (opts.count > 0 && seen >= opts.count) {
@@ -161,6 +172,69 @@ function subscribe(client, opts) {
   });
 }
 
+// The front-end side of a session, following the service's rule: keep what
+// you hold, remember the lease epoch of your last SyncSession (or first
+// answer), and when an answer carries another epoch (or KeepAlive says
+// UNKNOWN) the session's state is gone: re-send all of it.
+class FrontEnd {
+  constructor(client, sessionId) {
+    this.client = client;
+    this.sessionId = sessionId;
+    this.held = new Map(); // "connection\nchannel" -> {connectionId, channel, modes}
+    this.epoch = '0'; // uint64 as a decimal string
+  }
+
+  // Applies the rule to an answer; true when it re-sent the state.
+  async follow(epoch, unknown = false) {
+    if (this.epoch === '0' && !unknown) {
+      this.epoch = epoch;
+      return false;
+    }
+    if (unknown || epoch !== this.epoch) {
+      await this.sync();
+      return true;
+    }
+    return false;
+  }
+
+  async sync() {
+    const attachments = [...this.held.values()];
+    const r = await unary(this.client, 'syncSession', { sessionId: this.sessionId, attachments });
+    this.epoch = r.sessionEpoch;
+  }
+
+  async attach(connectionId, channel, modes) {
+    this.held.set(`${connectionId}\n${channel}`, { connectionId, channel, modes });
+    const r = await unary(this.client, 'attach', { sessionId: this.sessionId, connectionId, channel, modes });
+    return this.follow(r.sessionEpoch);
+  }
+
+  async keepAlive() {
+    const r = await unary(this.client, 'keepAlive', { sessionId: this.sessionId });
+    const unknown = r.status === 'SESSION_STATUS_UNKNOWN' && this.epoch !== '0';
+    return [r, await this.follow(r.sessionEpoch, unknown)];
+  }
+
+  close() {
+    return unary(this.client, 'closeSession', { sessionId: this.sessionId });
+  }
+}
+
+async function frontEnd(client, opts) {
+  const [sessionId, connectionId, ...channels] = opts.channels;
+  const fe = new FrontEnd(client, sessionId);
+  for (const channel of channels) {
+    const resynced = await fe.attach(connectionId, channel, ['MODE_SUBSCRIBE']);
+    emit({ call: 'attach', channel, sessionEpoch: fe.epoch, resynced });
+  }
+  const lines = require('node:readline').createInterface({ input: process.stdin });
+  for await (const _line of lines) {
+    const [r, resynced] = await fe.keepAlive();
+    emit({ call: 'keepAlive', status: r.status, sessionEpoch: fe.epoch, resynced });
+  }
+  await fe.close();
+}
+
 async function main() {
   // A closed pipe (`| head`) ends the output quietly.
   process.stdout.on('error', (err) => {
@@ -169,8 +243,9 @@ async function main() {
   });
   const opts = parse(process.argv.slice(2));
   const v1 = loadService(opts.protoRoot);
-  const client = new v1.OccupancyService(opts.endpoint, grpc.credentials.createInsecure());
-  const command = { get, list, subscribe }[opts.command];
+  const service = opts.command === 'front-end' ? v1.ConnectionService : v1.OccupancyService;
+  const client = new service(opts.endpoint, grpc.credentials.createInsecure());
+  const command = { get, list, subscribe, 'front-end': frontEnd }[opts.command];
   try {
     await command(client, opts);
   } catch (err) {

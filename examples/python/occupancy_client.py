@@ -12,6 +12,12 @@ object per line, with the proto's JSON (camelCase, Ably-style) field names:
   subscribe CHANNEL... [--prefix P] [--count N]
                                    occupancy events (the snapshot first, then
                                    every change); exits after N events
+  front-end SESSION CONNECTION CHANNEL...
+                                   a front end following the session rule
+                                   (FrontEnd below): attaches CONNECTION to
+                                   each CHANNEL, then sends a KeepAlive per
+                                   line read from stdin, and closes the
+                                   session at the end of stdin
 
 Usage: python3 occupancy_client.py [--endpoint HOST:PORT] COMMAND ...
 """
@@ -94,12 +100,75 @@ def cmd_subscribe(stub, pb2, args) -> None:
     seen = 0
     try:
         for resp in call:
+            # the stream also says when it is live and sends heartbeats
+            # while quiet: only events are printed
+            if not resp.HasField("event"):
+                continue
             emit(resp.event)
             seen += 1
             if args.count and seen >= args.count:
                 return
     finally:
         call.cancel()
+
+
+class FrontEnd:
+    """The front-end side of a session, following the service's rule: keep
+    what you hold, remember the lease epoch of your last SyncSession (or
+    first answer), and when an answer carries another epoch (or KeepAlive
+    says UNKNOWN) the session's state is gone: re-send all of it."""
+
+    def __init__(self, stub, pb2, session_id):
+        self.stub, self.pb2, self.session_id = stub, pb2, session_id
+        self.held = {}  # (connection, channel) -> modes
+        self.epoch = 0
+
+    def follow(self, epoch, unknown=False) -> bool:
+        """Applies the rule to an answer; True when it re-sent the state."""
+        if self.epoch == 0 and not unknown:
+            self.epoch = epoch
+            return False
+        if unknown or epoch != self.epoch:
+            self.sync()
+            return True
+        return False
+
+    def sync(self) -> None:
+        attachments = [
+            self.pb2.SessionAttachment(connection_id=conn, channel=ch, modes=modes)
+            for (conn, ch), modes in self.held.items()
+        ]
+        req = self.pb2.SyncSessionRequest(session_id=self.session_id, attachments=attachments)
+        self.epoch = self.stub.SyncSession(req, timeout=CALL_TIMEOUT).session_epoch
+
+    def attach(self, connection, channel, modes) -> bool:
+        self.held[(connection, channel)] = modes
+        req = self.pb2.AttachRequest(session_id=self.session_id, connection_id=connection, channel=channel, modes=modes)
+        return self.follow(self.stub.Attach(req, timeout=CALL_TIMEOUT).session_epoch)
+
+    def keep_alive(self):
+        resp = self.stub.KeepAlive(self.pb2.KeepAliveRequest(session_id=self.session_id), timeout=CALL_TIMEOUT)
+        unknown = resp.status == self.pb2.SESSION_STATUS_UNKNOWN
+        return resp, self.follow(resp.session_epoch, unknown=unknown and self.epoch != 0)
+
+    def close(self) -> None:
+        self.stub.CloseSession(self.pb2.CloseSessionRequest(session_id=self.session_id), timeout=CALL_TIMEOUT)
+
+
+def cmd_front_end(stub, pb2, args) -> None:
+    fe = FrontEnd(stub, pb2, args.session)
+    for channel in args.channels:
+        resynced = fe.attach(args.connection, channel, [pb2.MODE_SUBSCRIBE])
+        emit_line({"call": "attach", "channel": channel, "sessionEpoch": str(fe.epoch), "resynced": resynced})
+    for _line in sys.stdin:
+        resp, resynced = fe.keep_alive()
+        status = pb2.SessionStatus.Name(resp.status)
+        emit_line({"call": "keepAlive", "status": status, "sessionEpoch": str(fe.epoch), "resynced": resynced})
+    fe.close()
+
+
+def emit_line(obj) -> None:
+    print(json.dumps(obj, separators=(",", ":")), flush=True)
 
 
 def parse_args(argv):
@@ -119,6 +188,10 @@ def parse_args(argv):
     s.add_argument("channels", nargs="*", metavar="CHANNEL")
     s.add_argument("--prefix", default="", help="also follow every channel starting with this")
     s.add_argument("--count", type=int, default=0, help="exit after this many events (0: never)")
+    fe = sub.add_parser("front-end", help="a front end following the session rule (KeepAlive per stdin line)")
+    fe.add_argument("session", metavar="SESSION")
+    fe.add_argument("connection", metavar="CONNECTION")
+    fe.add_argument("channels", nargs="+", metavar="CHANNEL")
     args = p.parse_args(argv)
     if args.command == "subscribe" and not args.channels and not args.prefix:
         p.error("subscribe needs channels, --prefix, or both")
@@ -135,7 +208,11 @@ def main(argv=None) -> int:
         pb2, pb2_grpc = load_stubs(args.proto_root, out_dir)
         with grpc.insecure_channel(args.endpoint) as channel:
             stub = pb2_grpc.OccupancyServiceStub(channel)
-            command = {"get": cmd_get, "list": cmd_list, "subscribe": cmd_subscribe}[args.command]
+            if args.command == "front-end":
+                stub = pb2_grpc.ConnectionServiceStub(channel)
+            command = {"get": cmd_get, "list": cmd_list, "subscribe": cmd_subscribe, "front-end": cmd_front_end}[
+                args.command
+            ]
             try:
                 command(stub, pb2, args)
             except grpc.RpcError as e:

@@ -6,7 +6,7 @@ use tonic::{Request, Response, Status};
 use tracing::instrument;
 
 use super::convert;
-use crate::domain::{InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
+use crate::domain::{Applied, Batch, InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
 use crate::error::Error;
 use crate::proto::v1 as pb;
 use crate::store::Store;
@@ -22,17 +22,18 @@ impl ConnectionApi {
         Self { store }
     }
 
-    /// Applies one operation and returns the channel's metrics after it.
-    async fn one(&self, session: &str, op: Result<Operation, InvalidInput>) -> Result<Metrics, Error> {
+    /// Applies one operation and returns the channel's metrics after it
+    /// and the session's lease epoch.
+    async fn one(&self, session: &str, op: Result<Operation, InvalidInput>) -> Result<(Metrics, u64), Error> {
         let session = convert::session(session)?;
         let op = op?;
-        let r = self.store.apply(&session, std::slice::from_ref(&op), true).await?;
+        let (r, epoch) = self.store.apply(&session, std::slice::from_ref(&op), true).await?;
         let r = r
             .into_iter()
             .next()
             .ok_or_else(|| Error::Internal("no result".into()))?;
         match r.status {
-            OpStatus::Ok => Ok(r.metrics.unwrap_or_default()),
+            OpStatus::Ok => Ok((r.metrics.unwrap_or_default(), epoch)),
             s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message().into())),
             s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message().into())),
         }
@@ -48,22 +49,24 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn attach(&self, req: Request<pb::AttachRequest>) -> Result<Response<pb::AttachResponse>, Status> {
         let r = req.into_inner();
-        let m = self
+        let (m, session_epoch) = self
             .one(&r.session_id, convert::attach(&r.connection_id, &r.channel, &r.modes))
             .await?;
         Ok(Response::new(pb::AttachResponse {
             metrics: some_metrics(m),
+            session_epoch,
         }))
     }
 
     #[instrument(level = "debug", skip_all, fields(session = %req.get_ref().session_id, channel = %req.get_ref().channel))]
     async fn detach(&self, req: Request<pb::DetachRequest>) -> Result<Response<pb::DetachResponse>, Status> {
         let r = req.into_inner();
-        let m = self
+        let (m, session_epoch) = self
             .one(&r.session_id, convert::detach(&r.connection_id, &r.channel))
             .await?;
         Ok(Response::new(pb::DetachResponse {
             metrics: some_metrics(m),
+            session_epoch,
         }))
     }
 
@@ -74,9 +77,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     ) -> Result<Response<pb::EnterPresenceResponse>, Status> {
         let r = req.into_inner();
         let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, false);
-        let m = self.one(&r.session_id, op).await?;
+        let (m, session_epoch) = self.one(&r.session_id, op).await?;
         Ok(Response::new(pb::EnterPresenceResponse {
             metrics: some_metrics(m),
+            session_epoch,
         }))
     }
 
@@ -87,9 +91,10 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     ) -> Result<Response<pb::LeavePresenceResponse>, Status> {
         let r = req.into_inner();
         let op = convert::presence(&r.connection_id, &r.channel, &r.client_id, true);
-        let m = self.one(&r.session_id, op).await?;
+        let (m, session_epoch) = self.one(&r.session_id, op).await?;
         Ok(Response::new(pb::LeavePresenceResponse {
             metrics: some_metrics(m),
+            session_epoch,
         }))
     }
 
@@ -98,18 +103,33 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ops = convert::operations(&r.operations).map_err(Error::from)?;
-        let Some(results) = self
-            .store
-            .apply_sequenced(&session, r.sequence, &ops, r.include_metrics)
-            .await?
-        else {
-            return Ok(Response::new(pb::ApplyResponse {
-                results: Vec::new(),
-                already_applied: true,
-            }));
+        let batch = Batch {
+            ops: &ops,
+            include_metrics: r.include_metrics,
+            sequence: r.sequence,
+            epoch: r.session_epoch,
+        };
+        let (results, session_epoch) = match self.store.write(&session, batch).await? {
+            Applied::Done { results, epoch } => (results, epoch),
+            Applied::Stale { epoch } => {
+                return Ok(Response::new(pb::ApplyResponse {
+                    already_applied: true,
+                    session_epoch: epoch,
+                    ..Default::default()
+                }))
+            }
+            Applied::WrongEpoch { epoch } => {
+                return Ok(Response::new(pb::ApplyResponse {
+                    epoch_mismatch: true,
+                    session_epoch: epoch,
+                    ..Default::default()
+                }))
+            }
         };
         Ok(Response::new(pb::ApplyResponse {
             already_applied: false,
+            epoch_mismatch: false,
+            session_epoch,
             results: results
                 .into_iter()
                 .map(|res| pb::OperationResult {
@@ -130,13 +150,14 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
         let r = req.into_inner();
         let session = convert::session(&r.session_id).map_err(Error::from)?;
         let ttl = convert::ttl(r.ttl_ms).map_err(Error::from)?;
-        let (status, ttl_ms) = match self.store.keep_alive(&session, ttl).await? {
-            KeepAliveOutcome::Active { ttl_ms } => (pb::SessionStatus::Active, ttl_ms),
-            KeepAliveOutcome::Unknown { ttl_ms } => (pb::SessionStatus::Unknown, ttl_ms),
+        let (status, ttl_ms, session_epoch) = match self.store.keep_alive(&session, ttl).await? {
+            KeepAliveOutcome::Active { ttl_ms, epoch } => (pb::SessionStatus::Active, ttl_ms, epoch),
+            KeepAliveOutcome::Unknown { ttl_ms, epoch } => (pb::SessionStatus::Unknown, ttl_ms, epoch),
         };
         Ok(Response::new(pb::KeepAliveResponse {
             status: status as i32,
             ttl_ms: u32::try_from(ttl_ms).unwrap_or(u32::MAX),
+            session_epoch,
         }))
     }
 
@@ -165,6 +186,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
             } as i32,
             added: out.added,
             removed: out.removed,
+            session_epoch: out.epoch,
         }))
     }
 
@@ -175,6 +197,9 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
     ) -> Result<Response<pb::CloseSessionResponse>, Status> {
         let session: SessionId = convert::session(&req.into_inner().session_id).map_err(Error::from)?;
         let closed = self.store.close_session(&session).await?;
-        Ok(Response::new(pb::CloseSessionResponse { closed }))
+        Ok(Response::new(pb::CloseSessionResponse {
+            closed: closed.is_some(),
+            session_epoch: closed.unwrap_or(0),
+        }))
     }
 }

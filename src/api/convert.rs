@@ -242,8 +242,23 @@ pub fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spe
         }
         Some(r.prefix)
     };
+    let prefix = if r.all_channels {
+        if prefix.is_some() {
+            return Err(InvalidInput::new(
+                "all_channels",
+                "cannot be combined with prefix (it already follows every channel)",
+            ));
+        }
+        // the empty prefix: every name starts with it
+        Some(String::new())
+    } else {
+        prefix
+    };
     if channels.is_empty() && prefix.is_none() {
-        return Err(InvalidInput::new("channels", "give at least one channel or a prefix"));
+        return Err(InvalidInput::new(
+            "channels",
+            "give at least one channel, a prefix, or all_channels",
+        ));
     }
     let categories = r
         .categories

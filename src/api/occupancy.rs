@@ -21,13 +21,25 @@ pub struct OccupancyApi {
     store: Arc<dyn Store>,
     hub: Arc<Hub>,
     cancel: CancellationToken,
+    heartbeat: std::time::Duration,
 }
 
 impl OccupancyApi {
     /// The service over `store`, streaming from `hub`; open streams end
-    /// with UNAVAILABLE when `cancel` fires.
-    pub fn new(store: Arc<dyn Store>, hub: Arc<Hub>, cancel: CancellationToken) -> Self {
-        Self { store, hub, cancel }
+    /// with UNAVAILABLE when `cancel` fires, and get a heartbeat when quiet
+    /// for `heartbeat`.
+    pub fn new(
+        store: Arc<dyn Store>,
+        hub: Arc<Hub>,
+        cancel: CancellationToken,
+        heartbeat: std::time::Duration,
+    ) -> Self {
+        Self {
+            store,
+            hub,
+            cancel,
+            heartbeat,
+        }
     }
 }
 
@@ -44,10 +56,11 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         tracing::info!(
             channels = spec.channels.len(),
             prefix = spec.prefix.as_deref().unwrap_or(""),
+            all_channels = spec.prefix.as_deref() == Some(""),
             resume = spec.resume.is_some(),
             "subscription opened"
         );
-        let events = subscription::stream(self.store.clone(), self.hub.clone(), spec);
+        let events = subscription::stream(self.store.clone(), self.hub.clone(), spec, self.heartbeat);
         // on shutdown, stop at once (even with events still queued) and end
         // with UNAVAILABLE so the client reconnects elsewhere
         let cancel = self.cancel.clone();

@@ -652,6 +652,7 @@ async fn apply(load: Load, batch: usize, channels: usize) -> anyhow::Result<()> 
                 operations: ops,
                 include_metrics: false,
                 sequence: 0,
+                session_epoch: 0,
             })
             .await?;
         Ok(batch as u64)
@@ -757,6 +758,7 @@ async fn fill(
             operations: ops,
             include_metrics: false,
             sequence: 0,
+            session_epoch: 0,
         })
         .await?;
     }
@@ -929,6 +931,7 @@ async fn fanout(
                         operations: ops,
                         include_metrics: false,
                         sequence: 0,
+                        session_epoch: 0,
                     })
                     .await?;
                 Ok(n)
@@ -1054,6 +1057,7 @@ async fn footprint(load: Load, redis_url: String, count: usize) -> anyhow::Resul
             operations: ops,
             include_metrics: false,
             sequence: 0,
+            session_epoch: 0,
         })
         .await?;
     }

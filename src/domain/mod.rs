@@ -15,5 +15,5 @@ pub use ids::{ChannelName, ClientId, ConnectionId, InvalidInput, SessionId};
 pub use list::{ListOrder, ListPage, ListQuery, ListedChannel};
 pub use metrics::{Category, Metrics, Totals};
 pub use mode::{Mode, ModeSet};
-pub use ops::{HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
+pub use ops::{Applied, Batch, HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 pub use state::{Change, OccupancyState};

@@ -112,12 +112,89 @@ pub enum KeepAliveOutcome {
     Active {
         /// Lease length in force.
         ttl_ms: u64,
+        /// The lease's epoch.
+        epoch: u64,
     },
     /// The session was unknown or expired; a new empty lease is open.
     Unknown {
         /// Lease length in force.
         ttl_ms: u64,
+        /// The new lease's epoch.
+        epoch: u64,
     },
+}
+
+impl KeepAliveOutcome {
+    /// The epoch of the lease the KeepAlive extended or opened.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            KeepAliveOutcome::Active { epoch, .. } | KeepAliveOutcome::Unknown { epoch, .. } => *epoch,
+        }
+    }
+}
+
+/// What became of a write (a batch of operations of one session).
+///
+/// Epochs identify leases: a session's lease gets a new epoch whenever it
+/// is opened afresh, and epochs never repeat. 0 stands for "no lease".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Applied {
+    /// The write ran: one result per operation.
+    Done {
+        /// Per operation, in order.
+        results: Vec<OpResult>,
+        /// The epoch of the session's lease after the write; 0 when the
+        /// session had no lease and the write left it holding nothing (no
+        /// lease was opened).
+        epoch: u64,
+    },
+    /// Not applied: its sequence is not above the last one applied in the
+    /// session's lease (a retry, or a batch overtaken by a newer one).
+    Stale {
+        /// The epoch of the session's live lease.
+        epoch: u64,
+    },
+    /// Not applied: the write named a lease epoch that is not the
+    /// session's live lease.
+    WrongEpoch {
+        /// The epoch of the session's live lease, 0 when it has none.
+        epoch: u64,
+    },
+}
+
+impl Applied {
+    /// The epoch the answer carries.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Applied::Done { epoch, .. } | Applied::Stale { epoch } | Applied::WrongEpoch { epoch } => *epoch,
+        }
+    }
+}
+
+/// A write of one session as the stores take it.
+#[derive(Debug, Clone, Copy)]
+pub struct Batch<'a> {
+    /// The operations, applied in order.
+    pub ops: &'a [Operation],
+    /// Report each operation's channel metrics.
+    pub include_metrics: bool,
+    /// Increasing per batch within a lease; 0 for none (always applies and
+    /// leaves the recorded sequence as it is).
+    pub sequence: u64,
+    /// The lease epoch the batch was built under; 0 for no check.
+    pub epoch: u64,
+}
+
+impl<'a> Batch<'a> {
+    /// An unconditional write of `ops`.
+    pub fn new(ops: &'a [Operation], include_metrics: bool) -> Self {
+        Self {
+            ops,
+            include_metrics,
+            sequence: 0,
+            epoch: 0,
+        }
+    }
 }
 
 /// One attachment of a session with its presence members: what a session

@@ -6,10 +6,18 @@
 //! store implements the same rules in Lua (`store/redis/lua/`), and both
 //! pass one conformance suite.
 //!
-//! Ownership: a connection belongs to the session that last wrote for it.
-//! A write naming a connection owned by another live session moves the whole
-//! connection (every attachment and presence member) to the writer's session
-//! (a resume on another front end), so the old session's expiry leaves it be.
+//! Ownership: a connection belongs to the session that attached it. An
+//! Attach, or an Enter that applies, naming a connection owned by another
+//! live session moves the whole connection (every attachment and presence
+//! member) to the writer's session (a resume on another front end), so the
+//! old session's expiry leaves it be. Detach and Leave never move a
+//! connection: naming one another session owns, they change nothing.
+//!
+//! Leases: a write opens a lease only when the session holds something
+//! after it (a refused or empty write leaves no lease behind). Each lease
+//! has an epoch that never repeats (a bijective mix of the lease's number
+//! and a seed chosen when the state is made), and its own batch sequence:
+//! a new lease accepts any sequence.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
@@ -17,7 +25,7 @@ use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
 use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
 use super::metrics::{Metrics, Totals};
 use super::mode::{Mode, ModeSet};
-use super::ops::{HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
+use super::ops::{Applied, Batch, HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 
 /// A channel whose metrics changed in one atomic step, with its metrics
 /// after the step.
@@ -35,6 +43,9 @@ struct Lease {
     ttl_ms: u64,
     deadline: u64,
     conns: HashSet<ConnectionId>,
+    epoch: u64,
+    /// Last batch sequence applied in this lease (0: none).
+    sequence: u64,
 }
 
 #[derive(Debug)]
@@ -66,17 +77,22 @@ pub struct OccupancyState {
     by_name: BTreeSet<String>,
     by_busy: BTreeSet<String>,
     next_token: u64,
-    /// Per session: last applied batch sequence and when (ms).
-    sequences: HashMap<SessionId, (u64, u64)>,
+    /// Mixed into every lease's epoch, so that epochs of two states (a
+    /// process before and after a restart) do not repeat.
+    epoch_seed: u64,
     /// Sums of every channel's connections and presence members, kept as
     /// the channels change.
     total_connections: u64,
     total_members: u64,
 }
 
-/// How long a session's last batch sequence is remembered after its last
-/// sequenced batch (a delayed batch older than this is applied again).
-pub const SEQUENCE_MEMORY_MS: u64 = 600_000;
+/// SplitMix64's finaliser: a bijection of `u64`, so distinct lease numbers
+/// give distinct epochs.
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
 
 /// Collects the channels touched by one atomic step and reports each once.
 #[derive(Default)]
@@ -86,6 +102,24 @@ impl OccupancyState {
     /// An empty state.
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// An empty state whose lease epochs are derived from `seed` (pick it
+    /// at random, so that a restarted process does not repeat epochs).
+    pub fn with_seed(seed: u64) -> Self {
+        Self {
+            epoch_seed: seed,
+            ..Self::default()
+        }
+    }
+
+    /// The epoch of `session`'s live lease at `now`, if it has one.
+    pub fn epoch(&self, now: u64, session: &SessionId) -> Option<u64> {
+        self.sessions
+            .get(session)
+            .and_then(|t| self.leases.get(t))
+            .filter(|l| l.deadline > now)
+            .map(|l| l.epoch)
     }
 
     /// The metrics of `channel` (all zero when it is not active).
@@ -137,44 +171,50 @@ impl OccupancyState {
         self.sessions.len()
     }
 
-    /// Applies `ops` in order within `session`, opening its lease with
-    /// `default_ttl_ms` when it has none, and extending it.
+    /// Applies a write of `session`: checks its epoch and sequence against
+    /// the session's live lease, then applies its operations in order,
+    /// extending the lease, or opening one with `default_ttl_ms` when the
+    /// session has none and the write leaves it holding something.
     pub fn apply(
         &mut self,
         now: u64,
         session: &SessionId,
         default_ttl_ms: u64,
-        ops: &[Operation],
-        include_metrics: bool,
+        batch: Batch<'_>,
         changes: &mut Vec<Change>,
-    ) -> Vec<OpResult> {
+    ) -> Applied {
         self.expire(now, changes);
-        let token = self.open(now, session, default_ttl_ms);
+        let live = self.sessions.get(session).and_then(|t| self.leases.get(t));
+        let current = live.map_or(0, |l| l.epoch);
+        if batch.epoch != 0 && batch.epoch != current {
+            return Applied::WrongEpoch { epoch: current };
+        }
+        if batch.sequence > 0 && live.is_some_and(|l| batch.sequence <= l.sequence) {
+            return Applied::Stale { epoch: current };
+        }
+        let (token, fresh) = self.open(now, session, default_ttl_ms);
         let mut touched = Touched::default();
-        let mut results = Vec::with_capacity(ops.len());
-        for op in ops {
+        let mut results = Vec::with_capacity(batch.ops.len());
+        for op in batch.ops {
             let status = self.apply_one(token, op, &mut touched);
-            let metrics = include_metrics.then(|| self.metrics(op.channel()));
+            let metrics = batch.include_metrics.then(|| self.metrics(op.channel()));
             results.push(OpResult { status, metrics });
         }
         self.report(touched, changes);
-        results
-    }
-
-    /// Whether a batch with `sequence` must be skipped (not above the
-    /// session's last one); records it otherwise.
-    pub fn sequence_is_stale(&mut self, now: u64, session: &SessionId, sequence: u64) -> bool {
-        if sequence == 0 {
-            return false;
+        let lease = self.leases.get_mut(&token).expect("open returns a live lease");
+        if fresh && lease.conns.is_empty() {
+            // the write left the session holding nothing: no lease
+            let lease = self.leases.remove(&token).expect("checked above");
+            self.deadlines.remove(&(lease.deadline, token));
+            self.sessions.remove(session);
+            return Applied::Done { results, epoch: 0 };
         }
-        self.sequences
-            .retain(|_, (_, at)| now.saturating_sub(*at) < SEQUENCE_MEMORY_MS);
-        match self.sequences.get(session) {
-            Some((last, _)) if sequence <= *last => true,
-            _ => {
-                self.sequences.insert(session.clone(), (sequence, now));
-                false
-            }
+        if batch.sequence > 0 {
+            lease.sequence = batch.sequence;
+        }
+        Applied::Done {
+            results,
+            epoch: lease.epoch,
         }
     }
 
@@ -189,8 +229,7 @@ impl OccupancyState {
         changes: &mut Vec<Change>,
     ) -> KeepAliveOutcome {
         self.expire(now, changes);
-        let known = self.sessions.contains_key(session);
-        let token = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms));
+        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms));
         let lease = self.leases.get_mut(&token).expect("open returns a live lease");
         if let Some(ttl) = ttl_ms {
             lease.ttl_ms = ttl;
@@ -200,23 +239,22 @@ impl OccupancyState {
         lease.deadline = now + ttl_ms;
         self.deadlines.remove(&(old, token));
         self.deadlines.insert((now + ttl_ms, token));
-        if known {
-            KeepAliveOutcome::Active { ttl_ms }
+        let epoch = lease.epoch;
+        if fresh {
+            KeepAliveOutcome::Unknown { ttl_ms, epoch }
         } else {
-            KeepAliveOutcome::Unknown { ttl_ms }
+            KeepAliveOutcome::Active { ttl_ms, epoch }
         }
     }
 
-    /// Removes everything of `session` now; false when it had no live lease.
-    pub fn close_session(&mut self, now: u64, session: &SessionId, changes: &mut Vec<Change>) -> bool {
+    /// Removes everything of `session` now; the epoch of the lease closed,
+    /// or `None` when it had no live lease.
+    pub fn close_session(&mut self, now: u64, session: &SessionId, changes: &mut Vec<Change>) -> Option<u64> {
         self.expire(now, changes);
-        match self.sessions.get(session).copied() {
-            Some(token) => {
-                self.retire(token, changes);
-                true
-            }
-            None => false,
-        }
+        let token = self.sessions.get(session).copied()?;
+        let epoch = self.leases.get(&token).map(|l| l.epoch);
+        self.retire(token, changes);
+        epoch
     }
 
     /// Removes every session whose lease ran out by `now`; returns how many.
@@ -293,7 +331,9 @@ impl OccupancyState {
         ListPage { channels, next_cursor }
     }
 
-    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64) -> u64 {
+    /// The session's live lease, extended, or a new one; and whether it is
+    /// new.
+    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64) -> (u64, bool) {
         if let Some(&token) = self.sessions.get(session) {
             let lease = self.leases.get_mut(&token).expect("session maps to a lease");
             let old = lease.deadline;
@@ -301,7 +341,7 @@ impl OccupancyState {
             let new = lease.deadline;
             self.deadlines.remove(&(old, token));
             self.deadlines.insert((new, token));
-            return token;
+            return (token, false);
         }
         self.next_token += 1;
         let token = self.next_token;
@@ -313,10 +353,12 @@ impl OccupancyState {
                 ttl_ms: default_ttl_ms,
                 deadline: now + default_ttl_ms,
                 conns: HashSet::new(),
+                epoch: mix(self.epoch_seed.wrapping_add(token)).max(1),
+                sequence: 0,
             },
         );
         self.deadlines.insert((now + default_ttl_ms, token));
-        token
+        (token, true)
     }
 
     fn retire(&mut self, token: u64, changes: &mut Vec<Change>) {
@@ -360,20 +402,21 @@ impl OccupancyState {
     }
 
     fn apply_one(&mut self, token: u64, op: &Operation, touched: &mut Touched) -> OpStatus {
-        let exists = self.claim(token, op.connection());
+        // None: no such connection; Some(false): another session owns it
+        let owned = self.conns.get(op.connection()).map(|c| c.token == token);
         match op {
             Operation::Attach {
                 connection,
                 channel,
                 modes,
             } => {
-                if exists
+                if owned.is_some()
                     && !self.conns[connection].channels.contains_key(channel)
                     && self.conns[connection].channels.len() >= super::ops::MAX_CHANNELS_PER_CONNECTION
                 {
                     return OpStatus::TooManyChannels;
                 }
-                if !exists {
+                if !self.claim(token, connection) {
                     self.conns.insert(
                         connection.clone(),
                         Conn {
@@ -389,7 +432,7 @@ impl OccupancyState {
                 OpStatus::Ok
             }
             Operation::Detach { connection, channel } => {
-                if exists {
+                if owned == Some(true) {
                     self.detach(connection, channel, touched);
                     self.drop_conn_if_empty(connection);
                 }
@@ -400,7 +443,7 @@ impl OccupancyState {
                 channel,
                 client,
             } => {
-                let attached = exists
+                let attached = owned.is_some()
                     && self.conns[connection]
                         .channels
                         .get(channel)
@@ -408,6 +451,7 @@ impl OccupancyState {
                 if !attached {
                     return OpStatus::NotPresenceAttached;
                 }
+                self.claim(token, connection);
                 self.enter(connection, channel, client, touched);
                 OpStatus::Ok
             }
@@ -416,7 +460,7 @@ impl OccupancyState {
                 channel,
                 client,
             } => {
-                if exists {
+                if owned == Some(true) {
                     self.leave(connection, channel, client, touched);
                 }
                 OpStatus::Ok

@@ -326,6 +326,10 @@ impl ChangeSink for Hub {
                 targets.extend(v.iter());
             }
             if !r.by_prefix.is_empty() {
+                // subscriptions to every channel (the empty prefix)
+                if let Some(v) = r.by_prefix.get("") {
+                    targets.extend(v.iter());
+                }
                 // every prefix of the name, at character boundaries: the
                 // cost depends on the name, not on the number of prefixes
                 let limit = r.longest_prefix.min(name.len());

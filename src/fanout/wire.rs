@@ -7,7 +7,9 @@
 //! response is the event's shared body (fields 2 to 5, encoded once per
 //! event) with the subscriber's `id` field written in front of it: one
 //! small copy instead of a full encode per subscriber. Decoding (for
-//! clients built from this crate) reads a normal `OccupancyEvent`.
+//! clients built from this crate) reads a normal `OccupancyEvent`. The
+//! stream's other messages (`live`, `heartbeat`) are rare and encoded as
+//! usual.
 
 use bytes::{BufMut, Bytes, BytesMut};
 use prost::encoding::{self, DecodeContext, WireType};
@@ -15,7 +17,7 @@ use prost::{DecodeError, Message};
 
 use crate::domain::events::{put_varint, TOKEN_VERSION};
 use crate::domain::Pos;
-use crate::proto::v1::OccupancyEvent;
+use crate::proto::v1::{OccupancyEvent, StreamHeartbeat, StreamLive};
 
 fn put_hex16(buf: &mut BytesMut, v: u64) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
@@ -90,8 +92,8 @@ impl Encoder {
         put_base64url(&mut buf, &self.raw);
         buf.put_slice(body);
         SubscribeOccupancyResponse {
-            event: None,
             encoded: Some(buf.freeze()),
+            ..Default::default()
         }
     }
 }
@@ -101,7 +103,11 @@ impl Encoder {
 pub struct SubscribeOccupancyResponse {
     /// The event, when decoded (or built) as a message.
     pub event: Option<OccupancyEvent>,
-    /// The pre-encoded message body, when built by the server.
+    /// The stream is live from here (after the snapshot or replay).
+    pub live: Option<StreamLive>,
+    /// The stream was quiet for the heartbeat interval.
+    pub heartbeat: Option<StreamHeartbeat>,
+    /// The pre-encoded event, when built by the server.
     encoded: Option<Bytes>,
 }
 
@@ -109,6 +115,8 @@ impl std::fmt::Debug for SubscribeOccupancyResponse {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SubscribeOccupancyResponse")
             .field("event", &self.event)
+            .field("live", &self.live)
+            .field("heartbeat", &self.heartbeat)
             .field("encoded_len", &self.encoded.as_ref().map(Bytes::len))
             .finish()
     }
@@ -126,7 +134,23 @@ impl SubscribeOccupancyResponse {
     pub fn from_event(event: OccupancyEvent) -> Self {
         Self {
             event: Some(event),
-            encoded: None,
+            ..Default::default()
+        }
+    }
+
+    /// The message that says the stream is live from here.
+    pub fn live(timestamp_ms: i64) -> Self {
+        Self {
+            live: Some(StreamLive { timestamp_ms }),
+            ..Default::default()
+        }
+    }
+
+    /// A heartbeat of a quiet stream.
+    pub fn heartbeat(timestamp_ms: i64) -> Self {
+        Self {
+            heartbeat: Some(StreamHeartbeat { timestamp_ms }),
+            ..Default::default()
         }
     }
 
@@ -142,8 +166,8 @@ impl SubscribeOccupancyResponse {
         buf.put_slice(id.as_bytes());
         buf.put_slice(body);
         Self {
-            event: None,
             encoded: Some(buf.freeze()),
+            ..Default::default()
         }
     }
 
@@ -167,6 +191,12 @@ impl Message for SubscribeOccupancyResponse {
         } else if let Some(event) = &self.event {
             encoding::message::encode(1, event, buf);
         }
+        if let Some(live) = &self.live {
+            encoding::message::encode(2, live, buf);
+        }
+        if let Some(heartbeat) = &self.heartbeat {
+            encoding::message::encode(3, heartbeat, buf);
+        }
     }
 
     fn merge_field(
@@ -176,25 +206,33 @@ impl Message for SubscribeOccupancyResponse {
         buf: &mut impl bytes::Buf,
         ctx: DecodeContext,
     ) -> Result<(), DecodeError> {
-        if tag == 1 {
-            self.encoded = None;
-            encoding::message::merge(wire_type, self.event.get_or_insert_with(Default::default), buf, ctx)
-        } else {
-            encoding::skip_field(wire_type, tag, buf, ctx)
+        match tag {
+            1 => {
+                self.encoded = None;
+                encoding::message::merge(wire_type, self.event.get_or_insert_with(Default::default), buf, ctx)
+            }
+            2 => encoding::message::merge(wire_type, self.live.get_or_insert_with(Default::default), buf, ctx),
+            3 => encoding::message::merge(wire_type, self.heartbeat.get_or_insert_with(Default::default), buf, ctx),
+            _ => encoding::skip_field(wire_type, tag, buf, ctx),
         }
     }
 
     fn encoded_len(&self) -> usize {
-        match (&self.encoded, &self.event) {
+        let event = match (&self.encoded, &self.event) {
             (Some(bytes), _) => bytes.len(),
             (None, Some(event)) => encoding::message::encoded_len(1, event),
             (None, None) => 0,
-        }
+        };
+        event
+            + self.live.as_ref().map_or(0, |m| encoding::message::encoded_len(2, m))
+            + self
+                .heartbeat
+                .as_ref()
+                .map_or(0, |m| encoding::message::encoded_len(3, m))
     }
 
     fn clear(&mut self) {
-        self.event = None;
-        self.encoded = None;
+        *self = Self::default();
     }
 }
 
@@ -233,6 +271,20 @@ mod tests {
             Some(full)
         );
         assert_eq!(resp.into_event().unwrap(), back.event);
+    }
+
+    #[test]
+    fn live_and_heartbeat_messages_round_trip_and_carry_no_event() {
+        for msg in [
+            SubscribeOccupancyResponse::live(1_700_000_000_000),
+            SubscribeOccupancyResponse::heartbeat(1_700_000_000_001),
+        ] {
+            let bytes = msg.encode_to_vec();
+            assert_eq!(bytes.len(), msg.encoded_len());
+            let back = SubscribeOccupancyResponse::decode(bytes.as_slice()).unwrap();
+            assert_eq!(back, msg);
+            assert_eq!(back.into_event().unwrap(), None);
+        }
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct HttpState {
     pub cancel: CancellationToken,
     /// Metrics.
     pub telemetry: Arc<Telemetry>,
+    /// Quiet time after which an event stream gets a heartbeat comment
+    /// (`--stream-heartbeat`, as gRPC streams).
+    pub heartbeat: std::time::Duration,
 }
 
 /// The routes of the HTTP side.

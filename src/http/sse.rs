@@ -10,7 +10,7 @@ use std::convert::Infallible;
 use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue};
-use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 
@@ -120,10 +120,11 @@ async fn open(
     let req = pb::SubscribeOccupancyRequest {
         channels,
         prefix: if every_channel {
-            "-".to_string()
+            String::new()
         } else {
             param(&params, "prefix").unwrap_or("").to_string()
         },
+        all_channels: every_channel,
         categories,
         debounce_ms,
         resume_from,
@@ -131,7 +132,7 @@ async fn open(
     };
     // the same validation as SubscribeOccupancy, with the fields named as
     // this request spells them
-    let mut spec = convert::subscription(req, state.store.shards()).map_err(|mut e| {
+    let spec = convert::subscription(req, state.store.shards()).map_err(|mut e| {
         e.field = match e.field.as_str() {
             "debounce_ms" => "debounceMs".to_string(),
             "resume_from" => resume_field.to_string(),
@@ -140,16 +141,13 @@ async fn open(
         };
         e
     })?;
-    if every_channel {
-        spec.prefix = Some(String::new());
-    }
     tracing::info!(
         channels = spec.channels.len(),
         prefix = spec.prefix.as_deref().unwrap_or(""),
         resume = spec.resume.is_some(),
         "event stream opened"
     );
-    let events = subscription::stream(state.store.clone(), state.hub.clone(), spec)
+    let events = subscription::stream(state.store.clone(), state.hub.clone(), spec, state.heartbeat)
         .take_until(state.cancel.clone().cancelled_owned())
         .map(to_sse)
         // an error ends the stream (the client reconnects)
@@ -165,7 +163,9 @@ async fn open(
                 SseItem::Event(e) | SseItem::Error(e) => e,
             })
         });
-    let mut res = Sse::new(events).keep_alive(KeepAlive::default()).into_response();
+    // no axum keep-alive: the subscription's own heartbeats (comments,
+    // every --stream-heartbeat of quiet) keep idle streams open
+    let mut res = Sse::new(events).into_response();
     // nginx and other proxies would otherwise buffer the stream
     res.headers_mut()
         .insert("x-accel-buffering", HeaderValue::from_static("no"));
@@ -193,6 +193,16 @@ fn to_sse(item: subscription::Item) -> SseItem {
             );
         }
     };
+    // the subscription's `live` (after the snapshot or replay) and
+    // heartbeat messages become SSE comments: EventSource ignores them, raw
+    // clients see `: live` and `: heartbeat`, and both keep proxies from
+    // cutting a quiet stream
+    if resp.live.is_some() {
+        return SseItem::Event(Event::default().comment("live"));
+    }
+    if resp.heartbeat.is_some() {
+        return SseItem::Event(Event::default().comment("heartbeat"));
+    }
     match resp.into_event() {
         Ok(Some(ev)) => {
             let json = OccupancyEventJson {

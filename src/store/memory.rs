@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::events::shard_of;
 use crate::domain::{
-    Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OccupancyState,
-    OpResult, Operation, Pos, SessionId, Totals,
+    Applied, Batch, Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics,
+    OccupancyState, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 
@@ -69,7 +69,9 @@ impl MemoryStore {
     pub fn with_log(default_ttl: Duration, shards: u32, log_len: usize) -> Self {
         Self {
             inner: Mutex::new(Inner {
-                state: OccupancyState::new(),
+                // a random seed: a restarted process must not repeat the
+                // lease epochs front ends remember
+                state: OccupancyState::with_seed(rand::random()),
                 logs: (0..shards.max(1)).map(|_| ShardLog::default()).collect(),
                 sinks: Vec::new(),
             }),
@@ -132,26 +134,9 @@ impl MemoryStore {
 
 #[async_trait]
 impl Store for MemoryStore {
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>> {
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied> {
         let ttl = self.default_ttl_ms;
-        self.with(|s, now, ch| s.apply(now, session, ttl, ops, include_metrics, ch))
-    }
-
-    async fn apply_sequenced(
-        &self,
-        session: &SessionId,
-        sequence: u64,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> Result<Option<Vec<OpResult>>> {
-        let ttl = self.default_ttl_ms;
-        self.with(|s, now, ch| {
-            if s.sequence_is_stale(now, session, sequence) {
-                None
-            } else {
-                Some(s.apply(now, session, ttl, ops, include_metrics, ch))
-            }
-        })
+        self.with(|s, now, ch| s.apply(now, session, ttl, batch, ch))
     }
 
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
@@ -159,7 +144,7 @@ impl Store for MemoryStore {
         self.with(|s, now, ch| s.keep_alive(now, session, ttl_ms, ttl, ch))
     }
 
-    async fn close_session(&self, session: &SessionId) -> Result<bool> {
+    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>> {
         self.with(|s, now, ch| s.close_session(now, session, ch))
     }
 

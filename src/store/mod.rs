@@ -8,13 +8,14 @@ use async_trait::async_trait;
 use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
-    ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos,
-    SessionId, Totals,
+    Applied, Batch, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult,
+    Operation, Pos, SessionId, Totals,
 };
 use crate::error::Result;
 
 pub mod demand;
 pub mod memory;
+pub mod outage;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
@@ -78,6 +79,8 @@ pub struct SyncOutcome {
     pub added: u32,
     /// Holdings removed.
     pub removed: u32,
+    /// The epoch of the session's lease after the sync.
+    pub epoch: u64,
 }
 
 /// Occupancy state shared by the service's handlers.
@@ -86,49 +89,58 @@ pub struct SyncOutcome {
 /// calls it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies `ops` in order within `session`, opening or extending its
-    /// lease.
+    /// Applies a write of `session` (see [`OccupancyState::apply`]
+    /// (crate::domain::OccupancyState::apply) for the rules): checks the
+    /// batch's epoch and sequence against the session's live lease, then
+    /// applies its operations in order, extending the lease or opening one
+    /// when the write leaves the session holding something.
     ///
     /// # Errors
     /// [`crate::Error::Unavailable`] when the store cannot be reached.
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>>;
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied>;
 
-    /// [`Store::apply`] for a batch with a sequence number: `None` (and
-    /// nothing applied) when `sequence` is not above the session's last
-    /// one. A `sequence` of 0 always applies.
+    /// [`Store::write`] of an unconditional batch: the results and the
+    /// lease epoch after it.
     ///
     /// # Errors
-    /// As [`Store::apply`].
-    async fn apply_sequenced(
+    /// As [`Store::write`].
+    async fn apply(
         &self,
         session: &SessionId,
-        sequence: u64,
         ops: &[Operation],
         include_metrics: bool,
-    ) -> Result<Option<Vec<OpResult>>>;
+    ) -> Result<(Vec<OpResult>, u64)> {
+        match self.write(session, Batch::new(ops, include_metrics)).await? {
+            Applied::Done { results, epoch } => Ok((results, epoch)),
+            other => Err(crate::Error::Internal(format!(
+                "an unconditional write was refused: {other:?}"
+            ))),
+        }
+    }
 
     /// Extends `session`'s lease (to `ttl_ms` when given).
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome>;
 
-    /// Removes everything of `session` now; false when it had no live lease.
+    /// Removes everything of `session` now: the epoch of the lease closed,
+    /// or `None` when it had no live lease.
     ///
     /// # Errors
-    /// As [`Store::apply`].
-    async fn close_session(&self, session: &SessionId) -> Result<bool>;
+    /// As [`Store::write`].
+    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>>;
 
     /// The metrics of each channel, in order (zero for inactive ones).
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>>;
 
     /// One page of active channels.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn list(&self, query: &ListQuery) -> Result<ListPage>;
 
     /// App-wide totals, read in one atomic step. Both stores keep them as
@@ -136,14 +148,14 @@ pub trait Store: Send + Sync + 'static {
     /// number of channels.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn stats(&self) -> Result<Totals>;
 
     /// Everything `session` holds while its lease is alive, sorted; empty
     /// for an unknown or expired session.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>>;
 
     /// Makes `session` hold exactly `desired` (idempotent): opens or
@@ -153,7 +165,7 @@ pub trait Store: Send + Sync + 'static {
     /// bring attachments of its own, which the next round removes).
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn sync_session(
         &self,
         session: &SessionId,
@@ -165,6 +177,7 @@ pub trait Store: Send + Sync + 'static {
             was_alive: matches!(was, KeepAliveOutcome::Active { .. }),
             added: 0,
             removed: 0,
+            epoch: was.epoch(),
         };
         for _ in 0..3 {
             let current = self.session_state(session).await?;
@@ -175,7 +188,9 @@ pub trait Store: Send + Sync + 'static {
             outcome.added += added;
             outcome.removed += removed;
             for chunk in ops.chunks(crate::domain::ops::MAX_BATCH) {
-                self.apply(session, chunk, false).await?;
+                // the lease the KeepAlive above opened or extended; a write
+                // cannot drop it (only a new lease is dropped when empty)
+                outcome.epoch = self.apply(session, chunk, false).await?.1;
             }
         }
         Ok(outcome)
@@ -185,7 +200,7 @@ pub trait Store: Send + Sync + 'static {
     /// once: each expired session is removed exactly once.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn reap(&self) -> Result<ReapReport>;
 
     /// Number of event log shards.
@@ -194,13 +209,13 @@ pub trait Store: Send + Sync + 'static {
     /// Current metrics of `channels` with the log positions they reflect.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot>;
 
     /// Up to `limit` changes of shard `shard` after `after`.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History>;
 
     /// Starts feeding every change committed from now on, by any replica,
@@ -210,6 +225,6 @@ pub trait Store: Send + Sync + 'static {
     /// Checks that the store answers.
     ///
     /// # Errors
-    /// As [`Store::apply`].
+    /// As [`Store::write`].
     async fn ping(&self) -> Result<()>;
 }

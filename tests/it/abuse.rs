@@ -31,16 +31,51 @@ async fn a_16_mib_request_gets_a_clear_error_and_changes_nothing() {
         operations: ops,
         include_metrics: false,
         sequence: 0,
+        session_epoch: 0,
     };
     assert!(prost::Message::encoded_len(&req) >= 16 * 1024 * 1000);
     let e = fx.w.clone().apply(req).await.unwrap_err();
-    assert!(matches!(e.code(), Code::ResourceExhausted | Code::OutOfRange), "{e:?}");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("message"), "{e:?}");
     // nothing changed, and the server still serves
     assert_eq!(fx.get(&big_channel).await, [0; 9]);
     assert_eq!(fx.get("x").await[0], 1);
     fx.attach("fe", "c1", "x", &[]).await;
     assert_eq!(fx.get("x").await[0], 2);
+}
+
+/// A request over the 4 MiB decoding limit but under the transport's
+/// (a 6 MB Apply) used to answer OUT_OF_RANGE; the limit answers
+/// RESOURCE_EXHAUSTED, naming it, and changes nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_6_mb_apply_answers_resource_exhausted_naming_the_limit() {
+    let h = Harness::memory(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let channel = "z".repeat(600);
+    let ops: Vec<pb::Operation> = (0..10_000)
+        .map(|i| pb::Operation {
+            op: Some(pb::operation::Op::Attach(pb::AttachOperation {
+                connection_id: format!("c{i}"),
+                channel: channel.clone(),
+                modes: vec![],
+            })),
+        })
+        .collect();
+    let req = pb::ApplyRequest {
+        session_id: "fe".into(),
+        operations: ops,
+        ..Default::default()
+    };
+    let len = prost::Message::encoded_len(&req);
+    assert!((6_000_000..8_000_000).contains(&len), "{len} bytes");
+    let e = fx.w.clone().apply(req).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("4194304 bytes"), "names the limit: {e:?}");
+    assert_eq!(fx.get(&channel).await, [0; 9]);
+    // a request under the limit still goes through
+    fx.attach("fe", "c1", "x", &[]).await;
+    assert_eq!(fx.get("x").await[0], 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

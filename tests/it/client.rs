@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use occupancy::domain::{
-    ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult, Operation, Pos, SessionId,
+    Applied, Batch, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, Pos, SessionId,
 };
 use occupancy::proto::v1::Mode;
 use occupancy::store::{ChangeSink, History, ReapReport, Snapshot, Store, SyncOutcome};
@@ -197,24 +197,13 @@ struct GatedSyncs {
 
 #[async_trait::async_trait]
 impl Store for GatedSyncs {
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> OResult<Vec<OpResult>> {
-        self.inner.apply(session, ops, include_metrics).await
-    }
-    async fn apply_sequenced(
-        &self,
-        session: &SessionId,
-        sequence: u64,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> OResult<Option<Vec<OpResult>>> {
-        self.inner
-            .apply_sequenced(session, sequence, ops, include_metrics)
-            .await
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> OResult<Applied> {
+        self.inner.write(session, batch).await
     }
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
         self.inner.keep_alive(session, ttl_ms).await
     }
-    async fn close_session(&self, session: &SessionId) -> OResult<bool> {
+    async fn close_session(&self, session: &SessionId) -> OResult<Option<u64>> {
         let r = self.inner.close_session(session).await;
         self.log.lock().unwrap().push("close");
         self.closes.send_modify(|n| *n += 1);
@@ -307,4 +296,78 @@ async fn closing_a_session_waits_for_a_resync_in_flight() {
     );
     assert_eq!(*store.log.lock().unwrap(), ["sync", "close"]);
     assert_eq!(fx.get("lobby").await, [0; 9], "closing removed everything");
+}
+
+/// `Client::new` takes HOST:PORT and localhost:PORT as well as URLs, and
+/// refuses at once what it cannot use (before, "127.0.0.1:50051" was
+/// accepted and every call failed with an invalid URI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_as_host_port_or_url() {
+    let h = Harness::memory(Duration::from_secs(60));
+    let s = h.server().await;
+    Fx::new(&s).await.attach("fe", "c1", "room", &[]).await;
+    let port = s.addr.port();
+    for endpoint in [
+        s.addr.to_string(),
+        format!("localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+    ] {
+        let client = Client::new(endpoint.clone()).unwrap();
+        let now = client.room("room").occupancy().get().await;
+        assert_eq!(now.map(|o| o.connections).ok(), Some(1), "{endpoint}");
+    }
+    // https:// means TLS: against this plain server the call fails as
+    // unreachable, it is not refused as an endpoint
+    let client = Client::builder()
+        .endpoint(format!("https://127.0.0.1:{port}"))
+        .attempts(1)
+        .connect()
+        .unwrap();
+    let err = client.room("room").occupancy().get().await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    for bad in ["localhost", "ftp://x:1", ""] {
+        let err = Client::new(bad).unwrap_err();
+        assert!(
+            matches!(err, occupancy_client::Error::InvalidEndpoint(_)),
+            "{bad:?}: {err}"
+        );
+    }
+}
+
+/// Redis restarts empty and the front end's next call is a write: the
+/// batch names the lease it was built under, is refused for its epoch, and
+/// the `Session` re-sends its whole state before `flush` returns.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_helper_resyncs_when_a_write_finds_another_lease() {
+    let mut h = Harness::redis(Duration::from_secs(60));
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let client = Client::new(s.url()).unwrap();
+    let session = client.session("front-1", Duration::from_secs(60)).await.unwrap();
+    session.attach("c1", "lobby", &[CMode::Presence]);
+    assert!(session.enter("c1", "lobby", "alice"));
+    session.flush().await.unwrap();
+    let before = session.epoch();
+    assert_ne!(before, 0);
+    let crate::support::Backend::Redis(redis) = &mut h.backend else {
+        unreachable!()
+    };
+    redis.restart();
+    eventually(Duration::from_secs(10), "redis to answer", || async {
+        fx.w.clone()
+            .keep_alive(occupancy::proto::v1::KeepAliveRequest {
+                session_id: "probe".into(),
+                ttl_ms: 0,
+            })
+            .await
+            .ok()
+    })
+    .await;
+    session.attach("c2", "lobby", &[]);
+    session.flush().await.unwrap();
+    assert_ne!(session.epoch(), before, "the state is in a new lease");
+    assert!(session.resyncs() >= 1);
+    assert_eq!(fx.get("lobby").await, [2, 0, 0, 1, 1, 0, 0, 0, 1]);
+    session.close().await.unwrap();
+    assert_eq!(fx.get("lobby").await, [0; 9]);
 }

@@ -701,6 +701,7 @@ async fn bad_input_is_rejected_and_changes_nothing(h: Harness) {
             operations: vec![pb::Operation { op: None }],
             include_metrics: false,
             sequence: 0,
+            session_epoch: 0,
         })
         .await;
     assert_invalid(r, "operations[0].op");
@@ -771,6 +772,7 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
                 operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics: false,
                 sequence: seq,
+                session_epoch: 0,
             })
             .await
             .unwrap()
@@ -805,6 +807,7 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
             }],
             include_metrics: false,
             sequence: 1,
+            session_epoch: 0,
         })
         .await
         .unwrap()
@@ -840,6 +843,7 @@ async fn concurrent_writes_of_few_sessions_keep_their_owners(h: Harness) {
                 operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics: false,
                 sequence: 0,
+                session_epoch: 0,
             })
             .await
             .unwrap()
@@ -912,6 +916,7 @@ async fn concurrent_writes_each_get_their_own_answer(h: Harness) {
                 operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics: true,
                 sequence: seq,
+                session_epoch: 0,
             })
             .await
             .unwrap()

@@ -156,6 +156,38 @@ async fn exercise(client: &Client) {
     let event = sub.next().await;
     assert_event(&event, "late:x", &[("connections", 1), ("publishers", 1)]);
     sub.finish().await;
+
+    // a front end following the session rule: it attaches, its session is
+    // lost (closed behind its back), and its next KeepAlive re-sends its
+    // state; the end of its input closes the session
+    let (mut fe, mut input) = Stream::start_with_input(client, &addr, &["front-end", "fe-ex", "cx", "fe:a", "fe:b"]);
+    let mut first = String::new();
+    for ch in ["fe:a", "fe:b"] {
+        let line = fe.next().await;
+        assert_eq!(str_at(&line, &["call"]), "attach", "{line:?}");
+        assert_eq!(str_at(&line, &["channel"]), ch, "{line:?}");
+        assert_eq!(line.at(&["resynced"]).as_bool(), Some(false), "{line:?}");
+        let epoch = str_at(&line, &["sessionEpoch"]);
+        assert_ne!(epoch, "0", "{line:?}");
+        assert!(first.is_empty() || first == epoch, "one lease: {line:?}");
+        first = epoch;
+    }
+    assert_eq!(fx.get("fe:a").await[0], 1);
+    assert!(fx.close("fe-ex").await);
+    assert_eq!(fx.get("fe:b").await, [0; 9]);
+    use tokio::io::AsyncWriteExt;
+    input.write_all(b"\n").await.expect("write to the client");
+    input.flush().await.expect("flush");
+    let line = fe.next().await;
+    assert_eq!(str_at(&line, &["call"]), "keepAlive", "{line:?}");
+    assert_eq!(str_at(&line, &["status"]), "SESSION_STATUS_UNKNOWN", "{line:?}");
+    assert_eq!(line.at(&["resynced"]).as_bool(), Some(true), "{line:?}");
+    assert_ne!(str_at(&line, &["sessionEpoch"]), first, "a new lease: {line:?}");
+    assert_eq!(fx.get("fe:a").await[0], 1, "{} restored its state", client.name());
+    assert_eq!(fx.get("fe:b").await[0], 1);
+    drop(input);
+    fe.finish().await;
+    assert_eq!(fx.get("fe:a").await, [0; 9], "closed at the end of its input");
 }
 
 /// Asserts a printed ChannelDetails.
@@ -253,8 +285,19 @@ struct Stream {
 
 impl Stream {
     fn start(client: &Client, addr: &str, args: &[&str]) -> Self {
+        Self::spawn(client, addr, args, Stdio::null())
+    }
+
+    /// A client reading what the test writes to the returned input.
+    fn start_with_input(client: &Client, addr: &str, args: &[&str]) -> (Self, tokio::process::ChildStdin) {
+        let mut s = Self::spawn(client, addr, args, Stdio::piped());
+        let input = s.child.stdin.take().expect("stdin");
+        (s, input)
+    }
+
+    fn spawn(client: &Client, addr: &str, args: &[&str], stdin: Stdio) -> Self {
         let mut cmd = client.command(addr, args);
-        cmd.stdin(Stdio::null())
+        cmd.stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
@@ -298,8 +341,9 @@ impl Stream {
         }
     }
 
-    /// Waits for the client to exit on its own (it was given --count), and
-    /// checks it succeeded without printing anything more.
+    /// Waits for the client to exit on its own (it was given --count, or
+    /// its input ended), and checks it succeeded without printing anything
+    /// more.
     async fn finish(mut self) {
         let status = match tokio::time::timeout(CLIENT_TIMEOUT, self.child.wait()).await {
             Ok(s) => s.expect("wait"),
@@ -343,20 +387,20 @@ fn deps_root() -> PathBuf {
 }
 
 /// What a finished (or timed out) child printed.
-struct Output {
+pub(crate) struct Output {
     what: String,
     /// None when it was killed for running too long.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Output {
-    fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let status = match self.status {
             Some(s) => s.to_string(),
             None => "killed: still running after its time limit".into(),
@@ -396,7 +440,7 @@ async fn read_all(mut r: impl AsyncRead + Unpin) -> String {
 
 /// Runs `cmd` to completion, killing it after `limit`. Fails the test only
 /// when it cannot be started at all.
-async fn run(mut cmd: Command, limit: Duration) -> Output {
+pub(crate) async fn run(mut cmd: Command, limit: Duration) -> Output {
     let what = format!("{:?}", cmd.as_std());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -495,7 +539,7 @@ async fn python_ready(dir: &Path, requirements: &str) -> bool {
 /// The directory of the Python example's packages, installed with pip when
 /// missing or made from other requirements; None when PyPI cannot be
 /// reached.
-async fn python_deps() -> Option<PathBuf> {
+pub(crate) async fn python_deps() -> Option<PathBuf> {
     let req_file = repo().join("examples/python/requirements.txt");
     let requirements = std::fs::read_to_string(&req_file).expect("read examples/python/requirements.txt");
     let dir = deps_root().join("python");
@@ -542,7 +586,7 @@ async fn node_ready(app: &Path) -> bool {
 
 /// examples/node/node_modules, installed with `npm ci` when missing; false
 /// when the npm registry cannot be reached.
-async fn node_modules() -> bool {
+pub(crate) async fn node_modules() -> bool {
     let app = repo().join("examples/node");
     if node_ready(&app).await {
         return true;

@@ -118,6 +118,7 @@ impl Fx {
                 operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics,
                 sequence: 0,
+                session_epoch: 0,
             })
             .await?;
         Ok(r.into_inner().results)

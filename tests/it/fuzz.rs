@@ -4,7 +4,7 @@
 //! `Category::ALL` order, which is the fixture's order).
 
 use occupancy::api::convert;
-use occupancy::domain::{ChannelName, ListOrder, ListQuery, OccupancyState, Operation, SessionId};
+use occupancy::domain::{Applied, Batch, ChannelName, ListOrder, ListQuery, OccupancyState, Operation, SessionId};
 use occupancy::proto::v1 as pb;
 use proptest::prelude::*;
 use prost::Message;
@@ -138,6 +138,13 @@ fn small_op() -> impl Strategy<Value = (usize, pb::Operation)> {
     (0..3usize, op.prop_map(|op| pb::Operation { op: Some(op) }))
 }
 
+fn results_of(a: Applied) -> Vec<occupancy::domain::OpResult> {
+    match a {
+        Applied::Done { results, .. } => results,
+        other => panic!("an unconditional write was refused: {other:?}"),
+    }
+}
+
 proptest! {
     #![proptest_config(ProptestConfig { cases: 2_000, ..ProptestConfig::default() })]
 
@@ -151,14 +158,14 @@ proptest! {
         ops in proptest::collection::vec(raw_operation(), 0..30),
         session in odd_string(),
     ) {
-        let req = pb::ApplyRequest { session_id: session, operations: ops, include_metrics: false, sequence: 0 };
+        let req = pb::ApplyRequest { session_id: session, operations: ops, include_metrics: false, sequence: 0, session_epoch: 0 };
         decode_and_validate(&req.encode_to_vec());
         let (Ok(session), Ok(ops)) = (convert::session(&req.session_id), convert::operations(&req.operations)) else {
             return Ok(());
         };
         let mut state = OccupancyState::new();
         let mut model = Model::default();
-        let results = state.apply(0, &session, 60_000, &ops, true, &mut Vec::new());
+        let results = results_of(state.apply(0, &session, 60_000, Batch::new(&ops, true), &mut Vec::new()));
         for (op, r) in ops.iter().zip(&results) {
             let accepted = model.apply(session.as_str(), &to_model(op));
             prop_assert_eq!(accepted, r.status == occupancy::domain::OpStatus::Ok);
@@ -182,7 +189,7 @@ proptest! {
                 continue;
             }
             let ops = convert::operations(std::slice::from_ref(&op)).unwrap();
-            let r = state.apply(0, session, 60_000, &ops, false, &mut Vec::new());
+            let r = results_of(state.apply(0, session, 60_000, Batch::new(&ops, false), &mut Vec::new()));
             let accepted = model.apply(session.as_str(), &to_model(&ops[0]));
             prop_assert_eq!(accepted, r[0].status == occupancy::domain::OpStatus::Ok);
         }

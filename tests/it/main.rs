@@ -26,11 +26,13 @@ macro_rules! both_stores {
 }
 
 mod abuse;
+mod bench;
 mod cli;
 mod client;
 mod conformance;
 mod dashboard;
 mod deploy;
+mod epochs;
 mod examples;
 mod faults;
 mod fixture;
@@ -40,6 +42,7 @@ mod model;
 mod model_check;
 mod nginx;
 mod process;
+mod readme;
 mod redis_store;
 mod subscribe;
 mod support;

@@ -51,20 +51,19 @@ pub struct Model {
 impl Model {
     /// Applies `op` written by `session`; false when it was refused
     /// (entering presence without presence mode).
+    ///
+    /// Ownership: an attach, or an enter that is accepted, moves the
+    /// connection to the writer's session (a resume); a detach or leave of
+    /// a connection another session owns changes nothing.
     pub fn apply(&mut self, session: &str, op: &Op) -> bool {
-        let conn_id = match op {
-            Op::Attach { conn, .. } | Op::Detach { conn, .. } | Op::Enter { conn, .. } | Op::Leave { conn, .. } => conn,
-        };
-        // any write naming a connection moves it to the writer's session
-        if let Some(c) = self.conns.get_mut(conn_id) {
-            c.session = session.to_string();
-        }
+        let foreign = |m: &Self, conn: &str| m.conns.get(conn).is_some_and(|c| c.session != session);
         match op {
             Op::Attach { conn, channel, modes } => {
                 let c = self.conns.entry(conn.clone()).or_insert_with(|| Conn {
                     session: session.to_string(),
                     channels: BTreeMap::new(),
                 });
+                c.session = session.to_string();
                 let entry = c.channels.entry(channel.clone()).or_insert((0, BTreeSet::new()));
                 if modes & PRESENCE == 0 {
                     entry.1.clear();
@@ -73,6 +72,9 @@ impl Model {
                 true
             }
             Op::Detach { conn, channel } => {
+                if foreign(self, conn) {
+                    return true;
+                }
                 if let Some(c) = self.conns.get_mut(conn) {
                     c.channels.remove(channel);
                     if c.channels.is_empty() {
@@ -81,16 +83,21 @@ impl Model {
                 }
                 true
             }
-            Op::Enter { conn, channel, client } => {
-                match self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) {
+            Op::Enter { conn, channel, client } => match self.conns.get_mut(conn) {
+                Some(c) => match c.channels.get_mut(channel) {
                     Some((modes, members)) if *modes & PRESENCE != 0 => {
                         members.insert(client.clone());
+                        c.session = session.to_string();
                         true
                     }
                     _ => false,
-                }
-            }
+                },
+                None => false,
+            },
             Op::Leave { conn, channel, client } => {
+                if foreign(self, conn) {
+                    return true;
+                }
                 if let Some((_, members)) = self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) {
                     members.remove(client);
                 }
@@ -207,6 +214,23 @@ fn model_follows_the_rules() {
             modes: PRESENCE | PUBLISH,
         },
     );
+    // a detach or leave from another session leaves d alone
+    m.apply(
+        "t",
+        &Op::Detach {
+            conn: "d".into(),
+            channel: "x".into(),
+        },
+    );
+    m.apply(
+        "t",
+        &Op::Leave {
+            conn: "d".into(),
+            channel: "x".into(),
+            client: "a".into(),
+        },
+    );
+    assert_eq!(m.holdings("s").len(), 1, "d still belongs to s");
     m.expire("s");
     assert_eq!(m.metrics("x"), [1, 1, 0, 1, 1, 0, 0, 0, 1]);
     m.apply(

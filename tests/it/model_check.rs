@@ -4,6 +4,11 @@
 //! ListChannels page and every live subscriber's last event are compared
 //! with the reference model, exactly.
 //!
+//! Writers follow the documented front-end rule: each remembers its
+//! sessions' lease epochs, sends them with every batch, and re-sends a
+//! session's whole state (SyncSession) when an answer carries another
+//! epoch, a batch is refused for its epoch, or KeepAlive says UNKNOWN.
+//!
 //! The seed is printed and can be replayed with `OCCUPANCY_MODEL_SEED`;
 //! `OCCUPANCY_MODEL_OPS` sets operations per writer (default 250; the long
 //! mode in TESTING.md uses 25,000 per writer for 100,000 operations).
@@ -44,6 +49,12 @@ pub struct Report {
     pub expiries: usize,
     pub status_mismatches: usize,
     pub already_applied: usize,
+    /// SyncSessions sent because the epoch rule said a session's state
+    /// was gone (or an answer disagreed with the model).
+    pub syncs: usize,
+    /// SyncSessions sent after a resume opened a session's first lease
+    /// (see `Writer::run`).
+    pub resume_syncs: usize,
 }
 
 impl Report {
@@ -57,6 +68,8 @@ impl Report {
         self.expiries += o.expiries;
         self.status_mismatches += o.status_mismatches;
         self.already_applied += o.already_applied;
+        self.syncs += o.syncs;
+        self.resume_syncs += o.resume_syncs;
     }
 }
 
@@ -131,6 +144,8 @@ struct Writer {
     channels: usize,
     report: Report,
     sequence: u64,
+    /// Per session: the lease epoch its state is known to be in (0: none).
+    epochs: HashMap<String, u64>,
 }
 
 impl Writer {
@@ -154,33 +169,58 @@ impl Writer {
         }
     }
 
+    /// The epoch rule for an answer of `session`: true when its state is
+    /// gone and must be re-sent (a first non-zero epoch is taken as it
+    /// comes).
+    fn observe(&mut self, session: &str, epoch: u64) -> bool {
+        let known = self.epochs.entry(session.to_string()).or_insert(0);
+        if *known == 0 {
+            *known = epoch;
+            return false;
+        }
+        epoch != *known
+    }
+
     /// Sends an Apply, retrying on other replicas until one answers
     /// (bounded), and maybe sending it again (a duplicate).
     /// Results per operation, or None when a retry found the batch already
-    /// applied (its results were lost with the replica that applied it).
-    async fn apply(&mut self, session: &str, ops: &[Op]) -> Option<Vec<pb::OperationResult>> {
+    /// applied (its results were lost with the replica that applied it) or
+    /// the batch was refused for its epoch; and whether the session's state
+    /// must be re-sent (once the caller has added the batch to it).
+    async fn apply(&mut self, session: &str, ops: &[Op]) -> (Option<Vec<pb::OperationResult>>, bool) {
         // one sequence per batch, kept across retries and duplicates
         self.sequence += 1;
+        let known = self.epochs.get(session).copied().unwrap_or(0);
         let req = pb::ApplyRequest {
             session_id: session.to_string(),
             operations: ops.iter().map(|o| pb::Operation { op: Some(to_pb(o)) }).collect(),
             include_metrics: false,
             sequence: self.sequence,
+            session_epoch: known,
         };
         let mut replica = self.rng.random_range(0..self.clients.len());
         let mut result = None;
+        let mut resync = false;
         for attempt in 0..200 {
             self.report.requests += 1;
             match self.clients[replica].0.apply(req.clone()).await {
                 Ok(r) => {
                     let r = r.into_inner();
-                    if r.already_applied {
+                    if r.epoch_mismatch {
+                        // the lease it was built for is gone (the store
+                        // lost it): not applied
+                        assert!(r.results.is_empty());
+                        resync = true;
+                        result = Some(None);
+                    } else if r.already_applied {
                         // a retry of a batch that went through before the
                         // replica answering it died
                         self.report.already_applied += 1;
                         assert!(attempt > 0, "a first send cannot be a repeat");
+                        resync = self.observe(session, r.session_epoch);
                         result = Some(None);
                     } else {
+                        resync = self.observe(session, r.session_epoch);
                         result = Some(Some(r.results));
                     }
                     break;
@@ -209,31 +249,65 @@ impl Writer {
             self.report.duplicates += 1;
             let other = (replica + 1) % self.clients.len();
             self.report.requests += 1;
+            let known = self.epochs.get(session).copied().unwrap_or(0);
             if let Ok(r) = self.clients[other].0.apply(req).await {
                 let r = r.into_inner();
-                assert!(
-                    r.already_applied && r.results.is_empty(),
-                    "a duplicate was applied again"
-                );
+                if r.already_applied || r.epoch_mismatch {
+                    assert!(r.results.is_empty());
+                } else if r.session_epoch != 0 && (known == 0 || r.session_epoch == known) {
+                    panic!("a duplicate was applied again: {r:?}");
+                } else if r.session_epoch != 0 {
+                    // applied to a lease opened since (the store lost the
+                    // one it was sent for): the state is re-sent anyway
+                    resync = true;
+                }
+                // epoch 0: it left the session holding nothing, as the
+                // first send did
             }
         }
-        results
+        (results, resync)
     }
 
-    async fn keep_alive(&mut self, session: &str) {
+    /// Re-sends the session's whole state, as the model holds it.
+    async fn sync(&mut self, session: &str) {
+        let holdings = self.model.lock().unwrap().holdings(session);
+        let req = pb::SyncSessionRequest {
+            session_id: session.to_string(),
+            attachments: crate::faults::holdings_to_pb(&holdings),
+            ttl_ms: 0,
+        };
+        self.report.syncs += 1;
+        for i in 0..200 {
+            let n = self.clients.len();
+            if let Ok(r) = self.clients[i % n].0.sync_session(req.clone()).await {
+                self.epochs.insert(session.to_string(), r.into_inner().session_epoch);
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(10 * (i as u64 % 10 + 1))).await;
+        }
+        panic!("sync failed 200 times");
+    }
+
+    async fn keep_alive(&mut self, session: &str, ttl_ms: u32) {
         for i in 0..200 {
             let n = self.clients.len();
             let c = &mut self.clients[i % n].0;
-            if c.keep_alive(pb::KeepAliveRequest {
-                session_id: session.to_string(),
-                ttl_ms: 0,
-            })
-            .await
-            .is_ok()
+            if let Ok(r) = c
+                .keep_alive(pb::KeepAliveRequest {
+                    session_id: session.to_string(),
+                    ttl_ms,
+                })
+                .await
             {
+                let r = r.into_inner();
+                let known = self.epochs.get(session).copied().unwrap_or(0);
+                let unknown = r.status == pb::SessionStatus::Unknown as i32;
+                if (unknown && known != 0) || self.observe(session, r.session_epoch) {
+                    self.sync(session).await;
+                }
                 return;
             }
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            tokio::time::sleep(Duration::from_millis(10 * (i as u64 % 10 + 1))).await;
         }
         panic!("keep-alive failed 200 times");
     }
@@ -258,7 +332,7 @@ impl Writer {
                 since_keepalive = 0;
                 for s in 0..2 {
                     let name = self.session(s);
-                    self.keep_alive(&name).await;
+                    self.keep_alive(&name, 0).await;
                 }
             }
             let s = self.rng.random_range(0..2);
@@ -280,6 +354,8 @@ impl Writer {
                     }
                 }
                 self.model.lock().unwrap().expire(&session);
+                // the front end closed it: nothing held, no lease
+                self.epochs.insert(session.clone(), 0);
                 continue;
             }
             if roll < 4 && expiries {
@@ -292,12 +368,15 @@ impl Writer {
                     channel: marker.clone(),
                     modes: 0,
                 };
-                self.apply(&session, std::slice::from_ref(&op)).await;
+                let (_, resync) = self.apply(&session, std::slice::from_ref(&op)).await;
                 self.model.lock().unwrap().apply(&session, &op);
+                if resync {
+                    self.sync(&session).await;
+                }
                 let other = self.session(1 - s);
                 let deadline = Instant::now() + Duration::from_secs(30);
                 loop {
-                    self.keep_alive(&other).await;
+                    self.keep_alive(&other, 0).await;
                     if self.marker_connections(&marker).await == Some(0) {
                         break;
                     }
@@ -305,10 +384,13 @@ impl Writer {
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
                 self.model.lock().unwrap().expire(&session);
+                // the front end let it run out on purpose: nothing held
+                self.epochs.insert(session.clone(), 0);
                 continue;
             }
             let n = if roll < 80 { self.rng.random_range(1..=8) } else { 1 };
             let ops: Vec<Op> = (0..n).map(|_| self.random_op()).collect();
+            let mut resumed = false;
             {
                 let m = self.model.lock().unwrap();
                 for op in &ops {
@@ -321,37 +403,47 @@ impl Writer {
                     let owner = m.holdings(&self.session(1 - s)).iter().any(|h| &h.0 == conn);
                     if owner {
                         self.report.resumes += 1;
+                        resumed = true;
                     }
                 }
             }
-            let results = self.apply(&session, &ops).await;
-            let mut m = self.model.lock().unwrap();
-            for (i, op) in ops.iter().enumerate() {
-                let accepted = m.apply(&session, op);
-                if let Some(r) = results.as_ref().and_then(|r| r.get(i)) {
-                    if accepted != (r.status == pb::OperationStatus::Ok as i32) {
-                        self.report.status_mismatches += 1;
+            let first_lease = self.epochs.get(&session).copied().unwrap_or(0) == 0;
+            let (results, mut resync) = self.apply(&session, &ops).await;
+            // A resume that opened the session's first lease took over, in
+            // the model, whatever the other session held of the connection;
+            // if that session's state was lost meanwhile (not noticed by it
+            // yet), the service holds less. The front end re-sends its state
+            // to be sure (a resume there re-attaches every channel anyway).
+            let resume_sync = !resync && resumed && first_lease && self.epochs.get(&session).copied().unwrap_or(0) != 0;
+            {
+                let mut m = self.model.lock().unwrap();
+                for (i, op) in ops.iter().enumerate() {
+                    let accepted = m.apply(&session, op);
+                    if let Some(r) = results.as_ref().and_then(|r| r.get(i)) {
+                        if accepted != (r.status == pb::OperationStatus::Ok as i32) {
+                            self.report.status_mismatches += 1;
+                            // an answer the front end did not expect: its
+                            // view and the service's differ, so it re-sends
+                            // its state (as the proto suggests on drift)
+                            resync = true;
+                        }
                     }
                 }
+            }
+            if resync {
+                self.sync(&session).await;
+            } else if resume_sync {
+                self.sync(&session).await;
+                self.report.syncs -= 1;
+                self.report.resume_syncs += 1;
             }
             self.report.operations += n;
         }
-        // hold the leases through the checks that follow
+        // one KeepAlive round (with the epoch rule) that also holds the
+        // leases through the checks that follow
         for s in 0..2 {
             let session = self.session(s);
-            for i in 0..200 {
-                let n = self.clients.len();
-                let c = &mut self.clients[i % n].0;
-                if c.keep_alive(pb::KeepAliveRequest {
-                    session_id: session.clone(),
-                    ttl_ms: 60_000,
-                })
-                .await
-                .is_ok()
-                {
-                    break;
-                }
-            }
+            self.keep_alive(&session, 60_000).await;
         }
         self.report
     }
@@ -376,6 +468,7 @@ pub async fn drive(urls: &[String], d: &Drive, model: Arc<Mutex<Model>>) -> Repo
             channels: d.channels,
             report: Report::default(),
             sequence: 0,
+            epochs: HashMap::new(),
         };
         tasks.push(tokio::spawn(writer.run(d.ops_per_writer, d.expiries)));
     }
@@ -524,6 +617,7 @@ async fn concurrent_writers_on_three_replicas_match_the_model() {
         model.active().len()
     );
     assert_eq!(report.status_mismatches, 0, "operation results disagree with the model");
+    assert_eq!(report.syncs, 0, "the epoch rule raised a false alarm");
     assert_eq!(mismatches, 0, "metrics or pages disagree with the model");
     assert_eq!(sub_mismatches, 0, "subscribers disagree with the model");
     assert!(report.operations >= d.writers * d.ops_per_writer / 2);

@@ -1,7 +1,8 @@
 //! Three replicas and one Redis behind the shipped nginx configuration: a
 //! client subscribed through nginx sees every write made through nginx, and
 //! when the replica holding its stream is killed it resumes on another one
-//! and converges to the right state.
+//! and converges to the right state. A quiet stream outlives nginx's read
+//! timeout thanks to the service's heartbeats.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -188,4 +189,47 @@ async fn the_http_side_works_through_nginx() {
         (e["channel"].as_str(), e["data"]["metrics"]["connections"].as_u64()),
         (Some("via/other"), Some(0))
     );
+}
+
+/// A stream with nothing to say used to send nothing, so a proxy's read
+/// timeout cut it. With nginx's `grpc_read_timeout` lowered to 2 s and the
+/// replicas' heartbeat at 500 ms, a quiet stream stays open well past 2 s
+/// and still carries the next change.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quiet_stream_through_nginx_outlives_its_read_timeout() {
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let replicas: Vec<Proc> = (0..2)
+        .map(|_| Proc::spawn(&["--redis-url", &url, "--stream-heartbeat", "500ms"]))
+        .collect();
+    let nginx = Nginx::start_with(&replicas.iter().map(|p| p.addr).collect::<Vec<_>>(), |c| {
+        assert!(c.contains("grpc_read_timeout 1h;"), "deploy/nginx.conf changed");
+        c.replace("grpc_read_timeout 1h;", "grpc_read_timeout 2s;")
+    });
+    let (fx, ch) = through(&nginx.url()).await;
+    let mut sub = subscribe_via(&ch, req(&["quiet"])).await;
+    assert_eq!(m(&sub.next().await), [0; 9]);
+    // three times the read timeout with no change at all
+    let quiet_until = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut messages = 0;
+    while tokio::time::Instant::now() < quiet_until {
+        let left = quiet_until.saturating_duration_since(tokio::time::Instant::now());
+        match sub.message_within(left).await {
+            None => break,
+            Some(Ok(msg)) => {
+                assert!(msg.event.is_none(), "nothing changed: {msg:?}");
+                messages += 1;
+            }
+            Some(Err(status)) => panic!("the quiet stream was cut: {status:?}"),
+        }
+        assert!(messages < 1_000, "a flood of messages, not heartbeats");
+    }
+    assert!(
+        sub.heartbeats + messages >= 6,
+        "heartbeats kept it open: {messages} messages"
+    );
+    // still live: the next change arrives
+    fx.attach("fe", "c1", "quiet", &[Mode::Subscribe]).await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("quiet", 1));
 }

@@ -14,14 +14,19 @@ use crate::support::{eventually, Harness, TestServer};
 
 type Response = occupancy::fanout::wire::SubscribeOccupancyResponse;
 
-/// A client-side subscription.
+/// A client-side subscription. Event readers skip the stream's `live`
+/// and `heartbeat` messages, counting them.
 pub struct Sub {
     stream: Streaming<Response>,
+    /// `live` messages seen.
+    pub lives: usize,
+    /// Heartbeats seen.
+    pub heartbeats: usize,
 }
 
 pub async fn subscribe(s: &TestServer, req: pb::SubscribeOccupancyRequest) -> Result<Sub, tonic::Status> {
     let stream = s.read().await.subscribe_occupancy(req).await?.into_inner();
-    Ok(Sub { stream })
+    Ok(Sub::from_stream(stream))
 }
 
 pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
@@ -34,17 +39,38 @@ pub fn req(channels: &[&str]) -> pb::SubscribeOccupancyRequest {
 impl Sub {
     /// Wraps an open stream.
     pub fn from_stream(stream: Streaming<Response>) -> Self {
-        Self { stream }
+        Self {
+            stream,
+            lives: 0,
+            heartbeats: 0,
+        }
+    }
+
+    /// The next message of any kind, within `within`.
+    pub async fn message_within(&mut self, within: Duration) -> Option<Result<Response, tonic::Status>> {
+        match tokio::time::timeout(within, self.stream.message()).await {
+            Err(_) => None,
+            Ok(Ok(Some(r))) => Some(Ok(r)),
+            Ok(Ok(None)) => panic!("stream ended"),
+            Ok(Err(status)) => Some(Err(status)),
+        }
     }
 
     /// The next event, within `within`.
     pub async fn next_within(&mut self, within: Duration) -> Option<Result<pb::OccupancyEvent, tonic::Status>> {
-        match tokio::time::timeout(within, self.stream.message()).await {
-            Err(_) => None,
-            Ok(Ok(Some(r))) => Some(Ok(r.into_event().expect("decode").expect("an event"))),
-            Ok(Ok(None)) => panic!("stream ended"),
-            Ok(Err(status)) => Some(Err(status)),
+        let deadline = tokio::time::Instant::now() + within;
+        // at most one live message, and heartbeats no more often than
+        // every few ms: bounded
+        for _ in 0..100_000 {
+            let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+            match self.message_within(left).await? {
+                Err(status) => return Some(Err(status)),
+                Ok(r) if r.live.is_some() => self.lives += 1,
+                Ok(r) if r.heartbeat.is_some() => self.heartbeats += 1,
+                Ok(r) => return Some(Ok(r.into_event().expect("decode").expect("an event"))),
+            }
         }
+        panic!("100,000 messages without an event");
     }
 
     /// The next event; panics after 10 s.
@@ -122,7 +148,53 @@ both_stores!(
     stalled_subscriber_stays_bounded_then_catches_up,
     shutdown_ends_streams_with_unavailable,
     bad_subscriptions_are_rejected,
+    all_channels_covers_every_channel_and_later_ones,
 );
+
+/// `all_channels`: the snapshot holds every active channel (2,600 here:
+/// three pages of the snapshot's listing walk), then changes of any
+/// channel arrive, including channels created after subscribing.
+async fn all_channels_covers_every_channel_and_later_ones(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let ops: Vec<_> = (0..2_600)
+        .map(|i| attach_op(&format!("b{i}"), &format!("bulk:{i:04}"), &[]))
+        .collect();
+    fx.apply("fe", ops).await;
+    fx.attach("fe", "c1", "zzz", &[Mode::Publish]).await;
+    let mut sub = subscribe(
+        &s,
+        pb::SubscribeOccupancyRequest {
+            all_channels: true,
+            channels: vec!["named:inactive".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut snapshot = HashMap::new();
+    sub.until(|e| {
+        snapshot.insert(e.channel.clone(), m(e));
+        snapshot.len() == 2_602
+    })
+    .await;
+    assert_eq!(snapshot["bulk:0000"][0], 1);
+    assert_eq!(snapshot["bulk:2599"][0], 1);
+    assert_eq!(snapshot["zzz"][..2], [1, 1]);
+    assert_eq!(snapshot["named:inactive"], [0; 9], "named channels still come as zero");
+    sub.quiet_for(Duration::from_millis(300)).await;
+    // channels created later, under no common prefix
+    fx.attach("fe", "c2", "late", &[]).await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("late", 1));
+    fx.attach("fe", "c2", "a", &[]).await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("a", 1));
+    fx.detach("fe", "b7", "bulk:0007").await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)), ("bulk:0007", [0; 9]));
+    drop(sub);
+}
 
 async fn snapshot_first_then_every_change_in_order(h: Harness) {
     let s = h.server().await;
@@ -427,6 +499,14 @@ async fn bad_subscriptions_are_rejected(h: Harness) {
                 ..Default::default()
             },
             "prefix",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                prefix: "a".into(),
+                all_channels: true,
+                ..Default::default()
+            },
+            "all_channels",
         ),
     ];
     for (r, field) in bad {

@@ -37,6 +37,9 @@ struct Inner {
     cancel: CancellationToken,
     resyncs: std::sync::atomic::AtomicU64,
     last_sequence: std::sync::atomic::AtomicU64,
+    /// The lease epoch the held state was last known to be in (0: none
+    /// seen yet).
+    epoch: std::sync::atomic::AtomicU64,
 }
 
 /// A front end's session: the lease under which all of its connections'
@@ -45,11 +48,14 @@ struct Inner {
 /// Writes ([`attach`](Self::attach), [`detach`](Self::detach),
 /// [`enter`](Self::enter), [`leave`](Self::leave)) return at once; they are
 /// gathered for a few milliseconds and sent as one `Apply`. The session
-/// keeps its own copy of everything it holds, sends KeepAlive every third
-/// of its TTL, and when the service answers that the session is unknown
-/// (its lease ran out, or Redis lost its data) re-sends that whole state
-/// with `SyncSession`. Dropping the session closes it (best effort); call
-/// [`close`](Self::close) to wait for it.
+/// keeps its own copy of everything it holds and sends KeepAlive every
+/// third of its TTL. It follows the service's epoch rule: it remembers the
+/// lease epoch of its last `SyncSession` (or first answer), sends it with
+/// every batch, and whenever an answer carries another epoch, a batch is
+/// refused for its epoch, KeepAlive says the session is unknown, or a
+/// write or KeepAlive failed without a known outcome, it re-sends that
+/// whole state with `SyncSession` at once. Dropping the session closes it
+/// (best effort); call [`close`](Self::close) to wait for it.
 pub struct Session {
     inner: Arc<Inner>,
 }
@@ -82,8 +88,10 @@ impl Session {
             cancel: CancellationToken::new(),
             resyncs: std::sync::atomic::AtomicU64::new(0),
             last_sequence: std::sync::atomic::AtomicU64::new(0),
+            epoch: std::sync::atomic::AtomicU64::new(0),
         });
-        inner.keep_alive().await?;
+        let first = inner.keep_alive().await?;
+        inner.epoch.store(first.session_epoch, Ordering::Relaxed);
         tokio::spawn(background(inner.clone()));
         Ok(Session { inner })
     }
@@ -96,6 +104,12 @@ impl Session {
     /// How many times the session started re-sending its whole state.
     pub fn resyncs(&self) -> u64 {
         self.inner.resyncs.load(Ordering::Relaxed)
+    }
+
+    /// The lease epoch the session's state is known to be in (0 before the
+    /// first answer that named one).
+    pub fn epoch(&self) -> u64 {
+        self.inner.epoch.load(Ordering::Relaxed)
     }
 
     /// Number of (connection, channel) attachments held.
@@ -174,9 +188,11 @@ impl Session {
     ///
     /// # Errors
     /// The service's error after retries; the session then re-sends its
-    /// whole state at the next KeepAlive.
+    /// whole state as soon as the service answers again.
     pub async fn flush(&self) -> Result<(), Error> {
-        self.inner.flush().await
+        self.inner.flush().await?;
+        self.inner.repair().await?;
+        Ok(())
     }
 
     /// Re-sends the whole state now (SyncSession).
@@ -188,7 +204,8 @@ impl Session {
     }
 
     /// Sends a KeepAlive now; re-sends the whole state if the service no
-    /// longer knew the session. Returns whether it had to.
+    /// longer knew the session (or its lease epoch changed, or an earlier
+    /// call failed). Returns whether it had to.
     ///
     /// # Errors
     /// The service's error after retries.
@@ -267,10 +284,9 @@ impl Inner {
         }
     }
 
-    async fn keep_alive(&self) -> Result<proto::SessionStatus, Error> {
+    async fn keep_alive(&self) -> Result<proto::KeepAliveResponse, Error> {
         let (id, ttl_ms) = (self.id.clone(), self.ttl_ms);
-        let r = self
-            .client
+        self.client
             .call(|ch| {
                 let id = id.clone();
                 async move {
@@ -280,17 +296,47 @@ impl Inner {
                         .into_inner())
                 }
             })
-            .await?;
-        Ok(proto::SessionStatus::try_from(r.status).unwrap_or(proto::SessionStatus::Unspecified))
+            .await
+    }
+
+    /// The epoch rule: an answer's epoch other than the one the held state
+    /// is in means that state is gone (a first non-zero epoch is taken as
+    /// it comes). Returns whether the state must be re-sent.
+    fn observe(&self, epoch: u64) -> bool {
+        let known = self.epoch.load(Ordering::Relaxed);
+        if known == 0 {
+            self.epoch.store(epoch, Ordering::Relaxed);
+            return false;
+        }
+        if epoch != known {
+            tracing::warn!(session = %self.id, known, epoch, "the session's lease changed, re-sending its state");
+            self.needs_sync.store(true, Ordering::Relaxed);
+            return true;
+        }
+        false
     }
 
     async fn keep_alive_and_repair(&self) -> Result<bool, Error> {
-        let status = self.keep_alive().await?;
-        let unknown = status == proto::SessionStatus::Unknown;
-        if unknown || self.needs_sync.load(Ordering::Relaxed) {
-            if unknown {
-                tracing::warn!(session = %self.id, "the service lost this session, re-sending its state");
+        let r = match self.keep_alive().await {
+            Ok(r) => r,
+            Err(e) => {
+                // it may have reached the store and opened a new lease
+                self.needs_sync.store(true, Ordering::Relaxed);
+                return Err(e);
             }
+        };
+        if r.status == proto::SessionStatus::Unknown as i32 {
+            tracing::warn!(session = %self.id, "the service lost this session, re-sending its state");
+            self.needs_sync.store(true, Ordering::Relaxed);
+        }
+        self.observe(r.session_epoch);
+        self.repair().await
+    }
+
+    /// Re-sends the whole state if something said it may be wrong; returns
+    /// whether it did.
+    async fn repair(&self) -> Result<bool, Error> {
+        if self.needs_sync.load(Ordering::Relaxed) {
             self.sync().await?;
             return Ok(true);
         }
@@ -313,6 +359,9 @@ impl Inner {
                 operations: chunk.to_vec(),
                 include_metrics: false,
                 sequence: self.next_sequence(),
+                // never applied to a lease other than the one the held
+                // state is in
+                session_epoch: self.epoch.load(Ordering::Relaxed),
             };
             let r = self
                 .client
@@ -321,10 +370,23 @@ impl Inner {
                     async move { Ok(ConnectionServiceClient::new(ch).apply(req).await?.into_inner()) }
                 })
                 .await;
-            if let Err(e) = r {
-                // the copy of the state is right; the service may not be
-                self.needs_sync.store(true, Ordering::Relaxed);
-                return Err(e);
+            match r {
+                Err(e) => {
+                    // the copy of the state is right; the service may not be
+                    self.needs_sync.store(true, Ordering::Relaxed);
+                    return Err(e);
+                }
+                Ok(r) if r.epoch_mismatch => {
+                    // not applied: the lease it was meant for is gone, and
+                    // the state goes with the next SyncSession
+                    self.needs_sync.store(true, Ordering::Relaxed);
+                    return Ok(());
+                }
+                Ok(r) => {
+                    if self.observe(r.session_epoch) {
+                        return Ok(());
+                    }
+                }
             }
         }
         Ok(())
@@ -353,12 +415,14 @@ impl Inner {
             attachments,
             ttl_ms: self.ttl_ms,
         };
-        self.client
+        let r = self
+            .client
             .call(|ch| {
                 let req = req.clone();
                 async move { Ok(ConnectionServiceClient::new(ch).sync_session(req).await?.into_inner()) }
             })
             .await?;
+        self.epoch.store(r.session_epoch, Ordering::Relaxed);
         self.needs_sync.store(false, Ordering::Relaxed);
         Ok(())
     }
@@ -384,6 +448,9 @@ async fn background(inner: Arc<Inner>) {
                 }
                 if let Err(e) = inner.flush().await {
                     tracing::warn!(session = %inner.id, cause = %e, "sending writes failed; will re-send the whole state");
+                }
+                if let Err(e) = inner.repair().await {
+                    tracing::warn!(session = %inner.id, cause = %e, "re-sending the whole state failed; will try again");
                 }
             }
         }

@@ -13,12 +13,10 @@
 //! | `P:conns` | hash | connection id → its record: owning token and attachment count (`TOK\tN`), then per attachment `\nCHANNEL\tMODES` and `\tCLIENT` per presence member |
 //! | `P:tok:T:conns` | set | connections owned by token `T` |
 //! | `P:sess:ID` | string | the session's current token |
-//! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms |
+//! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms, `q` → last batch sequence applied in the lease |
 //! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock); its size is the number of open sessions |
 //! | `P:totals` | hash | `c` → the sum of every channel's connections, `pm` → of its presence members; changed by every function call that changes a channel, in the same atomic call |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
-//! | `P:tokseq` | string | token counter |
-//! | `P:seq:ID` | string, expires | the session's last applied batch sequence |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
 //!
@@ -31,7 +29,10 @@
 //!
 //! A session id maps to a fresh token each time its lease is opened, so the
 //! remains of an expired lease can be reaped while the same session id is
-//! already writing again.
+//! already writing again. A token is a random 64-bit number (in decimal)
+//! picked by the replica, and is also the lease's epoch that answers
+//! carry: unlike a counter kept in Redis, it does not start again when
+//! Redis loses its data.
 //!
 //! All keys of one channel share the hash tag `{ch:NAME}`. Scripts also
 //! touch the session and index keys, so a Redis Cluster deployment would
@@ -88,11 +89,6 @@ pub fn token_connections(prefix: &str, token: &str) -> String {
 /// A session's current token.
 pub fn session(prefix: &str, session: &str) -> String {
     format!("{prefix}:sess:{session}")
-}
-
-/// A session's last applied batch sequence.
-pub fn sequence(prefix: &str, session: &str) -> String {
-    format!("{prefix}:seq:{session}")
 }
 
 /// App-wide sums of the channels' counters (`c`, `pm`).

@@ -23,8 +23,8 @@ use tokio_util::sync::CancellationToken;
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
-    ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, ListedChannel, Metrics,
-    ModeSet, OpResult, OpStatus, Operation, Pos, SessionId, Totals,
+    Applied, Batch, ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery,
+    ListedChannel, Metrics, ModeSet, OpResult, OpStatus, Operation, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 
@@ -47,8 +47,14 @@ const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
 /// How to reach and lay out the Redis state.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL (TLS with rustls; the URL's user and
+    /// password, if any, are sent with AUTH). `rediss://` checks the
+    /// server's certificate against the system's roots, or against
+    /// `tls_ca_file`.
     pub url: String,
+    /// PEM file of the CA certificate(s) that sign the Redis server's
+    /// certificate, for a private CA; `None` trusts the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so deployments can share a Redis.
     pub key_prefix: String,
     /// Bound on connecting and on every call.
@@ -66,6 +72,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls_ca_file: None,
             key_prefix: "occupancy".into(),
             timeout: Duration::from_secs(1),
             default_ttl: Duration::from_secs(15),
@@ -73,6 +80,19 @@ impl RedisConfig {
             stream_max_len: 10_000,
         }
     }
+}
+
+/// The PEM bytes of a CA file, checked to hold at least one certificate.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or holds no PEM
+/// certificate.
+pub fn read_ca_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(pem)
 }
 
 /// Occupancy state in Redis.
@@ -111,7 +131,7 @@ struct ApplySender {
 }
 
 impl writer::Sender for ApplySender {
-    async fn send(&self, jobs: &[writer::Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
+    async fn send(&self, jobs: &[writer::Job]) -> Result<Vec<Applied>> {
         let mut inv = functions::call(&self.cfg, Function::Apply);
         inv.arg(self.cfg.default_ttl.as_millis() as u64).arg(jobs.len());
         let shards = self.cfg.event_shards.max(1);
@@ -120,6 +140,8 @@ impl writer::Sender for ApplySender {
             inv.arg(job.session.as_str())
                 .arg(if job.include_metrics { "1" } else { "0" })
                 .arg(job.sequence)
+                .arg(job.epoch)
+                .arg(new_token())
                 .arg(job.ops.len());
             total += job.ops.len();
             for op in &job.ops {
@@ -143,16 +165,16 @@ impl writer::Sender for ApplySender {
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
         crate::telemetry::store().group_commit(jobs.len(), total);
         let raw: Vec<redis::Value> = within("apply", limit, invoke(&mut conn, &inv)).await?;
-        if raw.len() != jobs.len() {
+        if raw.len() != 2 * jobs.len() {
             return Err(Error::Internal(format!(
-                "apply function returned {} writes for {}",
+                "apply function returned {} values for {} writes",
                 raw.len(),
                 jobs.len()
             )));
         }
         jobs.iter()
-            .zip(raw)
-            .map(|(job, raw)| write_results(job, &raw))
+            .zip(raw.chunks_exact(2))
+            .map(|(job, raw)| write_results(job, &raw[0], &raw[1]))
             .collect()
     }
 }
@@ -161,13 +183,36 @@ impl writer::Sender for ApplySender {
 /// byte, then (when asked for) the channel's counters as stored.
 const OP_RESULT_LEN: usize = 1 + PACKED_METRICS_LEN;
 
-/// One write's results from the apply function's reply (`lua/apply.lua`):
+/// A new lease token (and epoch) for a lease a call may open: a random
+/// non-zero 64-bit number, so tokens never repeat, even after Redis lost
+/// its data (see `live_token` in `lua/common.lua`).
+fn new_token() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// A lease epoch from a token as Redis holds it (Lua's `false`, nil in
+/// RESP2 and false in RESP3: no lease).
+fn epoch_of(raw: &redis::Value) -> Result<u64> {
+    match raw {
+        redis::Value::Nil | redis::Value::Boolean(false) => Ok(0),
+        redis::Value::BulkString(b) => std::str::from_utf8(b)
+            .ok()
+            .and_then(|t| t.parse().ok())
+            .ok_or_else(|| Error::Internal(format!("malformed lease token {b:?}"))),
+        other => Err(Error::Internal(format!("a lease token was {other:?}"))),
+    }
+}
+
+/// One write's outcome from the apply function's reply (`lua/apply.lua`):
 /// a string of one status byte per operation, each followed by the
 /// channel's packed counters when the write asked for them; or -1 when the
-/// write's sequence was stale (nothing applied: `None`).
-fn write_results(job: &writer::Job, raw: &redis::Value) -> Result<Option<Vec<OpResult>>> {
+/// write's sequence was stale, -2 when its epoch was not the live lease's
+/// (nothing applied); then the session's token after the write.
+fn write_results(job: &writer::Job, raw: &redis::Value, token: &redis::Value) -> Result<Applied> {
+    let epoch = epoch_of(token)?;
     let bytes = match raw {
-        redis::Value::Int(-1) if job.sequence > 0 => return Ok(None),
+        redis::Value::Int(-1) if job.sequence > 0 => return Ok(Applied::Stale { epoch }),
+        redis::Value::Int(-2) if job.epoch > 0 => return Ok(Applied::WrongEpoch { epoch }),
         redis::Value::BulkString(b) => b.as_slice(),
         other => {
             return Err(Error::Internal(format!(
@@ -183,19 +228,18 @@ fn write_results(job: &writer::Job, raw: &redis::Value) -> Result<Option<Vec<OpR
             job.ops.len()
         )));
     }
-    Ok(Some(
-        bytes
-            .chunks_exact(width)
-            .map(|r| OpResult {
-                status: match r[0] {
-                    2 => OpStatus::NotPresenceAttached,
-                    3 => OpStatus::TooManyChannels,
-                    _ => OpStatus::Ok,
-                },
-                metrics: job.include_metrics.then(|| parse_metrics(&r[1..])),
-            })
-            .collect(),
-    ))
+    let results = bytes
+        .chunks_exact(width)
+        .map(|r| OpResult {
+            status: match r[0] {
+                2 => OpStatus::NotPresenceAttached,
+                3 => OpStatus::TooManyChannels,
+                _ => OpStatus::Ok,
+            },
+            metrics: job.include_metrics.then(|| parse_metrics(&r[1..])),
+        })
+        .collect();
+    Ok(Applied::Done { results, epoch })
 }
 
 impl std::fmt::Debug for RedisStore {
@@ -243,7 +287,20 @@ impl RedisStore {
         let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = match &cfg.tls_ca_file {
+            None => redis::Client::open(info).map_err(bad_url)?,
+            Some(path) => {
+                let root_cert = read_ca_file(path).map_err(|e| crate::domain::InvalidInput::new("redis_ca_file", e))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+        };
         // Every call is bounded by `bounded` (scaled for large batches); the
         // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()
@@ -392,19 +449,7 @@ pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
 
 #[async_trait]
 impl Store for RedisStore {
-    async fn apply(&self, session: &SessionId, ops: &[Operation], include_metrics: bool) -> Result<Vec<OpResult>> {
-        self.apply_sequenced(session, 0, ops, include_metrics)
-            .await?
-            .ok_or_else(|| Error::Internal("an unsequenced batch was reported stale".into()))
-    }
-
-    async fn apply_sequenced(
-        &self,
-        session: &SessionId,
-        sequence: u64,
-        ops: &[Operation],
-        include_metrics: bool,
-    ) -> Result<Option<Vec<OpResult>>> {
+    async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied> {
         let writes = self.writes.get_or_init(|| {
             writer::start(ApplySender {
                 conn: self.conn.clone(),
@@ -415,9 +460,10 @@ impl Store for RedisStore {
         writes
             .send(writer::Job {
                 session: session.clone(),
-                sequence,
-                ops: ops.to_vec(),
-                include_metrics,
+                sequence: batch.sequence,
+                epoch: batch.epoch,
+                ops: batch.ops.to_vec(),
+                include_metrics: batch.include_metrics,
                 reply,
             })
             .map_err(|_| Error::Internal("the write queue is closed".into()))?;
@@ -428,27 +474,39 @@ impl Store for RedisStore {
 
     async fn keep_alive(&self, session: &SessionId, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
         let mut inv = self.call(Function::KeepAlive);
-        inv.arg(session.as_str()).arg(ttl_ms.unwrap_or(0)).arg(self.ttl_ms());
+        inv.arg(session.as_str())
+            .arg(ttl_ms.unwrap_or(0))
+            .arg(self.ttl_ms())
+            .arg(new_token());
         let mut conn = self.conn.clone();
-        let (status, ttl_ms): (u8, u64) = self.bounded("keep_alive", invoke(&mut conn, &inv)).await?;
+        let (status, ttl_ms, token): (u8, u64, redis::Value) =
+            self.bounded("keep_alive", invoke(&mut conn, &inv)).await?;
+        let epoch = epoch_of(&token)?;
         Ok(if status == 1 {
-            KeepAliveOutcome::Active { ttl_ms }
+            KeepAliveOutcome::Active { ttl_ms, epoch }
         } else {
-            KeepAliveOutcome::Unknown { ttl_ms }
+            KeepAliveOutcome::Unknown { ttl_ms, epoch }
         })
     }
 
-    async fn close_session(&self, session: &SessionId) -> Result<bool> {
+    async fn close_session(&self, session: &SessionId) -> Result<Option<u64>> {
         let mut inv = self.call(Function::Close);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
         let (token, alive): (Option<String>, u8) = self.bounded("close", invoke(&mut conn, &inv)).await?;
-        if let Some(token) = token {
-            // Remove everything of the token before answering, in bounded
-            // script calls so that a huge session does not stall Redis.
-            while self.reap_with(&token).await?.more {}
+        let Some(token) = token else {
+            return Ok(None);
+        };
+        // Remove everything of the token before answering, in bounded
+        // script calls so that a huge session does not stall Redis.
+        while self.reap_with(&token).await?.more {}
+        if alive != 1 {
+            return Ok(None);
         }
-        Ok(alive == 1)
+        let epoch = token
+            .parse()
+            .map_err(|_| Error::Internal(format!("malformed lease token {token:?}")))?;
+        Ok(Some(epoch))
     }
 
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {
@@ -642,6 +700,7 @@ impl Store for RedisStore {
     }
 
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+        let outage = Arc::new(crate::store::outage::OutageLog::new("event stream readers"));
         for shard in 0..self.cfg.event_shards {
             tokio::spawn(reader::run(
                 self.client.clone(),
@@ -649,6 +708,7 @@ impl Store for RedisStore {
                 shard,
                 sink.clone(),
                 cancel.clone(),
+                outage.clone(),
             ));
         }
     }
@@ -688,34 +748,54 @@ mod tests {
     #[test]
     fn apply_results_are_read_from_one_string_per_write() {
         use redis::Value;
+        let tok = Value::BulkString(b"18446744073709551615".to_vec());
+        let done = |a: Applied| match a {
+            Applied::Done { results, epoch } => (results, epoch),
+            other => panic!("{other:?}"),
+        };
         let (mut job, _rx) = writer::tests::job(2);
         // statuses only
-        let r = write_results(&job, &Value::BulkString(vec![1, 3])).unwrap().unwrap();
+        let (r, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 3]), &tok).unwrap());
+        assert_eq!(epoch, u64::MAX);
         assert_eq!(
             r.iter().map(|x| x.status).collect::<Vec<_>>(),
             [OpStatus::Ok, OpStatus::TooManyChannels]
         );
         assert!(r.iter().all(|x| x.metrics.is_none()));
+        // no lease after the write
+        let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Nil).unwrap());
+        assert_eq!(epoch, 0);
+        let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Boolean(false)).unwrap());
+        assert_eq!(epoch, 0);
         // statuses each followed by the nine counters as stored
         job.include_metrics = true;
         let mut packed = vec![2u8];
         packed.extend([1u32, 0, 0, 0, 0, 0, 0, 0, 7].iter().flat_map(|v| v.to_le_bytes()));
         packed.push(1);
         packed.extend([2u32, 0, 0, 0, 0, 0, 0, 0, 0].iter().flat_map(|v| v.to_le_bytes()));
-        let r = write_results(&job, &Value::BulkString(packed.clone()))
-            .unwrap()
-            .unwrap();
+        let (r, _) = done(write_results(&job, &Value::BulkString(packed.clone()), &tok).unwrap());
         assert_eq!(r[0].status, OpStatus::NotPresenceAttached);
         assert_eq!(r[0].metrics, Some(Metrics::from_array([1, 0, 0, 0, 0, 0, 0, 0, 7])));
         assert_eq!(r[1].status, OpStatus::Ok);
         assert_eq!(r[1].metrics, Some(Metrics::from_array([2, 0, 0, 0, 0, 0, 0, 0, 0])));
         // a length that does not fit is an error, not a guess
-        assert!(write_results(&job, &Value::BulkString(packed[..40].to_vec())).is_err());
-        assert!(write_results(&job, &Value::BulkString(vec![1, 1])).is_err());
-        // -1 only means stale for a sequenced write
-        assert!(write_results(&job, &Value::Int(-1)).is_err());
+        assert!(write_results(&job, &Value::BulkString(packed[..40].to_vec()), &tok).is_err());
+        assert!(write_results(&job, &Value::BulkString(vec![1, 1]), &tok).is_err());
+        // -1 only means stale for a sequenced write, -2 only a wrong epoch
+        // for a write that named one
+        assert!(write_results(&job, &Value::Int(-1), &tok).is_err());
+        assert!(write_results(&job, &Value::Int(-2), &tok).is_err());
         job.sequence = 9;
-        assert!(write_results(&job, &Value::Int(-1)).unwrap().is_none());
-        assert!(write_results(&job, &Value::Nil).is_err());
+        job.epoch = 3;
+        assert_eq!(
+            write_results(&job, &Value::Int(-1), &tok).unwrap(),
+            Applied::Stale { epoch: u64::MAX }
+        );
+        assert_eq!(
+            write_results(&job, &Value::Int(-2), &Value::Nil).unwrap(),
+            Applied::WrongEpoch { epoch: 0 }
+        );
+        assert!(write_results(&job, &Value::Nil, &tok).is_err());
+        assert!(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::BulkString(b"x".to_vec())).is_err());
     }
 }

@@ -29,7 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use super::group::{self, Policy};
 
-use crate::domain::{OpResult, Operation, SessionId};
+use crate::domain::{Applied, Operation, SessionId};
 use crate::error::{Error, Result};
 
 /// Script calls outstanding at once.
@@ -44,15 +44,16 @@ pub(super) const MIN_GROUP_OPS: usize = 32;
 pub(super) struct Job {
     pub session: SessionId,
     pub sequence: u64,
+    pub epoch: u64,
     pub ops: Vec<Operation>,
     pub include_metrics: bool,
-    pub reply: oneshot::Sender<Result<Option<Vec<OpResult>>>>,
+    pub reply: oneshot::Sender<Result<Applied>>,
 }
 
 /// Runs the writes of `jobs` (in order) as one call, answering each.
 pub(super) trait Sender: Send + Sync + 'static {
     /// Sends the jobs as one script call; one answer per job, in order.
-    fn send(&self, jobs: &[Job]) -> impl std::future::Future<Output = Result<Vec<Option<Vec<OpResult>>>>> + Send;
+    fn send(&self, jobs: &[Job]) -> impl std::future::Future<Output = Result<Vec<Applied>>> + Send;
 }
 
 /// Starts the group commit task; it ends when every sender of the returned
@@ -78,7 +79,7 @@ pub(super) fn start<S: Sender>(sender: S) -> mpsc::UnboundedSender<Job> {
 }
 
 /// Gives each write its answer from the call's.
-fn answer(jobs: Vec<Job>, answers: Result<Vec<Option<Vec<OpResult>>>>) {
+fn answer(jobs: Vec<Job>, answers: Result<Vec<Applied>>) {
     match answers {
         Ok(answers) if answers.len() == jobs.len() => {
             for (job, answer) in jobs.into_iter().zip(answers) {
@@ -111,7 +112,7 @@ pub(super) mod tests {
     use tokio::sync::Semaphore;
 
     use super::*;
-    use crate::domain::{ChannelName, ConnectionId, ModeSet, OpStatus};
+    use crate::domain::{ChannelName, ConnectionId, ModeSet, OpResult, OpStatus};
 
     /// Answers each job with as many results as it has operations, the
     /// first result's status telling the job's size parity, and records
@@ -122,12 +123,12 @@ pub(super) mod tests {
     }
 
     impl Sender for Arc<Fake> {
-        async fn send(&self, jobs: &[Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
+        async fn send(&self, jobs: &[Job]) -> Result<Vec<Applied>> {
             self.calls.lock().unwrap().push(jobs.len());
             Ok(jobs
                 .iter()
-                .map(|j| {
-                    Some(vec![
+                .map(|j| Applied::Done {
+                    results: vec![
                         OpResult {
                             status: if j.ops.len() % 2 == 0 {
                                 OpStatus::Ok
@@ -137,13 +138,14 @@ pub(super) mod tests {
                             metrics: None,
                         };
                         j.ops.len()
-                    ])
+                    ],
+                    epoch: 1,
                 })
                 .collect())
         }
     }
 
-    pub(in crate::store::redis) fn job(n: usize) -> (Job, oneshot::Receiver<Result<Option<Vec<OpResult>>>>) {
+    pub(in crate::store::redis) fn job(n: usize) -> (Job, oneshot::Receiver<Result<Applied>>) {
         let op = Operation::Attach {
             connection: ConnectionId::parse("c", "c1").unwrap(),
             channel: ChannelName::parse("ch", "x").unwrap(),
@@ -153,6 +155,7 @@ pub(super) mod tests {
         let job = Job {
             session: SessionId::parse("s", "fe").unwrap(),
             sequence: 0,
+            epoch: 0,
             ops: vec![op; n],
             include_metrics: false,
             reply,
@@ -171,7 +174,9 @@ pub(super) mod tests {
             answers.push((n, rx));
         }
         for (n, rx) in answers {
-            let got = rx.await.unwrap().unwrap().unwrap();
+            let Applied::Done { results: got, .. } = rx.await.unwrap().unwrap() else {
+                panic!("not applied")
+            };
             assert_eq!(got.len(), n);
             let want = if n % 2 == 0 {
                 OpStatus::Ok
@@ -191,21 +196,22 @@ pub(super) mod tests {
     }
 
     impl Sender for Arc<Held> {
-        async fn send(&self, jobs: &[Job]) -> Result<Vec<Option<Vec<OpResult>>>> {
+        async fn send(&self, jobs: &[Job]) -> Result<Vec<Applied>> {
             let ops = jobs.iter().map(|j| j.ops.len()).sum();
             self.calls.lock().unwrap().push(ops);
             let _ = self.started.send(ops);
             self.release.acquire().await.expect("open").forget();
             Ok(jobs
                 .iter()
-                .map(|j| {
-                    Some(vec![
+                .map(|j| Applied::Done {
+                    results: vec![
                         OpResult {
                             status: OpStatus::Ok,
                             metrics: None
                         };
                         j.ops.len()
-                    ])
+                    ],
+                    epoch: 1,
                 })
                 .collect())
         }
@@ -257,7 +263,7 @@ pub(super) mod tests {
         assert_eq!(held.calls.lock().unwrap().len(), 3);
         // the first call ends: the write still waits for the two in flight
         held.release.add_permits(1);
-        first.await.unwrap().unwrap().unwrap();
+        first.await.unwrap().unwrap();
         settle().await;
         assert_eq!(held.calls.lock().unwrap().len(), 3);
         // no call in flight: it leaves
@@ -265,7 +271,7 @@ pub(super) mod tests {
         assert_eq!(started.recv().await, Some(1));
         held.release.add_permits(1);
         for rx in small.into_iter().chain([big, large, more]) {
-            rx.await.unwrap().unwrap().unwrap();
+            rx.await.unwrap().unwrap();
         }
         assert_eq!(*held.calls.lock().unwrap(), [1, MIN_GROUP_OPS, MIN_GROUP_OPS, 1]);
     }
@@ -281,7 +287,7 @@ pub(super) mod tests {
             answers.push(rx);
         }
         for rx in answers {
-            rx.await.unwrap().unwrap().unwrap();
+            rx.await.unwrap().unwrap();
         }
         let mut calls = fake.calls.lock().unwrap().clone();
         calls.sort_unstable();

@@ -99,18 +99,40 @@ pub fn config_with_http(
 impl Nginx {
     /// Starts nginx in front of `upstreams` and waits until it accepts.
     pub fn start(upstreams: &[SocketAddr]) -> Self {
-        Self::start_with_http(upstreams, upstreams)
+        Self::start_with(upstreams, |c| c)
+    }
+
+    /// [`Nginx::start`] with the configuration passed through `edit` (to
+    /// lower a timeout, say).
+    pub fn start_with(upstreams: &[SocketAddr], edit: impl FnOnce(String) -> String) -> Self {
+        Self::start_full(upstreams, upstreams, edit)
     }
 
     /// [`Nginx::start`] with the replicas' HTTP sides at `http_upstreams`.
     pub fn start_with_http(upstreams: &[SocketAddr], http_upstreams: &[SocketAddr]) -> Self {
+        Self::start_full(upstreams, http_upstreams, |c| c)
+    }
+
+    /// Starts nginx in front of the replicas' gRPC (`upstreams`) and HTTP
+    /// sides (`http_upstreams`), the configuration passed through `edit`.
+    pub fn start_full(
+        upstreams: &[SocketAddr],
+        http_upstreams: &[SocketAddr],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let http_listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let conf = dir.path().join("nginx.conf");
         std::fs::write(
             &conf,
-            config_with_http(upstreams, listen, http_upstreams, http_listen, dir.path()),
+            edit(config_with_http(
+                upstreams,
+                listen,
+                http_upstreams,
+                http_listen,
+                dir.path(),
+            )),
         )
         .unwrap();
         let global = format!(

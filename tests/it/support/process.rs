@@ -25,8 +25,13 @@ impl Proc {
     /// waits for the log line that names its address. Its output is
     /// drained in the background so it never blocks on a full pipe.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_on("127.0.0.1:0", args)
+    }
+
+    /// [`Proc::spawn`] listening on `listen`.
+    pub fn spawn_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())

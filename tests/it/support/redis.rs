@@ -110,12 +110,29 @@ impl RedisServer {
             .expect("connect to test redis")
     }
 
+    /// Sends a signal (`STOP`, `CONT`, ...) to the server, to stall it
+    /// without losing anything.
+    pub fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("redis-server running").id();
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &pid.to_string()])
+            .status()
+            .expect("run kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
     /// Kills the server (SIGKILL): its data is gone.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts a killed server again on the same port, empty.
+    pub fn start_again(&mut self) {
+        assert!(self.spawn(), "redis-server did not come back on port {}", self.port);
     }
 
     /// Starts the server again on the same port, empty.

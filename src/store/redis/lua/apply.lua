@@ -3,20 +3,28 @@
 -- as one call (see src/store/redis/writer.rs).
 -- ARGV[4] default lease ms, ARGV[5] number of writes; then per write:
 -- session id, '1' to return each operation's channel metrics, the write's
--- sequence (0: none), its number of operations, and five arguments per
+-- sequence (0: none), the lease epoch it was built under ('0': no check),
+-- a new random token for the lease it may open (see live_token in
+-- common.lua), its number of operations, and five arguments per
 -- operation: kind ('A' attach, 'D' detach, 'E' enter, 'L' leave),
 -- connection id, channel, the mode bits (attach) or client id (enter,
 -- leave), and the channel's event stream shard (keys::shard_of, computed by
 -- the caller).
--- Returns per write one string: per operation its status as one byte,
--- followed by the channel's nine counters packed as stored (PACK, 36 bytes)
--- when the write asked for them; -1 when the write's sequence was stale and
--- nothing of it was applied. Status 1 applied, 2 not attached with
--- presence mode, 3 the connection has no room for another channel. One
--- string per write instead of a list of integers: Redis converts a
--- script's reply value by value (about 1,200 instructions per integer,
--- 10 per operation with counters), and the replica parses it value by
--- value too.
+-- Returns per write two values: first one string: per operation its status
+-- as one byte, followed by the channel's nine counters packed as stored
+-- (PACK, 36 bytes) when the write asked for them; or -1 when the write's
+-- sequence was not above the last one of the session's lease, -2 when its
+-- epoch was not the session's live lease (nothing of it applied). Status 1
+-- applied, 2 not attached with presence mode, 3 the connection has no room
+-- for another channel. Second, the session's token (its lease epoch) after
+-- the write, or false when it holds no lease. One string per write instead
+-- of a list of integers: Redis converts a script's reply value by value
+-- (about 1,200 instructions per integer, 10 per operation with counters),
+-- and the replica parses it value by value too.
+--
+-- A session's sequence is kept in its token's hash (field q): a new lease
+-- accepts any sequence. A lease is opened only when the session holds a
+-- connection after its writes: a refused or empty write leaves none.
 
 local A = ARGV
 local ttl = tonum(A[4])
@@ -29,8 +37,8 @@ local chans, nchans = {}, 0
 local i = 6
 for w = 1, writes do
   starts[w] = i
-  local nops = STRNUM[A[i + 3]] or num(A[i + 3])
-  local j = i + 4
+  local nops = STRNUM[A[i + 5]] or num(A[i + 5])
+  local j = i + 6
   for _ = 1, nops do
     local kind, ch = A[j], A[j + 2]
     if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
@@ -48,7 +56,7 @@ end
 if i ~= #A + 1 then return redis.error_reply('ERR malformed apply arguments') end
 
 load_metrics(chans, nchans)
-local out = {}
+local out, epochs = {}, {}
 -- Writes are taken session by session (each session's in their order):
 -- concurrent writes of different sessions may be applied in any order,
 -- and this way each session's lease is opened, and its connections'
@@ -64,39 +72,44 @@ for w = 1, writes do
   end
   list[#list + 1] = w
 end
-local cur_tok = nil
 for _, session in ipairs(sessions) do
-  -- a write not newer than the session's last one is not applied again
+  local tok = live_token(session)
+  -- the lease's length, and its last sequence as a number and as stored
+  local q, qs, lease_ms = 0, '0', nil
+  if tok then
+    local v = rcall('HMGET', k_tok(tok), 'ttl', 'q')
+    lease_ms, qs = v[1], v[2] or '0'
+    q = tonum(qs)
+  end
+  local q0 = q
+  -- a write built under another lease, or not newer than the lease's last
+  -- one, is not applied
   local live = {}
   for _, w in ipairs(by_session[session]) do
     local s = starts[w]
-    local seq = STRNUM[A[s + 2]] or num(A[s + 2])
-    local stale = false
-    if seq > 0 then
-      local ks = k_seq(session)
-      if seq <= tonum(rcall('GET', ks) or '0') then
-        stale = true
+    local ep = A[s + 3]
+    if ep ~= '0' and ep ~= tok then
+      out[w] = -2
+    else
+      local seq = STRNUM[A[s + 2]] or num(A[s + 2])
+      if seq > 0 and seq <= q then
+        out[w] = -1
       else
-        rcall('SET', ks, A[s + 2], 'PX', SEQUENCE_MEMORY_MS)
+        if seq > 0 then q, qs = seq, A[s + 2] end
+        live[#live + 1] = w
       end
     end
-    if stale then
-      out[w] = -1
-    else
-      live[#live + 1] = w
-    end
   end
+  local fresh = false
   if #live > 0 then
-    local tok = open_session(session, ttl)
-    if cur_tok then
-      flush_conns(cur_tok)
-      reset_conns()
+    if not tok then
+      fresh = true
+      tok = A[starts[live[1]] + 4]
     end
-    cur_tok = tok
     local conns, nc = {}, 0
     for _, w in ipairs(live) do
       local s = starts[w]
-      for k = s + 5, s + 5 * (STRNUM[A[s + 3]] or num(A[s + 3])), 5 do
+      for k = s + 7, s + 2 + 5 * (STRNUM[A[s + 5]] or num(A[s + 5])), 5 do
         nc = nc + 1
         conns[nc] = A[k]
       end
@@ -105,7 +118,7 @@ for _, session in ipairs(sessions) do
     for _, w in ipairs(live) do
       local s = starts[w]
       local include = A[s + 1] == '1'
-      local first, last = s + 4, s + 4 + 5 * ((STRNUM[A[s + 3]] or num(A[s + 3])) - 1)
+      local first, last = s + 6, s + 6 + 5 * ((STRNUM[A[s + 5]] or num(A[s + 5])) - 1)
       -- a write of one operation (a unary call) needs no table of results
       -- and no concatenation
       local one = first == last
@@ -132,8 +145,27 @@ for _, session in ipairs(sessions) do
       end
       out[w] = one and results[1] or tconcat(results)
     end
+    local holds = flush_conns(tok)
+    reset_conns()
+    if fresh then
+      if holds then
+        open_lease(session, tok, ttl, qs)
+      else
+        tok = nil
+      end
+    else
+      rcall('ZADD', K_LEASES, NOW + tonum(lease_ms), tok)
+      if q ~= q0 then rcall('HSET', k_tok(tok), 'q', qs) end
+    end
+  end
+  for _, w in ipairs(by_session[session]) do
+    epochs[w] = tok or false
   end
 end
-if cur_tok then flush_conns(cur_tok) end
 finish()
-return out
+local reply = {}
+for w = 1, writes do
+  reply[2 * w - 1] = out[w]
+  reply[2 * w] = epochs[w]
+end
+return reply

@@ -34,7 +34,7 @@ local tonum, unpk, band, bxor, mfloor, mmin, mmax, rcall, tconcat
 -- per call: the common arguments, the keys named after the prefix, and the
 -- Redis clock in ms (for functions that read it)
 local P, NSHARDS, MAXLEN, NOW
-local K_LEASES, K_REAPING, K_TOKSEQ, K_IDX_NAME, K_IDX_BUSY, K_CONNS, K_TOTALS
+local K_LEASES, K_REAPING, K_IDX_NAME, K_IDX_BUSY, K_CONNS, K_TOTALS
 
 local function k_sess(s) return P .. ':sess:' .. s end
 local function k_tok(t) return P .. ':tok:' .. t end
@@ -42,9 +42,6 @@ local function k_tokconns(t) return P .. ':tok:' .. t .. ':conns' end
 local function k_metrics(ch) return P .. ':{ch:' .. ch .. '}:m' end
 local function k_clients(ch) return P .. ':{ch:' .. ch .. '}:cl' end
 local function k_events(n) return P .. ':{ev:' .. n .. '}' end
-local function k_seq(s) return P .. ':seq:' .. s end
--- as SEQUENCE_MEMORY_MS in src/domain/state.rs
-local SEQUENCE_MEMORY_MS = 600000
 -- as MAX_CHANNELS_PER_CONNECTION in src/domain/ops.rs
 local MAX_CHANNELS = 1000
 
@@ -331,25 +328,36 @@ local function retire(tok)
   end
 end
 
--- Returns the session's live token, extending its lease; opens a new lease
--- with ttl when the session is unknown or expired. Second result: whether
--- it was alive.
-local function open_session(session, ttl)
-  local ks = k_sess(session)
-  local tok = rcall('GET', ks)
-  if tok then
-    if lease_alive(tok) then
-      local t = tonum(rcall('HGET', k_tok(tok), 'ttl'))
-      rcall('ZADD', K_LEASES, NOW + t, tok)
-      return tok, true
-    end
+-- The session's live token, or nil; a token whose lease ran out is
+-- retired on the way.
+--
+-- A token is also the lease's epoch, reported to the front end: the
+-- caller picks a new one at random (a 64-bit number in decimal) for each
+-- lease it may open, so tokens never repeat, even after Redis lost its
+-- data (a counter kept in Redis would start again).
+local function live_token(session)
+  local tok = rcall('GET', k_sess(session))
+  -- (a missing key reads as false)
+  if not tok then return nil end
+  if not lease_alive(tok) then
     retire(tok)
+    return nil
   end
-  tok = tostring(rcall('INCR', K_TOKSEQ))
-  rcall('SET', ks, tok)
-  rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl)
+  return tok
+end
+
+-- Extends a live token's lease by its own length.
+local function extend(tok)
+  local t = tonum(rcall('HGET', k_tok(tok), 'ttl'))
+  rcall('ZADD', K_LEASES, NOW + t, tok)
+end
+
+-- Opens a lease for the session under the new token tok, with the lease
+-- length ttl and the batch sequence seq.
+local function open_lease(session, tok, ttl, seq)
+  rcall('SET', k_sess(session), tok)
+  rcall('HSET', k_tok(tok), 's', session, 'ttl', ttl, 'q', seq)
   rcall('ZADD', K_LEASES, NOW + ttl, tok)
-  return tok, false
 end
 
 -- Presence member bookkeeping on a channel: member count, and the count of
@@ -430,6 +438,7 @@ local COUNT = 2 -- its attachment count
 local CHANGED = 3 -- changed: flush_conns() writes it back
 local OWNED = 4 -- already in the token's set of connections
 local CONN = 5 -- its id
+local FOREIGN = 6 -- the token of another live session owning it, or false
 local R, R_list, nchanged = {}, {}, 0
 
 -- Forgets the connections of the previous session (the next one has
@@ -448,11 +457,12 @@ local function rec_set(c, lines, n)
   end
 end
 
--- Makes tok the owner of conns[1..count] (repeats allowed), reading the
--- records of those not read yet (each table made by one constructor).
--- A connection owned by another live session moves whole (a resume on
--- another front end); one owned by a dead session is removed first, so its
--- old state is removed exactly once.
+-- Reads the records of conns[1..count] (repeats allowed) not read yet
+-- (each table made by one constructor). A connection owned by another live
+-- session is marked FOREIGN: an attach or an enter through it moves it
+-- whole (claim(), a resume on another front end), a detach or leave leaves
+-- it alone. One owned by a dead session is removed first, so its old state
+-- is removed exactly once.
 local function load_conns(tok, conns, count)
   local ids, nwant = { K_CONNS }, 0
   for k = 1, count do
@@ -475,27 +485,33 @@ local function load_conns(tok, conns, count)
   for i = 1, nwant do
     local conn, r = ids[i + 1], recs[i]
     if not r then
-      R[conn] = { false, 0, false, false, conn }
+      R[conn] = { false, 0, false, false, conn, false }
     else
       local o, n, lines = smatch(r, '^([^\t]*)\t(%d+)(.*)$')
       if o == tok then
-        R[conn] = { lines, STRNUM[n] or num(n), false, true, conn }
+        R[conn] = { lines, STRNUM[n] or num(n), false, true, conn, false }
+      elseif lease_alive(o) then
+        R[conn] = { lines, STRNUM[n] or num(n), false, false, conn, o }
       else
         rcall('SREM', k_tokconns(o), conn)
-        local c = { false, 0, false, false, conn }
-        R[conn] = c
-        if lease_alive(o) then
-          rec_set(c, lines, tonum(n))
-        else
-          drop_record(lines)
-          rcall('HDEL', K_CONNS, conn)
-        end
+        R[conn] = { false, 0, false, false, conn, false }
+        drop_record(lines)
+        rcall('HDEL', K_CONNS, conn)
       end
     end
   end
 end
 
--- Writes back the changed records of tok's connections and its set.
+-- Moves a connection of another live session to this call's token: out
+-- of the old token's set, written back with the new owner.
+local function claim(c)
+  rcall('SREM', k_tokconns(c[FOREIGN]), c[CONN])
+  c[FOREIGN] = false
+  rec_set(c, c[LINES], c[COUNT])
+end
+
+-- Writes back the changed records of tok's connections and its set;
+-- returns whether tok owns any of them afterwards.
 local function flush_conns(tok)
   local keep, new, gone = { K_CONNS }, { k_tokconns(tok) }, { K_CONNS }
   local nk, nn, ng = 1, 1, 1
@@ -523,11 +539,16 @@ local function flush_conns(tok)
     gone[1] = new[1] -- the same ids, out of the token's set
     call_list('SREM', gone, 1, ng)
   end
+  return nk > 1
 end
 
 -- Returns 1 when applied, 3 when the connection has no room for another
 -- channel. modes: the mode bits as a decimal string.
 local function op_attach(c, ch, modes)
+  if c[FOREIGN] then
+    if c[COUNT] >= MAX_CHANNELS and not sfind(c[LINES], '\n' .. ch .. '\t', 1, true) then return 3 end
+    claim(c)
+  end
   local lines, n = c[LINES], c[COUNT]
   if not lines then lines, n = '', 0 end
   local key = '\n' .. ch .. '\t'
@@ -569,7 +590,7 @@ end
 
 local function op_detach(c, ch)
   local lines = c[LINES]
-  if not lines then return end
+  if not lines or c[FOREIGN] then return end
   local key = '\n' .. ch .. '\t'
   local i = sfind(lines, key, 1, true)
   if not i then return end
@@ -618,6 +639,7 @@ local function op_enter(c, ch, client)
   if not lines then return 2 end
   local i, j, modes, ms = find_line(lines, ch)
   if not i or not mode_info(modes).presence then return 2 end
+  if c[FOREIGN] then claim(c) end
   if member_at(lines, ms, j, client) then return 1 end
   member_new(ch, client)
   rec_set(c, ssub(lines, 1, j - 1) .. '\t' .. client .. ssub(lines, j), c[COUNT])
@@ -626,7 +648,7 @@ end
 
 local function op_leave(c, ch, client)
   local lines = c[LINES]
-  if not lines then return end
+  if not lines or c[FOREIGN] then return end
   local i, j, _, ms = find_line(lines, ch)
   if not i then return end
   local p = member_at(lines, ms, j, client)
@@ -687,7 +709,6 @@ local function begin(argv, clock)
   MAXLEN = argv[3]
   K_LEASES = P .. ':leases'
   K_REAPING = P .. ':reaping'
-  K_TOKSEQ = P .. ':tokseq'
   K_IDX_NAME = P .. ':idx:name'
   K_IDX_BUSY = P .. ':idx:busy'
   K_CONNS = P .. ':conns'

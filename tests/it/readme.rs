@@ -144,6 +144,30 @@ fn streams(command: &str) -> bool {
         || (command.contains(" watch ") && !command.contains("--count"))
         || command.contains("--count 10")
         || command.contains("subscribe rooms:lobby --count 5")
+        || command.starts_with("curl -N")
+}
+
+/// Whether `text` is server-sent events (`curl -N` of an event stream).
+fn is_sse(text: &str) -> bool {
+    let t = text.trim_start();
+    t.starts_with("data:") || t.starts_with("id:") || t.starts_with("event:") || t.starts_with(':')
+}
+
+/// The JSON `data` of each whole server-sent event in `text` (comments,
+/// such as `: live` and `: heartbeat`, carry none).
+fn sse_data(text: &str) -> Vec<Json> {
+    let whole = text.rfind("\n\n").map_or("", |end| &text[..end]);
+    whole
+        .split("\n\n")
+        .filter_map(|block| {
+            let data: Vec<&str> = block
+                .lines()
+                .filter_map(|l| l.strip_prefix("data:"))
+                .map(str::trim_start)
+                .collect();
+            (!data.is_empty()).then(|| serde_json::from_str(&data.join("\n")).expect("an event's data is JSON"))
+        })
+        .collect()
 }
 
 /// Whether a streaming command's output so far holds a whole first
@@ -154,6 +178,8 @@ fn has_a_whole_message(text: &str) -> bool {
             .into_iter::<Json>()
             .next()
             .is_some_and(|r| r.is_ok())
+    } else if is_sse(text) {
+        !sse_data(text).is_empty()
     } else if text.contains("occupancy at") {
         text.contains("\n\n")
     } else {
@@ -238,6 +264,37 @@ fn check(step: &Step, text: &str, stderr: &str) {
         }
     } else if c.starts_with("occupancy --version") {
         assert!(text.starts_with("occupancy "), "{}", ctx());
+    } else if c.starts_with("occupancy stats") {
+        assert!(text.starts_with("active channels"), "{}", ctx());
+    } else if c.starts_with("curl -N") {
+        let events = sse_data(text);
+        assert!(!events.is_empty(), "{}", ctx());
+        for e in &events {
+            assert_eq!(e["name"], "[meta]occupancy", "{}", ctx());
+            assert!(e["data"]["metrics"].is_object(), "{}", ctx());
+        }
+    } else if c.starts_with("curl -si") {
+        assert!(text.starts_with("HTTP/1.1 200"), "{}", ctx());
+        assert!(text.contains("\"channelId\":\"rooms:lobby\""), "{}", ctx());
+    } else if c.starts_with("curl") {
+        let got: Json = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {}", ctx()));
+        if c.contains("/stats") {
+            assert!(got["activeChannels"].is_u64(), "{}", ctx());
+        } else if c.contains("by=id") {
+            assert!(
+                got.as_array().is_some_and(|a| a.iter().any(|n| n == "rooms:lobby")),
+                "{}",
+                ctx()
+            );
+        } else if let Some(list) = got.as_array() {
+            assert!(
+                !list.is_empty() && list.iter().all(|o| o["channelId"].is_string()),
+                "{}",
+                ctx()
+            );
+        } else {
+            assert_eq!(got["channelId"], "rooms:lobby", "{}", ctx());
+        }
     } else if c.starts_with("occupancy health") {
         assert_eq!(text.trim(), "SERVING", "{}", ctx());
     } else if c.contains("--json") {
@@ -276,8 +333,11 @@ async fn the_readme_works_as_written() {
     assert!(steps.len() >= 15, "{steps:#?}");
     let clone = tempfile::tempdir().unwrap();
     fresh_copy(clone.path());
-    let p = Proc::spawn(&[]);
+    // with the HTTP side on a free port, standing in for the README's
+    // `occupancy --http-listen 8080 &`
+    let p = Proc::spawn(&["--http-listen", "127.0.0.1:0"]);
     let addr = p.addr.to_string();
+    let http_addr = p.http_addr().to_string();
     // `occupancy` on the PATH, as after `cargo install --path .`
     let bin_dir = Path::new(binary()).parent().unwrap().to_path_buf();
     let path = std::env::join_paths(
@@ -295,6 +355,9 @@ async fn the_readme_works_as_written() {
                 Some("a release build or install (the test's own build stands in)")
             }
             "scripts/test" => Some("the test suite itself"),
+            "occupancy" if c.starts_with("occupancy --http-listen 8080 &") => {
+                Some("the test's server, with its HTTP side on a free port, stands in")
+            }
             "scripts/bench" => Some("release builds and minutes of load (bench-table.py is tested)"),
             _ => None,
         };
@@ -324,7 +387,7 @@ async fn the_readme_works_as_written() {
             continue;
         }
         assert!(
-            matches!(first, "grpcurl" | "occupancy" | "python3" | "node"),
+            matches!(first, "grpcurl" | "occupancy" | "python3" | "node" | "curl"),
             "the README's walk-through does not know this command (section {:?}): {c}",
             step.section
         );
@@ -338,7 +401,9 @@ async fn the_readme_works_as_written() {
         }
         // the README's address is the default one; the test's server is on
         // a free port
-        let mut line = c.replace("127.0.0.1:50051", &addr);
+        let mut line = c
+            .replace("127.0.0.1:50051", &addr)
+            .replace("localhost:8080", &http_addr);
         if matches!(first, "python3" | "node") {
             // the examples take the address before their subcommand
             for script in ["occupancy_client.py", "occupancy-client.js"] {

@@ -1,9 +1,12 @@
-//! The client subcommands of the `occupancy` binary: `get`, `list` and
-//! `watch`, for people (tables) and scripts (`--json`, one object a line).
+//! The client subcommands of the `occupancy` binary: `get`, `list`,
+//! `watch` and `stats`, for people (tables) and scripts (`--json`, one
+//! object a line), and `health`, a probe for container health checks.
 //!
 //! Exit codes: 0 success, 1 other errors, 2 bad usage or an argument the
 //! service refused (INVALID_ARGUMENT), 3 the service could not be reached
-//! (UNAVAILABLE, DEADLINE_EXCEEDED).
+//! (no connection, or no answer in time), 4 the service answered but its
+//! store (Redis) is unavailable. `health` exits 0 when SERVING and 1
+//! otherwise, as container and Kubernetes probes expect.
 
 use std::collections::HashMap;
 use std::io::Write;
@@ -19,16 +22,20 @@ use tonic::Code;
 pub const EXIT_USAGE: i32 = 2;
 /// Exit code when the service cannot be reached.
 pub const EXIT_UNREACHABLE: i32 = 3;
+/// Exit code when the service answered that its store is unavailable.
+pub const EXIT_STORE_UNAVAILABLE: i32 = 4;
+/// Where the CLI looks for the service by default.
+pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:50051";
 
 /// Where the service is.
 #[derive(Debug, Clone, Args)]
 pub struct Target {
-    /// Service URL(s), comma-separated (several replicas, or one load
-    /// balancer; https:// for TLS).
+    /// Service address(es), comma-separated (several replicas, or one load
+    /// balancer): HOST:PORT, http://HOST:PORT, or https://HOST:PORT for TLS.
     #[arg(
         long,
         env = "OCCUPANCY_ENDPOINT",
-        default_value = "http://127.0.0.1:50051",
+        default_value = DEFAULT_ENDPOINT,
         value_delimiter = ','
     )]
     pub endpoint: Vec<String>,
@@ -112,6 +119,10 @@ pub struct WatchArgs {
     /// Also follow every channel under this prefix.
     #[arg(long, default_value = "")]
     pub prefix: String,
+    /// Follow every channel (every active one in the first table, and any
+    /// that appears later).
+    #[arg(long, conflicts_with = "prefix")]
+    pub all: bool,
     /// Hold back changes for up to this many ms (zero/non-zero flips are
     /// always shown at once).
     #[arg(long, default_value_t = 0)]
@@ -124,6 +135,64 @@ pub struct WatchArgs {
     pub target: Target,
 }
 
+/// `occupancy stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy stats`: the app-wide totals; returns the exit code.
+pub async fn stats(args: StatsArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &args.target),
+    };
+    match client.stats().await {
+        Ok(s) => {
+            if args.target.json {
+                println!(
+                    "{}",
+                    json!({
+                        "activeChannels": s.active_channels,
+                        "connections": s.connections,
+                        "presenceMembers": s.presence_members,
+                        "sessions": s.sessions,
+                    })
+                );
+            } else {
+                println!("active channels   {}", s.active_channels);
+                println!("connections       {}", s.connections);
+                println!("presence members  {}", s.presence_members);
+                println!("sessions          {}", s.sessions);
+            }
+            0
+        }
+        Err(e) => fail(&e, &args.target),
+    }
+}
+
+/// `occupancy health`.
+#[derive(Debug, Clone, Args)]
+pub struct HealthArgs {
+    /// The replica to check: HOST:PORT, http://HOST:PORT or https://HOST:PORT.
+    #[arg(long, env = "OCCUPANCY_ENDPOINT", default_value = DEFAULT_ENDPOINT)]
+    pub endpoint: String,
+    /// The service to ask about (grpc.health.v1 name); empty for the whole
+    /// server.
+    #[arg(long, default_value = "")]
+    pub service: String,
+    /// Give up after this long (counts as not healthy).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// Exit 0 whenever the replica answers, SERVING or not: a liveness
+    /// probe, so that a Redis outage (NOT_SERVING) takes replicas out of
+    /// load balancing (readiness) without restarting them all.
+    #[arg(long)]
+    pub live: bool,
+}
+
 fn client(t: &Target) -> Result<Client, Error> {
     let mut b = Client::builder().request_timeout(t.timeout).attempts(2);
     for e in &t.endpoint {
@@ -134,22 +203,84 @@ fn client(t: &Target) -> Result<Client, Error> {
 }
 
 /// Prints `err` and returns the exit code for it.
-fn fail(err: &Error) -> i32 {
+fn fail(err: &Error, target: &Target) -> i32 {
+    let at = target.endpoint.join(",");
+    if err.is_store_unavailable() {
+        eprintln!("error: the occupancy service at {at} answered, but its store (Redis) is unavailable; retry later");
+        return EXIT_STORE_UNAVAILABLE;
+    }
+    if err.is_unreachable() {
+        eprintln!("error: the occupancy service cannot be reached at {at}: {err}");
+        return EXIT_UNREACHABLE;
+    }
+    if err.code() == Some(Code::Unimplemented) {
+        eprintln!(
+            "error: {at} answered, but does not offer the occupancy service (UNIMPLEMENTED): is it the right address?"
+        );
+        return 1;
+    }
+    eprintln!("error: {err}");
     match err.code() {
-        None => {
-            eprintln!("error: {err}");
-            EXIT_USAGE
+        None | Some(Code::InvalidArgument) => EXIT_USAGE,
+        Some(_) => 1,
+    }
+}
+
+/// `occupancy health`: asks one replica's grpc.health.v1 service; returns
+/// 0 when it answers SERVING (any status with `--live`) and 1 otherwise
+/// (not serving, no answer, or a bad endpoint), printing the status or
+/// the reason.
+pub async fn health(args: HealthArgs) -> i32 {
+    use tonic_health::pb::{health_check_response::ServingStatus, health_client::HealthClient, HealthCheckRequest};
+    let url = match occupancy_client::endpoint_url(&args.endpoint) {
+        Ok(u) => u,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return 1;
         }
-        Some(Code::InvalidArgument) => {
-            eprintln!("error: {}", err);
-            EXIT_USAGE
+    };
+    let mut endpoint = match tonic::transport::Endpoint::from_shared(url.clone()) {
+        Ok(e) => e.connect_timeout(args.timeout).timeout(args.timeout),
+        Err(e) => {
+            eprintln!("error: invalid endpoint {url}: {e}");
+            return 1;
         }
-        Some(Code::Unavailable | Code::DeadlineExceeded) => {
-            eprintln!("error: the occupancy service cannot be reached: {err}");
-            EXIT_UNREACHABLE
+    };
+    if url.starts_with("https://") {
+        match endpoint.tls_config(tonic::transport::ClientTlsConfig::new().with_native_roots()) {
+            Ok(e) => endpoint = e,
+            Err(e) => {
+                eprintln!("error: {url}: {e}");
+                return 1;
+            }
         }
-        Some(_) => {
-            eprintln!("error: {err}");
+    }
+    let check = async {
+        let channel = endpoint.connect().await.map_err(|e| format!("cannot connect: {e}"))?;
+        HealthClient::new(channel)
+            .check(HealthCheckRequest {
+                service: args.service.clone(),
+            })
+            .await
+            .map(|r| r.into_inner().status)
+            .map_err(|s| format!("{:?}: {}", s.code(), s.message()))
+    };
+    match tokio::time::timeout(args.timeout, check).await {
+        Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
+            println!("SERVING");
+            0
+        }
+        Ok(Ok(status)) => {
+            let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
+            println!("{name}");
+            i32::from(!args.live)
+        }
+        Ok(Err(e)) => {
+            eprintln!("error: {url}: {e}");
+            1
+        }
+        Err(_) => {
+            eprintln!("error: {url}: no answer within {:?}", args.timeout);
             1
         }
     }
@@ -259,7 +390,7 @@ fn details_table(details: &[proto::ChannelDetails]) -> String {
 pub async fn get(args: GetArgs) -> i32 {
     let client = match client(&args.target) {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e, &args.target),
     };
     match client.batch_get(&args.channels).await {
         Ok(details) => {
@@ -272,7 +403,7 @@ pub async fn get(args: GetArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, &args.target),
     }
 }
 
@@ -280,7 +411,7 @@ pub async fn get(args: GetArgs) -> i32 {
 pub async fn list(args: ListArgs) -> i32 {
     let client = match client(&args.target) {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e, &args.target),
     };
     let by_value = args.by == "value";
     match client.list_all(&args.prefix, by_value).await {
@@ -298,7 +429,7 @@ pub async fn list(args: ListArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(&e),
+        Err(e) => fail(&e, &args.target),
     }
 }
 
@@ -308,22 +439,34 @@ fn clock(ms: i64) -> String {
     format!("{h:02}:{m:02}:{s:02}.{:03} UTC", ms.rem_euclid(1000))
 }
 
+/// Shortest time between two redraws of the `watch` table: a burst of
+/// changes is drawn once, then once more after the last change.
+const REDRAW_EVERY: Duration = Duration::from_millis(200);
+
 /// `occupancy watch`: returns the exit code.
+///
+/// The table is drawn first once the snapshot has arrived (no change for
+/// [`REDRAW_EVERY`], even when nothing matched: then it has a header
+/// only), then at most every [`REDRAW_EVERY`] while changes arrive, and
+/// always once more after the last one, so it never shows a stale row.
 pub async fn watch(args: WatchArgs) -> i32 {
-    if args.channels.is_empty() && args.prefix.is_empty() {
-        eprintln!("error: give channels to watch, or --prefix");
+    if args.channels.is_empty() && args.prefix.is_empty() && !args.all {
+        eprintln!("error: give channels to watch, --prefix or --all");
         return EXIT_USAGE;
     }
     let client = match client(&args.target) {
         Ok(c) => c,
-        Err(e) => return fail(&e),
+        Err(e) => return fail(&e, &args.target),
     };
     let mut state: HashMap<String, (proto::Metrics, i64)> = HashMap::new();
     let mut resume = String::new();
     let mut seen: u64 = 0;
     let mut failures = 0u32;
-    let mut last_draw = Instant::now() - Duration::from_secs(1);
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    // when the table must be drawn next, if it shows anything out of date
+    // (the first table is due once the snapshot stops arriving)
+    let mut last_draw: Option<Instant> = None;
+    let mut due: Option<tokio::time::Instant> = None;
     loop {
         let req = proto::SubscribeOccupancyRequest {
             channels: args.channels.clone(),
@@ -331,19 +474,19 @@ pub async fn watch(args: WatchArgs) -> i32 {
             categories: vec![],
             debounce_ms: args.debounce_ms,
             resume_from: resume.clone(),
+            all_channels: args.all,
         };
         let mut svc = OccupancyServiceClient::new(client.occupancy_service_channel());
         let stream = tokio::time::timeout(args.target.timeout, svc.subscribe_occupancy(req)).await;
         let mut stream = match stream {
-            Ok(Ok(s)) => {
-                failures = 0;
-                s.into_inner()
+            Ok(Ok(s)) => s.into_inner(),
+            Ok(Err(status)) if status.code() == Code::InvalidArgument => {
+                return fail(&Error::Status(status), &args.target)
             }
-            Ok(Err(status)) if status.code() == Code::InvalidArgument => return fail(&Error::Status(status)),
             Ok(Err(status)) => {
                 failures += 1;
                 if failures >= 3 {
-                    return fail(&Error::Status(status));
+                    return fail(&Error::Status(status), &args.target);
                 }
                 client.rotate();
                 tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
@@ -352,17 +495,53 @@ pub async fn watch(args: WatchArgs) -> i32 {
             Err(_) => {
                 failures += 1;
                 if failures >= 3 {
-                    return fail(&Error::Status(tonic::Status::deadline_exceeded("no answer")));
+                    return fail(
+                        &Error::Status(tonic::Status::deadline_exceeded("no answer")),
+                        &args.target,
+                    );
                 }
                 client.rotate();
                 continue;
             }
         };
-        while let Ok(Some(r)) = stream.message().await {
+        // a busy system never stops sending: the first table is drawn
+        // within a second in any case
+        let first_by = tokio::time::Instant::now() + Duration::from_secs(1);
+        if !args.target.json && last_draw.is_none() {
+            due = Some(tokio::time::Instant::now() + REDRAW_EVERY);
+        }
+        loop {
+            let msg = tokio::select! {
+                m = stream.message() => m,
+                () = sleep_until(due), if due.is_some() => {
+                    due = None;
+                    last_draw = Some(Instant::now());
+                    draw(&state, tty);
+                    continue;
+                }
+            };
+            let r = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => break,
+                Err(status) if status.code() == Code::InvalidArgument => {
+                    return fail(&Error::Status(status), &args.target)
+                }
+                Err(status) => {
+                    // e.g. the store is down: the snapshot failed; give up
+                    // after three tries in a row, as when connecting fails
+                    failures += 1;
+                    if failures >= 3 {
+                        return fail(&Error::Status(status), &args.target);
+                    }
+                    break;
+                }
+            };
             let Some(e) = r.event else { continue };
+            failures = 0;
             resume = e.id.clone();
             seen += 1;
             let m = e.metrics.unwrap_or_default();
+            let last = args.count > 0 && seen >= args.count;
             if args.target.json {
                 println!(
                     "{}",
@@ -374,18 +553,32 @@ pub async fn watch(args: WatchArgs) -> i32 {
                 let _ = std::io::stdout().flush();
             } else {
                 state.insert(e.channel.clone(), (m, e.timestamp_ms));
-                if last_draw.elapsed() >= Duration::from_millis(200) || (args.count > 0 && seen >= args.count) {
-                    last_draw = Instant::now();
+                if last {
                     draw(&state, tty);
+                } else if let Some(at) = last_draw {
+                    // drawn before: redraw at once if the last draw is old
+                    // enough, else when it is; never later than that
+                    let next = tokio::time::Instant::from_std(at + REDRAW_EVERY);
+                    due = Some(due.map_or(next, |d| d.min(next)));
+                } else {
+                    // still in the snapshot: draw once it stops arriving
+                    due = Some((tokio::time::Instant::now() + REDRAW_EVERY).min(first_by));
                 }
             }
-            if args.count > 0 && seen >= args.count {
+            if last {
                 return 0;
             }
         }
         // the replica went away: continue on the next one where we were
         client.rotate();
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+async fn sleep_until(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

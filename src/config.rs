@@ -1,7 +1,7 @@
 //! Command line and environment configuration (clap derive; every flag is
 //! also an `OCCUPANCY_*` variable), validated before anything binds.
 
-use std::net::SocketAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,6 +48,38 @@ pub enum Command {
     Key(crate::auth::commands::KeyArgs),
     /// Sign a short-lived token with an API key (HS256).
     Token(crate::auth::commands::TokenArgs),
+    /// Print the app-wide totals (active channels, connections, presence
+    /// members, sessions).
+    Stats(crate::cli::StatsArgs),
+    /// Check a replica's health (grpc.health.v1): exit 0 when SERVING,
+    /// 1 otherwise; for container HEALTHCHECKs and Kubernetes exec probes.
+    Health(crate::cli::HealthArgs),
+}
+
+/// `HOST:PORT` to listen on, the host a name (`localhost`) or an address
+/// (`0.0.0.0`, `[::]`). A name that resolves to several addresses listens
+/// on the first IPv4 one (where most clients of `localhost` go first),
+/// else on the first.
+pub fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(a) = s.parse::<SocketAddr>() {
+        return Ok(a);
+    }
+    let Some((host, port)) = s.rsplit_once(':') else {
+        return Err("expected HOST:PORT (e.g. 127.0.0.1:50051, localhost:50051, 0.0.0.0:50051)".into());
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err("expected HOST:PORT with a port of 0 to 65535 (e.g. localhost:50051)".into());
+    }
+    let addrs: Vec<SocketAddr> = s
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?
+        .collect();
+    addrs
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| addrs.first())
+        .copied()
+        .ok_or_else(|| format!("{host} resolves to no address"))
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -70,6 +102,14 @@ fn parse_positive(s: &str) -> Result<Duration, String> {
     Ok(d)
 }
 
+/// An HTTP listen address: `HOST:PORT`, or a bare port for loopback.
+fn parse_http_listen(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(port) = s.parse::<u16>() {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    parse_listen(s).map_err(|e| format!("{e}; or a bare port for loopback (e.g. 8080)"))
+}
+
 fn parse_grace(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d > Duration::from_secs(600) {
@@ -81,13 +121,22 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 /// Options of `occupancy serve`.
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
-    /// Address to serve gRPC on.
-    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051")]
+    /// Address to serve gRPC on: HOST:PORT, the host a name or an address.
+    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
     pub listen: SocketAddr,
-    /// Redis URL (redis:// or rediss://); unset runs on the in-memory store
-    /// (one process only).
+    /// Address of the HTTP side (REST, server-sent events, /stats,
+    /// /metrics, the dashboard); off unless set. HOST:PORT resolved like
+    /// --listen; a bare port listens on loopback.
+    #[arg(long, env = "OCCUPANCY_HTTP_LISTEN", value_parser = parse_http_listen)]
+    pub http_listen: Option<SocketAddr>,
+    /// Redis URL (redis:// or rediss:// for TLS); unset runs on the
+    /// in-memory store (one process only).
     #[arg(long, env = "OCCUPANCY_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// PEM file of the CA certificate(s) to trust for a rediss:// URL
+    /// instead of the system's roots (a private CA).
+    #[arg(long, env = "OCCUPANCY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key, so deployments can share a Redis.
     #[arg(long, env = "OCCUPANCY_KEY_PREFIX", default_value = "occupancy")]
     pub key_prefix: String,
@@ -165,6 +214,8 @@ pub struct Config {
     pub health_interval: Duration,
     /// Drain time on shutdown.
     pub shutdown_grace: Duration,
+    /// Where the HTTP side listens, if anywhere.
+    pub http_listen: Option<SocketAddr>,
     /// Quiet time after which a subscription stream gets a heartbeat.
     pub stream_heartbeat: Duration,
     /// Access control; `None`: every caller may do everything.
@@ -182,6 +233,7 @@ impl Config {
             reap_interval: Duration::from_millis(250),
             health_interval: Duration::from_secs(1),
             shutdown_grace: Duration::from_secs(10),
+            http_listen: None,
             stream_heartbeat: Duration::from_secs(20),
             auth: None,
             tls: None,
@@ -209,7 +261,14 @@ impl ServeArgs {
                 redis::Client::open(url.as_str()).map_err(|e| format!("invalid --redis-url: {e}"))?;
                 crate::store::redis::keys::validate_prefix(&self.key_prefix)
                     .map_err(|e| format!("invalid --key-prefix: {e}"))?;
+                if let Some(ca) = &self.redis_ca_file {
+                    if !url.starts_with("rediss://") {
+                        return Err("invalid --redis-ca-file: only used with a rediss:// --redis-url".into());
+                    }
+                    crate::store::redis::read_ca_file(ca).map_err(|e| format!("invalid --redis-ca-file: {e}"))?;
+                }
                 StoreConfig::Redis(RedisConfig {
+                    tls_ca_file: self.redis_ca_file.clone(),
                     url: url.clone(),
                     key_prefix: self.key_prefix.clone(),
                     timeout: self.redis_timeout,
@@ -220,6 +279,10 @@ impl ServeArgs {
             }
         };
         check_anonymous(&self.listen, self.auth_keys.is_some(), self.allow_anonymous)?;
+        if let Some(http) = &self.http_listen {
+            // the HTTP side serves the same data under the same keys
+            check_anonymous(http, self.auth_keys.is_some(), self.allow_anonymous)?;
+        }
         let auth = match &self.auth_keys {
             None => None,
             Some(path) => Some(Arc::new(
@@ -245,6 +308,7 @@ impl ServeArgs {
             reap_interval: self.reap_interval,
             health_interval: self.health_interval,
             shutdown_grace: self.shutdown_grace,
+            http_listen: self.http_listen,
             stream_heartbeat: self.stream_heartbeat,
             auth,
             tls,
@@ -283,8 +347,27 @@ mod tests {
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "500ms"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "11m"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "nope"]).is_err());
+        assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "localhost"]).is_err());
+        assert!(Cli::try_parse_from(["occupancy", "serve", "--listen", "localhost:99999"]).is_err());
+        let cli = Cli::try_parse_from(["occupancy", "--listen", "localhost:50070"]).unwrap();
+        assert!(cli.serve.listen.ip().is_loopback() && cli.serve.listen.port() == 50070);
+        assert_eq!(parse_listen("0.0.0.0:1").unwrap(), SocketAddr::from(([0, 0, 0, 0], 1)));
+        let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--redis-ca-file", "/nope"]).unwrap();
+        assert!(cli.serve.to_config().unwrap_err().contains("--redis-ca-file"));
+        let cli = Cli::try_parse_from(["occupancy", "--redis-url", "rediss://x", "--redis-ca-file", "/nope"]).unwrap();
+        let e = cli.serve.to_config().unwrap_err();
+        assert!(e.contains("--redis-ca-file") && e.contains("/nope"), "{e}");
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "redis://x", "--key-prefix", "a{b"]).unwrap();
         assert!(cli.serve.to_config().unwrap_err().contains("key-prefix"));
+        let cli = Cli::try_parse_from(["occupancy", "--http-listen", "8080"]).unwrap();
+        assert_eq!(
+            cli.serve.to_config().unwrap().http_listen,
+            Some(([127, 0, 0, 1], 8080).into())
+        );
+        assert!(Cli::try_parse_from(["occupancy", "--http-listen", "nope"]).is_err());
+        let cli = Cli::try_parse_from(["occupancy", "--http-listen", "localhost:8080"]).unwrap();
+        let http = cli.serve.to_config().unwrap().http_listen.unwrap();
+        assert!(http.ip().is_loopback() && http.port() == 8080);
         let cli = Cli::try_parse_from(["occupancy", "--redis-url", "nope://"]).unwrap();
         assert!(cli.serve.to_config().is_err());
     }

@@ -1,5 +1,5 @@
 //! The service's one error type, and the one place that picks gRPC status
-//! codes for it.
+//! codes and HTTP statuses (with the JSON error body) for it.
 
 use crate::auth::AuthError;
 use crate::domain::InvalidInput;
@@ -20,6 +20,9 @@ pub enum Error {
     /// (PERMISSION_DENIED); nothing was changed.
     #[error(transparent)]
     Auth(#[from] AuthError),
+    /// Nothing is served at this address (HTTP routes).
+    #[error("{0}")]
+    NotFound(String),
     /// The store cannot be reached in time (timeouts, refused or dropped
     /// connections, a loading or read-only Redis).
     #[error("store unavailable: {0}")]
@@ -42,13 +45,77 @@ impl From<Error> for tonic::Status {
             // names the key id and channel, never a secret
             Error::Auth(e) if e.is_unauthenticated() => tonic::Status::unauthenticated(e.to_string()),
             Error::Auth(e) => tonic::Status::permission_denied(e.to_string()),
+            Error::NotFound(msg) => tonic::Status::not_found(msg),
             Error::Unavailable(cause) => {
-                tracing::warn!(%cause, "store unavailable");
-                tonic::Status::unavailable("occupancy store unavailable, retry later")
+                // debug, not warn: during an outage every call fails the
+                // same way, and the health probe logs the outage once
+                tracing::debug!(%cause, "store unavailable");
+                let mut status = tonic::Status::unavailable("occupancy store unavailable, retry later");
+                // tells clients the service itself answered (it is reachable;
+                // its Redis is not)
+                status.metadata_mut().insert(
+                    occupancy_client::STORE_UNAVAILABLE_METADATA,
+                    tonic::metadata::MetadataValue::from_static("1"),
+                );
+                status
             }
             Error::Internal(cause) => {
                 tracing::error!(%cause, "internal error");
                 tonic::Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// The JSON body of every HTTP error:
+/// `{"error": {"code", "statusCode", "message", "field"?}}`, where `code` is
+/// the stable name of the gRPC status the same failure gets
+/// (`INVALID_ARGUMENT`, ...), and `field` names the bad parameter.
+pub fn http_error(
+    status: axum::http::StatusCode,
+    code: &str,
+    message: &str,
+    field: Option<&str>,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let mut error = serde_json::json!({
+        "code": code,
+        "statusCode": status.as_u16(),
+        "message": message,
+    });
+    if let Some(f) = field {
+        error["field"] = serde_json::Value::from(f);
+    }
+    (status, axum::Json(serde_json::json!({ "error": error }))).into_response()
+}
+
+impl axum::response::IntoResponse for Error {
+    fn into_response(self) -> axum::response::Response {
+        use axum::http::StatusCode as S;
+        match self {
+            Error::InvalidInput(e) => http_error(S::BAD_REQUEST, "INVALID_ARGUMENT", &e.to_string(), Some(&e.field)),
+            Error::FailedPrecondition(msg) => http_error(S::CONFLICT, "FAILED_PRECONDITION", &msg, None),
+            Error::ResourceExhausted(msg) => http_error(S::TOO_MANY_REQUESTS, "RESOURCE_EXHAUSTED", &msg, None),
+            // the same split as gRPC: unknown caller 401, known but not
+            // allowed 403; the message names the key id, never a secret
+            Error::Auth(e) if e.is_unauthenticated() => {
+                http_error(S::UNAUTHORIZED, "UNAUTHENTICATED", &e.to_string(), None)
+            }
+            Error::Auth(e) => http_error(S::FORBIDDEN, "PERMISSION_DENIED", &e.to_string(), None),
+            Error::NotFound(msg) => http_error(S::NOT_FOUND, "NOT_FOUND", &msg, None),
+            Error::Unavailable(cause) => {
+                // debug, as for gRPC: the health probe logs the outage once
+                tracing::debug!(%cause, "store unavailable");
+                http_error(
+                    S::SERVICE_UNAVAILABLE,
+                    "UNAVAILABLE",
+                    "occupancy store unavailable, retry later",
+                    None,
+                )
+            }
+            Error::Internal(cause) => {
+                tracing::error!(%cause, "internal error");
+                http_error(S::INTERNAL_SERVER_ERROR, "INTERNAL", "internal error", None)
             }
         }
     }
@@ -92,6 +159,7 @@ mod tests {
         assert!(s.message().contains("channel"));
         let s: tonic::Status = Error::Unavailable("x".into()).into();
         assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(occupancy_client::Error::from(s).is_store_unavailable());
         let s: tonic::Status = Error::Internal("secret detail".into()).into();
         assert_eq!(s.code(), tonic::Code::Internal);
         assert!(!s.message().contains("secret"));
@@ -106,6 +174,26 @@ mod tests {
         .into();
         assert_eq!(s.code(), tonic::Code::PermissionDenied);
         assert!(s.message().contains("rooms:1"));
+    }
+
+    #[test]
+    fn http_statuses() {
+        use axum::response::IntoResponse;
+        let r = Error::from(InvalidInput::new("limit", "too big")).into_response();
+        assert_eq!(r.status(), 400);
+        assert_eq!(Error::NotFound("x".into()).into_response().status(), 404);
+        assert_eq!(
+            Error::from(AuthError::Expired("k".into())).into_response().status(),
+            401
+        );
+        let denied = AuthError::Denied {
+            key: "k".into(),
+            op: crate::auth::Op::Read,
+            channel: "rooms:1".into(),
+        };
+        assert_eq!(Error::from(denied).into_response().status(), 403);
+        assert_eq!(Error::Unavailable("x".into()).into_response().status(), 503);
+        assert_eq!(Error::Internal("x".into()).into_response().status(), 500);
     }
 
     #[test]

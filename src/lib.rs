@@ -13,9 +13,13 @@
 //! - [`tls`]: server TLS with certificate reload and optional mTLS.
 //! - [`api`]: gRPC adapters from protobuf to the domain and back (and the
 //!   interceptor that authenticates calls).
+//! - [`http`]: the HTTP side (axum): Ably-shaped REST, server-sent
+//!   events, `/stats`, `/metrics`, the OpenAPI document and the dashboard
+//!   (with the same access control as gRPC when keys are configured).
+//! - [`telemetry`]: Prometheus metrics of the replica.
 //! - [`error`]: the one error type and its mapping to gRPC codes.
 //! - [`config`]: command line and environment configuration.
-//! - [`cli`]: the `get`, `list` and `watch` client subcommands.
+//! - [`cli`]: the `get`, `list`, `watch` and `health` client subcommands.
 //! - [`server`]: [`run`] assembles the services, health, reflection,
 //!   background tasks and graceful shutdown on an already-bound listener.
 //! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.
@@ -27,9 +31,11 @@ pub mod config;
 pub mod domain;
 pub mod error;
 pub mod fanout;
+pub mod http;
 pub mod proto;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod tls;
 
 pub use config::Config;

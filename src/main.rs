@@ -21,6 +21,8 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Watch(a)) => std::process::exit(occupancy::cli::watch(a).await),
         Some(Command::Key(a)) => std::process::exit(occupancy::auth::commands::key(&a)),
         Some(Command::Token(a)) => std::process::exit(occupancy::auth::commands::token(&a)),
+        Some(Command::Stats(a)) => std::process::exit(occupancy::cli::stats(a).await),
+        Some(Command::Health(a)) => std::process::exit(occupancy::cli::health(a).await),
     };
     let config = match args.to_config() {
         Ok(c) => c,
@@ -36,9 +38,19 @@ async fn main() -> anyhow::Result<()> {
     } else {
         tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi).init();
     }
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
-        .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", args.listen))?;
+    let listener = match tokio::net::TcpListener::bind(args.listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            // one line, nothing else: the usual cause is another process
+            let hint = if e.kind() == std::io::ErrorKind::AddrInUse {
+                " (another process holds this port: stop it or choose another --listen)"
+            } else {
+                ""
+            };
+            eprintln!("error: cannot listen on {}: {e}{hint}", args.listen);
+            std::process::exit(1);
+        }
+    };
     occupancy::run(listener, config, shutdown_signal()).await?;
     Ok(())
 }

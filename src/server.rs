@@ -1,5 +1,6 @@
-//! Assembles the gRPC server: services, health, reflection, background
-//! tasks (lease reaper, health probe) and graceful shutdown.
+//! Assembles the gRPC server (services, health, reflection), the HTTP side
+//! when configured, background tasks (lease reaper, health probe), metrics
+//! and graceful shutdown.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -18,6 +19,7 @@ use crate::config::{Config, StoreConfig};
 use crate::error::{Error, Result, MAX_REQUEST_BYTES};
 use crate::proto::v1 as pb;
 use crate::store::{MemoryStore, RedisStore, Store};
+use crate::telemetry::{GrpcMetricsLayer, Telemetry};
 
 /// Builds the configured store.
 ///
@@ -59,10 +61,11 @@ pub async fn run_with_store(
 }
 
 /// [`run_with_store`] with the event hub given too, so tests can look at
-/// its queues.
+/// its queues. Binds the HTTP side's address (`config.http_listen`) when
+/// set.
 ///
 /// # Errors
-/// A transport failure.
+/// A transport failure, or an HTTP address that cannot be bound.
 pub async fn run_with(
     listener: TcpListener,
     config: Config,
@@ -70,10 +73,35 @@ pub async fn run_with(
     hub: Arc<crate::fanout::Hub>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
+    let http = match config.http_listen {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(|e| Error::Internal(format!("cannot listen on --http-listen {addr}: {e}")))?,
+        ),
+        None => None,
+    };
+    run_with_http(listener, http, config, store, hub, shutdown).await
+}
+
+/// [`run_with`] with the HTTP side's listener (if any) bound by the caller,
+/// so tests can bind port 0.
+///
+/// # Errors
+/// A transport failure.
+pub async fn run_with_http(
+    listener: TcpListener,
+    http: Option<TcpListener>,
+    config: Config,
+    store: Arc<dyn Store>,
+    hub: Arc<crate::fanout::Hub>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<()> {
     let addr = listener.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
     let cancel = CancellationToken::new();
+    let telemetry = Arc::new(Telemetry::new());
     let (health, health_service) = tonic_health::server::health_reporter();
-    set_serving(&health, store.ping().await.is_ok()).await;
+    set_serving(&health, &telemetry, store.ping().await.is_ok()).await;
 
     store.feed(hub.clone(), cancel.clone());
 
@@ -87,10 +115,16 @@ pub async fn run_with(
     };
 
     let mut tasks = vec![
-        tokio::spawn(reaper(store.clone(), config.reap_interval, cancel.clone())),
+        tokio::spawn(reaper(
+            store.clone(),
+            telemetry.clone(),
+            config.reap_interval,
+            cancel.clone(),
+        )),
         tokio::spawn(health_probe(
             store.clone(),
             health.clone(),
+            telemetry.clone(),
             config.health_interval,
             cancel.clone(),
         )),
@@ -103,6 +137,25 @@ pub async fn run_with(
         warn!("no --auth-keys: every caller may read and change every channel");
     }
     let authenticate = crate::api::auth::Authenticate(auth.clone());
+    let http_task = if let Some(http) = http {
+        let http_addr = http.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
+        info!(http = %http_addr, "HTTP side listening");
+        let state = crate::http::HttpState {
+            store: store.clone(),
+            hub: hub.clone(),
+            cancel: cancel.clone(),
+            telemetry: telemetry.clone(),
+            heartbeat: config.stream_heartbeat,
+            auth: auth.clone(),
+        };
+        Some(tokio::spawn(async move {
+            if let Err(e) = crate::http::serve(http, state).await {
+                warn!(cause = %e, "HTTP side stopped");
+            }
+        }))
+    } else {
+        None
+    };
 
     // Both reflection versions: v1 for current tools, v1alpha for the
     // many grpcurl and IDE builds that still ask only for it.
@@ -121,17 +174,47 @@ pub async fn run_with(
     let signal = {
         let cancel = cancel.clone();
         let health = health.clone();
+        let telemetry = telemetry.clone();
         async move {
             shutdown.await;
             info!("shutting down");
-            set_serving(&health, false).await;
+            set_serving(&health, &telemetry, false).await;
             cancel.cancel();
         }
     };
 
-    info!(%addr, tls = tls.is_some(), auth = auth.enabled(), "serving");
+    // everything an operator needs to know which replica this is, once
+    let version = env!("CARGO_PKG_VERSION");
+    let tls_on = tls.is_some();
+    let auth_on = auth.enabled();
+    match &config.store {
+        StoreConfig::Memory => info!(
+            %addr,
+            %version,
+            tls = tls_on,
+            auth = auth_on,
+            store = %"memory",
+            event_shards = store.shards(),
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+        StoreConfig::Redis(r) => info!(
+            %addr,
+            %version,
+            tls = tls_on,
+            auth = auth_on,
+            store = %"redis",
+            redis = %redacted(&r.url),
+            key_prefix = %r.key_prefix,
+            event_shards = store.shards(),
+            stream_max_len = r.stream_max_len,
+            session_ttl = ?config.session_ttl,
+            "serving"
+        ),
+    }
     let router = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .layer(GrpcMetricsLayer::new(telemetry.clone()))
         .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
         .add_service(reflection_v1)
@@ -175,6 +258,13 @@ pub async fn run_with(
         }
     };
     cancel.cancel();
+    if let Some(mut t) = http_task {
+        // event streams ended on cancel; other requests get the grace period
+        if tokio::time::timeout(grace, &mut t).await.is_err() {
+            warn!("HTTP requests still open after the grace period, closing them");
+            t.abort();
+        }
+    }
     for t in tasks {
         let _ = t.await;
     }
@@ -182,7 +272,20 @@ pub async fn run_with(
     result
 }
 
-async fn set_serving(health: &HealthReporter, serving: bool) {
+/// `url` without its password, for logs.
+fn redacted(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let userinfo = &url[scheme + 3..at];
+            let user = userinfo.split(':').next().unwrap_or("");
+            format!("{}{user}:***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_string(),
+    }
+}
+
+async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bool) {
+    telemetry.set_serving(serving);
     use pb::connection_service_server::ConnectionServiceServer as C;
     use pb::occupancy_service_server::OccupancyServiceServer as O;
     let status = if serving {
@@ -216,7 +319,10 @@ async fn next_tick(tick: &mut tokio::time::Interval, cancel: &CancellationToken)
 
 /// Runs lease expiry rounds until cancelled. Every replica runs one; the
 /// store makes concurrent rounds safe.
-async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToken) {
+async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duration, cancel: CancellationToken) {
+    // a failing store fails every round (4 a second by default): log the
+    // outage once, sum it up now and then, and log its end
+    let outage = crate::store::outage::OutageLog::new("session reaper");
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
         // Keep going while work remains, at most 100 rounds per tick so a
@@ -224,6 +330,8 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
         for _ in 0..100 {
             match store.reap().await {
                 Ok(r) => {
+                    telemetry.reaped(r.sessions_expired, r.connections_removed);
+                    outage.recovered(0);
                     if r.sessions_expired > 0 {
                         info!(
                             sessions = r.sessions_expired,
@@ -236,7 +344,8 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
                     }
                 }
                 Err(e) => {
-                    warn!(cause = %e, "reap round failed");
+                    telemetry.reap_failed();
+                    outage.failed(0, &e);
                     break;
                 }
             }
@@ -245,7 +354,13 @@ async fn reaper(store: Arc<dyn Store>, every: Duration, cancel: CancellationToke
 }
 
 /// Keeps the health service's status in line with the store's.
-async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Duration, cancel: CancellationToken) {
+async fn health_probe(
+    store: Arc<dyn Store>,
+    health: HealthReporter,
+    telemetry: Arc<Telemetry>,
+    every: Duration,
+    cancel: CancellationToken,
+) {
     let mut serving = None;
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
@@ -256,8 +371,21 @@ async fn health_probe(store: Arc<dyn Store>, health: HealthReporter, every: Dura
                 Ok(()) => info!("store ready: SERVING"),
                 Err(e) => warn!(cause = %e, "store not ready: NOT_SERVING"),
             }
-            set_serving(&health, ok).await;
+            set_serving(&health, &telemetry, ok).await;
             serving = Some(ok);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn passwords_are_not_logged() {
+        assert_eq!(super::redacted("redis://127.0.0.1:6379/"), "redis://127.0.0.1:6379/");
+        assert_eq!(
+            super::redacted("rediss://app:s3cret@r:6380/0"),
+            "rediss://app:***@r:6380/0"
+        );
+        assert_eq!(super::redacted("redis://:s3cret@r/"), "redis://:***@r/");
     }
 }

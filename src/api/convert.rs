@@ -61,6 +61,33 @@ pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
     }
 }
 
+/// The channels of a batch read: 1 to [`domain::list::MAX_BATCH_GET`]
+/// valid names, each error naming `channels[i]`.
+pub fn batch_channels(names: Vec<String>) -> Result<Vec<ChannelName>, InvalidInput> {
+    use domain::list::MAX_BATCH_GET;
+    if names.is_empty() || names.len() > MAX_BATCH_GET {
+        return Err(InvalidInput::new(
+            "channels",
+            format!("must hold 1 to {MAX_BATCH_GET} channels, got {}", names.len()),
+        ));
+    }
+    names
+        .into_iter()
+        .enumerate()
+        .map(|(i, n)| ChannelName::parse(&format!("channels[{i}]"), n))
+        .collect()
+}
+
+/// App-wide totals as proto.
+pub fn stats(t: domain::Totals) -> pb::AppStats {
+    pb::AppStats {
+        active_channels: t.active_channels,
+        connections: t.connections,
+        presence_members: t.presence_members,
+        sessions: t.sessions,
+    }
+}
+
 /// The list order of a request.
 pub fn list_order(v: i32) -> Result<ListOrder, InvalidInput> {
     match pb::ListOrder::try_from(v) {
@@ -215,8 +242,23 @@ pub fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spe
         }
         Some(r.prefix)
     };
+    let prefix = if r.all_channels {
+        if prefix.is_some() {
+            return Err(InvalidInput::new(
+                "all_channels",
+                "cannot be combined with prefix (it already follows every channel)",
+            ));
+        }
+        // the empty prefix: every name starts with it
+        Some(String::new())
+    } else {
+        prefix
+    };
     if channels.is_empty() && prefix.is_none() {
-        return Err(InvalidInput::new("channels", "give at least one channel or a prefix"));
+        return Err(InvalidInput::new(
+            "channels",
+            "give at least one channel, a prefix, or all_channels",
+        ));
     }
     let categories = r
         .categories

@@ -9,3 +9,4 @@ mod occupancy;
 
 pub use connection::ConnectionApi;
 pub use occupancy::OccupancyApi;
+pub(crate) use occupancy::{list_for, until_expiry};

@@ -11,8 +11,8 @@ use tracing::instrument;
 use super::auth::principal;
 use super::convert;
 use crate::auth::{Op, Principal};
-use crate::domain::list::{encode_cursor, MAX_BATCH_GET, MAX_LIMIT};
-use crate::domain::{ChannelName, InvalidInput, ListOrder, ListPage, ListQuery};
+use crate::domain::list::{encode_cursor, MAX_LIMIT};
+use crate::domain::{ChannelName, ListOrder, ListPage, ListQuery};
 use crate::error::Error;
 use crate::fanout::subscription::{self, Item};
 use crate::fanout::Hub;
@@ -66,6 +66,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         tracing::info!(
             channels = spec.channels.len(),
             prefix = spec.prefix.as_deref().unwrap_or(""),
+            all_channels = spec.prefix.as_deref() == Some(""),
             resume = spec.resume.is_some(),
             "subscription opened"
         );
@@ -105,20 +106,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         req: Request<pb::BatchGetOccupancyRequest>,
     ) -> Result<Response<pb::BatchGetOccupancyResponse>, Status> {
         let who = principal(&req)?;
-        let names = req.into_inner().channels;
-        if names.is_empty() || names.len() > MAX_BATCH_GET {
-            return Err(Error::from(InvalidInput::new(
-                "channels",
-                format!("must hold 1 to {MAX_BATCH_GET} channels, got {}", names.len()),
-            ))
-            .into());
-        }
-        let channels = names
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| ChannelName::parse(&format!("channels[{i}]"), n))
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(Error::from)?;
+        let channels = convert::batch_channels(req.into_inner().channels).map_err(Error::from)?;
         // one forbidden channel refuses the whole request, naming it
         for c in &channels {
             who.check(Op::Read, c.as_str()).map_err(Error::from)?;
@@ -130,6 +118,17 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
                 .zip(metrics)
                 .map(|(c, m)| convert::details(c.into_string(), Some(m)))
                 .collect(),
+        }))
+    }
+
+    #[instrument(level = "debug", skip_all)]
+    async fn get_stats(&self, req: Request<pb::GetStatsRequest>) -> Result<Response<pb::GetStatsResponse>, Status> {
+        // totals span every channel: only a credential that may read every
+        // channel sees them
+        principal(&req)?.check_prefix(Op::Read, "").map_err(Error::from)?;
+        let t = self.store.stats().await?;
+        Ok(Response::new(pb::GetStatsResponse {
+            stats: Some(convert::stats(t)),
         }))
     }
 
@@ -158,7 +157,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
 /// Ends `stream` with UNAUTHENTICATED when the token it was opened with
 /// expires (`exp`, Unix seconds); the client subscribes again with a fresh
 /// token and `resume_from` set to the last event id, and misses nothing.
-fn until_expiry(
+pub(crate) fn until_expiry(
     stream: impl Stream<Item = Item> + Send + 'static,
     exp: u64,
 ) -> impl Stream<Item = Item> + Send + 'static {
@@ -193,7 +192,7 @@ fn until_expiry(
 /// # Errors
 /// PERMISSION_DENIED for a credential that may read no channel at all;
 /// the store's.
-async fn list_for(store: &dyn Store, who: &Principal, q: ListQuery) -> Result<ListPage, Error> {
+pub(crate) async fn list_for(store: &dyn Store, who: &Principal, q: ListQuery) -> Result<ListPage, Error> {
     // a credential that may read nothing is refused outright
     who.check_any(Op::Read)?;
     if who.covers(Op::Read, &q.prefix) {

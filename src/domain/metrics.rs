@@ -133,6 +133,22 @@ impl Metrics {
     }
 }
 
+/// App-wide totals, kept by the stores as channels change (never by
+/// scanning): what `/stats`, `GetStats` and `occupancy stats` report.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+pub struct Totals {
+    /// Channels with at least one connection attached.
+    pub active_channels: u64,
+    /// The sum of every active channel's `connections` (a connection
+    /// attached to three channels counts three times, as in the channels'
+    /// own counts).
+    pub connections: u64,
+    /// The sum of every active channel's `presence_members`.
+    pub presence_members: u64,
+    /// Sessions (front end leases) currently open.
+    pub sessions: u64,
+}
+
 /// The category a mode is counted in.
 pub const fn mode_category(mode: Mode) -> Category {
     match mode {

@@ -13,7 +13,7 @@ pub mod state;
 pub use events::{ChangeEvent, Pos, ResumeToken};
 pub use ids::{ChannelName, ClientId, ConnectionId, InvalidInput, SessionId};
 pub use list::{ListOrder, ListPage, ListQuery, ListedChannel};
-pub use metrics::{Category, Metrics};
+pub use metrics::{Category, Metrics, Totals};
 pub use mode::{Mode, ModeSet};
 pub use ops::{Applied, Batch, HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 pub use state::{Change, OccupancyState};

@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
 use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
-use super::metrics::Metrics;
+use super::metrics::{Metrics, Totals};
 use super::mode::{Mode, ModeSet};
 use super::ops::{Applied, Batch, HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
 
@@ -87,6 +87,10 @@ pub struct OccupancyState {
     /// Mixed into every lease's epoch, so that epochs of two states (a
     /// process before and after a restart) do not repeat.
     epoch_seed: u64,
+    /// Sums of every channel's connections and presence members, kept as
+    /// the channels change.
+    total_connections: u64,
+    total_members: u64,
 }
 
 /// SplitMix64's finaliser: a bijection of `u64`, so distinct lease numbers
@@ -156,6 +160,17 @@ impl OccupancyState {
         }
         out.sort();
         out
+    }
+
+    /// App-wide totals; every figure is kept up to date by the changes
+    /// themselves, so this costs the same whatever the state's size.
+    pub fn totals(&self) -> Totals {
+        Totals {
+            active_channels: self.by_name.len() as u64,
+            connections: self.total_connections,
+            presence_members: self.total_members,
+            sessions: self.sessions.len() as u64,
+        }
     }
 
     /// Number of live sessions (for tests and gauges).
@@ -579,6 +594,7 @@ impl OccupancyState {
         }
         let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members += 1;
+        self.total_members += 1;
         let n = chan.clients.entry(client.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
@@ -596,6 +612,7 @@ impl OccupancyState {
         }
         let chan = self.channels.get_mut(channel).expect("attached channel exists");
         chan.metrics.presence_members -= 1;
+        self.total_members -= 1;
         if let Some(n) = chan.clients.get_mut(client) {
             *n -= 1;
             if *n == 0 {
@@ -629,10 +646,14 @@ impl OccupancyState {
         }
     }
 
+    /// Follows a change of a channel's connection count in the indexes and
+    /// the totals.
     fn reindex(&mut self, channel: &ChannelName, before: Metrics, after: Metrics) {
         if before.connections == after.connections {
             return;
         }
+        self.total_connections =
+            (self.total_connections + u64::from(after.connections)).saturating_sub(u64::from(before.connections));
         if before.connections > 0 {
             self.by_busy.remove(&busy_key(before.connections, channel.as_str()));
         }

@@ -294,6 +294,18 @@ impl Hub {
             .sum()
     }
 
+    /// Number of open subscriptions (for gauges).
+    pub fn subscriptions(&self) -> usize {
+        let Ok(r) = self.registry.read() else { return 0 };
+        let mut seen = std::collections::HashSet::new();
+        r.by_channel
+            .values()
+            .chain(r.by_prefix.values())
+            .flatten()
+            .filter(|i| seen.insert(i.id))
+            .count()
+    }
+
     /// Number of registered subscriptions' channel and prefix entries.
     pub fn registrations(&self) -> usize {
         self.registry.read().map_or(0, |r| {
@@ -314,10 +326,15 @@ impl ChangeSink for Hub {
                 targets.extend(v.iter());
             }
             if !r.by_prefix.is_empty() {
+                // subscriptions to every channel (the empty prefix)
+                if let Some(v) = r.by_prefix.get("") {
+                    targets.extend(v.iter());
+                }
                 // every prefix of the name, at character boundaries: the
                 // cost depends on the name, not on the number of prefixes
                 let limit = r.longest_prefix.min(name.len());
-                for (i, _) in name.char_indices().skip(1).chain(std::iter::once((name.len(), ' '))) {
+                // (the empty prefix, which follows every channel, included)
+                for (i, _) in name.char_indices().chain(std::iter::once((name.len(), ' '))) {
                     if i > limit {
                         break;
                     }

@@ -38,7 +38,7 @@ use crate::store::Store;
 pub struct Spec {
     /// Named channels.
     pub channels: Vec<ChannelName>,
-    /// Names under this prefix, if any.
+    /// Names under this prefix, if any (the empty prefix for every channel).
     pub prefix: Option<String>,
     /// Categories whose change triggers an event; empty for all.
     pub categories: Vec<Category>,
@@ -99,6 +99,18 @@ struct Sub {
     token_buf: Vec<Pos>,
     watermark_buf: Vec<Pos>,
     inbox_buf: Vec<Arc<HubEvent>>,
+    /// The rest of a first snapshot under a prefix (or of every channel),
+    /// read one page at a time as the client takes the previous one.
+    walk: Option<Walk>,
+}
+
+/// Where a first snapshot's walk of the channel listing stands.
+#[derive(Debug)]
+struct Walk {
+    prefix: String,
+    cursor: String,
+    /// Event log positions of the newest snapshot read.
+    positions: Vec<Pos>,
 }
 
 fn wall_ms() -> i64 {
@@ -134,8 +146,12 @@ pub fn stream(
             Phase::Live(live) => live,
             Phase::Done => return None,
         };
-        let item = live.next().await?;
-        Some((Ok(item), Phase::Live(live)))
+        match live.next().await? {
+            Ok(item) => Some((Ok(item), Phase::Live(live))),
+            // a page of the first snapshot could not be read: end the
+            // stream; the client resumes (its ids then ask for a snapshot)
+            Err(e) => Some((Err(Status::from(e)), Phase::Done)),
+        }
     })
 }
 
@@ -180,6 +196,7 @@ impl Live {
             token_buf: Vec::new(),
             watermark_buf: Vec::new(),
             inbox_buf: Vec::new(),
+            walk: None,
         };
         // register before reading anything, so no change falls in between
         let reg = hub.register(&sub.spec.channels, sub.spec.prefix.as_deref());
@@ -203,14 +220,15 @@ impl Live {
         })
     }
 
-    /// The next response, in order; `None` when the hub went away.
-    async fn next(&mut self) -> Option<SubscribeOccupancyResponse> {
+    /// The next response, in order; `None` when the hub went away, an
+    /// error when a page of the first snapshot could not be read.
+    async fn next(&mut self) -> Option<Result<SubscribeOccupancyResponse, Error>> {
         let item = self.next_message().await?;
         self.last_sent = Instant::now();
         Some(item)
     }
 
-    async fn next_message(&mut self) -> Option<SubscribeOccupancyResponse> {
+    async fn next_message(&mut self) -> Option<Result<SubscribeOccupancyResponse, Error>> {
         let Live {
             sub,
             reg,
@@ -223,12 +241,21 @@ impl Live {
         let beat_at = *last_sent + *heartbeat;
         loop {
             if let Some(item) = sub.next_ready() {
-                return Some(item);
+                return Some(Ok(item));
+            }
+            // the first snapshot goes on, a page at a time, once the client
+            // has taken the previous page: memory holds one page, however
+            // many channels there are
+            if sub.walk.is_some() {
+                if let Err(e) = sub.walk_step(reg).await {
+                    return Some(Err(e));
+                }
+                continue;
             }
             if !*live_sent {
                 // the snapshot (or replay) is out: live from here
                 *live_sent = true;
-                return Some(SubscribeOccupancyResponse::live(wall_ms()));
+                return Some(Ok(SubscribeOccupancyResponse::live(wall_ms())));
             }
             let next_timer = sub.timers.peek().map(|Reverse((t, _))| *t);
             let wake = match (next_timer, *retry_resync) {
@@ -241,18 +268,19 @@ impl Live {
                     if changed.is_err() {
                         return None;
                     }
-                    *retry_resync = sub.resync(reg).await;
+                    let retrying = retry_resync.is_some();
+                    *retry_resync = sub.resync(reg, retrying).await;
                 }
                 () = reg.inbox.notify.notified() => sub.drain(reg),
                 () = sleep_until(wake), if wake.is_some() => {
                     let now = Instant::now();
                     if retry_resync.is_some_and(|t| t <= now) {
-                        *retry_resync = sub.resync(reg).await;
+                        *retry_resync = sub.resync(reg, true).await;
                     }
                     sub.fire_timers(now);
                 }
                 () = tokio::time::sleep_until(beat_at) => {
-                    return Some(SubscribeOccupancyResponse::heartbeat(wall_ms()));
+                    return Some(Ok(SubscribeOccupancyResponse::heartbeat(wall_ms())));
                 }
             }
         }
@@ -481,6 +509,16 @@ impl Sub {
         let mut positions = self
             .snapshot_of(&named.iter().cloned().collect::<Vec<_>>(), resync, !resync)
             .await?;
+        if let (Some(prefix), false) = (self.spec.prefix.clone(), resync) {
+            // the first snapshot: its first page now, the rest as the
+            // client reads (`walk_step`)
+            self.walk = Some(Walk {
+                prefix,
+                cursor: String::new(),
+                positions,
+            });
+            return self.walk_step(reg).await;
+        }
         if let Some(prefix) = self.spec.prefix.clone() {
             let mut cursor = String::new();
             loop {
@@ -512,6 +550,42 @@ impl Sub {
                 positions = p;
             }
         }
+        self.finish_snapshot(reg, positions, resync).await
+    }
+
+    /// Reads the next page of the first snapshot's walk and queues its
+    /// channels; after the last page, finishes the snapshot.
+    async fn walk_step(&mut self, reg: &Registration) -> Result<(), Error> {
+        let Some(walk) = self.walk.as_ref() else { return Ok(()) };
+        let q = ListQuery::new(walk.prefix.clone(), SNAPSHOT_PAGE, &walk.cursor, ListOrder::Name, false)?;
+        let page = self.store.list(&q).await?;
+        let names: Vec<ChannelName> = page.channels.into_iter().map(|c| c.name).collect();
+        let p = self.snapshot_of(&names, false, true).await?;
+        let Some(walk) = self.walk.as_mut() else { return Ok(()) };
+        if !p.is_empty() {
+            walk.positions = p;
+        }
+        match page.next_cursor {
+            Some(c) => {
+                walk.cursor = c;
+                Ok(())
+            }
+            None => {
+                let positions = std::mem::take(&mut walk.positions);
+                self.walk = None;
+                self.finish_snapshot(reg, positions, false).await
+            }
+        }
+    }
+
+    /// Ends a snapshot read at `positions`: what the subscriber has seen
+    /// of the event log, then the changes that arrived meanwhile.
+    async fn finish_snapshot(
+        &mut self,
+        reg: &Registration,
+        mut positions: Vec<Pos>,
+        resync: bool,
+    ) -> Result<(), Error> {
         if positions.is_empty() {
             positions = self.store.snapshot(&[]).await?.positions;
         }
@@ -524,7 +598,9 @@ impl Sub {
 
     /// Takes a fresh snapshot after the hub said changes may be lost;
     /// returns when to retry if it failed.
-    async fn resync(&mut self, reg: &Registration) -> Option<Instant> {
+    /// `retrying`: an earlier attempt failed (then a failure is not logged
+    /// again: the health probe reports the outage).
+    async fn resync(&mut self, reg: &Registration, retrying: bool) -> Option<Instant> {
         // held changes are superseded by the snapshot; queued ones are
         // still written (they are older states, corrected right after)
         for i in 0..self.chans.len() {
@@ -536,6 +612,10 @@ impl Sub {
             Ok(()) => {
                 debug!("subscription resynced");
                 None
+            }
+            Err(e) if retrying => {
+                debug!(cause = %e, "subscription resync failed again, retrying");
+                Some(Instant::now() + RESYNC_RETRY)
             }
             Err(e) => {
                 warn!(cause = %e, "subscription resync failed, retrying");
@@ -588,5 +668,123 @@ impl Sub {
         }
         self.drain(reg);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures::StreamExt;
+    use tokio_util::sync::CancellationToken;
+
+    use super::*;
+    use crate::domain::{
+        Applied, Batch, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ModeSet, Operation, SessionId,
+    };
+    use crate::store::{ChangeSink, History, MemoryStore, ReapReport, Snapshot, SyncOutcome};
+    use crate::Result;
+
+    /// The memory store, counting listing pages read.
+    struct CountingLists {
+        inner: MemoryStore,
+        lists: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl Store for CountingLists {
+        async fn write(&self, s: &SessionId, batch: Batch<'_>) -> Result<Applied> {
+            self.inner.write(s, batch).await
+        }
+        async fn keep_alive_as(&self, s: &SessionId, owner: &str, ttl: Option<u64>) -> Result<KeepAliveOutcome> {
+            self.inner.keep_alive_as(s, owner, ttl).await
+        }
+        async fn close_session_as(&self, s: &SessionId, owner: &str) -> Result<Option<u64>> {
+            self.inner.close_session_as(s, owner).await
+        }
+        async fn get(&self, c: &[ChannelName]) -> Result<Vec<Metrics>> {
+            self.inner.get(c).await
+        }
+        async fn list(&self, q: &ListQuery) -> Result<crate::domain::ListPage> {
+            self.lists.fetch_add(1, Ordering::SeqCst);
+            let page: ListPage = self.inner.list(q).await?;
+            Ok(page)
+        }
+        async fn stats(&self) -> Result<crate::domain::Totals> {
+            self.inner.stats().await
+        }
+        async fn session_state(&self, s: &SessionId) -> Result<Vec<HeldAttachment>> {
+            self.inner.session_state(s).await
+        }
+        async fn sync_session_as(
+            &self,
+            s: &SessionId,
+            owner: &str,
+            d: &[HeldAttachment],
+            ttl: Option<u64>,
+        ) -> Result<SyncOutcome> {
+            self.inner.sync_session_as(s, owner, d, ttl).await
+        }
+        async fn reap(&self) -> Result<ReapReport> {
+            self.inner.reap().await
+        }
+        fn shards(&self) -> u32 {
+            self.inner.shards()
+        }
+        async fn snapshot(&self, c: &[ChannelName]) -> Result<Snapshot> {
+            self.inner.snapshot(c).await
+        }
+        async fn history(&self, shard: u32, after: Pos, limit: usize) -> Result<History> {
+            self.inner.history(shard, after, limit).await
+        }
+        fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+            self.inner.feed(sink, cancel);
+        }
+        async fn ping(&self) -> Result<()> {
+            self.inner.ping().await
+        }
+    }
+
+    /// A snapshot of every channel is read a page at a time, each page
+    /// once the client has taken the previous one: a subscriber holds one
+    /// page of events, however many channels are active.
+    #[tokio::test]
+    async fn every_channel_snapshot_is_read_a_page_at_a_time() {
+        let store = Arc::new(CountingLists {
+            inner: MemoryStore::new(Duration::from_secs(60)),
+            lists: AtomicUsize::new(0),
+        });
+        let session = SessionId::parse("s", "fe").unwrap();
+        let ops: Vec<Operation> = (0..2_500)
+            .map(|i| Operation::Attach {
+                connection: ConnectionId::parse("c", format!("c{i}")).unwrap(),
+                channel: ChannelName::parse("ch", format!("ch:{i:04}")).unwrap(),
+                modes: ModeSet::EMPTY,
+            })
+            .collect();
+        store.apply(&session, &ops, false).await.unwrap();
+        let hub = Hub::new(store.shards());
+        store.feed(hub.clone(), CancellationToken::new());
+        let spec = Spec {
+            channels: vec![],
+            prefix: Some(String::new()),
+            categories: vec![],
+            debounce: Duration::ZERO,
+            resume: None,
+        };
+        let events = stream(store.clone(), hub, spec, Duration::from_secs(60));
+        futures::pin_mut!(events);
+        let mut seen = std::collections::BTreeSet::new();
+        for i in 0..2_500 {
+            let r = events.next().await.expect("an event").expect("no error");
+            let ev = r.into_event().unwrap().unwrap();
+            seen.insert(ev.channel);
+            // pages of 1,000: page n+1 is read only once page n is taken
+            let pages = store.lists.load(Ordering::SeqCst);
+            assert_eq!(pages, i / SNAPSHOT_PAGE as usize + 1, "after {} events", i + 1);
+        }
+        assert_eq!(seen.len(), 2_500);
+        assert_eq!(store.lists.load(Ordering::SeqCst), 3);
     }
 }

@@ -15,7 +15,7 @@ use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::events::shard_of;
 use crate::domain::{
     Applied, Batch, Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics,
-    OccupancyState, Pos, SessionId,
+    OccupancyState, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 
@@ -156,6 +156,10 @@ impl Store for MemoryStore {
 
     async fn list(&self, query: &ListQuery) -> Result<ListPage> {
         Ok(self.lock()?.state.list(query))
+    }
+
+    async fn stats(&self) -> Result<Totals> {
+        Ok(self.lock()?.state.totals())
     }
 
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {

@@ -9,12 +9,13 @@ use tokio_util::sync::CancellationToken;
 
 use crate::domain::{
     Applied, Batch, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics, OpResult,
-    Operation, Pos, SessionId,
+    Operation, Pos, SessionId, Totals,
 };
 use crate::error::Result;
 
 pub mod demand;
 pub mod memory;
+pub mod outage;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
@@ -196,6 +197,14 @@ pub trait Store: Send + Sync + 'static {
     /// # Errors
     /// As [`Store::write`].
     async fn list(&self, query: &ListQuery) -> Result<ListPage>;
+
+    /// App-wide totals, read in one atomic step. Both stores keep them as
+    /// channels and sessions change, so this costs the same whatever the
+    /// number of channels.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    async fn stats(&self) -> Result<Totals>;
 
     /// Everything `session` holds while its lease is alive, sorted; empty
     /// for an unknown or expired session.

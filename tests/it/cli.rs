@@ -1,7 +1,8 @@
-//! The `get`, `list` and `watch` subcommands: human and JSON output, and
+//! The `get`, `list`, `watch` and `stats` subcommands: human and JSON output, and
 //! exit codes scripts can rely on.
 
 use std::process::{Command, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use occupancy::proto::v1::Mode;
@@ -9,7 +10,7 @@ use tonic::transport::Channel;
 
 use crate::fixture::{attach_op, Fx};
 use crate::support::process::{binary, Proc};
-use crate::support::{ReadClient, WriteClient};
+use crate::support::{ReadClient, RedisServer, WriteClient};
 
 fn run(args: &[&str]) -> Output {
     let mut child = Command::new(binary())
@@ -82,6 +83,22 @@ async fn get_prints_a_table_or_json() {
         .unwrap();
     assert!(out.status.success());
     assert_eq!(json_lines(&out)[0]["status"]["occupancy"]["metrics"]["connections"], 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_prints_the_totals() {
+    let (p, _fx) = server_with_state().await;
+    let url = p.url();
+    let out = run(&["stats", "--json", "--endpoint", &url]);
+    assert!(out.status.success());
+    assert_eq!(
+        json_lines(&out),
+        [serde_json::json!({"activeChannels": 2, "connections": 3, "presenceMembers": 1, "sessions": 1})]
+    );
+    let out = run(&["stats", "--endpoint", &url]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("active channels   2"), "{text}");
+    assert!(text.contains("presence members  1"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -210,4 +227,316 @@ async fn refused_arguments_exit_2() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("invalid"), "{err}");
     }
+}
+
+/// `get` as people type the address: HOST:PORT (as grpcurl and the
+/// Python and Node examples take it), localhost:PORT, and URLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_as_people_write_them() {
+    let (p, _fx) = server_with_state().await;
+    let port = p.addr.port();
+    for endpoint in [
+        p.addr.to_string(),
+        format!("localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+        format!("http://localhost:{port}"),
+    ] {
+        let out = run(&["get", "rooms:a", "--json", "--endpoint", &endpoint]);
+        assert!(
+            out.status.success(),
+            "{endpoint}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(json_lines(&out)[0]["status"]["occupancy"]["metrics"]["connections"], 2);
+    }
+    // several, comma-separated, the first one dead: the next one answers
+    let dead = free_addr();
+    let out = run(&["get", "rooms:a", "--endpoint", &format!("{dead},{}", p.addr)]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    // https:// is taken (TLS); this server speaks plain gRPC, so the
+    // handshake fails: unreachable, not a usage error
+    let out = run(&[
+        "get",
+        "x",
+        "--timeout",
+        "2s",
+        "--endpoint",
+        &format!("https://127.0.0.1:{port}"),
+    ]);
+    assert_eq!(out.status.code(), Some(3), "{}", String::from_utf8_lossy(&out.stderr));
+    // what cannot be used is named
+    for (endpoint, why) in [
+        ("localhost", "no port"),
+        ("redis://127.0.0.1:6379", "unsupported scheme"),
+        ("", "empty"),
+    ] {
+        let out = run(&["get", "x", "--endpoint", endpoint]);
+        assert_eq!(out.status.code(), Some(2), "{endpoint:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(why) && err.contains("invalid endpoint"),
+            "{endpoint:?}: {err}"
+        );
+    }
+}
+
+fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// Exit codes tell the kinds of failure apart: 3 nothing answers (bare
+/// HOST:PORT too), 4 the service answered but its Redis is down.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unreachable_and_store_unavailable_exit_differently() {
+    let dead = free_addr().to_string();
+    for args in [
+        vec!["get", "x", "--endpoint", dead.as_str()],
+        vec!["list", "--endpoint", dead.as_str()],
+        vec!["watch", "x", "--timeout", "1s", "--endpoint", dead.as_str()],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
+        assert!(err.contains("cannot be reached") && err.contains(&dead), "{err}");
+    }
+    let mut redis = RedisServer::start();
+    let p = Proc::spawn(&["--redis-url", &redis.url(), "--redis-timeout", "300ms"]);
+    let addr = p.addr.to_string();
+    let out = run(&["get", "x", "--endpoint", &addr]);
+    assert!(out.status.success());
+    redis.kill();
+    for args in [
+        vec!["get", "x", "--endpoint", addr.as_str()],
+        vec!["list", "--endpoint", addr.as_str()],
+        vec!["watch", "x", "--endpoint", addr.as_str()],
+    ] {
+        let out = run(&args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(4), "{args:?}: {err}");
+        assert!(
+            err.contains("answered") && err.contains("store (Redis) is unavailable"),
+            "{err}"
+        );
+        assert!(!err.contains("cannot be reached"), "{err}");
+    }
+}
+
+/// `occupancy health`: 0 and SERVING while the store answers, 1 when the
+/// replica reports NOT_SERVING or cannot be reached.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_exits_0_when_serving_and_1_otherwise() {
+    let mut redis = RedisServer::start();
+    let p = Proc::spawn(&[
+        "--redis-url",
+        &redis.url(),
+        "--redis-timeout",
+        "300ms",
+        "--health-interval",
+        "100ms",
+    ]);
+    let addr = p.addr.to_string();
+    let out = run(&["health", "--endpoint", &addr]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "SERVING");
+    let out = run(&[
+        "health",
+        "--endpoint",
+        &p.url(),
+        "--service",
+        "occupancy.v1.OccupancyService",
+    ]);
+    assert_eq!(out.status.code(), Some(0));
+    redis.kill();
+    // the probe notices within its interval (bounded wait)
+    let mut last = None;
+    for _ in 0..100 {
+        let out = run(&["health", "--endpoint", &addr]);
+        if out.status.code() == Some(1) {
+            last = Some(out);
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let out = last.expect("health reported NOT_SERVING within 10 s");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
+    // --live (a liveness probe): the replica answers, so it lives
+    let out = run(&["health", "--live", "--endpoint", &addr]);
+    assert_eq!(out.status.code(), Some(0));
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "NOT_SERVING");
+    let dead = free_addr().to_string();
+    let out = run(&["health", "--endpoint", &dead, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1));
+    let out = run(&["health", "--live", "--endpoint", &dead, "--timeout", "1s"]);
+    assert_eq!(out.status.code(), Some(1), "nothing answers: not alive");
+    assert!(String::from_utf8_lossy(&out.stderr).contains(&dead));
+    let out = run(&["health", "--endpoint", "nope"]);
+    assert_eq!(out.status.code(), Some(1));
+}
+
+/// A running `occupancy watch` (table mode) whose output is collected.
+struct Watch {
+    child: std::process::Child,
+    out: Arc<Mutex<String>>,
+}
+
+type Table = Vec<Vec<String>>;
+
+impl Watch {
+    fn start(args: &[&str]) -> Self {
+        let mut child = Command::new(binary())
+            .arg("watch")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("run occupancy watch");
+        let mut stdout = child.stdout.take().unwrap();
+        let out = Arc::new(Mutex::new(String::new()));
+        let sink = out.clone();
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 4096];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buf) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Self { child, out }
+    }
+
+    /// Every complete table drawn so far, rows split into words.
+    fn tables(&self) -> Vec<Table> {
+        let text = self.out.lock().unwrap().clone();
+        text.split("occupancy at ")
+            .skip(1)
+            .filter_map(|block| {
+                let (table, _) = block.split_once("\n\n")?;
+                let mut lines = table.lines().skip(1);
+                let header = lines.next()?;
+                assert!(
+                    header.starts_with("CHANNEL") && header.contains("LAST CHANGE"),
+                    "{header}"
+                );
+                Some(
+                    lines
+                        .map(|l| l.split_whitespace().map(str::to_string).collect())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
+
+    /// Waits (at most 15 s) until the last table drawn satisfies `pred`.
+    async fn until(&self, what: &str, pred: impl Fn(&Table) -> bool) -> Table {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Some(t) = self.tables().last() {
+                if pred(t) {
+                    return t.clone();
+                }
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{what}: not shown within 15 s; output:\n{}",
+                self.out.lock().unwrap()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+impl Drop for Watch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn row<'a>(t: &'a Table, channel: &str) -> Option<&'a Vec<String>> {
+    t.iter().find(|r| r[0] == channel)
+}
+
+fn conns(t: &Table, channel: &str) -> Option<u64> {
+    row(t, channel).and_then(|r| r[1].parse().ok())
+}
+
+/// The table always ends on the latest state of every followed channel:
+/// the whole snapshot (not just its first event), and after a burst of
+/// changes the last one, drawn after the burst.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_table_shows_the_snapshot_and_the_end_of_a_burst() {
+    let (p, fx) = server_with_state().await;
+    fx.attach("fe", "c9", "rooms:c", &[]).await;
+    let url = p.addr.to_string();
+    let w = Watch::start(&["--prefix", "rooms:", "--endpoint", &url]);
+    let t = w.until("all three rooms", |t| t.len() == 3).await;
+    assert_eq!(t[0][0], "rooms:a", "busiest first: {t:?}");
+    assert_eq!(conns(&t, "rooms:c"), Some(1));
+    // a burst faster than the redraw period, then nothing: the last table
+    // shows its end
+    for i in 0..30 {
+        fx.attach("fe", &format!("burst{i}"), "rooms:c", &[]).await;
+    }
+    let t = w
+        .until("the end of the burst", |t| conns(t, "rooms:c") == Some(31))
+        .await;
+    assert_eq!(t[0][0], "rooms:c", "now the busiest: {t:?}");
+    // named channels: every one, inactive ones as zero
+    let w = Watch::start(&["rooms:a", "rooms:b", "games:chess", "--endpoint", &url]);
+    let t = w.until("the three named channels", |t| t.len() == 3).await;
+    assert_eq!(conns(&t, "games:chess"), Some(0));
+    assert_eq!(conns(&t, "rooms:b"), Some(1));
+}
+
+/// Nothing to show still shows the (empty) table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_table_of_nothing_prints_its_header() {
+    let p = Proc::spawn(&[]);
+    let w = Watch::start(&["--prefix", "nothing:", "--endpoint", &p.addr.to_string()]);
+    let t = w.until("an empty table", |_| true).await;
+    assert!(t.is_empty(), "{t:?}");
+}
+
+/// After Redis restarts empty, the table shows zero (as `--json` does),
+/// not the old count.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_table_follows_a_redis_restart() {
+    let mut redis = RedisServer::start();
+    let p = Proc::spawn(&["--redis-url", &redis.url()]);
+    let ch = Channel::from_shared(p.url()).unwrap().connect().await.unwrap();
+    let fx = Fx {
+        r: ReadClient::new(ch.clone()),
+        w: WriteClient::new(ch),
+    };
+    fx.attach("fe", "c1", "rooms:a", &[]).await;
+    fx.attach("fe", "c2", "rooms:a", &[]).await;
+    let w = Watch::start(&["--all", "--endpoint", &p.addr.to_string()]);
+    w.until("rooms:a at 2", |t| conns(t, "rooms:a") == Some(2)).await;
+    redis.restart();
+    w.until("rooms:a back to 0", |t| conns(t, "rooms:a") == Some(0)).await;
+}
+
+/// Exit 1 for anything else: here a gRPC server that is not the
+/// occupancy service (UNIMPLEMENTED).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn other_errors_exit_1() {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let (_reporter, health) = tonic_health::server::health_reporter();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(health)
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
+    );
+    let out = tokio::task::spawn_blocking(move || run(&["get", "x", "--endpoint", &addr]))
+        .await
+        .unwrap();
+    server.abort();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("does not offer the occupancy service"), "{err}");
 }

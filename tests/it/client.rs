@@ -215,6 +215,9 @@ impl Store for GatedSyncs {
     async fn list(&self, query: &ListQuery) -> OResult<ListPage> {
         self.inner.list(query).await
     }
+    async fn stats(&self) -> OResult<occupancy::domain::Totals> {
+        self.inner.stats().await
+    }
     async fn session_state(&self, session: &SessionId) -> OResult<Vec<HeldAttachment>> {
         self.inner.session_state(session).await
     }
@@ -294,6 +297,42 @@ async fn closing_a_session_waits_for_a_resync_in_flight() {
     );
     assert_eq!(*store.log.lock().unwrap(), ["sync", "close"]);
     assert_eq!(fx.get("lobby").await, [0; 9], "closing removed everything");
+}
+
+/// `Client::new` takes HOST:PORT and localhost:PORT as well as URLs, and
+/// refuses at once what it cannot use (before, "127.0.0.1:50051" was
+/// accepted and every call failed with an invalid URI).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoints_as_host_port_or_url() {
+    let h = Harness::memory(Duration::from_secs(60));
+    let s = h.server().await;
+    Fx::new(&s).await.attach("fe", "c1", "room", &[]).await;
+    let port = s.addr.port();
+    for endpoint in [
+        s.addr.to_string(),
+        format!("localhost:{port}"),
+        format!("http://127.0.0.1:{port}"),
+    ] {
+        let client = Client::new(endpoint.clone()).unwrap();
+        let now = client.room("room").occupancy().get().await;
+        assert_eq!(now.map(|o| o.connections).ok(), Some(1), "{endpoint}");
+    }
+    // https:// means TLS: against this plain server the call fails as
+    // unreachable, it is not refused as an endpoint
+    let client = Client::builder()
+        .endpoint(format!("https://127.0.0.1:{port}"))
+        .attempts(1)
+        .connect()
+        .unwrap();
+    let err = client.room("room").occupancy().get().await.unwrap_err();
+    assert!(err.is_unreachable(), "{err}");
+    for bad in ["localhost", "ftp://x:1", ""] {
+        let err = Client::new(bad).unwrap_err();
+        assert!(
+            matches!(err, occupancy_client::Error::InvalidEndpoint(_)),
+            "{bad:?}: {err}"
+        );
+    }
 }
 
 /// Redis restarts empty and the front end's next call is a write: the

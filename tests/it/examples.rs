@@ -387,20 +387,20 @@ fn deps_root() -> PathBuf {
 }
 
 /// What a finished (or timed out) child printed.
-struct Output {
+pub(crate) struct Output {
     what: String,
     /// None when it was killed for running too long.
-    status: Option<ExitStatus>,
-    stdout: String,
-    stderr: String,
+    pub(crate) status: Option<ExitStatus>,
+    pub(crate) stdout: String,
+    pub(crate) stderr: String,
 }
 
 impl Output {
-    fn ok(&self) -> bool {
+    pub(crate) fn ok(&self) -> bool {
         self.status.is_some_and(|s| s.success())
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let status = match self.status {
             Some(s) => s.to_string(),
             None => "killed: still running after its time limit".into(),
@@ -440,7 +440,7 @@ async fn read_all(mut r: impl AsyncRead + Unpin) -> String {
 
 /// Runs `cmd` to completion, killing it after `limit`. Fails the test only
 /// when it cannot be started at all.
-async fn run(mut cmd: Command, limit: Duration) -> Output {
+pub(crate) async fn run(mut cmd: Command, limit: Duration) -> Output {
     let what = format!("{:?}", cmd.as_std());
     cmd.stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -539,7 +539,7 @@ async fn python_ready(dir: &Path, requirements: &str) -> bool {
 /// The directory of the Python example's packages, installed with pip when
 /// missing or made from other requirements; None when PyPI cannot be
 /// reached.
-async fn python_deps() -> Option<PathBuf> {
+pub(crate) async fn python_deps() -> Option<PathBuf> {
     let req_file = repo().join("examples/python/requirements.txt");
     let requirements = std::fs::read_to_string(&req_file).expect("read examples/python/requirements.txt");
     let dir = deps_root().join("python");
@@ -586,7 +586,7 @@ async fn node_ready(app: &Path) -> bool {
 
 /// examples/node/node_modules, installed with `npm ci` when missing; false
 /// when the npm registry cannot be reached.
-async fn node_modules() -> bool {
+pub(crate) async fn node_modules() -> bool {
     let app = repo().join("examples/node");
     if node_ready(&app).await {
         return true;

@@ -27,18 +27,23 @@ macro_rules! both_stores {
 
 mod abuse;
 mod auth;
+mod bench;
 mod cli;
 mod client;
 mod conformance;
+mod dashboard;
+mod deploy;
 mod epochs;
 mod examples;
 mod faults;
 mod fixture;
 mod fuzz;
+mod http;
 mod model;
 mod model_check;
 mod nginx;
 mod process;
+mod readme;
 mod redis_store;
 mod subscribe;
 mod support;

@@ -50,8 +50,11 @@ pub struct Report {
     pub status_mismatches: usize,
     pub already_applied: usize,
     /// SyncSessions sent because the epoch rule said a session's state
-    /// was gone.
+    /// was gone (or an answer disagreed with the model).
     pub syncs: usize,
+    /// SyncSessions sent after a resume opened a session's first lease
+    /// (see `Writer::run`).
+    pub resume_syncs: usize,
 }
 
 impl Report {
@@ -66,6 +69,7 @@ impl Report {
         self.status_mismatches += o.status_mismatches;
         self.already_applied += o.already_applied;
         self.syncs += o.syncs;
+        self.resume_syncs += o.resume_syncs;
     }
 }
 
@@ -386,6 +390,7 @@ impl Writer {
             }
             let n = if roll < 80 { self.rng.random_range(1..=8) } else { 1 };
             let ops: Vec<Op> = (0..n).map(|_| self.random_op()).collect();
+            let mut resumed = false;
             {
                 let m = self.model.lock().unwrap();
                 for op in &ops {
@@ -398,10 +403,18 @@ impl Writer {
                     let owner = m.holdings(&self.session(1 - s)).iter().any(|h| &h.0 == conn);
                     if owner {
                         self.report.resumes += 1;
+                        resumed = true;
                     }
                 }
             }
-            let (results, resync) = self.apply(&session, &ops).await;
+            let first_lease = self.epochs.get(&session).copied().unwrap_or(0) == 0;
+            let (results, mut resync) = self.apply(&session, &ops).await;
+            // A resume that opened the session's first lease took over, in
+            // the model, whatever the other session held of the connection;
+            // if that session's state was lost meanwhile (not noticed by it
+            // yet), the service holds less. The front end re-sends its state
+            // to be sure (a resume there re-attaches every channel anyway).
+            let resume_sync = !resync && resumed && first_lease && self.epochs.get(&session).copied().unwrap_or(0) != 0;
             {
                 let mut m = self.model.lock().unwrap();
                 for (i, op) in ops.iter().enumerate() {
@@ -409,12 +422,20 @@ impl Writer {
                     if let Some(r) = results.as_ref().and_then(|r| r.get(i)) {
                         if accepted != (r.status == pb::OperationStatus::Ok as i32) {
                             self.report.status_mismatches += 1;
+                            // an answer the front end did not expect: its
+                            // view and the service's differ, so it re-sends
+                            // its state (as the proto suggests on drift)
+                            resync = true;
                         }
                     }
                 }
             }
             if resync {
                 self.sync(&session).await;
+            } else if resume_sync {
+                self.sync(&session).await;
+                self.report.syncs -= 1;
+                self.report.resume_syncs += 1;
             }
             self.report.operations += n;
         }
@@ -458,8 +479,9 @@ pub async fn drive(urls: &[String], d: &Drive, model: Arc<Mutex<Model>>) -> Repo
     total
 }
 
-/// Compares every channel's metrics and a full ListChannels walk, on each
-/// replica, with the model; returns the number of mismatches.
+/// Compares every channel's metrics, a full ListChannels walk and the
+/// app-wide totals, on each replica, with the model; returns the number of
+/// mismatches.
 pub async fn check(urls: &[String], model: &Model, universe: &[String]) -> usize {
     let mut mismatches = 0;
     for url in urls {
@@ -485,6 +507,23 @@ pub async fn check(urls: &[String], model: &Model, universe: &[String]) -> usize
         let listed = fx.list_all("", 7).await;
         if listed != model.active() {
             eprintln!("list mismatch on {url}: got {listed:?}, model {:?}", model.active());
+            mismatches += 1;
+        }
+        // the app-wide totals, kept incrementally by the store, against
+        // the model's sums over its active channels
+        let stats = r
+            .get_stats(pb::GetStatsRequest {})
+            .await
+            .expect("stats")
+            .into_inner()
+            .stats
+            .unwrap_or_default();
+        let active = model.active();
+        let sum = |i: usize| active.iter().map(|ch| u64::from(model.metrics(ch)[i])).sum::<u64>();
+        let want = (active.len() as u64, sum(0), sum(4));
+        let got = (stats.active_channels, stats.connections, stats.presence_members);
+        if got != want {
+            eprintln!("totals mismatch on {url}: got {got:?}, model {want:?}");
             mismatches += 1;
         }
     }

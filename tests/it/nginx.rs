@@ -96,6 +96,101 @@ async fn three_replicas_behind_nginx_survive_a_killed_replica() {
     );
 }
 
+/// Reads the next server-sent event's data as JSON (bounded).
+async fn next_sse(
+    events: &mut (impl futures::Stream<Item = Result<eventsource_stream::Event, impl std::fmt::Debug>> + Unpin),
+) -> serde_json::Value {
+    use futures::StreamExt;
+    let e = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("an event within 10 s")
+        .expect("stream open")
+        .expect("well-formed event");
+    let v: serde_json::Value = serde_json::from_str(&e.data).expect("json");
+    assert_eq!(v["id"], serde_json::Value::from(e.id));
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_http_side_works_through_nginx() {
+    use eventsource_stream::Eventsource;
+    let redis = RedisServer::start();
+    let url = redis.url();
+    let replicas: Vec<Proc> = (0..3)
+        .map(|_| Proc::spawn(&["--redis-url", &url, "--http-listen", "127.0.0.1:0"]))
+        .collect();
+    let nginx = Nginx::start_with_http(
+        &replicas.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        &replicas.iter().map(|p| p.http_addr()).collect::<Vec<_>>(),
+    );
+    let (fx, _) = through(&nginx.url()).await;
+    let base = format!("http://{}", nginx.http_addr);
+    let http = reqwest::Client::new();
+    fx.keep_alive("fe", 60_000).await;
+    fx.attach("fe", "c1", "via/nginx", &[Mode::Subscribe]).await;
+    // REST, with a channel name that needs percent-encoding
+    for _ in 0..3 {
+        let v: serde_json::Value = http
+            .get(format!("{base}/channels/via%2Fnginx"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(v["channelId"], "via/nginx");
+        assert_eq!(v["status"]["occupancy"]["metrics"]["connections"], 1);
+    }
+    let page = http.get(format!("{base}/")).send().await.unwrap();
+    assert_eq!(page.status(), 200);
+    assert!(page.text().await.unwrap().contains("<title>Occupancy</title>"));
+    // events pass through unbuffered; a reconnect with Last-Event-ID
+    // (through nginx, to whichever replica) gets only what changed since
+    let open = |last: Option<String>| {
+        let mut r = http
+            .get(format!("{base}/occupancy/stream?prefix=via"))
+            .timeout(Duration::from_secs(60));
+        if let Some(id) = last {
+            r = r.header("last-event-id", id);
+        }
+        r.send()
+    };
+    let mut events = Box::pin(open(None).await.unwrap().bytes_stream().eventsource());
+    let snap = next_sse(&mut events).await;
+    assert_eq!(snap["data"]["metrics"]["connections"], 1);
+    fx.attach("fe", "c2", "via/nginx", &[Mode::Subscribe]).await;
+    let e = next_sse(&mut events).await;
+    assert_eq!(e["data"]["metrics"]["connections"], 2);
+    drop(events);
+    fx.attach("fe", "c3", "via/nginx", &[Mode::Subscribe]).await;
+    fx.attach("fe", "c1", "via/other", &[Mode::Subscribe]).await;
+    let mut events = Box::pin(
+        open(Some(e["id"].as_str().unwrap().to_string()))
+            .await
+            .unwrap()
+            .bytes_stream()
+            .eventsource(),
+    );
+    let mut got = std::collections::BTreeMap::new();
+    for _ in 0..2 {
+        let e = next_sse(&mut events).await;
+        got.insert(
+            e["channel"].as_str().unwrap().to_string(),
+            e["data"]["metrics"]["connections"].as_u64().unwrap(),
+        );
+    }
+    assert_eq!(
+        got,
+        std::collections::BTreeMap::from([("via/nginx".to_string(), 3), ("via/other".to_string(), 1)])
+    );
+    fx.detach("fe", "c1", "via/other").await;
+    let e = next_sse(&mut events).await;
+    assert_eq!(
+        (e["channel"].as_str(), e["data"]["metrics"]["connections"].as_u64()),
+        (Some("via/other"), Some(0))
+    );
+}
+
 /// A stream with nothing to say used to send nothing, so a proxy's read
 /// timeout cut it. With nginx's `grpc_read_timeout` lowered to 2 s and the
 /// replicas' heartbeat at 500 ms, a quiet stream stays open well past 2 s

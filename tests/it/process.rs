@@ -176,3 +176,224 @@ async fn sigterm_drains_and_exits_cleanly() {
         started.elapsed()
     );
 }
+
+/// `--listen` takes a host name; the start-up line names the version,
+/// store, address, key prefix and shard count, once.
+#[test]
+fn listen_resolves_names_and_the_start_up_line_says_what_runs() {
+    let redis = RedisServer::start();
+    let p = Proc::spawn_on(
+        "localhost:0",
+        &[
+            "--redis-url",
+            &redis.url(),
+            "--key-prefix",
+            "firsthour",
+            "--event-shards",
+            "4",
+        ],
+    );
+    assert!(p.addr.ip().is_loopback(), "{}", p.addr);
+    let log = p.log.lock().unwrap().clone();
+    let serving: Vec<_> = log.iter().filter(|l| l.contains(" serving ")).collect();
+    assert_eq!(serving.len(), 1, "{log:?}");
+    let line = serving[0];
+    for want in [
+        format!("version={}", env!("CARGO_PKG_VERSION")),
+        "store=redis".to_string(),
+        format!("redis={}", redis.url()),
+        "key_prefix=firsthour".to_string(),
+        "event_shards=4".to_string(),
+    ] {
+        assert!(line.contains(&want), "{want} missing from {line}");
+    }
+    let p = Proc::spawn(&[]);
+    let line = p
+        .log
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|l| l.contains(" serving "))
+        .cloned()
+        .unwrap();
+    assert!(
+        line.contains("store=memory") && line.contains("event_shards="),
+        "{line}"
+    );
+}
+
+/// A port already in use: one clear line on stderr, nothing else, and a
+/// failure exit.
+#[test]
+fn port_in_use_prints_one_line() {
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = held.local_addr().unwrap().to_string();
+    let out = Command::new(binary())
+        .args(["serve", "--listen", &addr])
+        .env("RUST_LOG", "info")
+        .output()
+        .expect("run occupancy");
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<_> = err.lines().collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].starts_with(&format!("error: cannot listen on {addr}")) && lines[0].contains("another process"),
+        "{err}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).is_empty(),
+        "nothing logged before binding"
+    );
+}
+
+/// A 10 s Redis outage while a subscription is open: each kind of
+/// background work logs the outage once and its end once (not the reaper
+/// every 250 ms and every event shard apart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_outage_is_logged_in_a_handful_of_lines() {
+    let mut redis = RedisServer::start();
+    let p = Proc::spawn(&["--redis-url", &redis.url(), "--redis-timeout", "300ms"]);
+    let f = fx(p.url()).await;
+    f.attach("fe", "c1", "rooms:a", &[]).await;
+    // a subscriber, so the event readers follow the streams
+    let mut sub =
+        f.r.clone()
+            .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+                all_channels: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+    let first = sub.message().await.unwrap().expect("the snapshot");
+    assert!(first.into_event().unwrap().is_some());
+    let before = p.log.lock().unwrap().len();
+    redis.kill();
+    // the outage itself: ten seconds of Redis being away (this is the
+    // condition under test, not a wait for a signal)
+    std::thread::sleep(Duration::from_secs(10));
+    redis.start_again();
+    // back: wait (bounded) for the lines that say so
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let recovered = |what: &str| {
+        p.log.lock().unwrap()[before..]
+            .iter()
+            .any(|l| l.contains(what) && l.contains("available again"))
+    };
+    while !(p.logged("store ready: SERVING") && recovered("session reaper") && recovered("event stream readers")) {
+        assert!(
+            Instant::now() < deadline,
+            "no recovery logged: {:?}",
+            p.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // a few more reap rounds: nothing more is logged
+    std::thread::sleep(Duration::from_millis(600));
+    let log = p.log.lock().unwrap()[before..].to_vec();
+    let text = log.join("\n");
+    assert!(log.len() <= 8, "{} lines during a 10 s outage:\n{text}", log.len());
+    let reaper = log.iter().filter(|l| l.contains("session reaper")).count();
+    assert_eq!(reaper, 2, "the reaper's outage and its end:\n{text}");
+    let readers = log.iter().filter(|l| l.contains("event stream readers")).count();
+    assert!(readers <= 2, "the event readers together, not per shard:\n{text}");
+    assert!(text.contains("NOT_SERVING"), "{text}");
+}
+
+/// `rediss://`: the service talks TLS to a redis-server with a TLS port
+/// (certificates from a test CA, trusted through --redis-ca-file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_connects_with_tls() {
+    let tls = TlsRedis::start();
+    let url = format!("rediss://localhost:{}/", tls.port);
+    let ca = tls.dir.path().join("ca.pem");
+    let p = Proc::spawn(&["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap()]);
+    let f = fx(p.url()).await;
+    f.attach("fe", "c1", "rooms:tls", &[Mode::Publish]).await;
+    assert_eq!(f.get("rooms:tls").await[..2], [1, 1]);
+    // the state is in that Redis (read over TLS by a second replica)
+    let q = Proc::spawn(&["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap()]);
+    assert_eq!(fx(q.url()).await.get("rooms:tls").await[0], 1);
+    let out = Command::new(binary())
+        .args(["health", "--endpoint", &q.addr.to_string()])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    // without the CA the certificate is refused: the replica runs but
+    // reports NOT_SERVING, and calls fail
+    let r = Proc::spawn(&["--redis-url", &url, "--redis-timeout", "500ms"]);
+    let out = Command::new(binary())
+        .args(["get", "rooms:tls", "--endpoint", &r.addr.to_string()])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(4), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// A redis-server listening with TLS only, on a free loopback port, with a
+/// CA and a server certificate (for localhost and 127.0.0.1) made here.
+struct TlsRedis {
+    child: std::process::Child,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl TlsRedis {
+    fn start() -> Self {
+        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+        let dir = tempfile::tempdir().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "occupancy test CA");
+        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
+        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
+        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let path = |f: &str| dir.path().join(f).to_str().unwrap().to_string();
+        let child = Command::new("redis-server")
+            .args(["--port", "0", "--tls-port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args([
+                "--tls-cert-file",
+                &path("server.pem"),
+                "--tls-key-file",
+                &path("server.key"),
+            ])
+            .args(["--tls-ca-cert-file", &path("ca.pem"), "--tls-auth-clients", "no"])
+            .args(["--save", "", "--appendonly", "no", "--dir", &path("")])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server");
+        let mut me = Self { child, port, dir };
+        // ready once the port accepts (bounded)
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(
+                me.child.try_wait().unwrap().is_none(),
+                "redis-server exited: is it built with TLS?"
+            );
+            assert!(Instant::now() < deadline, "redis-server TLS port not open");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        me.port = port;
+        me
+    }
+}
+
+impl Drop for TlsRedis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

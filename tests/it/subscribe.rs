@@ -148,7 +148,53 @@ both_stores!(
     stalled_subscriber_stays_bounded_then_catches_up,
     shutdown_ends_streams_with_unavailable,
     bad_subscriptions_are_rejected,
+    all_channels_covers_every_channel_and_later_ones,
 );
+
+/// `all_channels`: the snapshot holds every active channel (2,600 here:
+/// three pages of the snapshot's listing walk), then changes of any
+/// channel arrive, including channels created after subscribing.
+async fn all_channels_covers_every_channel_and_later_ones(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let ops: Vec<_> = (0..2_600)
+        .map(|i| attach_op(&format!("b{i}"), &format!("bulk:{i:04}"), &[]))
+        .collect();
+    fx.apply("fe", ops).await;
+    fx.attach("fe", "c1", "zzz", &[Mode::Publish]).await;
+    let mut sub = subscribe(
+        &s,
+        pb::SubscribeOccupancyRequest {
+            all_channels: true,
+            channels: vec!["named:inactive".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let mut snapshot = HashMap::new();
+    sub.until(|e| {
+        snapshot.insert(e.channel.clone(), m(e));
+        snapshot.len() == 2_602
+    })
+    .await;
+    assert_eq!(snapshot["bulk:0000"][0], 1);
+    assert_eq!(snapshot["bulk:2599"][0], 1);
+    assert_eq!(snapshot["zzz"][..2], [1, 1]);
+    assert_eq!(snapshot["named:inactive"], [0; 9], "named channels still come as zero");
+    sub.quiet_for(Duration::from_millis(300)).await;
+    // channels created later, under no common prefix
+    fx.attach("fe", "c2", "late", &[]).await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("late", 1));
+    fx.attach("fe", "c2", "a", &[]).await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)[0]), ("a", 1));
+    fx.detach("fe", "b7", "bulk:0007").await;
+    let e = sub.next().await;
+    assert_eq!((e.channel.as_str(), m(&e)), ("bulk:0007", [0; 9]));
+    drop(sub);
+}
 
 async fn snapshot_first_then_every_change_in_order(h: Harness) {
     let s = h.server().await;
@@ -453,6 +499,14 @@ async fn bad_subscriptions_are_rejected(h: Harness) {
                 ..Default::default()
             },
             "prefix",
+        ),
+        (
+            pb::SubscribeOccupancyRequest {
+                prefix: "a".into(),
+                all_channels: true,
+                ..Default::default()
+            },
+            "all_channels",
         ),
     ];
     for (r, field) in bad {

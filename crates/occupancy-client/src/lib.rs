@@ -63,11 +63,17 @@ pub mod proto {
 use proto::connection_service_client::ConnectionServiceClient;
 use proto::occupancy_service_client::OccupancyServiceClient;
 
+/// Metadata key the service sets on an UNAVAILABLE answer when it is up
+/// but its store (Redis) is not, so callers can tell that apart from a
+/// service that cannot be reached at all.
+pub const STORE_UNAVAILABLE_METADATA: &str = "occupancy-store-unavailable";
+
 /// Errors of the client.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// No endpoint was given, or one is not a valid URL.
-    #[error("invalid endpoint: {0}")]
+    /// No endpoint was given, or one is not a HOST:PORT or a valid
+    /// `http://` / `https://` URL.
+    #[error("invalid endpoint {0}")]
     InvalidEndpoint(String),
     /// The service answered with an error (after retries where the error
     /// was transient).
@@ -83,6 +89,57 @@ impl Error {
             Error::InvalidEndpoint(_) => None,
         }
     }
+
+    /// Whether the service answered that its store (Redis) is unavailable:
+    /// the service is up, retry later.
+    pub fn is_store_unavailable(&self) -> bool {
+        matches!(self, Error::Status(s) if s.code() == Code::Unavailable
+            && s.metadata().contains_key(STORE_UNAVAILABLE_METADATA))
+    }
+
+    /// Whether no endpoint could be reached or answered in time (and the
+    /// service did not say its store is down).
+    pub fn is_unreachable(&self) -> bool {
+        !self.is_store_unavailable() && matches!(self.code(), Some(Code::Unavailable | Code::DeadlineExceeded))
+    }
+}
+
+/// The gRPC URL for an endpoint as people write it: `HOST:PORT`
+/// (`127.0.0.1:50051`, `localhost:50051`, `[::1]:50051`) means plain
+/// `http://HOST:PORT`, as grpcurl and the Python and Node clients take it;
+/// `http://…` and `https://…` (TLS) URLs are used as given.
+///
+/// # Errors
+/// [`Error::InvalidEndpoint`] naming the endpoint and what is wrong with
+/// it: empty, another scheme, no host, or a `HOST` without `:PORT`.
+pub fn endpoint_url(endpoint: &str) -> Result<String, Error> {
+    let e = endpoint.trim();
+    let bad = |why: &str| Error::InvalidEndpoint(format!("{e:?}: {why}"));
+    if e.is_empty() {
+        return Err(bad("empty (give HOST:PORT, http://HOST:PORT or https://HOST:PORT)"));
+    }
+    let url = match e.split_once("://") {
+        Some((scheme, _)) if scheme.eq_ignore_ascii_case("http") || scheme.eq_ignore_ascii_case("https") => {
+            e.to_string()
+        }
+        Some((scheme, _)) => {
+            return Err(bad(&format!(
+                "unsupported scheme {scheme}:// (use HOST:PORT, http:// or https://)"
+            )))
+        }
+        None => format!("http://{e}"),
+    };
+    let uri: tonic::codegen::http::Uri = url
+        .parse()
+        .map_err(|err| bad(&format!("not a HOST:PORT or URL ({err})")))?;
+    if uri.host().is_none_or(str::is_empty) {
+        return Err(bad("no host (give HOST:PORT)"));
+    }
+    // a bare name without a port would silently mean port 80
+    if !e.contains("://") && uri.port().is_none() {
+        return Err(bad("no port (give HOST:PORT, e.g. 127.0.0.1:50051)"));
+    }
+    Ok(url)
 }
 
 /// Whether a failed call may succeed on another try or replica.
@@ -120,9 +177,10 @@ impl Default for ClientBuilder {
 }
 
 impl ClientBuilder {
-    /// Adds an endpoint (`http://host:port`, or `https://` for TLS with the
-    /// system's roots). Calls go to one endpoint and move to the next when
-    /// it fails.
+    /// Adds an endpoint: `HOST:PORT` or `http://HOST:PORT` (plain), or
+    /// `https://HOST:PORT` for TLS with the system's roots (see
+    /// [`endpoint_url`]). Calls go to one endpoint and move to the next
+    /// when it fails.
     #[must_use]
     pub fn endpoint(mut self, url: impl Into<String>) -> Self {
         self.endpoints.push(url.into());
@@ -184,11 +242,11 @@ impl ClientBuilder {
     /// The client. Connections are made lazily, on first use.
     ///
     /// # Errors
-    /// [`Error::InvalidEndpoint`] when no endpoint was given or one is not a
-    /// valid URL.
+    /// [`Error::InvalidEndpoint`] when no endpoint was given or one is
+    /// neither `HOST:PORT` nor an `http://` or `https://` URL.
     pub fn connect(self) -> Result<Client, Error> {
         if self.endpoints.is_empty() {
-            return Err(Error::InvalidEndpoint("no endpoint given".into()));
+            return Err(Error::InvalidEndpoint("(none): give at least one".into()));
         }
         let credentials = match &self.credential {
             None => Credentials::default(),
@@ -196,14 +254,15 @@ impl ClientBuilder {
                 .ok_or_else(|| Error::InvalidEndpoint("the credential must be visible ASCII".into()))?,
         };
         let mut channels = Vec::with_capacity(self.endpoints.len());
-        for url in &self.endpoints {
+        for given in &self.endpoints {
+            let url = &endpoint_url(given)?;
             let mut ep = Endpoint::from_shared(url.clone())
                 .map_err(|e| Error::InvalidEndpoint(format!("{url}: {e}")))?
                 .connect_timeout(self.connect_timeout)
                 .tcp_nodelay(true)
                 .http2_keep_alive_interval(Duration::from_secs(20))
                 .keep_alive_while_idle(true);
-            if url.starts_with("https://") {
+            if url.get(..8).is_some_and(|s| s.eq_ignore_ascii_case("https://")) {
                 let tls = match &self.ca {
                     Some(pem) => ClientTlsConfig::new().ca_certificate(Certificate::from_pem(pem)),
                     None => ClientTlsConfig::new().with_native_roots(),
@@ -373,6 +432,23 @@ impl Client {
         .await
     }
 
+    /// App-wide totals: active channels, connections, presence members and
+    /// open sessions.
+    ///
+    /// # Errors
+    /// The service's error after retries.
+    pub async fn stats(&self) -> Result<proto::AppStats, Error> {
+        self.call(|ch| async move {
+            Ok(OccupancyServiceClient::new(ch)
+                .get_stats(proto::GetStatsRequest {})
+                .await?
+                .into_inner()
+                .stats
+                .unwrap_or_default())
+        })
+        .await
+    }
+
     /// One page of active channels.
     ///
     /// # Errors
@@ -412,5 +488,38 @@ impl Client {
             }
             cursor = page.next_cursor;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn endpoints_as_people_write_them() {
+        assert_eq!(endpoint_url("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051");
+        assert_eq!(endpoint_url(" localhost:50051 ").unwrap(), "http://localhost:50051");
+        assert_eq!(endpoint_url("[::1]:50051").unwrap(), "http://[::1]:50051");
+        assert_eq!(
+            endpoint_url("http://127.0.0.1:50051").unwrap(),
+            "http://127.0.0.1:50051"
+        );
+        assert_eq!(
+            endpoint_url("https://occupancy.example").unwrap(),
+            "https://occupancy.example"
+        );
+        for (bad, why) in [
+            ("", "empty"),
+            ("localhost", "no port"),
+            ("redis://x:1", "unsupported scheme"),
+            ("not a url", "not a HOST:PORT"),
+            ("http://", "HOST:PORT"),
+        ] {
+            let e = endpoint_url(bad).unwrap_err().to_string();
+            assert!(e.contains(why), "{bad:?}: {e}");
+            assert!(e.starts_with("invalid endpoint"), "{e}");
+        }
+        assert!(Client::new("localhost").is_err());
+        assert!(Client::builder().connect().is_err());
     }
 }

@@ -14,7 +14,8 @@
 //! | `P:tok:T:conns` | set | connections owned by token `T` |
 //! | `P:sess:ID` | string | the session's current token |
 //! | `P:tok:T` | hash | `s` → session id, `ttl` → lease ms, `q` → last batch sequence applied in the lease |
-//! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock) |
+//! | `P:leases` | sorted set | token → lease deadline (ms, Redis clock); its size is the number of open sessions |
+//! | `P:totals` | hash | `c` → the sum of every channel's connections, `pm` → of its presence members; changed by every function call that changes a channel, in the same atomic call |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
@@ -88,6 +89,11 @@ pub fn token_connections(prefix: &str, token: &str) -> String {
 /// A session's current token.
 pub fn session(prefix: &str, session: &str) -> String {
     format!("{prefix}:sess:{session}")
+}
+
+/// App-wide sums of the channels' counters (`c`, `pm`).
+pub fn totals(prefix: &str) -> String {
+    format!("{prefix}:totals")
 }
 
 /// The lease deadlines.

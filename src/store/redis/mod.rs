@@ -24,7 +24,7 @@ use super::{ChangeSink, History, ReapReport, Snapshot, Store};
 use crate::domain::list::{name_of_busy_key, ListOrder};
 use crate::domain::{
     Applied, Batch, ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery,
-    ListedChannel, Metrics, ModeSet, OpResult, OpStatus, Operation, Pos, SessionId,
+    ListedChannel, Metrics, ModeSet, OpResult, OpStatus, Operation, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 use crate::store::not_owner;
@@ -48,8 +48,14 @@ const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
 /// How to reach and lay out the Redis state.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
-    /// `redis://` or `rediss://` URL.
+    /// `redis://` or `rediss://` URL (TLS with rustls; the URL's user and
+    /// password, if any, are sent with AUTH). `rediss://` checks the
+    /// server's certificate against the system's roots, or against
+    /// `tls_ca_file`.
     pub url: String,
+    /// PEM file of the CA certificate(s) that sign the Redis server's
+    /// certificate, for a private CA; `None` trusts the system's roots.
+    pub tls_ca_file: Option<std::path::PathBuf>,
     /// Prefix of every key, so deployments can share a Redis.
     pub key_prefix: String,
     /// Bound on connecting and on every call.
@@ -67,6 +73,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            tls_ca_file: None,
             key_prefix: "occupancy".into(),
             timeout: Duration::from_secs(1),
             default_ttl: Duration::from_secs(15),
@@ -74,6 +81,19 @@ impl RedisConfig {
             stream_max_len: 10_000,
         }
     }
+}
+
+/// The PEM bytes of a CA file, checked to hold at least one certificate.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or holds no PEM
+/// certificate.
+pub fn read_ca_file(path: &std::path::Path) -> std::result::Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(pem)
 }
 
 /// Occupancy state in Redis.
@@ -97,10 +117,11 @@ struct MgetFetch {
 
 impl reads::Fetch for MgetFetch {
     async fn mget(&self, keys: Vec<String>) -> Result<Vec<Option<Vec<u8>>>> {
+        crate::telemetry::store().merged_read(keys.len());
         let mut cmd = redis::cmd("MGET");
         cmd.arg(keys);
         let mut conn = self.conn.clone();
-        within(self.timeout, cmd.query_async(&mut conn)).await
+        within("get", self.timeout, cmd.query_async(&mut conn)).await
     }
 }
 
@@ -144,7 +165,8 @@ impl writer::Sender for ApplySender {
         // a batch of 10,000 operations is one script of tens to hundreds of
         // ms: allow for it on top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
-        let raw: Vec<redis::Value> = within(limit, invoke(&mut conn, &inv)).await?;
+        crate::telemetry::store().group_commit(jobs.len(), total);
+        let raw: Vec<redis::Value> = within("apply", limit, invoke(&mut conn, &inv)).await?;
         if raw.len() != 2 * jobs.len() {
             return Err(Error::Internal(format!(
                 "apply function returned {} values for {} writes",
@@ -170,10 +192,11 @@ fn new_token() -> u64 {
     rand::random::<u64>().max(1)
 }
 
-/// A lease epoch from a token as Redis holds it (`false`/nil: no lease).
+/// A lease epoch from a token as Redis holds it (Lua's `false`, nil in
+/// RESP2 and false in RESP3: no lease).
 fn epoch_of(raw: &redis::Value) -> Result<u64> {
     match raw {
-        redis::Value::Nil => Ok(0),
+        redis::Value::Nil | redis::Value::Boolean(false) => Ok(0),
         redis::Value::BulkString(b) => std::str::from_utf8(b)
             .ok()
             .and_then(|t| t.parse().ok())
@@ -273,7 +296,20 @@ impl RedisStore {
         let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
             .map_err(bad_url)?
             .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = redis::Client::open(info).map_err(bad_url)?;
+        let client = match &cfg.tls_ca_file {
+            None => redis::Client::open(info).map_err(bad_url)?,
+            Some(path) => {
+                let root_cert = read_ca_file(path).map_err(|e| crate::domain::InvalidInput::new("redis_ca_file", e))?;
+                redis::Client::build_with_tls(
+                    info,
+                    redis::TlsCertificates {
+                        client_tls: None,
+                        root_cert: Some(root_cert),
+                    },
+                )
+                .map_err(bad_url)?
+            }
+        };
         // Every call is bounded by `bounded` (scaled for large batches); the
         // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()
@@ -301,8 +337,12 @@ impl RedisStore {
         self.conn.clone()
     }
 
-    async fn bounded<T>(&self, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-        within(self.cfg.timeout, fut).await
+    async fn bounded<T>(
+        &self,
+        call: &'static str,
+        fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T> {
+        within(call, self.cfg.timeout, fut).await
     }
 
     fn call(&self, f: Function) -> redis::Cmd {
@@ -329,6 +369,7 @@ impl RedisStore {
         let mine = self.cfg.event_shards;
         let recorded: Option<u32> = self
             .bounded(
+                "health",
                 redis::cmd("SET")
                     .arg(&key)
                     .arg(mine)
@@ -343,7 +384,7 @@ impl RedisStore {
             None => Ok(()),
             Some(n) if n == mine => {
                 let _kept: bool = self
-                    .bounded(redis::cmd("PEXPIRE").arg(&key).arg(ttl).query_async(conn))
+                    .bounded("health", redis::cmd("PEXPIRE").arg(&key).arg(ttl).query_async(conn))
                     .await?;
                 Ok(())
             }
@@ -360,7 +401,7 @@ impl RedisStore {
         let mut inv = self.call(Function::Reap);
         inv.arg(REAP_BUDGET).arg(only_token);
         let mut conn = self.conn.clone();
-        let (expired, removed, more): (usize, usize, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (expired, removed, more): (usize, usize, u8) = self.bounded("reap", invoke(&mut conn, &inv)).await?;
         Ok(ReapReport {
             sessions_expired: expired,
             connections_removed: removed,
@@ -390,11 +431,21 @@ pub(crate) fn parse_metrics(bytes: &[u8]) -> Metrics {
 }
 
 /// A Redis call bounded by `limit`; no answer in time is UNAVAILABLE.
-async fn within<T>(limit: Duration, fut: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T> {
-    match tokio::time::timeout(limit, fut).await {
+/// Runs a Redis call of kind `call` within `limit`, recording its time
+/// and failure (`telemetry::store`).
+async fn within<T>(
+    call: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    let start = std::time::Instant::now();
+    let r = match tokio::time::timeout(limit, fut).await {
         Ok(r) => r.map_err(Error::from),
         Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
-    }
+    };
+    let failed = r.as_ref().err().map(|e| matches!(e, Error::Unavailable(_)));
+    crate::telemetry::store().redis_call(call, start.elapsed(), failed);
+    r
 }
 
 pub(crate) fn metrics_from(values: &[i64]) -> Metrics {
@@ -439,7 +490,8 @@ impl Store for RedisStore {
             .arg(new_token())
             .arg(owner);
         let mut conn = self.conn.clone();
-        let (status, ttl_ms, token): (u8, u64, redis::Value) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (status, ttl_ms, token): (u8, u64, redis::Value) =
+            self.bounded("keep_alive", invoke(&mut conn, &inv)).await?;
         if status == 3 {
             return Ok(KeepAliveOutcome::NotOwner);
         }
@@ -455,7 +507,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::Close);
         inv.arg(session.as_str()).arg(owner);
         let mut conn = self.conn.clone();
-        let (token, alive): (Option<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (token, alive): (Option<String>, u8) = self.bounded("close", invoke(&mut conn, &inv)).await?;
         if alive == 3 {
             return Err(not_owner(owner, session, false));
         }
@@ -531,7 +583,8 @@ impl Store for RedisStore {
         .arg(q.limit)
         .arg(if q.with_metrics { "1" } else { "0" });
         let mut conn = self.conn.clone();
-        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (keys, metrics, more): (Vec<String>, Vec<Vec<i64>>, u8) =
+            self.bounded("list", invoke(&mut conn, &inv)).await?;
         let next_cursor = (more == 1)
             .then(|| keys.last().map(|k| crate::domain::list::encode_cursor(q.order, k)))
             .flatten();
@@ -553,11 +606,39 @@ impl Store for RedisStore {
         Ok(ListPage { channels, next_cursor })
     }
 
+    /// Three O(1) reads in one MULTI: the name index's size (active
+    /// channels), the totals hash the functions keep (`keys::totals`), and
+    /// the lease set's size (open sessions).
+    async fn stats(&self) -> Result<Totals> {
+        let p = &self.cfg.key_prefix;
+        let mut pipe = redis::pipe();
+        pipe.atomic()
+            .cmd("ZCARD")
+            .arg(keys::name_index(p))
+            .cmd("HMGET")
+            .arg(keys::totals(p))
+            .arg("c")
+            .arg("pm")
+            .cmd("ZCARD")
+            .arg(keys::leases(p));
+        let mut conn = self.conn.clone();
+        let (channels, sums, sessions): (u64, Vec<Option<i64>>, u64) =
+            self.bounded("stats", pipe.query_async(&mut conn)).await?;
+        // a sum can only be negative if the hash was changed by hand
+        let sum = |i: usize| sums.get(i).copied().flatten().unwrap_or(0).max(0) as u64;
+        Ok(Totals {
+            active_channels: channels,
+            connections: sum(0),
+            presence_members: sum(1),
+            sessions,
+        })
+    }
+
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {
         let mut inv = self.call(Function::SessionState);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
-        let flat: Vec<String> = self.bounded(invoke(&mut conn, &inv)).await?;
+        let flat: Vec<String> = self.bounded("session_state", invoke(&mut conn, &inv)).await?;
         let bad = || Error::Internal("session state script returned a malformed list".into());
         let mut out = Vec::new();
         let mut it = flat.into_iter();
@@ -595,7 +676,7 @@ impl Store for RedisStore {
             inv.arg(c.as_str());
         }
         let mut conn = self.conn.clone();
-        let mut raw: Vec<redis::Value> = self.bounded(invoke(&mut conn, &inv)).await?;
+        let mut raw: Vec<redis::Value> = self.bounded("snapshot", invoke(&mut conn, &inv)).await?;
         let bad = |what: &str| Error::Internal(format!("snapshot script returned {what}"));
         let positions: Vec<String> =
             redis::from_redis_value(raw.pop().ok_or_else(|| bad("nothing"))?).map_err(|e| bad(&e.to_string()))?;
@@ -618,7 +699,7 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::History);
         inv.arg(shard).arg(after.to_string()).arg(limit);
         let mut conn = self.conn.clone();
-        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded(invoke(&mut conn, &inv)).await?;
+        let (gap, flat, more): (u8, Vec<String>, u8) = self.bounded("history", invoke(&mut conn, &inv)).await?;
         let mut changes = Vec::with_capacity(flat.len() / 2);
         for pair in flat.chunks(2) {
             let (Some(pos), Some(ch)) = (Pos::parse(&pair[0]), pair.get(1)) else {
@@ -636,6 +717,7 @@ impl Store for RedisStore {
     }
 
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
+        let outage = Arc::new(crate::store::outage::OutageLog::new("event stream readers"));
         for shard in 0..self.cfg.event_shards {
             tokio::spawn(reader::run(
                 self.client.clone(),
@@ -643,6 +725,7 @@ impl Store for RedisStore {
                 shard,
                 sink.clone(),
                 cancel.clone(),
+                outage.clone(),
             ));
         }
     }
@@ -654,11 +737,13 @@ impl Store for RedisStore {
     /// (`RedisStore::check_event_shards`).
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let pong: String = self.bounded(redis::cmd("PING").query_async(&mut conn)).await?;
+        let pong: String = self
+            .bounded("health", redis::cmd("PING").query_async(&mut conn))
+            .await?;
         if pong != "PONG" {
             return Err(Error::Internal(format!("unexpected PING reply {pong}")));
         }
-        self.bounded(functions::ensure_loaded(&mut conn)).await?;
+        self.bounded("health", functions::ensure_loaded(&mut conn)).await?;
         self.check_event_shards(&mut conn).await
     }
 }
@@ -696,6 +781,8 @@ mod tests {
         assert!(r.iter().all(|x| x.metrics.is_none()));
         // no lease after the write
         let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Nil).unwrap());
+        assert_eq!(epoch, 0);
+        let (_, epoch) = done(write_results(&job, &Value::BulkString(vec![1, 1]), &Value::Boolean(false)).unwrap());
         assert_eq!(epoch, 0);
         // statuses each followed by the nine counters as stored
         job.include_metrics = true;

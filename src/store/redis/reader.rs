@@ -18,11 +18,12 @@ use std::time::Duration;
 use redis::streams::StreamReadReply;
 use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::functions::{self, Function};
 use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
+use crate::store::outage::OutageLog;
 use crate::store::ChangeSink;
 
 /// How long one XREAD blocks.
@@ -42,6 +43,7 @@ pub(super) async fn run(
     shard: u32,
     sink: Arc<dyn ChangeSink>,
     cancel: CancellationToken,
+    outage: Arc<OutageLog>,
 ) {
     let key = keys::events(&cfg.key_prefix, shard);
     let conn_cfg = AsyncConnectionConfig::new()
@@ -60,11 +62,11 @@ pub(super) async fn run(
         {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), failing).await;
+                failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), failing).await;
                 continue;
             }
             Err(_) => {
-                failing = backoff_wait(&cancel, &mut backoff, shard, "timed out", failing).await;
+                failing = backoff_wait(&cancel, &mut backoff, &outage, shard, "timed out", failing).await;
                 continue;
             }
         };
@@ -78,7 +80,7 @@ pub(super) async fn run(
             Some(l) => match entry_exists(&mut conn, &key, l).await {
                 Ok(found) => !found,
                 Err(e) => {
-                    failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), failing).await;
+                    failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), failing).await;
                     continue;
                 }
             },
@@ -89,7 +91,8 @@ pub(super) async fn run(
             (last.unwrap_or_default(), false)
         };
         if failing {
-            info!(shard, "event stream reader reconnected");
+            debug!(shard, "event stream reader reconnected");
+            outage.recovered(shard);
         }
         backoff = Duration::from_millis(100);
         last = Some(start);
@@ -131,7 +134,7 @@ pub(super) async fn run(
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".to_string(),
                         };
-                        failing = backoff_wait(&cancel, &mut backoff, shard, &cause, false).await;
+                        failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &cause, false).await;
                         break;
                     }
                 }
@@ -148,7 +151,7 @@ pub(super) async fn run(
                         break;
                     }
                     Err(e) => {
-                        failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), false).await;
+                        failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), false).await;
                         break;
                     }
                 }
@@ -168,10 +171,16 @@ pub(super) async fn run(
             };
             match reply {
                 Ok(Some(reply)) => {
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
                     for k in reply.keys {
                         for entry in k.ids {
                             let Some(p) = Pos::parse(&entry.id) else { continue };
                             pos = p;
+                            // the entry's id is the Redis clock at commit
+                            crate::telemetry::store()
+                                .event_lag(shard, Duration::from_millis(now_ms.saturating_sub(p.ms)));
                             for e in decode(shard, p, &entry.map) {
                                 sink.publish(e);
                             }
@@ -181,7 +190,7 @@ pub(super) async fn run(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    failing = backoff_wait(&cancel, &mut backoff, shard, &e.to_string(), false).await;
+                    failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), false).await;
                     break;
                 }
             }
@@ -249,17 +258,20 @@ fn decode(shard: u32, pos: Pos, map: &std::collections::HashMap<String, redis::V
 }
 
 /// Waits before the next attempt (doubling up to 1 s); returns that the
-/// reader is now failing. Logs the first failure of a run only.
+/// reader is now failing. The replica's readers share `outage`, so an
+/// outage is logged once for all shards, not once per shard.
 async fn backoff_wait(
     cancel: &CancellationToken,
     backoff: &mut Duration,
+    outage: &OutageLog,
     shard: u32,
     cause: &str,
     already_failing: bool,
 ) -> bool {
     if !already_failing {
-        warn!(shard, %cause, "event stream reader lost redis, retrying");
+        debug!(shard, %cause, "event stream reader lost redis, retrying");
     }
+    outage.failed(shard, &cause);
     tokio::select! {
         () = cancel.cancelled() => {}
         () = tokio::time::sleep(*backoff) => {}

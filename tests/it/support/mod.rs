@@ -96,6 +96,11 @@ impl Harness {
     pub async fn server(&self) -> TestServer {
         TestServer::start(self.config(), self.store()).await
     }
+
+    /// Starts a server replica with its HTTP side too.
+    pub async fn http_server(&self) -> TestServer {
+        TestServer::start_with_http(self.config(), self.store()).await
+    }
 }
 
 /// An in-process server on a loopback port, shut down on drop.
@@ -104,6 +109,8 @@ pub struct TestServer {
     pub addr: SocketAddr,
     /// Its event hub.
     pub hub: Arc<occupancy::fanout::Hub>,
+    /// Its HTTP side's address, when started with one.
+    pub http: Option<SocketAddr>,
     shutdown: Option<oneshot::Sender<()>>,
     task: Option<tokio::task::JoinHandle<occupancy::Result<()>>>,
 }
@@ -111,12 +118,28 @@ pub struct TestServer {
 impl TestServer {
     /// Starts `run_with_store` on port 0.
     pub async fn start(config: Config, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(config, store, false).await
+    }
+
+    /// [`TestServer::start`] with the HTTP side on another port 0.
+    pub async fn start_with_http(config: Config, store: Arc<dyn Store>) -> Self {
+        Self::start_inner(config, store, true).await
+    }
+
+    async fn start_inner(config: Config, store: Arc<dyn Store>, with_http: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
         let addr = listener.local_addr().expect("addr");
+        let http = if with_http {
+            Some(tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind http"))
+        } else {
+            None
+        };
+        let http_addr = http.as_ref().map(|l| l.local_addr().expect("http addr"));
         let (tx, rx) = oneshot::channel();
         let hub = occupancy::fanout::Hub::new(store.shards());
-        let task = tokio::spawn(occupancy::server::run_with(
+        let task = tokio::spawn(occupancy::server::run_with_http(
             listener,
+            http,
             config,
             store,
             hub.clone(),
@@ -127,6 +150,7 @@ impl TestServer {
         Self {
             addr,
             hub,
+            http: http_addr,
             shutdown: Some(tx),
             task: Some(task),
         }
@@ -135,6 +159,11 @@ impl TestServer {
     /// The server's URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The HTTP side's base URL (`http://127.0.0.1:PORT`).
+    pub fn http_url(&self) -> String {
+        format!("http://{}", self.http.expect("server started with its HTTP side"))
     }
 
     /// A connected channel.

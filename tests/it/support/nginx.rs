@@ -10,6 +10,8 @@ pub struct Nginx {
     child: Child,
     /// Where it listens.
     pub addr: SocketAddr,
+    /// Where its HTTP server (for the replicas' HTTP side) listens.
+    pub http_addr: SocketAddr,
     _dir: tempfile::TempDir,
 }
 
@@ -27,14 +29,42 @@ fn binary() -> &'static str {
 }
 
 /// The shipped configuration, pointed at `upstreams` and listening on
-/// `listen`, with logs and temp files in `dir`.
-pub fn config(upstreams: &[SocketAddr], listen: SocketAddr, dir: &std::path::Path) -> String {
+/// `listen` (the HTTP side at `http_upstreams` and `http_listen`), with
+/// logs and temp files in `dir`.
+pub fn config_with_http(
+    upstreams: &[SocketAddr],
+    listen: SocketAddr,
+    http_upstreams: &[SocketAddr],
+    http_listen: SocketAddr,
+    dir: &std::path::Path,
+) -> String {
     let shipped =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/nginx.conf")).expect("deploy/nginx.conf");
     let mut out = String::new();
     let mut servers_written = false;
+    let mut in_http_upstream = false;
     for line in shipped.lines() {
         let t = line.trim_start();
+        if t.starts_with("upstream occupancy_http ") {
+            in_http_upstream = true;
+            out.push_str(line);
+            out.push('\n');
+            for u in http_upstreams {
+                out.push_str(&format!("        server {u};\n"));
+            }
+            continue;
+        }
+        if in_http_upstream {
+            if t.starts_with('}') {
+                in_http_upstream = false;
+            } else if t.starts_with("server ") {
+                continue;
+            }
+        }
+        if t.starts_with("listen ") && !t.contains("http2") {
+            out.push_str(&format!("        listen {http_listen};\n"));
+            continue;
+        }
         if t.starts_with("server 127.0.0.1:") {
             if !servers_written {
                 for u in upstreams {
@@ -75,10 +105,36 @@ impl Nginx {
     /// [`Nginx::start`] with the configuration passed through `edit` (to
     /// lower a timeout, say).
     pub fn start_with(upstreams: &[SocketAddr], edit: impl FnOnce(String) -> String) -> Self {
+        Self::start_full(upstreams, upstreams, edit)
+    }
+
+    /// [`Nginx::start`] with the replicas' HTTP sides at `http_upstreams`.
+    pub fn start_with_http(upstreams: &[SocketAddr], http_upstreams: &[SocketAddr]) -> Self {
+        Self::start_full(upstreams, http_upstreams, |c| c)
+    }
+
+    /// Starts nginx in front of the replicas' gRPC (`upstreams`) and HTTP
+    /// sides (`http_upstreams`), the configuration passed through `edit`.
+    pub fn start_full(
+        upstreams: &[SocketAddr],
+        http_upstreams: &[SocketAddr],
+        edit: impl FnOnce(String) -> String,
+    ) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let http_listen = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let conf = dir.path().join("nginx.conf");
-        std::fs::write(&conf, edit(config(upstreams, listen, dir.path()))).unwrap();
+        std::fs::write(
+            &conf,
+            edit(config_with_http(
+                upstreams,
+                listen,
+                http_upstreams,
+                http_listen,
+                dir.path(),
+            )),
+        )
+        .unwrap();
         let global = format!(
             "daemon off; pid {}/nginx.pid; error_log {}/error.log warn;",
             dir.path().display(),
@@ -113,6 +169,7 @@ impl Nginx {
         Self {
             child,
             addr: listen,
+            http_addr: http_listen,
             _dir: dir,
         }
     }

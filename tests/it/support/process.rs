@@ -25,8 +25,13 @@ impl Proc {
     /// waits for the log line that names its address. Its output is
     /// drained in the background so it never blocks on a full pipe.
     pub fn spawn(args: &[&str]) -> Self {
+        Self::spawn_on("127.0.0.1:0", args)
+    }
+
+    /// [`Proc::spawn`] listening on `listen`.
+    pub fn spawn_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(binary())
-            .args(["serve", "--listen", "127.0.0.1:0"])
+            .args(["serve", "--listen", listen])
             .args(args)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -69,6 +74,24 @@ impl Proc {
     /// The server's URL.
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The HTTP side's address, from its log line (started with
+    /// `--http-listen`); waits up to 20 s for it.
+    pub fn http_addr(&self) -> SocketAddr {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let found = self.log.lock().ok().and_then(|l| {
+                l.iter()
+                    .filter(|x| x.contains("HTTP side listening"))
+                    .find_map(|x| x.split("http=").nth(1)?.split_whitespace().next()?.parse().ok())
+            });
+            if let Some(a) = found {
+                return a;
+            }
+            assert!(Instant::now() < deadline, "no 'HTTP side listening' line within 20 s");
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// Whether it printed a line containing `needle`.

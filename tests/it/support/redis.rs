@@ -139,6 +139,11 @@ impl RedisServer {
         }
     }
 
+    /// Starts a killed server again on the same port, empty.
+    pub fn start_again(&mut self) {
+        assert!(self.spawn(), "redis-server did not come back on port {}", self.port);
+    }
+
     /// Starts the server again on the same port, empty.
     pub fn restart(&mut self) {
         self.kill();

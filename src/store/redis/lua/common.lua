@@ -34,7 +34,7 @@ local tonum, unpk, band, bxor, mfloor, mmin, mmax, rcall, tconcat
 -- per call: the common arguments, the keys named after the prefix, and the
 -- Redis clock in ms (for functions that read it)
 local P, NSHARDS, MAXLEN, NOW
-local K_LEASES, K_REAPING, K_IDX_NAME, K_IDX_BUSY, K_CONNS
+local K_LEASES, K_REAPING, K_IDX_NAME, K_IDX_BUSY, K_CONNS, K_TOTALS
 
 local function k_sess(s) return P .. ':sess:' .. s end
 local function k_tok(t) return P .. ':tok:' .. t end
@@ -185,6 +185,7 @@ local TOUCHED = 11 -- changed by this call
 local KEY = 12 -- the counters' key
 local SHARD = 13 -- event stream shard as a string, when the caller passed it
 local NAME = 14
+local READ_PM = 15 -- presence member count as read
 -- Between apply's first pass and its load_metrics() call, the channels
 -- of its operations map to their shard (a string).
 local M = {}
@@ -200,7 +201,7 @@ local function load_metrics(names, n)
     local ch, v = names[i], vals[i]
     local a, b, c, d, e, f, g, h, k = 0, 0, 0, 0, 0, 0, 0, 0, 0
     if v and #v == 36 then a, b, c, d, e, f, g, h, k = sunpack(PACK, v) end
-    M[ch] = { a, b, c, d, e, f, g, h, k, a, false, keys[i], M[ch] or false, ch }
+    M[ch] = { a, b, c, d, e, f, g, h, k, a, false, keys[i], M[ch] or false, ch, e }
   end
 end
 
@@ -224,10 +225,13 @@ local function touch(m)
   end
 end
 
--- Writes back every changed channel: counters, both indexes, and one event
--- entry per stream shard holding each changed channel's new counters
--- (field: the channel's name, value: its counters).
+-- Writes back every changed channel: counters, both indexes, the app-wide
+-- sums of connections and presence members (K_TOTALS, by the difference
+-- from what was read), and one event entry per stream shard holding each
+-- changed channel's new counters (field: the channel's name, value: its
+-- counters).
 local function finish()
+  local dc, dpm = 0, 0
   local sets, dels = {}, {}
   local busy_rem, busy_add = { K_IDX_BUSY }, { K_IDX_BUSY }
   local name_rem, name_add = { K_IDX_NAME }, { K_IDX_NAME }
@@ -237,6 +241,11 @@ local function finish()
     local m = touched_list[t]
     local ch = m[NAME]
     local before, after = m[READ_C], m[C]
+    local pm = m[PM]
+    if pm ~= m[READ_PM] then
+      dpm = dpm + pm - m[READ_PM]
+      m[READ_PM] = pm
+    end
     local body = spack(PACK, m[1], m[2], m[3], m[4], m[5], m[6], m[7], m[8], m[9])
     if after > 0 then
       sets[ns + 1] = m[KEY]
@@ -265,6 +274,7 @@ local function finish()
         nnr = nnr + 1
         name_rem[nnr] = ch
       end
+      dc = dc + after - before
       m[READ_C] = after
     end
     m[TOUCHED] = false
@@ -282,6 +292,8 @@ local function finish()
     end
   end
   touched_list, ntouched = {}, 0
+  if dc ~= 0 then rcall('HINCRBY', K_TOTALS, 'c', dc) end
+  if dpm ~= 0 then rcall('HINCRBY', K_TOTALS, 'pm', dpm) end
   call_list('MSET', sets, 0, ns)
   call_list('DEL', dels, 0, nd)
   call_list('ZREM', busy_rem, 1, nbr)
@@ -717,6 +729,7 @@ local function begin(argv, clock)
   K_IDX_NAME = P .. ':idx:name'
   K_IDX_BUSY = P .. ':idx:busy'
   K_CONNS = P .. ':conns'
+  K_TOTALS = P .. ':totals'
   if clock then
     local time = rcall('TIME')
     NOW = tonum(time[1]) * 1000 + mfloor(tonum(time[2]) / 1000)

@@ -1,0 +1,83 @@
+"""The table of scripts/bench from its results file.
+
+Usage: bench-table.py RESULTS [--quick]
+
+With --quick (a short run at a fraction of the full sizes: fewer
+channels, streams and attachments, one-second windows), the targets,
+which are set for the full-size run, do not apply: the "met" column says
+"not comparable" instead of judging the row.
+"""
+import sys
+
+quick = "--quick" in sys.argv[2:]
+base, res, cpu = {}, {}, {}
+for line in open(sys.argv[1]):
+    p = line.split()
+    if p[0] == "CPU" and len(p) == 5:
+        total, idle, steal = (int(x) for x in p[2:])
+        if total > 0:
+            cpu[{"idle-streams": "idle-rss"}.get(p[1], p[1])] = f"{100 * (total - idle) // total}/{100 * steal // total}"
+    elif p[0] == "BASE" and len(p) == 3 and p[2]:
+        base[p[1]] = float(p[2])
+    elif p[0] == "RESULT":
+        kv = dict(x.split("=", 1) for x in p[1:])
+        res[kv["scenario"]] = kv
+def f(v):
+    return f"{float(v):,.0f}"
+rows = []
+def row(name, value, baseline, target, ok, key=None, bkey=None):
+    host = cpu.get(key, "-")
+    if bkey:
+        host += f" (base {cpu.get(bkey, '-')})"
+    met = "not comparable (quick)" if quick and target != "reported" else ("yes" if ok else "NO")
+    rows.append((name, value, baseline, target, met, host))
+def ratio_row(name, key, bkey, target, unit):
+    r, b = res.get(key), base.get(bkey)
+    if not r or not b:
+        return
+    v = float(r["rate"])
+    row(name, f"{f(v)} {unit}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms", f"{f(b)} ({bkey})", f"{v / b:.2f} x (target {target})", v / b >= target, key, bkey)
+ratio_row("1. Apply, batches of 100", "apply", "evalsha_p16", 0.6, "ops/s")
+ratio_row("2. unary Attach/Detach, 64 in flight", "unary", "evalsha", 0.4, "ops/s")
+ratio_row("3. GetOccupancy, 64 in flight", "get", "hgetall", 0.5, "req/s")
+if "batch-get" in res:
+    r = res["batch-get"]
+    row("3. BatchGetOccupancy of 100", f"{f(r['rate'])} channels/s, p99 {r['p99_ms']} ms", "-", "reported", True, "batch-get")
+if "size-get" in res:
+    r = res["size-get"]
+    row(f"4. Get p50, {r['connections']} conns vs 1", f"{r['big_p50_ms']} vs {r['small_p50_ms']} ms", "-", f"{float(r['ratio']):.2f} x (target 1.2)", float(r["ratio"]) <= 1.2, "size-get")
+if "size-list" in res:
+    r = res["size-list"]
+    row(f"4. List page, {r['channels']} vs {r['small_channels']} channels", f"{r['big_p50_ms']} vs {r['small_p50_ms']} ms", "-", f"{float(r['ratio']):.2f} x (target 1.5)", float(r["ratio"]) <= 1.5, "size-list")
+if "fanout" in res:
+    r = res["fanout"]
+    row(f"5. fan-out, {r['streams']} streams", f"{f(r['rate'])} events/s ({f(r['changes_per_s'])} changes/s)", "-", "target 500,000/s", float(r["rate"]) >= 500000, "fanout")
+if "latency" in res:
+    r = res["latency"]
+    row(f"5. latency A->B, {r['subscribers']} subscribers on {r['channels']} channels", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms at {f(r['achieved_rate'])} changes/s (missing {r['missing']})", "-", "p99 <= 10 ms", float(r["p99_ms"]) <= 10, "latency")
+if "idle-rss" in res:
+    r = res["idle-rss"]
+    row(f"5. replica RSS, {r['streams']} idle streams", f"{r['after_mb']} MB (before {r['before_mb']} MB)", "-", "<= 300 MB", float(r["after_mb"]) <= 300, "idle-rss")
+if "footprint" in res:
+    r = res["footprint"]
+    row("6. Redis bytes per attachment", r["bytes_per_attachment"], "-", "<= 200", float(r["bytes_per_attachment"]) <= 200, "footprint")
+    row("6. Redis bytes per presence member", r["bytes_per_member"], "-", "<= 250", float(r["bytes_per_member"]) <= 250, "footprint")
+head = ("scenario", "result", "baseline", "ratio / target", "met", "host busy/steal %")
+w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
+def line(cells):
+    print("| " + " | ".join(str(c).ljust(w[i]) for i, c in enumerate(cells)) + " |")
+line(head)
+line(tuple("-" * x for x in w))
+for r in rows:
+    line(r)
+if quick:
+    print()
+    print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "get", "batch-get") if k in res and "cpu_us_gen" in res[k]]
+if cpu_rows:
+    print()
+    print("CPU per operation over the measured window (us; batch-get: per channel):")
+    print("| scenario  | Redis | replica A | load generator |")
+    print("| --------- | ----- | --------- | -------------- |")
+    for k, r in cpu_rows:
+        print(f"| {k:<9} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>9} | {r['cpu_us_gen']:>14} |")

@@ -1,0 +1,188 @@
+//! REST handlers in Ably's shapes: a channel, a page of channels, a batch
+//! read, and the app-wide totals.
+
+use axum::body::Bytes;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{header, HeaderMap};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+
+use super::json::{ChannelDetailsJson, StatsJson};
+use super::{principal, HttpState};
+use crate::api::convert;
+use crate::auth::Op;
+use crate::domain::list::MAX_LIMIT;
+use crate::domain::{ChannelName, InvalidInput, ListOrder, ListQuery};
+use crate::error::{Error, Result};
+
+/// The query parameters of a request, each given at most once and each
+/// one of `allowed`.
+pub(super) fn query_params(raw: Option<&str>, allowed: &[&str]) -> Result<Vec<(String, String)>, InvalidInput> {
+    let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+        .map_err(|_| InvalidInput::new("query", "is not a valid query string"))?;
+    for (i, (k, _)) in pairs.iter().enumerate() {
+        if !allowed.contains(&k.as_str()) {
+            return Err(InvalidInput::new(
+                k.clone(),
+                format!("unknown parameter (known: {})", allowed.join(", ")),
+            ));
+        }
+        if pairs[..i].iter().any(|(o, _)| o == k) {
+            return Err(InvalidInput::new(k.clone(), "given more than once"));
+        }
+    }
+    Ok(pairs)
+}
+
+pub(super) fn param<'a>(params: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    params.iter().find(|(k, _)| k == name).map(|(_, v)| v.as_str())
+}
+
+/// The channel name of a `{channelId}` path segment.
+pub(super) fn channel_id(path: Result<Path<String>, PathRejection>) -> Result<ChannelName, InvalidInput> {
+    let Path(name) = path.map_err(|_| InvalidInput::new("channelId", "is not valid percent-encoded UTF-8"))?;
+    ChannelName::parse("channelId", name)
+}
+
+/// `GET /channels/{channelId}`: Ably's `ChannelDetails`.
+pub(super) async fn get_channel(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<ChannelDetailsJson>> {
+    let who = principal(&state, &headers)?;
+    query_params(raw.as_deref(), &[])?;
+    let channel = channel_id(path)?;
+    who.check(Op::Read, channel.as_str())?;
+    let m = state.store.get(std::slice::from_ref(&channel)).await?;
+    let m = m.into_iter().next().unwrap_or_default();
+    Ok(Json(ChannelDetailsJson::new(channel.into_string(), m)))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct BatchBody {
+    channels: Vec<String>,
+}
+
+/// `POST /channels/batch` with `{"channels": [...]}`: `ChannelDetails` of
+/// up to 1,000 channels, in request order. (A GET of `/channels/batch`
+/// reads the channel named `batch`.)
+pub(super) async fn batch(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    path: Result<Path<String>, PathRejection>,
+    body: Bytes,
+) -> Result<Json<Vec<ChannelDetailsJson>>> {
+    let who = principal(&state, &headers)?;
+    match path {
+        Ok(Path(p)) if p == "batch" => {}
+        _ => return Err(Error::NotFound("POST is served at /channels/batch only".into())),
+    }
+    let body: BatchBody = serde_json::from_slice(&body).map_err(|e| {
+        InvalidInput::new(
+            "body",
+            format!("must be a JSON object {{\"channels\": [names...]}}: {e}"),
+        )
+    })?;
+    let channels = convert::batch_channels(body.channels)?;
+    // one forbidden channel refuses the whole request, naming it
+    for c in &channels {
+        who.check(Op::Read, c.as_str())?;
+    }
+    let metrics = state.store.get(&channels).await?;
+    Ok(Json(
+        channels
+            .into_iter()
+            .zip(metrics)
+            .map(|(c, m)| ChannelDetailsJson::new(c.into_string(), m))
+            .collect(),
+    ))
+}
+
+/// `GET /channels?prefix=&limit=&by=id|value&order=name|connections&cursor=`:
+/// a page of active channels, as Ably's REST: a JSON array of names
+/// (`by=id`) or of `ChannelDetails` (`by=value`, the default), with the
+/// next page in a `Link: <...>; rel="next"` header.
+pub(super) async fn list(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Response> {
+    let who = principal(&state, &headers)?;
+    let params = query_params(raw.as_deref(), &["prefix", "limit", "by", "order", "cursor"])?;
+    let limit = match param(&params, "limit") {
+        None => 0,
+        Some(v) => match v.parse::<u32>() {
+            Ok(l) if (1..=MAX_LIMIT).contains(&l) => l,
+            _ => {
+                return Err(
+                    InvalidInput::new("limit", format!("must be a number from 1 to {MAX_LIMIT}, got {v:?}")).into(),
+                )
+            }
+        },
+    };
+    let by_value = match param(&params, "by") {
+        None | Some("value") => true,
+        Some("id") => false,
+        Some(v) => return Err(InvalidInput::new("by", format!("must be id or value, got {v:?}")).into()),
+    };
+    let order = match param(&params, "order") {
+        None | Some("name") => ListOrder::Name,
+        Some("connections") => ListOrder::ConnectionsDesc,
+        Some(v) => {
+            return Err(InvalidInput::new("order", format!("must be name or connections, got {v:?}")).into());
+        }
+    };
+    let prefix = param(&params, "prefix").unwrap_or("").to_string();
+    let cursor = param(&params, "cursor").unwrap_or("");
+    let q = ListQuery::new(prefix, limit, cursor, order, by_value)?;
+    // only channels the caller may read, as ListChannels
+    let page = crate::api::list_for(state.store.as_ref(), &who, q).await?;
+    let body = if by_value {
+        serde_json::to_value(
+            page.channels
+                .into_iter()
+                .map(|c| ChannelDetailsJson::new(c.name.into_string(), c.metrics.unwrap_or_default()))
+                .collect::<Vec<_>>(),
+        )
+    } else {
+        serde_json::to_value(
+            page.channels
+                .into_iter()
+                .map(|c| c.name.into_string())
+                .collect::<Vec<_>>(),
+        )
+    }
+    .map_err(|e| Error::Internal(format!("json: {e}")))?;
+    let mut res = Json(body).into_response();
+    if let Some(next) = page.next_cursor {
+        let mut next_params: Vec<(&str, &str)> = params
+            .iter()
+            .filter(|(k, _)| k != "cursor")
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        next_params.push(("cursor", &next));
+        let qs = serde_urlencoded::to_string(&next_params).map_err(|e| Error::Internal(format!("query: {e}")))?;
+        let link = format!("</channels?{qs}>; rel=\"next\"");
+        if let Ok(v) = header::HeaderValue::from_str(&link) {
+            res.headers_mut().insert(header::LINK, v);
+        }
+    }
+    Ok(res)
+}
+
+/// `GET /stats`: the app-wide totals.
+pub(super) async fn stats(
+    State(state): State<HttpState>,
+    headers: HeaderMap,
+    RawQuery(raw): RawQuery,
+) -> Result<Json<StatsJson>> {
+    // the totals span every channel, as for GetStats
+    principal(&state, &headers)?.check_prefix(Op::Read, "")?;
+    query_params(raw.as_deref(), &[])?;
+    Ok(Json(state.store.stats().await?.into()))
+}

@@ -19,6 +19,8 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates && rm -rf /var/lib/apt/lists/*
 COPY --from=build /src/target/release/occupancy /usr/local/bin/occupancy
 USER 65534:65534
+# a non-loopback address: serve also needs OCCUPANCY_AUTH_KEYS (a mounted
+# key file) or OCCUPANCY_ALLOW_ANONYMOUS=true (README, Security)
 ENV OCCUPANCY_LISTEN=0.0.0.0:50051
 EXPOSE 50051
 # grpc.health.v1 through the binary itself: healthy while SERVING (Redis

@@ -17,13 +17,17 @@ fn repo(path: &str) -> String {
     std::fs::read_to_string(&p).unwrap_or_else(|e| panic!("{p}: {e}"))
 }
 
-/// `OCCUPANCY_*` variable → long flag, for `occupancy serve`.
-fn serve_env() -> HashMap<String, String> {
+/// `OCCUPANCY_*` variable → (long flag, whether it is a switch), for
+/// `occupancy serve`.
+fn serve_env() -> HashMap<String, (String, bool)> {
     let cli = Cli::command();
     let serve = cli.find_subcommand("serve").expect("serve");
     serve
         .get_arguments()
-        .filter_map(|a| Some((a.get_env()?.to_str()?.to_string(), a.get_long()?.to_string())))
+        .filter_map(|a| {
+            let switch = matches!(a.get_action(), clap::ArgAction::SetTrue);
+            Some((a.get_env()?.to_str()?.to_string(), (a.get_long()?.to_string(), switch)))
+        })
         .collect()
 }
 
@@ -42,10 +46,20 @@ fn serve_config(env: &HashMap<String, String>) -> occupancy::Config {
         if !name.starts_with("OCCUPANCY_") {
             continue;
         }
-        let flag = flags
+        let (flag, switch) = flags
             .get(name)
             .unwrap_or_else(|| panic!("{name} is not a variable of occupancy serve"));
-        argv.push(format!("--{flag}={value}"));
+        if *switch {
+            // a switch takes no value on the command line; its variable is
+            // true or false
+            match value.as_str() {
+                "true" | "1" => argv.push(format!("--{flag}")),
+                "false" | "0" => {}
+                _ => panic!("{name}={value}: a switch is true or false"),
+            }
+        } else {
+            argv.push(format!("--{flag}={value}"));
+        }
     }
     match parses(&argv).command {
         Some(Command::Serve(a)) => a.to_config().unwrap_or_else(|e| panic!("{argv:?}: {e}")),

@@ -262,6 +262,13 @@ fn check(step: &Step, text: &str, stderr: &str) {
         if c.contains("ListChannels") {
             assert!(got[0]["channels"][0]["channelId"].is_string(), "{}", ctx());
         }
+    } else if c.starts_with("occupancy key") {
+        // the credential, then a key file entry
+        assert!(
+            text.contains("[keys.dash]") && text.contains("secret_sha256"),
+            "{}",
+            ctx()
+        );
     } else if c.starts_with("occupancy --version") {
         assert!(text.starts_with("occupancy "), "{}", ctx());
     } else if c.starts_with("occupancy stats") {
@@ -325,6 +332,60 @@ fn check(step: &Step, text: &str, stderr: &str) {
     }
 }
 
+/// The command without its leading `NAME=value` environment assignments.
+fn without_env(command: &str) -> &str {
+    let mut rest = command;
+    while let Some((word, tail)) = rest.split_once(' ') {
+        if word.contains('=') && word.chars().next().is_some_and(|c| c.is_ascii_uppercase()) {
+            rest = tail.trim_start();
+        } else {
+            break;
+        }
+    }
+    rest
+}
+
+/// A CA (`ca.pem`) and a certificate for localhost and 127.0.0.1 signed by
+/// it (`cert.pem`, `key.pem`) in `dir`, as the README's Security section
+/// assumes an operator has.
+fn make_certificates(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(DnType::CommonName, "README test CA");
+    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
+    let key = KeyPair::generate().unwrap();
+    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &ca)
+        .unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
+    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// The README's `occupancy serve …` of its Security section, on loopback:
+/// its arguments with `--listen` dropped (the test listens on a free
+/// loopback port, not on every interface) and its files found in `dir`.
+fn secure_server(command: &str, dir: &Path) -> Proc {
+    let mut args: Vec<String> = Vec::new();
+    let mut words = command.split_whitespace().skip(2);
+    while let Some(w) = words.next() {
+        if w == "--listen" {
+            words.next();
+            continue;
+        }
+        let file = dir.join(w);
+        args.push(if file.is_file() {
+            file.to_str().unwrap().to_string()
+        } else {
+            w.to_string()
+        });
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    Proc::spawn(&args)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_readme_works_as_written() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
@@ -345,10 +406,14 @@ async fn the_readme_works_as_written() {
     )
     .unwrap();
     let mut python: Option<PathBuf> = None;
+    // the Security section's server (key file and TLS) and the credential
+    // its `occupancy key` printed
+    let mut secure: Option<Proc> = None;
+    let mut credential: Option<String> = None;
     let mut skipped: BTreeMap<String, &str> = BTreeMap::new();
     let mut ran = 0;
     for step in &steps {
-        let c = step.command.as_str();
+        let c = without_env(step.command.as_str());
         let first = c.split_whitespace().next().unwrap_or("");
         let why_not = match first {
             "cargo" if c.starts_with("cargo run --release") || c.starts_with("cargo install") => {
@@ -363,6 +428,14 @@ async fn the_readme_works_as_written() {
         };
         if let Some(why) = why_not {
             skipped.insert(c.to_string(), why);
+            continue;
+        }
+        if c.starts_with("occupancy serve ") && c.contains("--auth-keys") {
+            // started here, on loopback, with the key file the step before
+            // wrote and certificates made for it
+            make_certificates(clone.path());
+            secure = Some(secure_server(c, clone.path()));
+            ran += 1;
             continue;
         }
         if c.starts_with("python3 -m pip install") {
@@ -401,9 +474,21 @@ async fn the_readme_works_as_written() {
         }
         // the README's address is the default one; the test's server is on
         // a free port
-        let mut line = c
+        let mut line = step
+            .command
             .replace("127.0.0.1:50051", &addr)
             .replace("localhost:8080", &http_addr);
+        if line.contains("occupancy.internal:50051") || line.contains("dash:SECRET") {
+            // the Security section's server, reached by a name its
+            // certificate holds, with the credential it was given
+            let s = secure.as_ref().expect("the Security section starts its server first");
+            line = line
+                .replace("occupancy.internal:50051", &format!("localhost:{}", s.addr.port()))
+                .replace(
+                    "dash:SECRET",
+                    credential.as_deref().expect("a credential from `occupancy key`"),
+                );
+        }
         if matches!(first, "python3" | "node") {
             // the examples take the address before their subcommand
             for script in ["occupancy_client.py", "occupancy-client.js"] {
@@ -414,7 +499,11 @@ async fn the_readme_works_as_written() {
         // command itself, not a shell around it
         let mut cmd = Command::new("sh");
         cmd.arg("-c")
-            .arg(format!("exec {line}"))
+            // `NAME=value exec command`: the README's environment, then exec
+            .arg({
+                let rest = without_env(&line);
+                format!("{}exec {rest}", &line[..line.len() - rest.len()])
+            })
             .current_dir(clone.path())
             .env("PATH", &path)
             .env("OCCUPANCY_ENDPOINT", &addr)
@@ -429,10 +518,26 @@ async fn the_readme_works_as_written() {
         } else {
             let out = run(cmd, Duration::from_secs(60)).await;
             assert!(out.ok(), "{c} (section {:?}) failed: {}", step.section, out.describe());
-            check(step, &out.stdout, &out.stderr);
+            let bare = Step {
+                command: c.to_string(),
+                ..step.clone()
+            };
+            check(&bare, &out.stdout, &out.stderr);
+            if c.starts_with("occupancy key") {
+                // the key file the next step serves with; its second line
+                // is the credential
+                std::fs::write(clone.path().join("keys.toml"), &out.stdout).unwrap();
+                credential = out
+                    .stdout
+                    .lines()
+                    .nth(1)
+                    .and_then(|l| l.strip_prefix("# "))
+                    .map(str::to_string);
+            }
         }
         ran += 1;
     }
+    drop(secure);
     println!("ran {ran} README commands; not run here: {skipped:#?}");
     assert!(ran >= 15, "ran only {ran}");
 }

@@ -486,11 +486,19 @@ fn staging(dir: &Path) -> PathBuf {
 /// Moves a finished install into place, replacing a stale one. If another
 /// run got there first, its install is kept.
 fn publish(stage: &Path, dir: &Path) {
-    if dir.exists() {
-        let _ = std::fs::remove_dir_all(dir);
-    }
+    // Tests run in parallel processes: another one may have published the
+    // same packages while this one installed. Keep theirs (removing a
+    // directory another test is reading breaks that test) and drop ours.
     if std::fs::rename(stage, dir).is_err() {
         let _ = std::fs::remove_dir_all(stage);
+    }
+}
+
+/// Removes a directory of packages found not ready (stale or broken), so
+/// the fresh install can take its place.
+fn discard_unready(dir: &Path) {
+    if dir.exists() {
+        let _ = std::fs::remove_dir_all(dir);
     }
 }
 
@@ -546,6 +554,7 @@ pub(crate) async fn python_deps() -> Option<PathBuf> {
     if python_ready(&dir, &requirements).await {
         return Some(dir);
     }
+    discard_unready(&dir);
     let stage = staging(&dir);
     let mut cmd = Command::new("python3");
     cmd.args([
@@ -591,6 +600,7 @@ pub(crate) async fn node_modules() -> bool {
     if node_ready(&app).await {
         return true;
     }
+    discard_unready(&app.join("node_modules"));
     let stage = staging(&deps_root().join("node"));
     let locked = app.join("package-lock.json").exists();
     for file in ["package.json", "package-lock.json"] {
@@ -642,6 +652,7 @@ async fn buf() -> Option<PathBuf> {
     if buf_version(&bin).await.as_deref() == Some(BUF_VERSION) {
         return Some(bin);
     }
+    discard_unready(&dir);
     let stage = staging(&dir);
     let mut cmd = Command::new("npm");
     cmd.args([

@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
-use crate::subscribe::{m, req, subscribe};
+use crate::support::sub::{m, req, subscribe};
 use crate::support::{eventually, modes, Harness};
 
 const TTL: Duration = Duration::from_millis(800);

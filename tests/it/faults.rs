@@ -13,8 +13,8 @@ use tonic::transport::Channel;
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
 use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, SeedGuard};
-use crate::subscribe::{m, req, Sub};
 use crate::support::process::Proc;
+use crate::support::sub::{m, req, Sub};
 use crate::support::{Harness, ReadClient, RedisServer, WriteClient};
 
 async fn fx_for(url: &str) -> Fx {
@@ -176,7 +176,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
     for ch in channels {
         assert_eq!(fx.get(ch).await, model.metrics(ch));
     }
-    let mut sub = crate::subscribe::subscribe(&s, req(&channels)).await.unwrap();
+    let mut sub = crate::support::sub::subscribe(&s, req(&channels)).await.unwrap();
     // what the subscriber holds
     let mut view: std::collections::HashMap<String, [u32; 9]> = std::collections::HashMap::new();
     for _ in 0..channels.len() {
@@ -355,7 +355,7 @@ async fn a_flush_without_restart_is_noticed_by_subscribers() {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
     fx.attach("fe", "c1", "x", &[Mode::Publish]).await;
-    let mut sub = crate::subscribe::subscribe(&s, req(&["x"])).await.unwrap();
+    let mut sub = crate::support::sub::subscribe(&s, req(&["x"])).await.unwrap();
     assert_eq!(m(&sub.next().await)[0], 1);
     // more traffic after the flush must not hide the loss
     let crate::support::Backend::Redis(redis) = &h.backend else {

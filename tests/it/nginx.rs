@@ -12,9 +12,9 @@ use pb::Mode;
 use tonic::transport::Channel;
 
 use crate::fixture::*;
-use crate::subscribe::{m, req, Sub};
 use crate::support::nginx::Nginx;
 use crate::support::process::Proc;
+use crate::support::sub::{m, req, Sub};
 use crate::support::{ReadClient, RedisServer, WriteClient};
 
 async fn through(url: &str) -> (Fx, Channel) {

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::process::Command;
 
-use crate::examples::{node_modules, python_deps, run};
+use crate::support::command::run;
+use crate::support::deps::{node_modules, python_deps};
 use crate::support::process::{binary, Proc};
 
 /// A command of the README and where it stands.

@@ -1,9 +1,13 @@
 //! Test support: private Redis servers, in-process servers over either
 //! store, and gRPC clients.
 
+pub mod auth;
+pub mod command;
+pub mod deps;
 pub mod nginx;
 pub mod process;
 pub mod redis;
+pub mod sub;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -84,7 +84,7 @@ impl FrontEnd {
             .clone()
             .sync_session(pb::SyncSessionRequest {
                 session_id: self.session.clone(),
-                attachments: crate::faults::holdings_to_pb(&self.model.holdings(&self.session)),
+                attachments: crate::support::wire::holdings(&self.model.holdings(&self.session)),
                 ttl_ms: 0,
             })
             .await

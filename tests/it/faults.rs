@@ -12,17 +12,21 @@ use tonic::transport::Channel;
 
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
-use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, SeedGuard};
+use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, Report, SeedGuard};
 use crate::support::process::Proc;
 use crate::support::sub::{m, req, Sub};
-use crate::support::{Harness, ReadClient, RedisServer, WriteClient};
+use crate::support::{wire, Harness, ReadClient, RedisServer, WriteClient};
 
-async fn fx_for(url: &str) -> Fx {
-    let ch = Channel::from_shared(url.to_string())
+async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
         .unwrap()
         .connect()
         .await
-        .expect("connect");
+        .expect("connect")
+}
+
+async fn fx_for(url: &str) -> Fx {
+    let ch = connect(url).await;
     Fx {
         r: ReadClient::new(ch.clone()),
         w: WriteClient::new(ch),
@@ -30,18 +34,49 @@ async fn fx_for(url: &str) -> Fx {
 }
 
 async fn subscribe_url(url: &str, r: pb::SubscribeOccupancyRequest) -> Sub {
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
+    let stream = ReadClient::new(connect(url).await)
+        .subscribe_occupancy(r)
         .await
-        .expect("connect");
-    Sub::from_stream(
-        ReadClient::new(ch)
-            .subscribe_occupancy(r)
-            .await
-            .expect("subscribe")
-            .into_inner(),
-    )
+        .expect("subscribe")
+        .into_inner();
+    Sub::from_stream(stream)
+}
+
+/// A subscriber on `url` to every channel under `ch:` (the model
+/// writers' channels), past its empty snapshot.
+async fn model_subscriber(url: &str) -> Sub {
+    let r = pb::SubscribeOccupancyRequest {
+        prefix: "ch:".into(),
+        ..Default::default()
+    };
+    let mut s = subscribe_url(url, r).await;
+    s.quiet_for(Duration::from_millis(100)).await;
+    s
+}
+
+/// Three replica processes over `redis`, and their URLs.
+fn three_replicas(redis: &RedisServer) -> (Vec<Proc>, Vec<String>) {
+    let url = redis.url();
+    let replicas: Vec<Proc> = (0..3)
+        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
+        .collect();
+    let urls = replicas.iter().map(Proc::url).collect();
+    (replicas, urls)
+}
+
+/// Starts the model writers of `d` on `urls`; what they did, once done.
+fn start_load(urls: &[String], d: &Drive, model: &Arc<Mutex<Model>>) -> tokio::task::JoinHandle<Report> {
+    let (urls, d, model) = (urls.to_vec(), d.clone(), model.clone());
+    tokio::spawn(async move { drive(&urls, &d, model).await })
+}
+
+/// Waits until the writers have made a few channels (at most 10 s: a
+/// fault injected after that still hits a busy service).
+async fn until_loaded(fx: &Fx) {
+    let started = Instant::now();
+    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,39 +90,17 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     };
     let _guard = SeedGuard(d.seed);
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
+    let (replicas, urls) = three_replicas(&redis);
     // subscribers on the two replicas that survive
     let mut subs = Vec::new();
     for u in &urls[1..] {
-        let mut s = subscribe_url(
-            u,
-            pb::SubscribeOccupancyRequest {
-                prefix: "ch:".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-        s.quiet_for(Duration::from_millis(100)).await;
-        subs.push(s);
+        subs.push(model_subscriber(u).await);
     }
     let model = Arc::new(Mutex::new(Model::default()));
-    let load = {
-        let urls = urls.clone();
-        let d = d.clone();
-        let model = model.clone();
-        tokio::spawn(async move { drive(&urls, &d, model).await })
-    };
+    let load = start_load(&urls, &d, &model);
     // kill replica 0 while the writers are busy (they send to all three)
     let victim = &replicas[0];
-    let started = Instant::now();
-    let fx = fx_for(&urls[1]).await;
-    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_loaded(&fx_for(&urls[1]).await).await;
     victim.signal("KILL");
     let report = load.await.expect("writers");
     let model = model.lock().unwrap().clone();
@@ -106,31 +119,6 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     );
     assert_eq!(mismatches, 0, "acknowledged writes lost or applied twice");
     assert_eq!(sub_mismatches, 0, "subscribers on the other replicas missed changes");
-}
-
-pub fn holdings_to_pb(h: &[(String, String, u8, Vec<String>)]) -> Vec<pb::SessionAttachment> {
-    h.iter()
-        .map(|(conn, ch, modes, members)| {
-            let modes_pb: Vec<i32> = [
-                (model::PUBLISH, Mode::Publish),
-                (model::SUBSCRIBE, Mode::Subscribe),
-                (model::PRESENCE, Mode::Presence),
-                (model::PRESENCE_SUBSCRIBE, Mode::PresenceSubscribe),
-                (model::OBJECT_PUBLISH, Mode::ObjectPublish),
-                (model::OBJECT_SUBSCRIBE, Mode::ObjectSubscribe),
-            ]
-            .iter()
-            .filter(|(b, _)| modes & b != 0)
-            .map(|(_, m)| *m as i32)
-            .collect();
-            pb::SessionAttachment {
-                connection_id: conn.clone(),
-                channel: ch.clone(),
-                modes: modes_pb,
-                presence_client_ids: members.clone(),
-            }
-        })
-        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,16 +176,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
         unreachable!()
     };
     redis.restart();
-    crate::support::eventually(Duration::from_secs(10), "redis to answer", || async {
-        fx.w.clone()
-            .keep_alive(pb::KeepAliveRequest {
-                session_id: "probe".into(),
-                ttl_ms: 0,
-            })
-            .await
-            .ok()
-    })
-    .await;
+    redis_answers(&fx).await;
     for ch in channels {
         assert_eq!(fx.get(ch).await, [0; 9], "data lost");
     }
@@ -211,7 +190,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
             fx.w.clone()
                 .sync_session(pb::SyncSessionRequest {
                     session_id: session.clone(),
-                    attachments: holdings_to_pb(&model.holdings(&session)),
+                    attachments: wire::holdings(&model.holdings(&session)),
                     ttl_ms: 0,
                 })
                 .await
@@ -522,32 +501,11 @@ async fn redis_restarted_empty_while_writers_are_active_ends_exact_after_one_rou
     };
     let _guard = SeedGuard(d.seed);
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
-    let mut sub = subscribe_url(
-        &urls[1],
-        pb::SubscribeOccupancyRequest {
-            prefix: "ch:".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    sub.quiet_for(Duration::from_millis(100)).await;
+    let (_replicas, urls) = three_replicas(&redis);
+    let mut sub = model_subscriber(&urls[1]).await;
     let model = Arc::new(Mutex::new(Model::default()));
-    let load = {
-        let urls = urls.clone();
-        let d = d.clone();
-        let model = model.clone();
-        tokio::spawn(async move { drive(&urls, &d, model).await })
-    };
-    let fx = fx_for(&urls[2]).await;
-    let started = Instant::now();
-    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let load = start_load(&urls, &d, &model);
+    until_loaded(&fx_for(&urls[2]).await).await;
     assert!(!load.is_finished(), "the writers finished before the fault");
     tokio::task::block_in_place(|| redis.restart());
     assert!(!load.is_finished(), "the writers finished during the restart");

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use super::{attach, TTL};
-use crate::support::auth::{authenticator, key_file_text, with, KeyFile, ADMIN, DASH, FE};
-use crate::support::{Harness, TestServer};
+use crate::support::auth::{http_server, key_file_text, with, KeyFile, ADMIN, DASH, FE};
+use crate::support::Harness;
 
 /// The HTTP side with a key file: the same credentials (`Authorization:
 /// Bearer …`) and capabilities as gRPC, 401 for an unknown caller and 403
@@ -14,9 +14,7 @@ use crate::support::{Harness, TestServer};
 async fn the_http_side_checks_the_same_credentials_and_capabilities() {
     let h = Harness::memory(TTL);
     let keys = KeyFile::new(&key_file_text(""));
-    let mut c = h.config();
-    c.auth = Some(authenticator(&keys.path()));
-    let s = TestServer::start_with_http(c, h.store()).await;
+    let s = http_server(&h, &keys).await;
     let mut fe = with(&s, FE).await;
     for (conn, ch) in [("c1", "rooms:1"), ("c2", "games:1")] {
         fe.w.attach(attach(conn, ch)).await.expect("attach");

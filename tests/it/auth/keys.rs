@@ -6,14 +6,26 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
-use occupancy::auth::keys::secret_digest_hex;
 use occupancy::auth::Authenticator;
 use occupancy::proto::v1 as pb;
 use tonic::transport::Channel;
 
 use super::{attach, TTL};
-use crate::support::auth::{authenticator, key_file_text, server_with, with, KeyFile, DASH, FE};
+use crate::support::auth::{authenticator, key_entry, key_file_text, server_with, with, As, KeyFile, DASH, FE};
 use crate::support::{eventually, Harness};
+
+/// Capabilities of a key that reads everything.
+const READ_ALL: &str = r#"{ "*" = ["read"] }"#;
+
+/// Reads `rooms:1` with `a`'s credential.
+async fn read(a: &As) -> Result<(), tonic::Status> {
+    a.r.clone()
+        .get_occupancy(pb::GetOccupancyRequest {
+            channel: "rooms:1".into(),
+        })
+        .await
+        .map(drop)
+}
 
 /// Reloading the key file under load fails no call; a broken file keeps
 /// the old keys; a new key in a good file works once loaded.
@@ -36,11 +48,7 @@ async fn a_key_file_reload_under_load_fails_no_call() {
                         .await
                         .expect("write during reload");
                 } else {
-                    a.r.get_occupancy(pb::GetOccupancyRequest {
-                        channel: "rooms:1".into(),
-                    })
-                    .await
-                    .expect("read during reload");
+                    read(&a).await.expect("read during reload");
                 }
                 calls += 1;
             }
@@ -49,58 +57,31 @@ async fn a_key_file_reload_under_load_fails_no_call() {
     }
     // rewrites adding a key each time, picked up on change
     for round in 0..3 {
-        let text = key_file_text(&format!(
-            "[keys.new{round}]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"*\" = [\"read\"] }}\n",
-            secret_digest_hex("n")
-        ));
-        keys.replace(&text);
-        let mut n = with(&s, &format!("new{round}:n")).await;
-        eventually(Duration::from_secs(10), "the new key works", || {
-            let mut r = n.r.clone();
-            async move {
-                r.get_occupancy(pb::GetOccupancyRequest {
-                    channel: "rooms:1".into(),
-                })
-                .await
-                .ok()
-            }
+        keys.replace(&key_file_text(&key_entry(&format!("new{round}"), "n", READ_ALL)));
+        let n = with(&s, &format!("new{round}:n")).await;
+        eventually(Duration::from_secs(10), "the new key works", || async {
+            read(&n).await.ok()
         })
         .await;
-        let _ = &mut n;
     }
     // a broken file: the old keys stay (new2 still works after the
     // watcher has certainly looked at it; the broken text is noticed as a
     // change, so a later good file is still picked up)
     let failed = auth.counters().reload_failures.load(Ordering::Relaxed);
     keys.replace("[keys.new2\nthis is not toml");
-    let mut later = with(&s, "later:l").await;
+    let later = with(&s, "later:l").await;
     eventually(Duration::from_secs(10), "the broken file is tried", || {
         let tried = auth.counters().reload_failures.load(Ordering::Relaxed) > failed;
         async move { tried.then_some(()) }
     })
     .await;
-    let mut n2 = with(&s, "new2:n").await;
-    n2.r.get_occupancy(pb::GetOccupancyRequest {
-        channel: "rooms:1".into(),
-    })
-    .await
-    .expect("the previous keys stay after a bad file");
-    keys.replace(&key_file_text(&format!(
-        "[keys.later]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"*\" = [\"read\"] }}\n",
-        secret_digest_hex("l")
-    )));
-    eventually(Duration::from_secs(10), "a good file after a bad one", || {
-        let mut r = later.r.clone();
-        async move {
-            r.get_occupancy(pb::GetOccupancyRequest {
-                channel: "rooms:1".into(),
-            })
-            .await
-            .ok()
-        }
+    let n2 = with(&s, "new2:n").await;
+    read(&n2).await.expect("the previous keys stay after a bad file");
+    keys.replace(&key_file_text(&key_entry("later", "l", READ_ALL)));
+    eventually(Duration::from_secs(10), "a good file after a bad one", || async {
+        read(&later).await.ok()
     })
     .await;
-    let _ = &mut later;
     stop.store(true, Ordering::Relaxed);
     let mut total = 0;
     for l in load {

@@ -1,15 +1,14 @@
 //! Every RPC × every kind of credential, and writes or batch reads with
 //! one forbidden channel refused whole.
 
-use occupancy::auth::keys::secret_digest_hex;
 use occupancy::auth::token::mint_until;
 use occupancy::proto::v1 as pb;
 use pb::Mode;
 use tonic::Code;
 
-use super::{attach, everything, TTL};
+use super::{attach, close, detach_batch, enter, everything, fe_holds_alice, keep_alive, leave, sync, TTL};
 use crate::fixture::*;
-use crate::support::auth::{key_file_text, now, server, with, As, KeyFile, ADMIN, DASH, FE};
+use crate::support::auth::{key_entry, key_file_text, now, server, with, As, KeyFile, ADMIN, DASH, FE};
 use crate::support::Harness;
 
 both_stores!(
@@ -79,61 +78,12 @@ impl Rpc {
                 .await
                 .map(drop)
             }
-            Rpc::Enter => {
-                a.w.enter_presence(pb::EnterPresenceRequest {
-                    session_id: "fe-1".into(),
-                    connection_id: "c-1".into(),
-                    channel: ch.into(),
-                    client_id: "mallory".into(),
-                })
-                .await
-                .map(drop)
-            }
-            Rpc::Leave => {
-                a.w.leave_presence(pb::LeavePresenceRequest {
-                    session_id: "fe-1".into(),
-                    connection_id: "c-1".into(),
-                    channel: ch.into(),
-                    client_id: "alice".into(),
-                })
-                .await
-                .map(drop)
-            }
-            Rpc::Apply => {
-                a.w.apply(pb::ApplyRequest {
-                    session_id: "fe-1".into(),
-                    operations: vec![pb::Operation {
-                        op: Some(detach_op("c-1", ch)),
-                    }],
-                    ..Default::default()
-                })
-                .await
-                .map(drop)
-            }
-            Rpc::KeepAlive => {
-                a.w.keep_alive(pb::KeepAliveRequest {
-                    session_id: "fe-1".into(),
-                    ttl_ms: 60_000,
-                })
-                .await
-                .map(drop)
-            }
-            Rpc::Close => {
-                a.w.close_session(pb::CloseSessionRequest {
-                    session_id: "fe-1".into(),
-                })
-                .await
-                .map(drop)
-            }
-            Rpc::Sync => {
-                a.w.sync_session(pb::SyncSessionRequest {
-                    session_id: "fe-1".into(),
-                    attachments: vec![],
-                    ..Default::default()
-                })
-                .await
-                .map(drop)
-            }
+            Rpc::Enter => a.w.enter_presence(enter("fe-1", "mallory")).await.map(drop),
+            Rpc::Leave => a.w.leave_presence(leave("fe-1", "alice")).await.map(drop),
+            Rpc::Apply => a.w.apply(detach_batch("fe-1")).await.map(drop),
+            Rpc::KeepAlive => a.w.keep_alive(keep_alive("fe-1")).await.map(drop),
+            Rpc::Close => a.w.close_session(close("fe-1")).await.map(drop),
+            Rpc::Sync => a.w.sync_session(sync("fe-1")).await.map(drop),
             Rpc::Get => {
                 a.r.get_occupancy(pb::GetOccupancyRequest { channel: ch.into() })
                     .await
@@ -190,22 +140,8 @@ async fn every_rpc_gets_the_status_its_credential_earns(h: Harness) {
     for rpc in Rpc::ALL {
         // a fresh state per RPC: fe's session fe-1 holds c-1 on rooms:1
         // with alice entered
-        let _ = admin
-            .w
-            .close_session(pb::CloseSessionRequest {
-                session_id: "fe-1".into(),
-            })
-            .await;
-        let mut fe = with(&s, FE).await;
-        fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
-        fe.w.enter_presence(pb::EnterPresenceRequest {
-            session_id: "fe-1".into(),
-            connection_id: "c-1".into(),
-            channel: "rooms:1".into(),
-            client_id: "alice".into(),
-        })
-        .await
-        .unwrap();
+        let _ = admin.w.close_session(close("fe-1")).await;
+        fe_holds_alice(&s).await;
         let before = everything(&mut admin).await;
         assert!(!before.is_empty());
         let (lacking, holding) = rpc.keys();
@@ -244,28 +180,19 @@ async fn every_rpc_gets_the_status_its_credential_earns(h: Harness) {
 
 /// An Apply with one forbidden operation is refused whole.
 async fn an_apply_with_one_forbidden_operation_changes_nothing(h: Harness) {
-    let keys = KeyFile::new(&key_file_text(&format!(
-        "[keys.rooms-fe]\nsecret_sha256 = \"{}\"\ncapabilities = {{ \"rooms:*\" = [\"report\"] }}\n",
-        secret_digest_hex("rf")
+    let keys = KeyFile::new(&key_file_text(&key_entry(
+        "rooms-fe",
+        "rf",
+        r#"{ "rooms:*" = ["report"] }"#,
     )));
     let s = server(&h, &keys).await;
     let mut a = with(&s, "rooms-fe:rf").await;
     let mut admin = with(&s, ADMIN).await;
-    let err =
-        a.w.apply(pb::ApplyRequest {
-            session_id: "s".into(),
-            operations: vec![
-                pb::Operation {
-                    op: Some(attach_op("c", "rooms:1", &[Mode::Subscribe])),
-                },
-                pb::Operation {
-                    op: Some(attach_op("c", "games:1", &[Mode::Subscribe])),
-                },
-            ],
-            ..Default::default()
-        })
-        .await
-        .unwrap_err();
+    let ops = vec![
+        attach_op("c", "rooms:1", &[Mode::Subscribe]),
+        attach_op("c", "games:1", &[Mode::Subscribe]),
+    ];
+    let err = a.w.apply(batch("s", ops)).await.unwrap_err();
     assert_eq!(err.code(), Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("games:1"), "{err:?}");
     assert!(everything(&mut admin).await.is_empty());

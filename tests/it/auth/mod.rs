@@ -15,7 +15,8 @@ use occupancy::proto::v1 as pb;
 use pb::Mode;
 
 use crate::fixture::*;
-use crate::support::auth::As;
+use crate::support::auth::{with, As, FE};
+use crate::support::TestServer;
 
 const TTL: Duration = Duration::from_secs(120);
 
@@ -51,6 +52,7 @@ async fn everything(a: &mut As) -> Vec<(String, [u32; 9])> {
     panic!("more than 1000 pages");
 }
 
+/// Session `fe-1` attaching `conn` to `channel` with presence.
 fn attach(conn: &str, channel: &str) -> pb::AttachRequest {
     pb::AttachRequest {
         session_id: "fe-1".into(),
@@ -58,4 +60,59 @@ fn attach(conn: &str, channel: &str) -> pb::AttachRequest {
         channel: channel.into(),
         modes: crate::support::modes(&[Mode::Presence, Mode::Subscribe]),
     }
+}
+
+/// `session` entering `client` through connection `c-1` on `rooms:1`.
+fn enter(session: &str, client: &str) -> pb::EnterPresenceRequest {
+    pb::EnterPresenceRequest {
+        session_id: session.into(),
+        connection_id: "c-1".into(),
+        channel: "rooms:1".into(),
+        client_id: client.into(),
+    }
+}
+
+/// `session` leaving `client` through connection `c-1` on `rooms:1`.
+fn leave(session: &str, client: &str) -> pb::LeavePresenceRequest {
+    let e = enter(session, client);
+    pb::LeavePresenceRequest {
+        session_id: e.session_id,
+        connection_id: e.connection_id,
+        channel: e.channel,
+        client_id: e.client_id,
+    }
+}
+
+/// A KeepAlive of `session` asking for a minute.
+fn keep_alive(session: &str) -> pb::KeepAliveRequest {
+    pb::KeepAliveRequest {
+        session_id: session.into(),
+        ttl_ms: 60_000,
+    }
+}
+
+fn close(session: &str) -> pb::CloseSessionRequest {
+    pb::CloseSessionRequest {
+        session_id: session.into(),
+    }
+}
+
+fn sync(session: &str) -> pb::SyncSessionRequest {
+    pb::SyncSessionRequest {
+        session_id: session.into(),
+        ..Default::default()
+    }
+}
+
+/// An Apply of `fe-1`'s session detaching `c-1` from `rooms:1`.
+fn detach_batch(session: &str) -> pb::ApplyRequest {
+    batch(session, vec![detach_op("c-1", "rooms:1")])
+}
+
+/// The state the ownership tests start from: front end `fe`'s session
+/// `fe-1` holds `c-1` on `rooms:1` with `alice` entered.
+async fn fe_holds_alice(s: &TestServer) {
+    let mut fe = with(s, FE).await;
+    fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
+    fe.w.enter_presence(enter("fe-1", "alice")).await.unwrap();
 }

@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use occupancy::auth::keys::secret_digest_hex;
 use occupancy::auth::token::mint_until;
 use occupancy::proto::v1 as pb;
 use pb::Mode;
@@ -12,7 +11,7 @@ use tonic::Code;
 
 use super::{attach, TTL};
 use crate::fixture::*;
-use crate::support::auth::{key_file_text, now, server, with, KeyFile, ADMIN, DASH, FE};
+use crate::support::auth::{key_entry, key_file_text, now, server, with, KeyFile, ADMIN, DASH, FE};
 use crate::support::sub::Sub;
 use crate::support::Harness;
 
@@ -35,27 +34,14 @@ async fn a_filtered_listing_walks_exactly_the_readable_channels(h: Harness) {
         }
     }
     caps.push('}');
-    let keys = KeyFile::new(&key_file_text(&format!(
-        "[keys.some]\nsecret_sha256 = \"{}\"\ncapabilities = {caps}\n",
-        secret_digest_hex("some")
-    )));
+    let keys = KeyFile::new(&key_file_text(&key_entry("some", "some", &caps)));
     let s = server(&h, &keys).await;
     let mut admin = with(&s, ADMIN).await;
     for c in 0..4 {
         let ops = (c * 1000..(c + 1) * 1000)
-            .map(|i| pb::Operation {
-                op: Some(attach_op(&format!("c{c}"), &format!("w:{i:05}"), &[Mode::Subscribe])),
-            })
+            .map(|i| attach_op(&format!("c{c}"), &format!("w:{i:05}"), &[Mode::Subscribe]))
             .collect();
-        admin
-            .w
-            .apply(pb::ApplyRequest {
-                session_id: "loader".into(),
-                operations: ops,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
+        admin.w.apply(batch("loader", ops)).await.unwrap();
     }
     // the walks below may outlast the default lease on a loaded machine
     admin

@@ -7,7 +7,7 @@ use occupancy::proto::v1 as pb;
 use pb::Mode;
 use tonic::Code;
 
-use super::{attach, everything, TTL};
+use super::{attach, close, detach_batch, enter, everything, fe_holds_alice, keep_alive, sync, TTL};
 use crate::fixture::*;
 use crate::support::auth::{key_file_text, server, with, KeyFile, ADMIN, DASH, FE, FE2};
 use crate::support::Harness;
@@ -25,16 +25,7 @@ async fn sessions_belong_to_the_key_that_opened_them(h: Harness) {
         server(&h, &keys).await,
     );
     let mut admin = with(&a, ADMIN).await;
-    let mut fe = with(&a, FE).await;
-    fe.w.attach(attach("c-1", "rooms:1")).await.unwrap();
-    fe.w.enter_presence(pb::EnterPresenceRequest {
-        session_id: "fe-1".into(),
-        connection_id: "c-1".into(),
-        channel: "rooms:1".into(),
-        client_id: "alice".into(),
-    })
-    .await
-    .unwrap();
+    fe_holds_alice(&a).await;
     let before = everything(&mut admin).await;
     let other_session = |conn: &str| pb::AttachRequest {
         session_id: "fe2-1".into(),
@@ -42,83 +33,27 @@ async fn sessions_belong_to_the_key_that_opened_them(h: Harness) {
     };
     for replica in [&b, &c] {
         let mut fe2 = with(replica, FE2).await;
+        let takeover = vec![
+            attach_op("c-7", "rooms:2", &[Mode::Subscribe]),
+            attach_op("c-1", "rooms:2", &[Mode::Subscribe]),
+        ];
         let denied: Vec<(&str, Result<(), tonic::Status>)> = vec![
-            (
-                "keep alive",
-                fe2.w
-                    .keep_alive(pb::KeepAliveRequest {
-                        session_id: "fe-1".into(),
-                        ttl_ms: 60_000,
-                    })
-                    .await
-                    .map(drop),
-            ),
-            (
-                "close",
-                fe2.w
-                    .close_session(pb::CloseSessionRequest {
-                        session_id: "fe-1".into(),
-                    })
-                    .await
-                    .map(drop),
-            ),
-            (
-                "sync",
-                fe2.w
-                    .sync_session(pb::SyncSessionRequest {
-                        session_id: "fe-1".into(),
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop),
-            ),
+            ("keep alive", fe2.w.keep_alive(keep_alive("fe-1")).await.map(drop)),
+            ("close", fe2.w.close_session(close("fe-1")).await.map(drop)),
+            ("sync", fe2.w.sync_session(sync("fe-1")).await.map(drop)),
             ("attach into", fe2.w.attach(attach("c-9", "rooms:1")).await.map(drop)),
-            (
-                "apply into",
-                fe2.w
-                    .apply(pb::ApplyRequest {
-                        session_id: "fe-1".into(),
-                        operations: vec![pb::Operation {
-                            op: Some(detach_op("c-1", "rooms:1")),
-                        }],
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop),
-            ),
+            ("apply into", fe2.w.apply(detach_batch("fe-1")).await.map(drop)),
             (
                 "take over by attach",
                 fe2.w.attach(other_session("c-1")).await.map(drop),
             ),
             (
                 "take over by enter",
-                fe2.w
-                    .enter_presence(pb::EnterPresenceRequest {
-                        session_id: "fe2-1".into(),
-                        connection_id: "c-1".into(),
-                        channel: "rooms:1".into(),
-                        client_id: "mallory".into(),
-                    })
-                    .await
-                    .map(drop),
+                fe2.w.enter_presence(enter("fe2-1", "mallory")).await.map(drop),
             ),
             (
                 "take over in a batch",
-                fe2.w
-                    .apply(pb::ApplyRequest {
-                        session_id: "fe2-1".into(),
-                        operations: vec![
-                            pb::Operation {
-                                op: Some(attach_op("c-7", "rooms:2", &[Mode::Subscribe])),
-                            },
-                            pb::Operation {
-                                op: Some(attach_op("c-1", "rooms:2", &[Mode::Subscribe])),
-                            },
-                        ],
-                        ..Default::default()
-                    })
-                    .await
-                    .map(drop),
+                fe2.w.apply(batch("fe2-1", takeover)).await.map(drop),
             ),
         ];
         for (what, r) in denied {
@@ -131,15 +66,7 @@ async fn sessions_belong_to_the_key_that_opened_them(h: Harness) {
     // the owner, from another replica: keeps it alive, and resumes its
     // connection in another session of its own
     let mut fe_c = with(&c, FE).await;
-    let ka = fe_c
-        .w
-        .keep_alive(pb::KeepAliveRequest {
-            session_id: "fe-1".into(),
-            ttl_ms: 60_000,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let ka = fe_c.w.keep_alive(keep_alive("fe-1")).await.unwrap().into_inner();
     assert_eq!(ka.status, pb::SessionStatus::Active as i32);
     fe_c.w
         .attach(pb::AttachRequest {
@@ -149,12 +76,7 @@ async fn sessions_belong_to_the_key_that_opened_them(h: Harness) {
         .await
         .unwrap();
     // fe's old session now holds nothing of c-1: closing it leaves rooms:1
-    fe_c.w
-        .close_session(pb::CloseSessionRequest {
-            session_id: "fe-1".into(),
-        })
-        .await
-        .unwrap();
+    fe_c.w.close_session(close("fe-1")).await.unwrap();
     let now_state = everything(&mut admin).await;
     assert_eq!(now_state.len(), 1, "{now_state:?}");
     assert_eq!(now_state[0].1[0], 1, "c-1 still attached through fe-1b");

@@ -100,18 +100,13 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
     let send = |seq: u64, ops: Vec<pb::operation::Op>| {
-        let mut w = fx.w.clone();
+        let fx = fx.clone();
         async move {
-            w.apply(pb::ApplyRequest {
-                session_id: "fe".into(),
-                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
-                include_metrics: false,
+            fx.send(pb::ApplyRequest {
                 sequence: seq,
-                session_epoch: 0,
+                ..batch("fe", ops)
             })
             .await
-            .unwrap()
-            .into_inner()
         }
     };
     let enter = vec![attach_op("c1", "x", &[Mode::Presence]), enter_op("c1", "x", "alice")];
@@ -133,20 +128,12 @@ async fn sequenced_batches_apply_once_and_in_order(h: Harness) {
     assert!(!send(0, vec![attach_op("c3", "x", &[])]).await.already_applied);
     assert_eq!(fx.get("x").await[0], 3);
     // sequences are per session
-    let mut w = fx.w.clone();
-    let r = w
-        .apply(pb::ApplyRequest {
-            session_id: "other".into(),
-            operations: vec![pb::Operation {
-                op: Some(attach_op("c4", "x", &[])),
-            }],
-            include_metrics: false,
+    let r = fx
+        .send(pb::ApplyRequest {
             sequence: 1,
-            session_epoch: 0,
+            ..batch("other", vec![attach_op("c4", "x", &[])])
         })
-        .await
-        .unwrap()
-        .into_inner();
+        .await;
     assert!(!r.already_applied);
     assert_eq!(fx.get("x").await[0], 4);
 }
@@ -158,18 +145,14 @@ async fn concurrent_writes_each_get_their_own_answer(h: Harness) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
     let apply = |session: String, seq: u64, ops: Vec<pb::operation::Op>| {
-        let mut w = fx.w.clone();
+        let fx = fx.clone();
         async move {
-            w.apply(pb::ApplyRequest {
-                session_id: session,
-                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
+            fx.send(pb::ApplyRequest {
                 include_metrics: true,
                 sequence: seq,
-                session_epoch: 0,
+                ..batch(&session, ops)
             })
             .await
-            .unwrap()
-            .into_inner()
         }
     };
     let first = apply("seq".into(), 5, vec![attach_op("s1", "g", &[Mode::Presence])]).await;
@@ -238,24 +221,13 @@ async fn concurrent_writes_of_few_sessions_keep_their_owners(h: Harness) {
     for k in 0..60usize {
         let session = SESSIONS[k % 3];
         let conn = format!("{session}-c{k}");
-        let ops = [
+        let ops = vec![
             attach_op(&conn, "few", &[Mode::Subscribe]),
             attach_op(&conn, &format!("few-{session}"), &[Mode::Presence]),
             enter_op(&conn, &format!("few-{session}"), &format!("u{k}")),
         ];
-        let mut w = fx.w.clone();
-        calls.push(tokio::spawn(async move {
-            w.apply(pb::ApplyRequest {
-                session_id: session.into(),
-                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
-                include_metrics: false,
-                sequence: 0,
-                session_epoch: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner()
-        }));
+        let fx = fx.clone();
+        calls.push(tokio::spawn(async move { fx.send(batch(session, ops)).await }));
     }
     for c in calls {
         let r = tokio::time::timeout(Duration::from_secs(20), c).await.unwrap().unwrap();

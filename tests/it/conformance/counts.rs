@@ -5,7 +5,7 @@ use occupancy::proto::v1 as pb;
 use pb::Mode;
 use tonic::Code;
 
-use super::{ALL_MODES, LONG_TTL_MS, TTL};
+use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::Harness;
 

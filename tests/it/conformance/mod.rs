@@ -9,18 +9,6 @@ mod sessions;
 
 use std::time::Duration;
 
-use occupancy::proto::v1 as pb;
-use pb::Mode;
-
-const ALL_MODES: [Mode; 6] = [
-    Mode::Publish,
-    Mode::Subscribe,
-    Mode::Presence,
-    Mode::PresenceSubscribe,
-    Mode::ObjectPublish,
-    Mode::ObjectSubscribe,
-];
-
 /// Lease of sessions in these tests (shorter than the service allows, so
 /// expiry tests are quick).
 const TTL: Duration = Duration::from_millis(600);

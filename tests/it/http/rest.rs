@@ -1,14 +1,14 @@
 //! REST routes: answers equal gRPC's field by field, paging through
 //! `Link` headers, and JSON errors naming the field.
 
-use occupancy::http::json::{ChannelDetailsJson, MetricsJson};
+use occupancy::http::json::ChannelDetailsJson;
 use occupancy::proto::v1 as pb;
 use pb::Mode;
 use serde_json::Value;
 
 use super::{client, get, LONG_TTL_MS, TTL};
 use crate::fixture::*;
-use crate::support::{Harness, TestServer};
+use crate::support::{metrics, Harness, TestServer};
 
 both_stores!(
     rest_answers_equal_grpc_answers,
@@ -16,44 +16,25 @@ both_stores!(
     bad_http_input_gets_a_json_error_naming_the_field,
 );
 
-fn from_pb(d: &pb::ChannelDetails) -> ChannelDetailsJson {
+/// gRPC's ChannelDetails as the HTTP side's JSON type, and its metrics in
+/// the order of [`metrics::JSON_NAMES`].
+fn from_pb(d: &pb::ChannelDetails) -> (ChannelDetailsJson, [u32; 9]) {
     let st = d.status.as_ref().expect("status");
     let m = st.occupancy.as_ref().and_then(|o| o.metrics.as_ref()).expect("metrics");
     let mut j = ChannelDetailsJson::new(d.channel_id.clone(), Default::default());
     j.status.is_active = st.is_active;
-    j.status.occupancy.metrics = MetricsJson {
-        connections: m.connections,
-        publishers: m.publishers,
-        subscribers: m.subscribers,
-        presence_connections: m.presence_connections,
-        presence_members: m.presence_members,
-        presence_subscribers: m.presence_subscribers,
-        object_publishers: m.object_publishers,
-        object_subscribers: m.object_subscribers,
-        presence_clients: m.presence_clients,
-    };
-    j
+    j.status.occupancy.metrics = metrics::json(m);
+    (j, arr(m))
 }
 
 /// Checks the JSON of one ChannelDetails against gRPC's, field by field,
 /// in Ably's names.
 fn assert_details(json: &Value, grpc: &pb::ChannelDetails) {
-    let want = from_pb(grpc);
+    let (want, values) = from_pb(grpc);
     assert_eq!(json["channelId"], Value::from(want.channel_id.clone()));
     assert_eq!(json["status"]["isActive"], Value::from(want.status.is_active));
     let m = &json["status"]["occupancy"]["metrics"];
-    let w = want.status.occupancy.metrics;
-    for (name, v) in [
-        ("connections", w.connections),
-        ("publishers", w.publishers),
-        ("subscribers", w.subscribers),
-        ("presenceConnections", w.presence_connections),
-        ("presenceMembers", w.presence_members),
-        ("presenceSubscribers", w.presence_subscribers),
-        ("objectPublishers", w.object_publishers),
-        ("objectSubscribers", w.object_subscribers),
-        ("presenceClients", w.presence_clients),
-    ] {
+    for (name, v) in metrics::JSON_NAMES.into_iter().zip(values) {
         assert_eq!(m[name], Value::from(v), "{name} of {}", want.channel_id);
     }
     assert_eq!(

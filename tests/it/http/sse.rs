@@ -51,6 +51,22 @@ async fn next_event(s: &mut (impl futures::Stream<Item = OccupancyEventJson> + U
         .expect("stream open")
 }
 
+/// The next `n` events, as (connections, presence members) in order per
+/// channel.
+async fn per_channel(
+    s: &mut (impl futures::Stream<Item = OccupancyEventJson> + Unpin),
+    n: usize,
+) -> BTreeMap<String, Vec<(u32, u32)>> {
+    let mut got: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
+    for _ in 0..n {
+        let e = next_event(s).await;
+        got.entry(e.channel)
+            .or_default()
+            .push((e.data.metrics.connections, e.data.metrics.presence_members));
+    }
+    got
+}
+
 async fn sse_sends_snapshot_then_changes(h: Harness) {
     let s = h.http_server().await;
     let fx = Fx::new(&s).await;
@@ -78,29 +94,15 @@ async fn sse_sends_snapshot_then_changes(h: Harness) {
     // attach of c2), and of the channel that appeared later too (whose
     // first sight is always sent). Changes of different channels may sit
     // in different event shards, so order is only kept per channel.
-    let mut got: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
-    for _ in 0..3 {
-        let e = next_event(&mut pre).await;
-        got.entry(e.channel)
-            .or_default()
-            .push((e.data.metrics.connections, e.data.metrics.presence_members));
-    }
     assert_eq!(
-        got,
+        per_channel(&mut pre, 3).await,
         BTreeMap::from([
             ("live:a".to_string(), vec![(2, 1)]),
             ("live:b".to_string(), vec![(1, 0), (1, 1)]),
         ])
     );
-    let mut got: BTreeMap<String, Vec<(u32, u32)>> = BTreeMap::new();
-    for _ in 0..4 {
-        let e = next_event(&mut all).await;
-        got.entry(e.channel)
-            .or_default()
-            .push((e.data.metrics.connections, e.data.metrics.presence_members));
-    }
     assert_eq!(
-        got,
+        per_channel(&mut all, 4).await,
         BTreeMap::from([
             ("live:a".to_string(), vec![(2, 0), (2, 1)]),
             ("live:b".to_string(), vec![(1, 0), (1, 1)]),

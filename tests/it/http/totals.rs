@@ -54,14 +54,6 @@ async fn stats_equal_the_sum_over_channels_after_load_and_expiries(h: Harness) {
     for sess in &sessions {
         fx.keep_alive(sess, LONG_TTL_MS).await;
     }
-    const ALL: [Mode; 6] = [
-        Mode::Publish,
-        Mode::Subscribe,
-        Mode::Presence,
-        Mode::PresenceSubscribe,
-        Mode::ObjectPublish,
-        Mode::ObjectSubscribe,
-    ];
     for _ in 0..60 {
         let sess = &sessions[rng.random_range(0..sessions.len())];
         let ops = (0..rng.random_range(1..20))
@@ -71,7 +63,7 @@ async fn stats_equal_the_sum_over_channels_after_load_and_expiries(h: Harness) {
                 let ch = format!("load:{}", rng.random_range(0..25));
                 match rng.random_range(0..10) {
                     0..=4 => {
-                        let modes: Vec<Mode> = ALL.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
+                        let modes: Vec<Mode> = ALL_MODES.iter().copied().filter(|_| rng.random_bool(0.5)).collect();
                         attach_op(&conn, &ch, &[&[Mode::Presence][..], &modes].concat())
                     }
                     5 | 6 => detach_op(&conn, &ch),

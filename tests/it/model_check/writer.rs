@@ -13,8 +13,8 @@ use rand::{Rng, SeedableRng};
 use tonic::transport::{Channel, Endpoint};
 
 use super::{Drive, Report};
-use crate::model::{self, Model, Op};
-use crate::support::{ReadClient, WriteClient};
+use crate::model::{Model, Op};
+use crate::support::{wire, ReadClient, WriteClient};
 
 pub fn lazy(url: &str) -> Channel {
     Endpoint::from_shared(url.to_string())
@@ -22,47 +22,6 @@ pub fn lazy(url: &str) -> Channel {
         .connect_timeout(Duration::from_secs(1))
         .timeout(Duration::from_secs(5))
         .connect_lazy()
-}
-
-fn to_pb(op: &Op) -> pb::operation::Op {
-    use crate::support::modes;
-    let mode_list = |bits: u8| {
-        let mut v = Vec::new();
-        for (b, m) in [
-            (model::PUBLISH, pb::Mode::Publish),
-            (model::SUBSCRIBE, pb::Mode::Subscribe),
-            (model::PRESENCE, pb::Mode::Presence),
-            (model::PRESENCE_SUBSCRIBE, pb::Mode::PresenceSubscribe),
-            (model::OBJECT_PUBLISH, pb::Mode::ObjectPublish),
-            (model::OBJECT_SUBSCRIBE, pb::Mode::ObjectSubscribe),
-        ] {
-            if bits & b != 0 {
-                v.push(m);
-            }
-        }
-        modes(&v)
-    };
-    match op {
-        Op::Attach { conn, channel, modes } => pb::operation::Op::Attach(pb::AttachOperation {
-            connection_id: conn.clone(),
-            channel: channel.clone(),
-            modes: mode_list(*modes),
-        }),
-        Op::Detach { conn, channel } => pb::operation::Op::Detach(pb::DetachOperation {
-            connection_id: conn.clone(),
-            channel: channel.clone(),
-        }),
-        Op::Enter { conn, channel, client } => pb::operation::Op::Enter(pb::PresenceOperation {
-            connection_id: conn.clone(),
-            channel: channel.clone(),
-            client_id: client.clone(),
-        }),
-        Op::Leave { conn, channel, client } => pb::operation::Op::Leave(pb::PresenceOperation {
-            connection_id: conn.clone(),
-            channel: channel.clone(),
-            client_id: client.clone(),
-        }),
-    }
 }
 
 struct Writer {
@@ -122,7 +81,7 @@ impl Writer {
         let known = self.epochs.get(session).copied().unwrap_or(0);
         let req = pb::ApplyRequest {
             session_id: session.to_string(),
-            operations: ops.iter().map(|o| pb::Operation { op: Some(to_pb(o)) }).collect(),
+            operations: ops.iter().map(|o| pb::Operation { op: Some(wire::op(o)) }).collect(),
             include_metrics: false,
             sequence: self.sequence,
             session_epoch: known,
@@ -202,7 +161,7 @@ impl Writer {
         let holdings = self.model.lock().unwrap().holdings(session);
         let req = pb::SyncSessionRequest {
             session_id: session.to_string(),
-            attachments: crate::faults::holdings_to_pb(&holdings),
+            attachments: wire::holdings(&holdings),
             ttl_ms: 0,
         };
         self.report.syncs += 1;

@@ -7,6 +7,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use occupancy::auth::keys::secret_digest_hex;
 use occupancy::auth::Authenticator;
+use occupancy::config::Config;
 use occupancy::proto::v1 as pb;
 use tonic::metadata::{Ascii, MetadataValue};
 use tonic::service::interceptor::InterceptedService;
@@ -67,14 +68,21 @@ pub const KEYS: &[(&str, &str, &str)] = &[
     ("dash", "dash-secret", r#"{ "rooms:*" = ["read", "subscribe"] }"#),
 ];
 
+/// The key file entry of key `id` with `secret` and `caps` (a TOML
+/// inline table).
+pub fn key_entry(id: &str, secret: &str, caps: &str) -> String {
+    format!(
+        "[keys.{id}]\nsecret_sha256 = \"{}\"\ncapabilities = {caps}\n\n",
+        secret_digest_hex(secret)
+    )
+}
+
+/// A key file holding [`KEYS`], then `extra`.
 pub fn key_file_text(extra: &str) -> String {
-    let mut s = String::new();
-    for (id, secret, caps) in KEYS {
-        s.push_str(&format!(
-            "[keys.{id}]\nsecret_sha256 = \"{}\"\ncapabilities = {caps}\n\n",
-            secret_digest_hex(secret)
-        ));
-    }
+    let mut s: String = KEYS
+        .iter()
+        .map(|(id, secret, caps)| key_entry(id, secret, caps))
+        .collect();
     s.push_str(extra);
     s
 }
@@ -113,9 +121,18 @@ pub async fn server(h: &Harness, keys: &KeyFile) -> TestServer {
 
 /// A server replica of `h` with access control by `auth`.
 pub async fn server_with(h: &Harness, auth: Arc<Authenticator>) -> TestServer {
+    TestServer::start(config(h, auth), h.store()).await
+}
+
+/// [`server`] with its HTTP side too.
+pub async fn http_server(h: &Harness, keys: &KeyFile) -> TestServer {
+    TestServer::start_with_http(config(h, authenticator(&keys.path())), h.store()).await
+}
+
+fn config(h: &Harness, auth: Arc<Authenticator>) -> Config {
     let mut c = h.config();
     c.auth = Some(auth);
-    TestServer::start(c, h.store()).await
+    c
 }
 
 /// Credentials of the keys in [`KEYS`].

@@ -4,10 +4,12 @@
 pub mod auth;
 pub mod command;
 pub mod deps;
+pub mod metrics;
 pub mod nginx;
 pub mod process;
 pub mod redis;
 pub mod sub;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder};
 use occupancy::proto::v1::Mode;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::fixture::Fx;
 use crate::support::process::Proc;
-use crate::support::{ReadClient, WriteClient};
 
 /// chromedriver, killed on drop.
 struct Driver {
@@ -139,11 +137,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
     };
     let p = Proc::spawn(&["--http-listen", "127.0.0.1:0"]);
     let http = p.http_addr();
-    let ch = Channel::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&p.url()).await;
     fx.keep_alive("fe", 60_000).await;
     for i in 0..3 {
         fx.attach("fe", &format!("a{i}"), "dash:lobby", &[Mode::Subscribe, Mode::Presence])

@@ -96,14 +96,7 @@ impl FrontEnd {
     }
 
     pub async fn attach(&mut self, conn: &str, channel: &str, m: &[Mode]) -> u64 {
-        self.model.apply(
-            &self.session,
-            &Op::Attach {
-                conn: conn.into(),
-                channel: channel.into(),
-                modes: bits(m),
-            },
-        );
+        self.model.apply(&self.session, &Op::attach(conn, channel, bits(m)));
         let r = self
             .fx
             .w
@@ -122,14 +115,7 @@ impl FrontEnd {
     }
 
     pub async fn enter(&mut self, conn: &str, channel: &str, client: &str) -> u64 {
-        self.model.apply(
-            &self.session,
-            &Op::Enter {
-                conn: conn.into(),
-                channel: channel.into(),
-                client: client.into(),
-            },
-        );
+        self.model.apply(&self.session, &Op::enter(conn, channel, client));
         let r = self
             .fx
             .w

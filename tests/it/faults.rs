@@ -8,30 +8,14 @@ use std::time::{Duration, Instant};
 
 use occupancy::proto::v1 as pb;
 use pb::Mode;
-use tonic::transport::Channel;
 
+use crate::epochs::FrontEnd;
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
 use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, Report, SeedGuard};
 use crate::support::process::Proc;
 use crate::support::sub::{m, req, Sub};
-use crate::support::{wire, Harness, ReadClient, RedisServer, WriteClient};
-
-async fn connect(url: &str) -> Channel {
-    Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect")
-}
-
-async fn fx_for(url: &str) -> Fx {
-    let ch = connect(url).await;
-    Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    }
-}
+use crate::support::{connect, wire, Harness, ReadClient, RedisServer};
 
 async fn subscribe_url(url: &str, r: pb::SubscribeOccupancyRequest) -> Sub {
     let stream = ReadClient::new(connect(url).await)
@@ -100,7 +84,7 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     let load = start_load(&urls, &d, &model);
     // kill replica 0 while the writers are busy (they send to all three)
     let victim = &replicas[0];
-    until_loaded(&fx_for(&urls[1]).await).await;
+    until_loaded(&Fx::connect(&urls[1]).await).await;
     victim.signal("KILL");
     let report = load.await.expect("writers");
     let model = model.lock().unwrap().clone();
@@ -134,12 +118,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
             let conn = format!("fe{f}-c{c}");
             for ch in ["lobby", "game", &format!("fe-{f}-private")] {
                 let modes = model::PRESENCE | if c % 2 == 0 { model::PUBLISH } else { model::SUBSCRIBE };
-                let op = Op::Attach {
-                    conn: conn.clone(),
-                    channel: ch.to_string(),
-                    modes,
-                };
-                model.apply(&session, &op);
+                model.apply(&session, &Op::attach(&conn, ch, modes));
                 fx.attach(
                     &session,
                     &conn,
@@ -148,14 +127,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
                 )
                 .await;
                 let client = format!("user{}", c % 3);
-                model.apply(
-                    &session,
-                    &Op::Enter {
-                        conn: conn.clone(),
-                        channel: ch.to_string(),
-                        client: client.clone(),
-                    },
-                );
+                model.apply(&session, &Op::enter(&conn, ch, &client));
                 fx.enter(&session, &conn, ch, &client).await;
             }
         }
@@ -172,9 +144,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
         view.insert(e.channel.clone(), m(&e));
     }
     // Redis restarts empty
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     redis_answers(&fx).await;
     for ch in channels {
@@ -304,7 +274,7 @@ async fn a_silent_front_end_disappears_within_ttl_plus_one_second() {
     let url = redis.url();
     let a = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
     let b = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
-    let fa = fx_for(&a.url()).await;
+    let fa = Fx::connect(&a.url()).await;
     let mut sub = subscribe_url(&b.url(), req(&["room"])).await;
     sub.next().await;
     // a front end attaches 20 connections with presence, then goes silent
@@ -337,9 +307,7 @@ async fn a_flush_without_restart_is_noticed_by_subscribers() {
     let mut sub = crate::support::sub::subscribe(&s, req(&["x"])).await.unwrap();
     assert_eq!(m(&sub.next().await)[0], 1);
     // more traffic after the flush must not hide the loss
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server();
     let mut c = redis.connection();
     let _: () = ::redis::cmd("FLUSHALL").query(&mut c).unwrap();
     fx.attach("fe2", "c9", "y", &[]).await;
@@ -367,6 +335,18 @@ async fn redis_answers(fx: &Fx) {
     .await;
 }
 
+/// A front end holding `c1` on `room` with `alice` entered, then Redis
+/// restarted empty under it: the front end, and the epoch it held.
+async fn front_end_then_data_loss(h: &mut Harness, fx: &Fx) -> (FrontEnd, u64) {
+    let mut fe = FrontEnd::new(fx.clone(), "fe");
+    fe.attach("c1", "room", &[Mode::Presence]).await;
+    fe.enter("c1", "room", "alice").await;
+    let before = fe.epoch;
+    h.redis_server_mut().restart();
+    redis_answers(fx).await;
+    (fe, before)
+}
+
 /// Redis restarts empty and the front end's first call is a write (a busy
 /// front end writes far more often than it keeps alive). Before, the write
 /// opened a fresh lease, the next KeepAlive answered ACTIVE, and the room
@@ -376,15 +356,7 @@ async fn a_write_first_after_redis_restarted_empty_is_noticed_by_its_epoch() {
     let mut h = Harness::redis(Duration::from_secs(60));
     let s = h.server().await;
     let fx = Fx::new(&s).await;
-    let mut fe = crate::epochs::FrontEnd::new(fx.clone(), "fe");
-    fe.attach("c1", "room", &[Mode::Presence]).await;
-    fe.enter("c1", "room", "alice").await;
-    let before = fe.epoch;
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
-    redis.restart();
-    redis_answers(&fx).await;
+    let (mut fe, before) = front_end_then_data_loss(&mut h, &fx).await;
     assert_eq!(fx.get("room").await, [0; 9], "data lost");
     let answered = fe.attach("c2", "room", &[]).await;
     assert_ne!(answered, before, "the write ran in a new lease, and said so");
@@ -417,15 +389,8 @@ async fn a_keepalive_answer_lost_to_a_redis_stall_is_noticed_by_its_epoch() {
     let mut h = Harness::redis(Duration::from_secs(60));
     let s = server_with_short_redis_timeout(&h).await;
     let fx = Fx::new(&s).await;
-    let mut fe = crate::epochs::FrontEnd::new(fx.clone(), "fe");
-    fe.attach("c1", "room", &[Mode::Presence]).await;
-    fe.enter("c1", "room", "alice").await;
-    let before = fe.epoch;
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
-    redis.restart();
-    redis_answers(&fx).await;
+    let (mut fe, before) = front_end_then_data_loss(&mut h, &fx).await;
+    let redis = h.redis_server_mut();
     // Redis stalls: the KeepAlive is queued in its socket, the replica
     // gives up after its timeout
     redis.signal("STOP");
@@ -470,9 +435,7 @@ async fn the_session_helper_resyncs_after_a_keepalive_lost_to_a_redis_stall() {
     let before = session.epoch();
     assert_ne!(before, 0);
     assert_eq!(fx.get("lobby").await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     redis_answers(&fx).await;
     redis.signal("STOP");
@@ -505,7 +468,7 @@ async fn redis_restarted_empty_while_writers_are_active_ends_exact_after_one_rou
     let mut sub = model_subscriber(&urls[1]).await;
     let model = Arc::new(Mutex::new(Model::default()));
     let load = start_load(&urls, &d, &model);
-    until_loaded(&fx_for(&urls[2]).await).await;
+    until_loaded(&Fx::connect(&urls[2]).await).await;
     assert!(!load.is_finished(), "the writers finished before the fault");
     tokio::task::block_in_place(|| redis.restart());
     assert!(!load.is_finished(), "the writers finished during the restart");

@@ -2,6 +2,7 @@
 
 use occupancy::proto::v1 as pb;
 use pb::Mode;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
 pub use crate::support::metrics::arr;
@@ -19,6 +20,20 @@ impl Fx {
         Self {
             r: s.read().await,
             w: s.write().await,
+        }
+    }
+
+    /// Clients of the server at `url` (a process, or a proxy in front of
+    /// some).
+    pub async fn connect(url: &str) -> Self {
+        Self::over(crate::support::connect(url).await)
+    }
+
+    /// Clients sharing `ch`.
+    pub fn over(ch: Channel) -> Self {
+        Self {
+            r: ReadClient::new(ch.clone()),
+            w: WriteClient::new(ch),
         }
     }
 

@@ -15,7 +15,7 @@ use crate::fixture::*;
 use crate::support::nginx::Nginx;
 use crate::support::process::Proc;
 use crate::support::sub::{m, req, Sub};
-use crate::support::{ReadClient, RedisServer, WriteClient};
+use crate::support::{ReadClient, RedisServer};
 
 async fn through(url: &str) -> (Fx, Channel) {
     let ch = Channel::from_shared(url.to_string())
@@ -24,13 +24,7 @@ async fn through(url: &str) -> (Fx, Channel) {
         .connect()
         .await
         .expect("connect to nginx");
-    (
-        Fx {
-            r: ReadClient::new(ch.clone()),
-            w: WriteClient::new(ch.clone()),
-        },
-        ch,
-    )
+    (Fx::over(ch.clone()), ch)
 }
 
 async fn subscribe_via(ch: &Channel, r: pb::SubscribeOccupancyRequest) -> Sub {

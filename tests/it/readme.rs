@@ -14,7 +14,7 @@ use tokio::process::Command;
 
 use crate::support::command::run;
 use crate::support::deps::{node_modules, python_deps};
-use crate::support::process::{binary, Proc};
+use crate::support::process::{binary, stdout_of, Proc};
 
 /// A command of the README and where it stands.
 #[derive(Debug, Clone)]
@@ -107,17 +107,10 @@ fn quote_open_after(mut open: bool, line: &str) -> bool {
 /// The repository's tracked files copied to `to`, as a clone has them.
 fn fresh_copy(to: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("git")
-        .args(["ls-files", "-z"])
-        .current_dir(root)
-        .output()
-        .expect("git (to list the repository's files)");
-    assert!(
-        out.status.success(),
-        "git ls-files: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    let mut git = std::process::Command::new("git");
+    git.args(["ls-files", "-z"]).current_dir(root);
+    let files = stdout_of(&mut git, "git ls-files");
+    for name in files.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name).to_string();
         let from = root.join(&name);
         if !from.is_file() {

@@ -210,9 +210,7 @@ async fn a_replaced_certificate_is_served_to_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_acl_user_in_the_url() {
     let h = Harness::redis(Duration::from_secs(30));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server();
     let _: () = ::redis::cmd("ACL")
         .arg(vec!["SETUSER", "occ", "on", ">s3cret-pw", "~*", "&*", "+@all"])
         .query(&mut redis.connection())

@@ -11,7 +11,6 @@ use std::time::Duration;
 use occupancy::proto::v1 as pb;
 use pb::Mode;
 use tokio::process::Command;
-use tonic::transport::Channel;
 
 use self::clients::{Client, Stream};
 use crate::fixture::{attach_op, Fx};
@@ -19,7 +18,6 @@ use crate::support::auth::{key_file_text, KeyFile};
 use crate::support::command::run;
 use crate::support::deps::{buf, node_modules, python_deps, repo};
 use crate::support::process::Proc;
-use crate::support::{ReadClient, WriteClient};
 
 /// Bound of one run of an example client or of buf, and of the wait for
 /// each line a streaming client prints.
@@ -72,15 +70,7 @@ async fn exercise(client: &Client) {
     // leases outlive the test however slow the clients start
     let proc = Proc::spawn(&["--session-ttl", "10m"]);
     let addr = proc.addr.to_string();
-    let ch = Channel::from_shared(proc.url())
-        .expect("url")
-        .connect()
-        .await
-        .expect("connect");
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&proc.url()).await;
 
     // get: one channel (GetOccupancy), then several (BatchGetOccupancy)
     fx.attach("fe", "c1", "rooms:a", &[Mode::Publish, Mode::Presence]).await;

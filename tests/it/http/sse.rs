@@ -172,18 +172,9 @@ async fn sse_resumes_on_another_replica_missing_and_repeating_nothing(h: Harness
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sse_turns_live_and_heartbeats_into_comments() {
     use crate::support::process::Proc;
-    use crate::support::{ReadClient, WriteClient};
     let p = Proc::spawn(&["--http-listen", "127.0.0.1:0", "--stream-heartbeat", "200ms"]);
     let http = p.http_addr();
-    let ch = tonic::transport::Channel::from_shared(p.url())
-        .unwrap()
-        .connect()
-        .await
-        .unwrap();
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&p.url()).await;
     let resp = client()
         .get(format!("http://{http}/channels/sse:quiet/occupancy/stream"))
         .send()

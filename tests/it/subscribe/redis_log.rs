@@ -22,9 +22,7 @@ async fn redis_restart_mid_stream_resyncs_without_reconnecting() {
     let mut sub = subscribe(&s, req(&["x", "y"])).await.unwrap();
     sub.next().await;
     sub.next().await;
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     // the restarted Redis is empty: both channels read back as zero
     let mut latest: HashMap<String, [u32; 9]> = HashMap::new();
@@ -52,9 +50,7 @@ async fn redis_restart_mid_stream_resyncs_without_reconnecting() {
 
 /// Blocked clients on the harness's Redis (the event readers' XREADs).
 fn blocked_clients(h: &Harness) -> u64 {
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server();
     let info: String = ::redis::cmd("INFO")
         .arg("clients")
         .query(&mut redis.connection())

@@ -20,7 +20,7 @@ use occupancy::config::Config;
 use occupancy::proto::v1 as pb;
 use occupancy::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 pub use self::redis::RedisServer;
 
@@ -60,6 +60,22 @@ impl Harness {
         Self {
             backend: Backend::Redis(RedisServer::start()),
             ttl,
+        }
+    }
+
+    /// The private Redis of a Redis harness.
+    pub fn redis_server(&self) -> &RedisServer {
+        match &self.backend {
+            Backend::Redis(r) => r,
+            Backend::Memory(_) => panic!("a Redis harness"),
+        }
+    }
+
+    /// [`Harness::redis_server`], to restart or signal it.
+    pub fn redis_server_mut(&mut self) -> &mut RedisServer {
+        match &mut self.backend {
+            Backend::Redis(r) => r,
+            Backend::Memory(_) => panic!("a Redis harness"),
         }
     }
 
@@ -174,10 +190,7 @@ impl TestServer {
 
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
+        self.endpoint(Duration::from_secs(10))
             .connect()
             .await
             .expect("connect to test server")
@@ -185,12 +198,15 @@ impl TestServer {
 
     /// A plaintext channel, or why it could not connect.
     pub async fn channel_result(&self) -> Result<Channel, tonic::transport::Error> {
-        Channel::from_shared(self.url())
+        self.endpoint(Duration::from_secs(5)).connect().await
+    }
+
+    /// The server's endpoint with calls bounded by `timeout`.
+    fn endpoint(&self, timeout: Duration) -> Endpoint {
+        Endpoint::from_shared(self.url())
             .expect("url")
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await
+            .timeout(timeout)
     }
 
     /// Read-side client.
@@ -223,6 +239,15 @@ impl Drop for TestServer {
             t.abort();
         }
     }
+}
+
+/// A plaintext channel to `url`.
+pub async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// Polls `check` until it returns `Some`, at most `within`; panics with

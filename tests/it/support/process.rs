@@ -15,6 +15,14 @@ pub struct Proc {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Runs `cmd` to completion and returns its stdout; fails the test, with
+/// its stderr, when it cannot start or does not succeed.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_occupancy")

@@ -122,6 +122,13 @@ async fn wait_text(c: &Client, selector: &str, want: &str) -> Duration {
     }
 }
 
+/// The channel of the table's first row.
+async fn top_row(c: &Client) -> serde_json::Value {
+    c.execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
+        .await
+        .unwrap()
+}
+
 fn cell(channel: &str, metric: &str) -> String {
     format!("tr[data-channel=\"{channel}\"] td[data-metric=\"{metric}\"]")
 }
@@ -154,10 +161,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
     wait_text(&c, &cell("dash:lobby", "presenceMembers"), "1").await;
     wait_text(&c, &cell("dash:kitchen", "publishers"), "1").await;
     // busiest first
-    let first = c
-        .execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
-        .await
-        .unwrap();
+    let first = top_row(&c).await;
     assert_eq!(first, "dash:lobby");
     wait_text(&c, "#t-activeChannels", "2").await;
     wait_text(&c, "#t-connections", "4").await;
@@ -176,10 +180,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
         fx.attach("fe", &format!("n{i}"), "dash:new", &[Mode::Subscribe]).await;
     }
     wait_text(&c, &cell("dash:new", "connections"), "8").await;
-    let first = c
-        .execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
-        .await
-        .unwrap();
+    let first = top_row(&c).await;
     assert_eq!(first, "dash:new");
 
     // a channel's chart

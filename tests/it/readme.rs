@@ -12,6 +12,7 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::process::Command;
 
+use crate::support::certs::localhost_certificates;
 use crate::support::command::run;
 use crate::support::deps::{node_modules, python_deps};
 use crate::support::process::{binary, stdout_of, Proc};
@@ -343,19 +344,7 @@ fn without_env(command: &str) -> &str {
 /// it (`cert.pem`, `key.pem`) in `dir`, as the README's Security section
 /// assumes an operator has.
 fn make_certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "README test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    localhost_certificates(dir, "cert.pem", "key.pem");
 }
 
 /// The README's `occupancy serve …` of its Security section, on loopback:

@@ -11,7 +11,7 @@ use tonic::Code;
 
 use super::{attach, TTL};
 use crate::fixture::*;
-use crate::support::auth::{key_entry, key_file_text, now, server, with, KeyFile, ADMIN, DASH, FE};
+use crate::support::auth::{key_entry, key_file_text, now, server, with, As, KeyFile, ADMIN, DASH, FE};
 use crate::support::sub::Sub;
 use crate::support::Harness;
 
@@ -108,6 +108,11 @@ async fn a_filtered_listing_walks_exactly_the_readable_channels(h: Harness) {
     assert!(page.channels.is_empty() && page.next_cursor.is_empty());
 }
 
+/// A subscription opened with `a`'s credential.
+async fn subscribe(a: &mut As, req: pb::SubscribeOccupancyRequest) -> Sub {
+    Sub::from_stream(a.r.subscribe_occupancy(req).await.unwrap().into_inner())
+}
+
 /// Prefix subscriptions only where the whole prefix is covered.
 async fn prefix_subscriptions_need_the_whole_prefix(h: Harness) {
     let keys = KeyFile::new(&key_file_text(""));
@@ -136,16 +141,14 @@ async fn prefix_subscriptions_need_the_whole_prefix(h: Harness) {
         assert_eq!(err.code(), Code::PermissionDenied, "{prefix}: {err:?}");
         assert!(err.message().contains(prefix), "{err:?}");
     }
-    let stream = dash
-        .r
-        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+    let mut sub = subscribe(
+        &mut dash,
+        pb::SubscribeOccupancyRequest {
             prefix: "rooms:eu:".into(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut sub = Sub::from_stream(stream);
+        },
+    )
+    .await;
     let mut fe = with(&s, FE).await;
     fe.w.attach(attach("c-1", "rooms:eu:1")).await.unwrap();
     let e = sub.next().await;
@@ -163,16 +166,14 @@ async fn a_token_bound_stream_ends_at_expiry_and_resumes(h: Harness) {
     let exp = now() + 2;
     let token = mint_until("dash", "dash-secret", None, exp).unwrap();
     let mut dash = with(&s, &token).await;
-    let stream = dash
-        .r
-        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+    let mut sub = subscribe(
+        &mut dash,
+        pb::SubscribeOccupancyRequest {
             channels: vec!["rooms:1".into()],
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut sub = Sub::from_stream(stream);
+        },
+    )
+    .await;
     let first = sub.next().await;
     assert_eq!(first.metrics.unwrap().connections, 1);
     fe.w.attach(attach("c-2", "rooms:1")).await.unwrap();
@@ -192,17 +193,15 @@ async fn a_token_bound_stream_ends_at_expiry_and_resumes(h: Harness) {
     fe.w.attach(attach("c-3", "rooms:1")).await.unwrap();
     let fresh = mint_until("dash", "dash-secret", None, now() + 600).unwrap();
     let mut dash = with(&s, &fresh).await;
-    let stream = dash
-        .r
-        .subscribe_occupancy(pb::SubscribeOccupancyRequest {
+    let mut sub = subscribe(
+        &mut dash,
+        pb::SubscribeOccupancyRequest {
             channels: vec!["rooms:1".into()],
             resume_from: second.id.clone(),
             ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let mut sub = Sub::from_stream(stream);
+        },
+    )
+    .await;
     let caught_up = sub.next().await;
     assert_eq!(caught_up.metrics.unwrap().connections, 3);
     assert!(caught_up.id > second.id);

@@ -2,6 +2,7 @@
 //! store, and gRPC clients.
 
 pub mod auth;
+pub mod certs;
 pub mod command;
 pub mod deps;
 pub mod metrics;

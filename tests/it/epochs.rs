@@ -152,17 +152,12 @@ async fn apply_seq(
     epoch: u64,
     ops: Vec<pb::operation::Op>,
 ) -> pb::ApplyResponse {
-    fx.w.clone()
-        .apply(pb::ApplyRequest {
-            session_id: session.into(),
-            operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
-            include_metrics: false,
-            sequence,
-            session_epoch: epoch,
-        })
-        .await
-        .expect("apply")
-        .into_inner()
+    fx.send(pb::ApplyRequest {
+        sequence,
+        session_epoch: epoch,
+        ..batch(session, ops)
+    })
+    .await
 }
 
 /// Lease expiry, then a write first: before, the write opened a fresh

@@ -40,10 +40,7 @@ async fn model_subscriber(url: &str) -> Sub {
 
 /// Three replica processes over `redis`, and their URLs.
 fn three_replicas(redis: &RedisServer) -> (Vec<Proc>, Vec<String>) {
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
-        .collect();
+    let replicas = Proc::replicas(3, &redis.url(), &["--session-ttl", "60s"]);
     let urls = replicas.iter().map(Proc::url).collect();
     (replicas, urls)
 }

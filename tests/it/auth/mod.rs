@@ -1,7 +1,7 @@
-//! Access control through gRPC, on both stores: the credential matrix of
-//! every RPC, filtered listings, prefix subscriptions, token-bound streams,
-//! session ownership, key file reloads; and the safe default of the real
-//! binary.
+//! Access control: the credential matrix of every RPC (`matrix`), what a
+//! key's scope lets it see (`scope`), session ownership (`sessions`), key
+//! files and the binary's safe default (`keys`), and the HTTP side
+//! (`http_side`); with the requests and state these share.
 
 mod http_side;
 mod keys;
@@ -18,6 +18,7 @@ use crate::fixture::*;
 use crate::support::auth::{with, As, FE};
 use crate::support::TestServer;
 
+/// Lease of the tests' sessions: longer than any test here.
 const TTL: Duration = Duration::from_secs(120);
 
 /// Everything the store holds, as a full-access key sees it: every
@@ -104,7 +105,7 @@ fn sync(session: &str) -> pb::SyncSessionRequest {
     }
 }
 
-/// An Apply of `fe-1`'s session detaching `c-1` from `rooms:1`.
+/// An Apply of `session` detaching `c-1` from `rooms:1`.
 fn detach_batch(session: &str) -> pb::ApplyRequest {
     batch(session, vec![detach_op("c-1", "rooms:1")])
 }

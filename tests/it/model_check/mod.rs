@@ -10,8 +10,8 @@
 //! epoch, a batch is refused for its epoch, or KeepAlive says UNKNOWN.
 //!
 //! The seed is printed and can be replayed with `OCCUPANCY_MODEL_SEED`;
-//! `OCCUPANCY_MODEL_OPS` sets operations per writer (default 250; the long
-//! mode in TESTING.md uses 25,000 per writer for 100,000 operations).
+//! `OCCUPANCY_MODEL_OPS` sets steps per writer (default 250; the long
+//! mode in TESTING.md uses 25,000).
 
 mod writer;
 

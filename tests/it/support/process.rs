@@ -36,6 +36,13 @@ impl Proc {
         Self::spawn_on("127.0.0.1:0", args)
     }
 
+    /// `n` replicas sharing the Redis at `redis_url`, each started with
+    /// `args` too.
+    pub fn replicas(n: usize, redis_url: &str, args: &[&str]) -> Vec<Self> {
+        let args: Vec<&str> = ["--redis-url", redis_url].iter().chain(args).copied().collect();
+        (0..n).map(|_| Self::spawn(&args)).collect()
+    }
+
     /// [`Proc::spawn`] listening on `listen`.
     pub fn spawn_on(listen: &str, args: &[&str]) -> Self {
         let mut child = Command::new(binary())

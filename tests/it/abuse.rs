@@ -7,7 +7,7 @@ use pb::Mode;
 use tonic::Code;
 
 use crate::fixture::*;
-use crate::subscribe::{req, subscribe};
+use crate::support::sub::{req, subscribe};
 use crate::support::{eventually, Harness};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -93,7 +93,7 @@ async fn subscribe_cancel_storms_leave_nothing_behind() {
             .await
             .unwrap()
             .into_inner();
-        let mut sub = crate::subscribe::Sub::from_stream(stream);
+        let mut sub = crate::support::sub::Sub::from_stream(stream);
         if i % 2 == 0 {
             // half of them read their snapshot first
             sub.next().await;
@@ -113,6 +113,6 @@ async fn subscribe_cancel_storms_leave_nothing_behind() {
     assert_eq!(fx.get("x").await[0], 11);
     // and a new subscriber works as before
     let mut sub = subscribe(&s, req(&["x"])).await.unwrap();
-    assert_eq!(crate::subscribe::m(&sub.next().await)[0], 11);
+    assert_eq!(crate::support::sub::m(&sub.next().await)[0], 11);
     eprintln!("500 subscribe/cancel cycles in {:?}", started.elapsed());
 }

@@ -6,11 +6,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use occupancy::proto::v1::Mode;
-use tonic::transport::Channel;
 
 use crate::fixture::{attach_op, Fx};
 use crate::support::process::{binary, Proc};
-use crate::support::{ReadClient, RedisServer, WriteClient};
+use crate::support::RedisServer;
 
 fn run(args: &[&str]) -> Output {
     let mut child = Command::new(binary())
@@ -42,11 +41,7 @@ fn json_lines(out: &Output) -> Vec<serde_json::Value> {
 
 async fn server_with_state() -> (Proc, Fx) {
     let p = Proc::spawn(&[]);
-    let ch = Channel::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&p.url()).await;
     fx.attach("fe", "c1", "rooms:a", &[Mode::Presence, Mode::Publish]).await;
     fx.enter("fe", "c1", "rooms:a", "alice").await;
     fx.attach("fe", "c2", "rooms:a", &[Mode::Subscribe]).await;
@@ -507,11 +502,7 @@ async fn watch_table_of_nothing_prints_its_header() {
 async fn watch_table_follows_a_redis_restart() {
     let mut redis = RedisServer::start();
     let p = Proc::spawn(&["--redis-url", &redis.url()]);
-    let ch = Channel::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&p.url()).await;
     fx.attach("fe", "c1", "rooms:a", &[]).await;
     fx.attach("fe", "c2", "rooms:a", &[]).await;
     let w = Watch::start(&["--all", "--endpoint", &p.addr.to_string()]);

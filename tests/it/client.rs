@@ -153,9 +153,7 @@ async fn session_helper_keeps_its_lease_and_resyncs_after_data_loss() {
     assert_eq!(fx.get("lobby").await[0], 50, "lease kept alive");
     // Redis loses everything: the next KeepAlive finds the session unknown
     // and the helper re-sends its whole state
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     eventually(Duration::from_secs(10), "the state to be restored", || async {
         let r =
@@ -350,9 +348,7 @@ async fn session_helper_resyncs_when_a_write_finds_another_lease() {
     session.flush().await.unwrap();
     let before = session.epoch();
     assert_ne!(before, 0);
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     eventually(Duration::from_secs(10), "redis to answer", || async {
         fx.w.clone()

@@ -12,11 +12,9 @@ use std::time::{Duration, Instant};
 use fantoccini::{Client, ClientBuilder};
 use occupancy::proto::v1::Mode;
 use serde_json::{json, Value};
-use tonic::transport::Channel;
 
 use crate::fixture::Fx;
 use crate::support::process::Proc;
-use crate::support::{ReadClient, WriteClient};
 
 /// chromedriver, killed on drop.
 struct Driver {
@@ -124,6 +122,13 @@ async fn wait_text(c: &Client, selector: &str, want: &str) -> Duration {
     }
 }
 
+/// The channel of the table's first row.
+async fn top_row(c: &Client) -> serde_json::Value {
+    c.execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
+        .await
+        .unwrap()
+}
+
 fn cell(channel: &str, metric: &str) -> String {
     format!("tr[data-channel=\"{channel}\"] td[data-metric=\"{metric}\"]")
 }
@@ -139,11 +144,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
     };
     let p = Proc::spawn(&["--http-listen", "127.0.0.1:0"]);
     let http = p.http_addr();
-    let ch = Channel::from_shared(p.url()).unwrap().connect().await.unwrap();
-    let fx = Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    };
+    let fx = Fx::connect(&p.url()).await;
     fx.keep_alive("fe", 60_000).await;
     for i in 0..3 {
         fx.attach("fe", &format!("a{i}"), "dash:lobby", &[Mode::Subscribe, Mode::Presence])
@@ -160,10 +161,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
     wait_text(&c, &cell("dash:lobby", "presenceMembers"), "1").await;
     wait_text(&c, &cell("dash:kitchen", "publishers"), "1").await;
     // busiest first
-    let first = c
-        .execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
-        .await
-        .unwrap();
+    let first = top_row(&c).await;
     assert_eq!(first, "dash:lobby");
     wait_text(&c, "#t-activeChannels", "2").await;
     wait_text(&c, "#t-connections", "4").await;
@@ -182,10 +180,7 @@ async fn the_dashboard_shows_channels_and_follows_changes_in_a_real_browser() {
         fx.attach("fe", &format!("n{i}"), "dash:new", &[Mode::Subscribe]).await;
     }
     wait_text(&c, &cell("dash:new", "connections"), "8").await;
-    let first = c
-        .execute("return document.querySelector('#rows tr').dataset.channel;", vec![])
-        .await
-        .unwrap();
+    let first = top_row(&c).await;
     assert_eq!(first, "dash:new");
 
     // a channel's chart

@@ -13,7 +13,7 @@ use tonic::Code;
 
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
-use crate::subscribe::{m, req, subscribe};
+use crate::support::sub::{m, req, subscribe};
 use crate::support::{eventually, modes, Harness};
 
 const TTL: Duration = Duration::from_millis(800);
@@ -84,7 +84,7 @@ impl FrontEnd {
             .clone()
             .sync_session(pb::SyncSessionRequest {
                 session_id: self.session.clone(),
-                attachments: crate::faults::holdings_to_pb(&self.model.holdings(&self.session)),
+                attachments: crate::support::wire::holdings(&self.model.holdings(&self.session)),
                 ttl_ms: 0,
             })
             .await
@@ -96,14 +96,7 @@ impl FrontEnd {
     }
 
     pub async fn attach(&mut self, conn: &str, channel: &str, m: &[Mode]) -> u64 {
-        self.model.apply(
-            &self.session,
-            &Op::Attach {
-                conn: conn.into(),
-                channel: channel.into(),
-                modes: bits(m),
-            },
-        );
+        self.model.apply(&self.session, &Op::attach(conn, channel, bits(m)));
         let r = self
             .fx
             .w
@@ -122,14 +115,7 @@ impl FrontEnd {
     }
 
     pub async fn enter(&mut self, conn: &str, channel: &str, client: &str) -> u64 {
-        self.model.apply(
-            &self.session,
-            &Op::Enter {
-                conn: conn.into(),
-                channel: channel.into(),
-                client: client.into(),
-            },
-        );
+        self.model.apply(&self.session, &Op::enter(conn, channel, client));
         let r = self
             .fx
             .w
@@ -166,17 +152,12 @@ async fn apply_seq(
     epoch: u64,
     ops: Vec<pb::operation::Op>,
 ) -> pb::ApplyResponse {
-    fx.w.clone()
-        .apply(pb::ApplyRequest {
-            session_id: session.into(),
-            operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
-            include_metrics: false,
-            sequence,
-            session_epoch: epoch,
-        })
-        .await
-        .expect("apply")
-        .into_inner()
+    fx.send(pb::ApplyRequest {
+        sequence,
+        session_epoch: epoch,
+        ..batch(session, ops)
+    })
+    .await
 }
 
 /// Lease expiry, then a write first: before, the write opened a fresh

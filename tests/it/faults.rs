@@ -8,40 +8,56 @@ use std::time::{Duration, Instant};
 
 use occupancy::proto::v1 as pb;
 use pb::Mode;
-use tonic::transport::Channel;
 
+use crate::epochs::FrontEnd;
 use crate::fixture::*;
 use crate::model::{self, Model, Op};
-use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, SeedGuard};
-use crate::subscribe::{m, req, Sub};
+use crate::model_check::{check, check_subscribers, drive, seed, universe, Drive, Report, SeedGuard};
 use crate::support::process::Proc;
-use crate::support::{Harness, ReadClient, RedisServer, WriteClient};
-
-async fn fx_for(url: &str) -> Fx {
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
-        .await
-        .expect("connect");
-    Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    }
-}
+use crate::support::sub::{m, req, Sub};
+use crate::support::{connect, wire, Harness, ReadClient, RedisServer};
 
 async fn subscribe_url(url: &str, r: pb::SubscribeOccupancyRequest) -> Sub {
-    let ch = Channel::from_shared(url.to_string())
-        .unwrap()
-        .connect()
+    let stream = ReadClient::new(connect(url).await)
+        .subscribe_occupancy(r)
         .await
-        .expect("connect");
-    Sub::from_stream(
-        ReadClient::new(ch)
-            .subscribe_occupancy(r)
-            .await
-            .expect("subscribe")
-            .into_inner(),
-    )
+        .expect("subscribe")
+        .into_inner();
+    Sub::from_stream(stream)
+}
+
+/// A subscriber on `url` to every channel under `ch:` (the model
+/// writers' channels), past its empty snapshot.
+async fn model_subscriber(url: &str) -> Sub {
+    let r = pb::SubscribeOccupancyRequest {
+        prefix: "ch:".into(),
+        ..Default::default()
+    };
+    let mut s = subscribe_url(url, r).await;
+    s.quiet_for(Duration::from_millis(100)).await;
+    s
+}
+
+/// Three replica processes over `redis`, and their URLs.
+fn three_replicas(redis: &RedisServer) -> (Vec<Proc>, Vec<String>) {
+    let replicas = Proc::replicas(3, &redis.url(), &["--session-ttl", "60s"]);
+    let urls = replicas.iter().map(Proc::url).collect();
+    (replicas, urls)
+}
+
+/// Starts the model writers of `d` on `urls`; what they did, once done.
+fn start_load(urls: &[String], d: &Drive, model: &Arc<Mutex<Model>>) -> tokio::task::JoinHandle<Report> {
+    let (urls, d, model) = (urls.to_vec(), d.clone(), model.clone());
+    tokio::spawn(async move { drive(&urls, &d, model).await })
+}
+
+/// Waits until the writers have made a few channels (at most 10 s: a
+/// fault injected after that still hits a busy service).
+async fn until_loaded(fx: &Fx) {
+    let started = Instant::now();
+    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,39 +71,17 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     };
     let _guard = SeedGuard(d.seed);
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
+    let (replicas, urls) = three_replicas(&redis);
     // subscribers on the two replicas that survive
     let mut subs = Vec::new();
     for u in &urls[1..] {
-        let mut s = subscribe_url(
-            u,
-            pb::SubscribeOccupancyRequest {
-                prefix: "ch:".into(),
-                ..Default::default()
-            },
-        )
-        .await;
-        s.quiet_for(Duration::from_millis(100)).await;
-        subs.push(s);
+        subs.push(model_subscriber(u).await);
     }
     let model = Arc::new(Mutex::new(Model::default()));
-    let load = {
-        let urls = urls.clone();
-        let d = d.clone();
-        let model = model.clone();
-        tokio::spawn(async move { drive(&urls, &d, model).await })
-    };
+    let load = start_load(&urls, &d, &model);
     // kill replica 0 while the writers are busy (they send to all three)
     let victim = &replicas[0];
-    let started = Instant::now();
-    let fx = fx_for(&urls[1]).await;
-    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    until_loaded(&Fx::connect(&urls[1]).await).await;
     victim.signal("KILL");
     let report = load.await.expect("writers");
     let model = model.lock().unwrap().clone();
@@ -108,31 +102,6 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
     assert_eq!(sub_mismatches, 0, "subscribers on the other replicas missed changes");
 }
 
-pub fn holdings_to_pb(h: &[(String, String, u8, Vec<String>)]) -> Vec<pb::SessionAttachment> {
-    h.iter()
-        .map(|(conn, ch, modes, members)| {
-            let modes_pb: Vec<i32> = [
-                (model::PUBLISH, Mode::Publish),
-                (model::SUBSCRIBE, Mode::Subscribe),
-                (model::PRESENCE, Mode::Presence),
-                (model::PRESENCE_SUBSCRIBE, Mode::PresenceSubscribe),
-                (model::OBJECT_PUBLISH, Mode::ObjectPublish),
-                (model::OBJECT_SUBSCRIBE, Mode::ObjectSubscribe),
-            ]
-            .iter()
-            .filter(|(b, _)| modes & b != 0)
-            .map(|(_, m)| *m as i32)
-            .collect();
-            pb::SessionAttachment {
-                connection_id: conn.clone(),
-                channel: ch.clone(),
-                modes: modes_pb,
-                presence_client_ids: members.clone(),
-            }
-        })
-        .collect()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_truth() {
     let mut h = Harness::redis(Duration::from_secs(60));
@@ -146,12 +115,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
             let conn = format!("fe{f}-c{c}");
             for ch in ["lobby", "game", &format!("fe-{f}-private")] {
                 let modes = model::PRESENCE | if c % 2 == 0 { model::PUBLISH } else { model::SUBSCRIBE };
-                let op = Op::Attach {
-                    conn: conn.clone(),
-                    channel: ch.to_string(),
-                    modes,
-                };
-                model.apply(&session, &op);
+                model.apply(&session, &Op::attach(&conn, ch, modes));
                 fx.attach(
                     &session,
                     &conn,
@@ -160,14 +124,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
                 )
                 .await;
                 let client = format!("user{}", c % 3);
-                model.apply(
-                    &session,
-                    &Op::Enter {
-                        conn: conn.clone(),
-                        channel: ch.to_string(),
-                        client: client.clone(),
-                    },
-                );
+                model.apply(&session, &Op::enter(&conn, ch, &client));
                 fx.enter(&session, &conn, ch, &client).await;
             }
         }
@@ -176,7 +133,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
     for ch in channels {
         assert_eq!(fx.get(ch).await, model.metrics(ch));
     }
-    let mut sub = crate::subscribe::subscribe(&s, req(&channels)).await.unwrap();
+    let mut sub = crate::support::sub::subscribe(&s, req(&channels)).await.unwrap();
     // what the subscriber holds
     let mut view: std::collections::HashMap<String, [u32; 9]> = std::collections::HashMap::new();
     for _ in 0..channels.len() {
@@ -184,20 +141,9 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
         view.insert(e.channel.clone(), m(&e));
     }
     // Redis restarts empty
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
-    crate::support::eventually(Duration::from_secs(10), "redis to answer", || async {
-        fx.w.clone()
-            .keep_alive(pb::KeepAliveRequest {
-                session_id: "probe".into(),
-                ttl_ms: 0,
-            })
-            .await
-            .ok()
-    })
-    .await;
+    redis_answers(&fx).await;
     for ch in channels {
         assert_eq!(fx.get(ch).await, [0; 9], "data lost");
     }
@@ -211,7 +157,7 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
             fx.w.clone()
                 .sync_session(pb::SyncSessionRequest {
                     session_id: session.clone(),
-                    attachments: holdings_to_pb(&model.holdings(&session)),
+                    attachments: wire::holdings(&model.holdings(&session)),
                     ttl_ms: 0,
                 })
                 .await
@@ -325,7 +271,7 @@ async fn a_silent_front_end_disappears_within_ttl_plus_one_second() {
     let url = redis.url();
     let a = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
     let b = Proc::spawn(&["--redis-url", &url, "--session-ttl", "1s"]);
-    let fa = fx_for(&a.url()).await;
+    let fa = Fx::connect(&a.url()).await;
     let mut sub = subscribe_url(&b.url(), req(&["room"])).await;
     sub.next().await;
     // a front end attaches 20 connections with presence, then goes silent
@@ -355,12 +301,10 @@ async fn a_flush_without_restart_is_noticed_by_subscribers() {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
     fx.attach("fe", "c1", "x", &[Mode::Publish]).await;
-    let mut sub = crate::subscribe::subscribe(&s, req(&["x"])).await.unwrap();
+    let mut sub = crate::support::sub::subscribe(&s, req(&["x"])).await.unwrap();
     assert_eq!(m(&sub.next().await)[0], 1);
     // more traffic after the flush must not hide the loss
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server();
     let mut c = redis.connection();
     let _: () = ::redis::cmd("FLUSHALL").query(&mut c).unwrap();
     fx.attach("fe2", "c9", "y", &[]).await;
@@ -388,6 +332,18 @@ async fn redis_answers(fx: &Fx) {
     .await;
 }
 
+/// A front end holding `c1` on `room` with `alice` entered, then Redis
+/// restarted empty under it: the front end, and the epoch it held.
+async fn front_end_then_data_loss(h: &mut Harness, fx: &Fx) -> (FrontEnd, u64) {
+    let mut fe = FrontEnd::new(fx.clone(), "fe");
+    fe.attach("c1", "room", &[Mode::Presence]).await;
+    fe.enter("c1", "room", "alice").await;
+    let before = fe.epoch;
+    h.redis_server_mut().restart();
+    redis_answers(fx).await;
+    (fe, before)
+}
+
 /// Redis restarts empty and the front end's first call is a write (a busy
 /// front end writes far more often than it keeps alive). Before, the write
 /// opened a fresh lease, the next KeepAlive answered ACTIVE, and the room
@@ -397,15 +353,7 @@ async fn a_write_first_after_redis_restarted_empty_is_noticed_by_its_epoch() {
     let mut h = Harness::redis(Duration::from_secs(60));
     let s = h.server().await;
     let fx = Fx::new(&s).await;
-    let mut fe = crate::epochs::FrontEnd::new(fx.clone(), "fe");
-    fe.attach("c1", "room", &[Mode::Presence]).await;
-    fe.enter("c1", "room", "alice").await;
-    let before = fe.epoch;
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
-    redis.restart();
-    redis_answers(&fx).await;
+    let (mut fe, before) = front_end_then_data_loss(&mut h, &fx).await;
     assert_eq!(fx.get("room").await, [0; 9], "data lost");
     let answered = fe.attach("c2", "room", &[]).await;
     assert_ne!(answered, before, "the write ran in a new lease, and said so");
@@ -438,15 +386,8 @@ async fn a_keepalive_answer_lost_to_a_redis_stall_is_noticed_by_its_epoch() {
     let mut h = Harness::redis(Duration::from_secs(60));
     let s = server_with_short_redis_timeout(&h).await;
     let fx = Fx::new(&s).await;
-    let mut fe = crate::epochs::FrontEnd::new(fx.clone(), "fe");
-    fe.attach("c1", "room", &[Mode::Presence]).await;
-    fe.enter("c1", "room", "alice").await;
-    let before = fe.epoch;
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
-    redis.restart();
-    redis_answers(&fx).await;
+    let (mut fe, before) = front_end_then_data_loss(&mut h, &fx).await;
+    let redis = h.redis_server_mut();
     // Redis stalls: the KeepAlive is queued in its socket, the replica
     // gives up after its timeout
     redis.signal("STOP");
@@ -491,9 +432,7 @@ async fn the_session_helper_resyncs_after_a_keepalive_lost_to_a_redis_stall() {
     let before = session.epoch();
     assert_ne!(before, 0);
     assert_eq!(fx.get("lobby").await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
-    let crate::support::Backend::Redis(redis) = &mut h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server_mut();
     redis.restart();
     redis_answers(&fx).await;
     redis.signal("STOP");
@@ -522,32 +461,11 @@ async fn redis_restarted_empty_while_writers_are_active_ends_exact_after_one_rou
     };
     let _guard = SeedGuard(d.seed);
     let mut redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--session-ttl", "60s"]))
-        .collect();
-    let urls: Vec<String> = replicas.iter().map(Proc::url).collect();
-    let mut sub = subscribe_url(
-        &urls[1],
-        pb::SubscribeOccupancyRequest {
-            prefix: "ch:".into(),
-            ..Default::default()
-        },
-    )
-    .await;
-    sub.quiet_for(Duration::from_millis(100)).await;
+    let (_replicas, urls) = three_replicas(&redis);
+    let mut sub = model_subscriber(&urls[1]).await;
     let model = Arc::new(Mutex::new(Model::default()));
-    let load = {
-        let urls = urls.clone();
-        let d = d.clone();
-        let model = model.clone();
-        tokio::spawn(async move { drive(&urls, &d, model).await })
-    };
-    let fx = fx_for(&urls[2]).await;
-    let started = Instant::now();
-    while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let load = start_load(&urls, &d, &model);
+    until_loaded(&Fx::connect(&urls[2]).await).await;
     assert!(!load.is_finished(), "the writers finished before the fault");
     tokio::task::block_in_place(|| redis.restart());
     assert!(!load.is_finished(), "the writers finished during the restart");

@@ -2,8 +2,10 @@
 
 use occupancy::proto::v1 as pb;
 use pb::Mode;
+use tonic::transport::Channel;
 use tonic::{Code, Status};
 
+pub use crate::support::metrics::arr;
 use crate::support::{modes, ReadClient, TestServer, WriteClient};
 
 /// Read and write clients of one server.
@@ -13,28 +15,25 @@ pub struct Fx {
     pub w: WriteClient,
 }
 
-/// Metrics as an array: connections, publishers, subscribers,
-/// presence_connections, presence_members, presence_subscribers,
-/// object_publishers, object_subscribers, presence_clients.
-pub fn arr(m: &pb::Metrics) -> [u32; 9] {
-    [
-        m.connections,
-        m.publishers,
-        m.subscribers,
-        m.presence_connections,
-        m.presence_members,
-        m.presence_subscribers,
-        m.object_publishers,
-        m.object_subscribers,
-        m.presence_clients,
-    ]
-}
-
 impl Fx {
     pub async fn new(s: &TestServer) -> Self {
         Self {
             r: s.read().await,
             w: s.write().await,
+        }
+    }
+
+    /// Clients of the server at `url` (a process, or a proxy in front of
+    /// some).
+    pub async fn connect(url: &str) -> Self {
+        Self::over(crate::support::connect(url).await)
+    }
+
+    /// Clients sharing `ch`.
+    pub fn over(ch: Channel) -> Self {
+        Self {
+            r: ReadClient::new(ch.clone()),
+            w: WriteClient::new(ch),
         }
     }
 
@@ -100,6 +99,11 @@ impl Fx {
         arr(&r.into_inner().metrics.expect("metrics"))
     }
 
+    /// Sends a whole Apply request; its answer.
+    pub async fn send(&self, req: pb::ApplyRequest) -> pb::ApplyResponse {
+        self.w.clone().apply(req).await.expect("apply").into_inner()
+    }
+
     pub async fn apply(&self, session: &str, ops: Vec<pb::operation::Op>) -> Vec<pb::OperationResult> {
         self.try_apply(session, ops, false).await.expect("apply")
     }
@@ -114,11 +118,8 @@ impl Fx {
             .w
             .clone()
             .apply(pb::ApplyRequest {
-                session_id: session.into(),
-                operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
                 include_metrics,
-                sequence: 0,
-                session_epoch: 0,
+                ..batch(session, ops)
             })
             .await?;
         Ok(r.into_inner().results)
@@ -195,6 +196,25 @@ impl Fx {
             cursor = page.next_cursor;
         }
         panic!("walk did not end within 10,000 pages");
+    }
+}
+
+/// Every attach mode.
+pub const ALL_MODES: [Mode; 6] = [
+    Mode::Publish,
+    Mode::Subscribe,
+    Mode::Presence,
+    Mode::PresenceSubscribe,
+    Mode::ObjectPublish,
+    Mode::ObjectSubscribe,
+];
+
+/// An Apply request of `ops` for `session`, every other field unset.
+pub fn batch(session: &str, ops: Vec<pb::operation::Op>) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        session_id: session.into(),
+        operations: ops.into_iter().map(|op| pb::Operation { op: Some(op) }).collect(),
+        ..Default::default()
     }
 }
 

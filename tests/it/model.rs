@@ -36,6 +36,40 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// `conn` attaching to `channel` with the mode bits `modes`.
+    pub fn attach(conn: &str, channel: &str, modes: u8) -> Self {
+        Op::Attach {
+            conn: conn.into(),
+            channel: channel.into(),
+            modes,
+        }
+    }
+
+    pub fn detach(conn: &str, channel: &str) -> Self {
+        Op::Detach {
+            conn: conn.into(),
+            channel: channel.into(),
+        }
+    }
+
+    pub fn enter(conn: &str, channel: &str, client: &str) -> Self {
+        Op::Enter {
+            conn: conn.into(),
+            channel: channel.into(),
+            client: client.into(),
+        }
+    }
+
+    pub fn leave(conn: &str, channel: &str, client: &str) -> Self {
+        Op::Leave {
+            conn: conn.into(),
+            channel: channel.into(),
+            client: client.into(),
+        }
+    }
+}
+
 #[derive(Debug, Default, Clone)]
 struct Conn {
     session: String,
@@ -164,90 +198,22 @@ impl Model {
 #[test]
 fn model_follows_the_rules() {
     let mut m = Model::default();
-    assert!(!m.apply(
-        "s",
-        &Op::Enter {
-            conn: "c".into(),
-            channel: "x".into(),
-            client: "a".into()
-        }
-    ));
-    m.apply(
-        "s",
-        &Op::Attach {
-            conn: "c".into(),
-            channel: "x".into(),
-            modes: PRESENCE | PUBLISH,
-        },
-    );
-    assert!(m.apply(
-        "s",
-        &Op::Enter {
-            conn: "c".into(),
-            channel: "x".into(),
-            client: "a".into()
-        }
-    ));
-    m.apply(
-        "s",
-        &Op::Attach {
-            conn: "d".into(),
-            channel: "x".into(),
-            modes: PRESENCE,
-        },
-    );
-    m.apply(
-        "s",
-        &Op::Enter {
-            conn: "d".into(),
-            channel: "x".into(),
-            client: "a".into(),
-        },
-    );
+    assert!(!m.apply("s", &Op::enter("c", "x", "a")));
+    m.apply("s", &Op::attach("c", "x", PRESENCE | PUBLISH));
+    assert!(m.apply("s", &Op::enter("c", "x", "a")));
+    m.apply("s", &Op::attach("d", "x", PRESENCE));
+    m.apply("s", &Op::enter("d", "x", "a"));
     assert_eq!(m.metrics("x"), [2, 1, 0, 2, 2, 0, 0, 0, 1]);
     // resume moves c to t; expiring s leaves it
-    m.apply(
-        "t",
-        &Op::Attach {
-            conn: "c".into(),
-            channel: "x".into(),
-            modes: PRESENCE | PUBLISH,
-        },
-    );
+    m.apply("t", &Op::attach("c", "x", PRESENCE | PUBLISH));
     // a detach or leave from another session leaves d alone
-    m.apply(
-        "t",
-        &Op::Detach {
-            conn: "d".into(),
-            channel: "x".into(),
-        },
-    );
-    m.apply(
-        "t",
-        &Op::Leave {
-            conn: "d".into(),
-            channel: "x".into(),
-            client: "a".into(),
-        },
-    );
+    m.apply("t", &Op::detach("d", "x"));
+    m.apply("t", &Op::leave("d", "x", "a"));
     assert_eq!(m.holdings("s").len(), 1, "d still belongs to s");
     m.expire("s");
     assert_eq!(m.metrics("x"), [1, 1, 0, 1, 1, 0, 0, 0, 1]);
-    m.apply(
-        "t",
-        &Op::Attach {
-            conn: "c".into(),
-            channel: "x".into(),
-            modes: SUBSCRIBE,
-        },
-    );
+    m.apply("t", &Op::attach("c", "x", SUBSCRIBE));
     assert_eq!(m.metrics("x"), [1, 0, 1, 0, 0, 0, 0, 0, 0]);
-    m.apply(
-        "t",
-        &Op::Detach {
-            conn: "c".into(),
-            channel: "x".into(),
-        },
-    );
+    m.apply("t", &Op::detach("c", "x"));
     assert!(m.active().is_empty());
 }

@@ -12,10 +12,10 @@ use pb::Mode;
 use tonic::transport::Channel;
 
 use crate::fixture::*;
-use crate::subscribe::{m, req, Sub};
 use crate::support::nginx::Nginx;
 use crate::support::process::Proc;
-use crate::support::{ReadClient, RedisServer, WriteClient};
+use crate::support::sub::{m, req, Sub};
+use crate::support::{ReadClient, RedisServer};
 
 async fn through(url: &str) -> (Fx, Channel) {
     let ch = Channel::from_shared(url.to_string())
@@ -24,13 +24,7 @@ async fn through(url: &str) -> (Fx, Channel) {
         .connect()
         .await
         .expect("connect to nginx");
-    (
-        Fx {
-            r: ReadClient::new(ch.clone()),
-            w: WriteClient::new(ch.clone()),
-        },
-        ch,
-    )
+    (Fx::over(ch.clone()), ch)
 }
 
 async fn subscribe_via(ch: &Channel, r: pb::SubscribeOccupancyRequest) -> Sub {
@@ -42,12 +36,16 @@ async fn subscribe_via(ch: &Channel, r: pb::SubscribeOccupancyRequest) -> Sub {
     Sub::from_stream(stream)
 }
 
+/// The replicas' gRPC addresses, as nginx's upstream lists them.
+fn addrs(replicas: &[Proc]) -> Vec<std::net::SocketAddr> {
+    replicas.iter().map(|p| p.addr).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_replicas_behind_nginx_survive_a_killed_replica() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let mut replicas: Vec<Proc> = (0..3).map(|_| Proc::spawn(&["--redis-url", &url])).collect();
-    let nginx = Nginx::start(&replicas.iter().map(|p| p.addr).collect::<Vec<_>>());
+    let mut replicas = Proc::replicas(3, &redis.url(), &[]);
+    let nginx = Nginx::start(&addrs(&replicas));
     let (fx, ch) = through(&nginx.url()).await;
     let channels = ["lobby", "game-1"];
     let mut sub = subscribe_via(&ch, req(&channels)).await;
@@ -115,12 +113,9 @@ async fn next_sse(
 async fn the_http_side_works_through_nginx() {
     use eventsource_stream::Eventsource;
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..3)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--http-listen", "127.0.0.1:0"]))
-        .collect();
+    let replicas = Proc::replicas(3, &redis.url(), &["--http-listen", "127.0.0.1:0"]);
     let nginx = Nginx::start_with_http(
-        &replicas.iter().map(|p| p.addr).collect::<Vec<_>>(),
+        &addrs(&replicas),
         &replicas.iter().map(|p| p.http_addr()).collect::<Vec<_>>(),
     );
     let (fx, _) = through(&nginx.url()).await;
@@ -198,11 +193,8 @@ async fn the_http_side_works_through_nginx() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_quiet_stream_through_nginx_outlives_its_read_timeout() {
     let redis = RedisServer::start();
-    let url = redis.url();
-    let replicas: Vec<Proc> = (0..2)
-        .map(|_| Proc::spawn(&["--redis-url", &url, "--stream-heartbeat", "500ms"]))
-        .collect();
-    let nginx = Nginx::start_with(&replicas.iter().map(|p| p.addr).collect::<Vec<_>>(), |c| {
+    let replicas = Proc::replicas(2, &redis.url(), &["--stream-heartbeat", "500ms"]);
+    let nginx = Nginx::start_with(&addrs(&replicas), |c| {
         assert!(c.contains("grpc_read_timeout 1h;"), "deploy/nginx.conf changed");
         c.replace("grpc_read_timeout 1h;", "grpc_read_timeout 2s;")
     });

@@ -9,16 +9,9 @@ use pb::Mode;
 use tonic::transport::Channel;
 
 use crate::fixture::Fx;
-use crate::support::process::{binary, Proc};
-use crate::support::{ReadClient, RedisServer, WriteClient};
-
-async fn fx(url: String) -> Fx {
-    let ch = Channel::from_shared(url).unwrap().connect().await.expect("connect");
-    Fx {
-        r: ReadClient::new(ch.clone()),
-        w: WriteClient::new(ch),
-    }
-}
+use crate::support::certs::localhost_certificates;
+use crate::support::process::{binary, stdout_of, Proc};
+use crate::support::RedisServer;
 
 #[test]
 fn invalid_configuration_exits_before_binding() {
@@ -62,8 +55,8 @@ async fn two_processes_share_one_redis() {
     let url = redis.url();
     let a = Proc::spawn(&["--redis-url", &url, "--key-prefix", "shared"]);
     let b = Proc::spawn(&["--redis-url", &url, "--key-prefix", "shared"]);
-    let fa = fx(a.url()).await;
-    let fb = fx(b.url()).await;
+    let fa = Fx::connect(&a.url()).await;
+    let fb = Fx::connect(&b.url()).await;
     fa.attach("fe-1", "c1", "room", &[Mode::Presence, Mode::Publish]).await;
     fa.enter("fe-1", "c1", "room", "alice").await;
     // visible on the other replica at once: no polling
@@ -73,7 +66,7 @@ async fn two_processes_share_one_redis() {
     assert_eq!(fb.list_all("", 10).await, ["room"]);
     // a different prefix is a different deployment
     let c = Proc::spawn(&["--redis-url", &url, "--key-prefix", "other"]);
-    let fc = fx(c.url()).await;
+    let fc = Fx::connect(&c.url()).await;
     assert_eq!(fc.get("room").await, [0; 9]);
     fb.detach("fe-1", "c1", "room").await;
     assert_eq!(fa.get("room").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -120,16 +113,9 @@ fn grpcurl_session_from_the_readme() {
     let p = Proc::spawn(&[]);
     let addr = p.addr.to_string();
     let call = |method: &str, body: &str| -> String {
-        let out = Command::new(&grpcurl)
-            .args(["-plaintext", "-d", body, &addr, method])
-            .output()
-            .expect("run grpcurl");
-        assert!(
-            out.status.success(),
-            "grpcurl {method}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout).unwrap()
+        let mut cmd = Command::new(&grpcurl);
+        cmd.args(["-plaintext", "-d", body, &addr, method]);
+        String::from_utf8(stdout_of(&mut cmd, &format!("grpcurl {method}"))).unwrap()
     };
     let out = call(
         "occupancy.v1.ConnectionService/Attach",
@@ -163,7 +149,7 @@ fn which(name: &str) -> Option<std::path::PathBuf> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_drains_and_exits_cleanly() {
     let mut p = Proc::spawn(&[]);
-    let f = fx(p.url()).await;
+    let f = Fx::connect(&p.url()).await;
     f.attach("fe", "c1", "x", &[]).await;
     let started = Instant::now();
     p.signal("TERM");
@@ -254,7 +240,7 @@ fn port_in_use_prints_one_line() {
 async fn a_redis_outage_is_logged_in_a_handful_of_lines() {
     let mut redis = RedisServer::start();
     let p = Proc::spawn(&["--redis-url", &redis.url(), "--redis-timeout", "300ms"]);
-    let f = fx(p.url()).await;
+    let f = Fx::connect(&p.url()).await;
     f.attach("fe", "c1", "rooms:a", &[]).await;
     // a subscriber, so the event readers follow the streams
     let mut sub =
@@ -309,12 +295,12 @@ async fn rediss_connects_with_tls() {
     let url = format!("rediss://localhost:{}/", tls.port);
     let ca = tls.dir.path().join("ca.pem");
     let p = Proc::spawn(&["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap()]);
-    let f = fx(p.url()).await;
+    let f = Fx::connect(&p.url()).await;
     f.attach("fe", "c1", "rooms:tls", &[Mode::Publish]).await;
     assert_eq!(f.get("rooms:tls").await[..2], [1, 1]);
     // the state is in that Redis (read over TLS by a second replica)
     let q = Proc::spawn(&["--redis-url", &url, "--redis-ca-file", ca.to_str().unwrap()]);
-    assert_eq!(fx(q.url()).await.get("rooms:tls").await[0], 1);
+    assert_eq!(Fx::connect(&q.url()).await.get("rooms:tls").await[0], 1);
     let out = Command::new(binary())
         .args(["health", "--endpoint", &q.addr.to_string()])
         .output()
@@ -340,22 +326,8 @@ struct TlsRedis {
 
 impl TlsRedis {
     fn start() -> Self {
-        use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
         let dir = tempfile::tempdir().unwrap();
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "occupancy test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-            .unwrap()
-            .signed_by(&key, &ca)
-            .unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("server.pem"), cert.pem()).unwrap();
-        std::fs::write(dir.path().join("server.key"), key.serialize_pem()).unwrap();
+        localhost_certificates(dir.path(), "server.pem", "server.key");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()

@@ -12,8 +12,10 @@ use std::time::Duration;
 use serde_json::Value as Json;
 use tokio::process::Command;
 
-use crate::examples::{node_modules, python_deps, run};
-use crate::support::process::{binary, Proc};
+use crate::support::certs::localhost_certificates;
+use crate::support::command::run;
+use crate::support::deps::{node_modules, python_deps};
+use crate::support::process::{binary, stdout_of, Proc};
 
 /// A command of the README and where it stands.
 #[derive(Debug, Clone)]
@@ -106,17 +108,10 @@ fn quote_open_after(mut open: bool, line: &str) -> bool {
 /// The repository's tracked files copied to `to`, as a clone has them.
 fn fresh_copy(to: &Path) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let out = std::process::Command::new("git")
-        .args(["ls-files", "-z"])
-        .current_dir(root)
-        .output()
-        .expect("git (to list the repository's files)");
-    assert!(
-        out.status.success(),
-        "git ls-files: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for name in out.stdout.split(|b| *b == 0).filter(|n| !n.is_empty()) {
+    let mut git = std::process::Command::new("git");
+    git.args(["ls-files", "-z"]).current_dir(root);
+    let files = stdout_of(&mut git, "git ls-files");
+    for name in files.split(|b| *b == 0).filter(|n| !n.is_empty()) {
         let name = String::from_utf8_lossy(name).to_string();
         let from = root.join(&name);
         if !from.is_file() {
@@ -349,19 +344,7 @@ fn without_env(command: &str) -> &str {
 /// it (`cert.pem`, `key.pem`) in `dir`, as the README's Security section
 /// assumes an operator has.
 fn make_certificates(dir: &Path) {
-    use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, DnType, IsCa, KeyPair};
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params.distinguished_name.push(DnType::CommonName, "README test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let key = KeyPair::generate().unwrap();
-    let cert = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca)
-        .unwrap();
-    std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-    std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
-    std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
+    localhost_certificates(dir, "cert.pem", "key.pem");
 }
 
 /// The README's `occupancy serve …` of its Security section, on loopback:

@@ -8,40 +8,10 @@ use std::time::Duration;
 
 use occupancy::proto::v1 as pb;
 use occupancy::tls::TlsConfig;
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+use crate::support::certs::Ca;
 use crate::support::{eventually, Harness, TestServer};
-
-/// A CA that signs certificates.
-struct Ca {
-    pem: String,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.distinguished_name.push(DnType::CommonName, name);
-        let pem = params.self_signed(&key).unwrap().pem();
-        Self {
-            pem,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    /// A certificate for `name` and its key, PEM.
-    fn sign(&self, name: &str) -> (String, String) {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        (cert.pem(), key.serialize_pem())
-    }
-}
 
 struct Files {
     dir: tempfile::TempDir,
@@ -63,6 +33,16 @@ impl Files {
         std::fs::rename(&tmp, self.path(name)).unwrap();
         self.path(name)
     }
+}
+
+/// Files holding a certificate for localhost signed by `ca`, and its key
+/// (`cert.pem`, `key.pem`).
+fn serving(ca: &Ca) -> Files {
+    let files = Files::new();
+    let (cert, key) = ca.sign(&["localhost"]);
+    files.put("cert.pem", &cert);
+    files.put("key.pem", &key);
+    files
 }
 
 async fn tls_server(files: &Files, client_ca: Option<&Path>) -> TestServer {
@@ -116,10 +96,7 @@ fn chain(e: &(dyn std::error::Error + 'static)) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tls_clients_connect_and_others_fail_clearly() {
     let ca = Ca::new("test ca");
-    let files = Files::new();
-    let (cert, key) = ca.sign("localhost");
-    files.put("cert.pem", &cert);
-    files.put("key.pem", &key);
+    let files = serving(&ca);
     let s = tls_server(&files, None).await;
     get(connect(&s, &ca.pem, None).await.expect("TLS connect"))
         .await
@@ -145,10 +122,7 @@ async fn tls_clients_connect_and_others_fail_clearly() {
 async fn mtls_needs_a_client_certificate_from_the_ca() {
     let ca = Ca::new("server ca");
     let clients = Ca::new("client ca");
-    let files = Files::new();
-    let (cert, key) = ca.sign("localhost");
-    files.put("cert.pem", &cert);
-    files.put("key.pem", &key);
+    let files = serving(&ca);
     let client_ca = files.put("clients.pem", &clients.pem);
     let s = tls_server(&files, Some(&client_ca)).await;
     // without a client certificate: refused (at the handshake or the call)
@@ -158,13 +132,13 @@ async fn mtls_needs_a_client_certificate_from_the_ca() {
     };
     assert!(refused, "mTLS must refuse a client without a certificate");
     // a certificate of another CA: refused too
-    let (c, k) = ca.sign("client");
+    let (c, k) = ca.sign(&["client"]);
     let refused = match connect(&s, &ca.pem, Some(Identity::from_pem(c, k))).await {
         Err(_) => true,
         Ok(ch) => get(ch).await.is_err(),
     };
     assert!(refused, "a client certificate of another CA must be refused");
-    let (c, k) = clients.sign("client");
+    let (c, k) = clients.sign(&["client"]);
     let ch = connect(&s, &ca.pem, Some(Identity::from_pem(c, k)))
         .await
         .expect("mTLS connect");
@@ -174,15 +148,12 @@ async fn mtls_needs_a_client_certificate_from_the_ca() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replaced_certificate_is_served_to_new_connections() {
     let first = Ca::new("first ca");
-    let files = Files::new();
-    let (cert, key) = first.sign("localhost");
-    files.put("cert.pem", &cert);
-    files.put("key.pem", &key);
+    let files = serving(&first);
     let s = tls_server(&files, None).await;
     let old = connect(&s, &first.pem, None).await.expect("connect");
     get(old.clone()).await.unwrap();
     let second = Ca::new("second ca");
-    let (cert, key) = second.sign("localhost");
+    let (cert, key) = second.sign(&["localhost"]);
     // key first, then certificate: in between they do not match and the
     // old pair stays in use
     files.put("key.pem", &key);
@@ -210,9 +181,7 @@ async fn a_replaced_certificate_is_served_to_new_connections() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redis_acl_user_in_the_url() {
     let h = Harness::redis(Duration::from_secs(30));
-    let crate::support::Backend::Redis(redis) = &h.backend else {
-        unreachable!()
-    };
+    let redis = h.redis_server();
     let _: () = ::redis::cmd("ACL")
         .arg(vec!["SETUSER", "occ", "on", ">s3cret-pw", "~*", "&*", "+@all"])
         .query(&mut redis.connection())

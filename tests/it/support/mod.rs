@@ -1,9 +1,16 @@
 //! Test support: private Redis servers, in-process servers over either
 //! store, and gRPC clients.
 
+pub mod auth;
+pub mod certs;
+pub mod command;
+pub mod deps;
+pub mod metrics;
 pub mod nginx;
 pub mod process;
 pub mod redis;
+pub mod sub;
+pub mod wire;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -14,7 +21,7 @@ use occupancy::config::Config;
 use occupancy::proto::v1 as pb;
 use occupancy::store::{MemoryStore, RedisConfig, RedisStore, Store};
 use tokio::sync::oneshot;
-use tonic::transport::Channel;
+use tonic::transport::{Channel, Endpoint};
 
 pub use self::redis::RedisServer;
 
@@ -54,6 +61,22 @@ impl Harness {
         Self {
             backend: Backend::Redis(RedisServer::start()),
             ttl,
+        }
+    }
+
+    /// The private Redis of a Redis harness.
+    pub fn redis_server(&self) -> &RedisServer {
+        match &self.backend {
+            Backend::Redis(r) => r,
+            Backend::Memory(_) => panic!("a Redis harness"),
+        }
+    }
+
+    /// [`Harness::redis_server`], to restart or signal it.
+    pub fn redis_server_mut(&mut self) -> &mut RedisServer {
+        match &mut self.backend {
+            Backend::Redis(r) => r,
+            Backend::Memory(_) => panic!("a Redis harness"),
         }
     }
 
@@ -168,10 +191,7 @@ impl TestServer {
 
     /// A connected channel.
     pub async fn channel(&self) -> Channel {
-        Channel::from_shared(self.url())
-            .expect("url")
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(10))
+        self.endpoint(Duration::from_secs(10))
             .connect()
             .await
             .expect("connect to test server")
@@ -179,12 +199,15 @@ impl TestServer {
 
     /// A plaintext channel, or why it could not connect.
     pub async fn channel_result(&self) -> Result<Channel, tonic::transport::Error> {
-        Channel::from_shared(self.url())
+        self.endpoint(Duration::from_secs(5)).connect().await
+    }
+
+    /// The server's endpoint with calls bounded by `timeout`.
+    fn endpoint(&self, timeout: Duration) -> Endpoint {
+        Endpoint::from_shared(self.url())
             .expect("url")
             .connect_timeout(Duration::from_secs(5))
-            .timeout(Duration::from_secs(5))
-            .connect()
-            .await
+            .timeout(timeout)
     }
 
     /// Read-side client.
@@ -217,6 +240,15 @@ impl Drop for TestServer {
             t.abort();
         }
     }
+}
+
+/// A plaintext channel to `url`.
+pub async fn connect(url: &str) -> Channel {
+    Channel::from_shared(url.to_string())
+        .expect("url")
+        .connect()
+        .await
+        .expect("connect")
 }
 
 /// Polls `check` until it returns `Some`, at most `within`; panics with

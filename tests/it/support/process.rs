@@ -15,6 +15,14 @@ pub struct Proc {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
+/// Runs `cmd` to completion and returns its stdout; fails the test, with
+/// its stderr, when it cannot start or does not succeed.
+pub fn stdout_of(cmd: &mut Command, what: &str) -> Vec<u8> {
+    let out = cmd.output().unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(out.status.success(), "{what}: {}", String::from_utf8_lossy(&out.stderr));
+    out.stdout
+}
+
 /// The binary under test.
 pub fn binary() -> &'static str {
     env!("CARGO_BIN_EXE_occupancy")
@@ -26,6 +34,13 @@ impl Proc {
     /// drained in the background so it never blocks on a full pipe.
     pub fn spawn(args: &[&str]) -> Self {
         Self::spawn_on("127.0.0.1:0", args)
+    }
+
+    /// `n` replicas sharing the Redis at `redis_url`, each started with
+    /// `args` too.
+    pub fn replicas(n: usize, redis_url: &str, args: &[&str]) -> Vec<Self> {
+        let args: Vec<&str> = ["--redis-url", redis_url].iter().chain(args).copied().collect();
+        (0..n).map(|_| Self::spawn(&args)).collect()
     }
 
     /// [`Proc::spawn`] listening on `listen`.

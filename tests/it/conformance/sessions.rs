@@ -1,0 +1,146 @@
+//! Session leases: expiry with two replicas reaping, resume on another
+//! session, KeepAlive and CloseSession.
+
+use std::time::Duration;
+
+use occupancy::proto::v1 as pb;
+use pb::Mode;
+
+use super::{LONG_TTL_MS, TTL};
+use crate::fixture::*;
+use crate::support::{eventually, Harness};
+
+both_stores!(
+    expiry_removes_everything_once_with_two_replicas,
+    resume_moves_connection_to_new_session,
+    keep_alive_and_close_session,
+);
+
+async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
+    // two replicas, each reaping every 50 ms, over one store
+    let a = h.server().await;
+    let b = h.server().await;
+    let fa = Fx::new(&a).await;
+    let fb = Fx::new(&b).await;
+    // a long-lived session whose counts must stay exact
+    fa.keep_alive("keeper", LONG_TTL_MS).await;
+    fa.attach("keeper", "k1", "shared", &[Mode::Presence, Mode::Publish])
+        .await;
+    fa.enter("keeper", "k1", "shared", "kate").await;
+    let kept = fa.get("shared").await;
+    // twenty short sessions spread over both replicas, with presence
+    for i in 0..20 {
+        let fx = if i % 2 == 0 { &fa } else { &fb };
+        let session = format!("short-{i}");
+        let mut ops = Vec::new();
+        for j in 0..10 {
+            let conn = format!("s{i}-c{j}");
+            ops.push(attach_op(&conn, "shared", &[Mode::Presence, Mode::Subscribe]));
+            ops.push(enter_op(&conn, "shared", &format!("user{j}")));
+            ops.push(attach_op(&conn, &format!("own-{i}"), &[Mode::Publish]));
+        }
+        assert!(fx
+            .apply(&session, ops)
+            .await
+            .iter()
+            .all(|r| r.status == pb::OperationStatus::Ok as i32));
+    }
+    assert_eq!(fa.get("shared").await, [201, 1, 200, 201, 201, 0, 0, 0, 11]);
+    // keep the keeper alive while the short leases run out
+    eventually(Duration::from_secs(10), "short sessions to expire", || async {
+        fb.keep_alive("keeper", LONG_TTL_MS).await;
+        let n = fb.list_all("own-", 100).await.len();
+        (n == 0 && fb.get("shared").await[0] == 1).then_some(())
+    })
+    .await;
+    assert_eq!(fa.get("shared").await, kept, "exactly the keeper's counts are left");
+    assert_eq!(fb.get("shared").await, kept);
+    assert_eq!(fa.list_all("", 100).await, ["shared"]);
+    for i in 0..20 {
+        assert_eq!(fa.get(&format!("own-{i}")).await, [0; 9]);
+        let r = fa.keep_alive(&format!("short-{i}"), 0).await;
+        assert_eq!(r.status, pb::SessionStatus::Unknown as i32, "short-{i} expired");
+    }
+    if let crate::support::Backend::Redis(r) = &h.backend {
+        // nothing of the expired sessions is left in Redis
+        let mut c = r.connection();
+        let conns: Vec<String> = ::redis::cmd("HKEYS").arg("test:conns").query(&mut c).unwrap();
+        assert_eq!(conns, ["k1"]);
+        let sets: Vec<String> = ::redis::cmd("KEYS").arg("test:tok:*:conns").query(&mut c).unwrap();
+        assert_eq!(sets.len(), 1, "only the keeper's connections are left: {sets:?}");
+        let reaping: usize = ::redis::cmd("SCARD").arg("test:reaping").query(&mut c).unwrap();
+        assert_eq!(reaping, 0);
+    }
+}
+
+async fn resume_moves_connection_to_new_session(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    // front end A holds c1 on two channels, and c2 alone on "marker"
+    fx.attach("fe-a", "c1", "x", &[Mode::Presence]).await;
+    fx.attach("fe-a", "c1", "y", &[Mode::Subscribe]).await;
+    fx.enter("fe-a", "c1", "x", "alice").await;
+    fx.attach("fe-a", "c2", "marker", &[]).await;
+    // c1 resumes on front end B, which stays alive
+    fx.keep_alive("fe-b", LONG_TTL_MS).await;
+    let m = fx.attach("fe-b", "c1", "x", &[Mode::Presence]).await;
+    assert_eq!(m, [1, 0, 0, 1, 1, 0, 0, 0, 1], "resume changes no count");
+    // A dies: its lease runs out and c2 goes
+    eventually(Duration::from_secs(10), "fe-a to expire", || async {
+        fx.keep_alive("fe-b", 0).await;
+        (fx.get("marker").await[0] == 0).then_some(())
+    })
+    .await;
+    // the whole of c1 moved to B and stays
+    assert_eq!(fx.get("x").await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
+    assert_eq!(fx.get("y").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    // and goes with B
+    assert!(fx.close("fe-b").await);
+    assert_eq!(fx.get("x").await, [0; 9]);
+    assert_eq!(fx.get("y").await, [0; 9]);
+}
+
+async fn keep_alive_and_close_session(h: Harness) {
+    let s = h.server().await;
+    let fx = Fx::new(&s).await;
+    let r = fx.keep_alive("fe", 0).await;
+    assert_eq!(r.status, pb::SessionStatus::Unknown as i32, "first keep-alive");
+    assert_eq!(r.ttl_ms, TTL.as_millis() as u32);
+    let r = fx.keep_alive("fe", 5_000).await;
+    assert_eq!((r.status, r.ttl_ms), (pb::SessionStatus::Active as i32, 5_000));
+    let r = fx.keep_alive("fe", 0).await;
+    assert_eq!(
+        (r.status, r.ttl_ms),
+        (pb::SessionStatus::Active as i32, 5_000),
+        "ttl sticks"
+    );
+    for bad in [1, 999, 600_001] {
+        let e =
+            fx.w.clone()
+                .keep_alive(pb::KeepAliveRequest {
+                    session_id: "fe".into(),
+                    ttl_ms: bad,
+                })
+                .await;
+        assert_invalid(e, "ttl_ms");
+    }
+    fx.attach("fe", "c1", "a", &[Mode::Presence]).await;
+    fx.enter("fe", "c1", "a", "alice").await;
+    fx.attach("fe", "c2", "b", &[]).await;
+    fx.attach("other", "c3", "b", &[]).await;
+    assert!(fx.close("fe").await);
+    // removed before CloseSession returned
+    assert_eq!(fx.get("a").await, [0; 9]);
+    assert_eq!(fx.get("b").await, [1, 0, 0, 0, 0, 0, 0, 0, 0]);
+    assert!(!fx.close("fe").await, "closing twice");
+    assert!(!fx.close("never-seen").await);
+    // a write after closing opens a new lease
+    fx.attach("fe", "c1", "a", &[]).await;
+    assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Active as i32);
+    // an expired session says so, and its state is gone
+    eventually(Duration::from_secs(10), "fe to expire", || async {
+        (fx.get("a").await[0] == 0).then_some(())
+    })
+    .await;
+    assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Unknown as i32);
+}

@@ -24,8 +24,9 @@ pub const EXIT_USAGE: i32 = 2;
 pub const EXIT_UNREACHABLE: i32 = 3;
 /// Exit code when the service answered that its store is unavailable.
 pub const EXIT_STORE_UNAVAILABLE: i32 = 4;
-/// Where the CLI looks for the service by default.
-pub const DEFAULT_ENDPOINT: &str = "127.0.0.1:50051";
+/// Where the CLI looks for the service by default: where it listens by
+/// default.
+pub const DEFAULT_ENDPOINT: &str = crate::config::defaults::LISTEN;
 
 /// Where the service is.
 #[derive(Debug, Clone, Args)]
@@ -43,7 +44,7 @@ pub struct Target {
     #[arg(long)]
     pub json: bool,
     /// Give up on a call after this long.
-    #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = crate::config::defaults::CLIENT_TIMEOUT_ARG, value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -184,7 +185,7 @@ pub struct HealthArgs {
     #[arg(long, default_value = "")]
     pub service: String,
     /// Give up after this long (counts as not healthy).
-    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    #[arg(long, default_value = crate::config::defaults::HEALTH_CHECK_TIMEOUT_ARG, value_parser = humantime::parse_duration)]
     pub timeout: Duration,
     /// Exit 0 whenever the replica answers, SERVING or not: a liveness
     /// probe, so that a Redis outage (NOT_SERVING) takes replicas out of

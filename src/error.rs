@@ -121,9 +121,7 @@ impl axum::response::IntoResponse for Error {
     }
 }
 
-/// Largest request message the service decodes (gRPC's usual default,
-/// set explicitly on every service).
-pub const MAX_REQUEST_BYTES: usize = 4 * 1024 * 1024;
+pub use crate::domain::limits::MAX_REQUEST_BYTES;
 
 /// Gives a request refused for its size the code the gRPC spec gives a
 /// message over the limit, RESOURCE_EXHAUSTED, with a message naming the
@@ -137,9 +135,11 @@ pub fn name_over_limit<B>(mut resp: http::Response<B>) -> http::Response<B> {
         s.code() == tonic::Code::OutOfRange && s.message().contains("decoded message length too large")
     });
     if over {
+        use crate::domain::limits::MAX_BATCH;
+        let mib = MAX_REQUEST_BYTES >> 20;
         let status = tonic::Status::resource_exhausted(format!(
-            "request message too large: the limit is {MAX_REQUEST_BYTES} bytes (4 MiB) per message; \
-             split the batch (at most 10000 operations and 4 MiB per Apply)"
+            "request message too large: the limit is {MAX_REQUEST_BYTES} bytes ({mib} MiB) per message; \
+             split the batch (at most {MAX_BATCH} operations and {mib} MiB per Apply)"
         ));
         if status.add_header(headers).is_err() {
             tracing::error!("could not rewrite the status of an oversized request");

@@ -15,8 +15,9 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::{ConnectionApi, OccupancyApi};
-use crate::config::{Config, StoreConfig};
-use crate::error::{Error, Result, MAX_REQUEST_BYTES};
+use crate::config::{defaults, Config, StoreConfig};
+use crate::domain::limits::{MAX_REAP_ROUNDS_PER_TICK, MAX_REQUEST_BYTES};
+use crate::error::{Error, Result};
 use crate::proto::v1 as pb;
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::{GrpcMetricsLayer, Telemetry};
@@ -213,7 +214,7 @@ pub async fn run_with_http(
         ),
     }
     let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(defaults::HTTP2_KEEPALIVE))
         .layer(GrpcMetricsLayer::new(telemetry.clone()))
         .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
@@ -325,9 +326,8 @@ async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duratio
     let outage = crate::store::outage::OutageLog::new("session reaper");
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
-        // Keep going while work remains, at most 100 rounds per tick so a
-        // backlog cannot starve shutdown.
-        for _ in 0..100 {
+        // keep going while work remains, a bounded number of rounds per tick
+        for _ in 0..MAX_REAP_ROUNDS_PER_TICK {
             match store.reap().await {
                 Ok(r) => {
                     telemetry.reaped(r.sessions_expired, r.connections_removed);

@@ -46,8 +46,8 @@ impl ConnectionApi {
             .ok_or_else(|| Error::Internal("no result".into()))?;
         match r.status {
             OpStatus::Ok => Ok((r.metrics.unwrap_or_default(), epoch)),
-            s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message().into())),
-            s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message().into())),
+            s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message())),
+            s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message())),
         }
     }
 }
@@ -180,7 +180,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
                         OpStatus::NotPresenceAttached => pb::OperationStatus::FailedPrecondition,
                         OpStatus::TooManyChannels => pb::OperationStatus::ResourceExhausted,
                     } as i32,
-                    message: res.status.message().to_string(),
+                    message: res.status.message(),
                     metrics: res.metrics.map(convert::metrics),
                 })
                 .collect(),

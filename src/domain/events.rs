@@ -10,6 +10,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::ids::{ChannelName, InvalidInput};
+use super::limits::MAX_EVENT_ID_LEN;
 use super::metrics::Metrics;
 
 /// The `name` of every occupancy event (Ably's in-band event name).
@@ -144,7 +145,7 @@ pub fn event_id(own: Pos, token: &ResumeToken) -> String {
 /// service issued for `shards` shards.
 pub fn parse_event_id(id: &str, shards: u32) -> Result<ResumeToken, InvalidInput> {
     let bad = || InvalidInput::new("resume_from", "is not an event id issued by this service");
-    if id.len() > 4096 {
+    if id.len() > MAX_EVENT_ID_LEN {
         return Err(bad());
     }
     let (_, token) = id.split_once('.').ok_or_else(bad)?;

@@ -57,8 +57,7 @@ impl HubEvent {
     }
 }
 
-/// Events queued in an inbox before it starts coalescing.
-pub const INBOX_QUEUE: usize = 1024;
+pub use crate::domain::limits::INBOX_QUEUE;
 
 #[derive(Debug, Default)]
 struct Pending {

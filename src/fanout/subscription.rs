@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 use super::hub::{Hub, HubEvent, Registration};
 use super::wire::{Encoder, SubscribeOccupancyResponse};
 use crate::domain::events::{shard_of, ResumeToken};
+use crate::domain::limits::{HISTORY_PAGE, MAX_HISTORY_PAGES, SNAPSHOT_PAGE};
 use crate::domain::{Category, ChannelName, ListOrder, ListQuery, Metrics, Pos};
 use crate::error::Error;
 use crate::store::Store;
@@ -51,13 +52,6 @@ pub struct Spec {
 /// An item of the gRPC stream.
 pub type Item = Result<SubscribeOccupancyResponse, Status>;
 
-/// Channels read per page of a prefix snapshot.
-const SNAPSHOT_PAGE: u32 = 1000;
-/// History entries read per call when resuming.
-const HISTORY_PAGE: usize = 1000;
-/// Bound on history pages per shard when resuming (far more than a
-/// trimmed stream can hold).
-const MAX_HISTORY_PAGES: usize = 10_000;
 /// Delay before retrying a snapshot that failed (Redis still away).
 const RESYNC_RETRY: Duration = Duration::from_millis(500);
 

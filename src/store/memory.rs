@@ -19,10 +19,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 
-/// Default number of event log shards.
-pub const DEFAULT_SHARDS: u32 = 8;
-/// Default entries kept per shard.
-pub const DEFAULT_LOG_LEN: usize = 10_000;
+use crate::config::defaults;
 
 #[derive(Debug, Default)]
 struct ShardLog {
@@ -60,9 +57,11 @@ fn wall_ms() -> i64 {
 }
 
 impl MemoryStore {
-    /// An empty store whose sessions open with `default_ttl`.
+    /// An empty store whose sessions open with `default_ttl`, with the
+    /// default event log ([`defaults::EVENT_SHARDS`] shards of
+    /// [`defaults::STREAM_MAX_LEN`] entries).
     pub fn new(default_ttl: Duration) -> Self {
-        Self::with_log(default_ttl, DEFAULT_SHARDS, DEFAULT_LOG_LEN)
+        Self::with_log(default_ttl, defaults::EVENT_SHARDS, defaults::STREAM_MAX_LEN as usize)
     }
 
     /// An empty store with `shards` event logs of about `log_len` entries.
@@ -179,7 +178,9 @@ impl Store for MemoryStore {
     }
 
     fn shards(&self) -> u32 {
-        self.inner.lock().map_or(DEFAULT_SHARDS, |i| i.logs.len() as u32)
+        self.inner
+            .lock()
+            .map_or(defaults::EVENT_SHARDS, |i| i.logs.len() as u32)
     }
 
     async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {

@@ -260,7 +260,7 @@ pub trait Store: Send + Sync + 'static {
             }
             outcome.added += added;
             outcome.removed += removed;
-            for chunk in ops.chunks(crate::domain::ops::MAX_BATCH) {
+            for chunk in ops.chunks(crate::domain::limits::MAX_BATCH) {
                 // the lease the KeepAlive above opened or extended; a write
                 // cannot drop it (only a new lease is dropped when empty)
                 outcome.epoch = self.apply_as(session, owner, chunk, false).await?.1;

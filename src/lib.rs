@@ -28,6 +28,7 @@ pub mod api;
 pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod convert;
 pub mod domain;
 pub mod error;
 pub mod fanout;
@@ -40,4 +41,4 @@ pub mod tls;
 
 pub use config::Config;
 pub use error::{Error, Result};
-pub use server::{run, run_with_store};
+pub use server::run;

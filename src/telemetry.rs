@@ -21,6 +21,7 @@ use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
 use crate::domain::Totals;
+use crate::error::code_name;
 
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -467,29 +468,6 @@ fn grpc_method_label(path: &str) -> String {
     }
 }
 
-fn grpc_code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "CANCELLED",
-        b"2" => "UNKNOWN",
-        b"3" => "INVALID_ARGUMENT",
-        b"4" => "DEADLINE_EXCEEDED",
-        b"5" => "NOT_FOUND",
-        b"6" => "ALREADY_EXISTS",
-        b"7" => "PERMISSION_DENIED",
-        b"8" => "RESOURCE_EXHAUSTED",
-        b"9" => "FAILED_PRECONDITION",
-        b"10" => "ABORTED",
-        b"11" => "OUT_OF_RANGE",
-        b"12" => "UNIMPLEMENTED",
-        b"13" => "INTERNAL",
-        b"14" => "UNAVAILABLE",
-        b"15" => "DATA_LOSS",
-        b"16" => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
-}
-
 /// A tower layer counting gRPC calls and timing them, for tonic's
 /// `Server::layer`.
 ///
@@ -551,7 +529,7 @@ where
                 Ok(r) => r
                     .headers()
                     .get("grpc-status")
-                    .map_or("OK", |v| grpc_code_name(v.as_bytes())),
+                    .map_or("OK", |v| code_name(tonic::Code::from_bytes(v.as_bytes()))),
                 Err(_) => "INTERNAL",
             };
             telemetry.grpc_request(method, code, start.elapsed());

@@ -1,5 +1,7 @@
-//! Conversions between protobuf messages and domain types. Validation
-//! failures name the request field.
+//! Requests' protobuf fields as validated domain types (failures name the
+//! request field), and the answers' shapes built from domain values. The
+//! plain field-for-field conversions (metrics, totals) are `From` impls in
+//! [`crate::convert`].
 
 use std::time::Duration;
 
@@ -37,21 +39,6 @@ pub fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput> {
     Ok(set)
 }
 
-/// Domain metrics as proto metrics.
-pub fn metrics(m: domain::Metrics) -> pb::Metrics {
-    pb::Metrics {
-        connections: m.connections,
-        publishers: m.publishers,
-        subscribers: m.subscribers,
-        presence_connections: m.presence_connections,
-        presence_members: m.presence_members,
-        presence_subscribers: m.presence_subscribers,
-        object_publishers: m.object_publishers,
-        object_subscribers: m.object_subscribers,
-        presence_clients: m.presence_clients,
-    }
-}
-
 /// Ably's ChannelDetails for a channel and its metrics.
 pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
     pb::ChannelDetails {
@@ -59,7 +46,7 @@ pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
         status: m.map(|m| pb::ChannelStatus {
             is_active: m.is_active(),
             occupancy: Some(pb::Occupancy {
-                metrics: Some(metrics(m)),
+                metrics: Some(m.into()),
             }),
         }),
     }
@@ -79,16 +66,6 @@ pub fn batch_channels(names: Vec<String>) -> Result<Vec<ChannelName>, InvalidInp
         .enumerate()
         .map(|(i, n)| ChannelName::parse(&format!("channels[{i}]"), n))
         .collect()
-}
-
-/// App-wide totals as proto.
-pub fn stats(t: domain::Totals) -> pb::AppStats {
-    pb::AppStats {
-        active_channels: t.active_channels,
-        connections: t.connections,
-        presence_members: t.presence_members,
-        sessions: t.sessions,
-    }
 }
 
 /// The list order of a request.

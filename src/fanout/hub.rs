@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
+use super::demand::Demand;
 use super::wire;
-use crate::api::convert;
 use crate::domain::events::EVENT_NAME;
 use crate::domain::{ChangeEvent, ChannelName, Metrics, Pos};
 use crate::proto::v1 as pb;
-use crate::store::{ChangeSink, Demand};
+use crate::store::ChangeSink;
 
 /// A change as subscribers receive it, with its body encoded once.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ impl HubEvent {
             name: EVENT_NAME.to_string(),
             channel: channel.as_str().to_string(),
             timestamp_ms,
-            metrics: Some(convert::metrics(metrics)),
+            metrics: Some(metrics.into()),
         });
         Self {
             shard,

@@ -23,7 +23,6 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use futures::Stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tonic::Status;
 use tracing::{debug, warn};
 
 use super::hub::{Hub, HubEvent, Registration};
@@ -49,8 +48,10 @@ pub struct Spec {
     pub resume: Option<ResumeToken>,
 }
 
-/// An item of the gRPC stream.
-pub type Item = Result<SubscribeOccupancyResponse, Status>;
+/// An item of a subscription's stream: a response, or the error that ends
+/// it (the gRPC side answers it as a status, the HTTP side as an SSE
+/// `error` event; both chosen in `error.rs`).
+pub type Item = Result<SubscribeOccupancyResponse, Error>;
 
 /// Delay before retrying a snapshot that failed (Redis still away).
 const RESYNC_RETRY: Duration = Duration::from_millis(500);
@@ -135,7 +136,7 @@ pub fn stream(
         let mut live = match phase {
             Phase::Start(store, hub, spec, heartbeat) => match Live::start(store, hub, spec, heartbeat).await {
                 Ok(live) => Box::new(live),
-                Err(e) => return Some((Err(Status::from(e)), Phase::Done)),
+                Err(e) => return Some((Err(e), Phase::Done)),
             },
             Phase::Live(live) => live,
             Phase::Done => return None,
@@ -144,7 +145,7 @@ pub fn stream(
             Ok(item) => Some((Ok(item), Phase::Live(live))),
             // a page of the first snapshot could not be read: end the
             // stream; the client resumes (its ids then ask for a snapshot)
-            Err(e) => Some((Err(Status::from(e)), Phase::Done)),
+            Err(e) => Some((Err(e), Phase::Done)),
         }
     })
 }

@@ -13,13 +13,14 @@ use crate::domain::{
 };
 use crate::error::Result;
 
-pub mod demand;
 pub mod memory;
 pub mod outage;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
-pub use demand::Demand;
+/// The feed's side of the hub's demand, where store code and its docs
+/// have always found it.
+pub use crate::fanout::Demand;
 pub use memory::MemoryStore;
 
 /// Progress of one round of lease expiry work.

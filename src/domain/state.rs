@@ -173,11 +173,6 @@ impl OccupancyState {
         }
     }
 
-    /// Number of live sessions (for tests and gauges).
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
-    }
-
     /// Applies a write of `session`: checks its epoch and sequence against
     /// the session's live lease, then applies its operations in order,
     /// extending the lease, or opening one with `default_ttl_ms` when the
@@ -335,11 +330,6 @@ impl OccupancyState {
             n += 1;
         }
         n
-    }
-
-    /// The earliest lease deadline, if any session is open.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.first().map(|(d, _)| *d)
     }
 
     /// One page of active channels.

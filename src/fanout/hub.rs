@@ -198,14 +198,9 @@ impl Hub {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Per shard, the position of the last change dispatched. Every change
-    /// up to it is already in the inboxes that follow its channel.
-    pub fn watermark(&self) -> Vec<Pos> {
-        self.watermark_lock().clone()
-    }
-
-    /// [`Hub::watermark`] into `out` (replacing its contents, reusing its
-    /// allocation).
+    /// Per shard, the position of the last change dispatched, into `out`
+    /// (replacing its contents, reusing its allocation). Every change up to
+    /// it is already in the inboxes that follow its channel.
     pub fn watermark_into(&self, out: &mut Vec<Pos>) {
         out.clear();
         out.extend_from_slice(&self.watermark_lock());

@@ -36,6 +36,7 @@ pub mod http;
 pub mod proto;
 pub mod server;
 pub mod store;
+mod sync;
 pub mod telemetry;
 pub mod tls;
 

@@ -13,6 +13,15 @@ use super::ids::{ChannelName, InvalidInput};
 use super::limits::MAX_EVENT_ID_LEN;
 use super::metrics::Metrics;
 
+/// The wall clock now, in ms since the Unix epoch: the commit time the
+/// in-memory store stamps on events, and the time of a subscription's
+/// `live` and heartbeat messages.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// The `name` of every occupancy event (Ably's in-band event name).
 pub const EVENT_NAME: &str = "[meta]occupancy";
 

@@ -18,7 +18,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::watch;
@@ -27,7 +27,7 @@ use tracing::{debug, warn};
 
 use super::hub::{Hub, HubEvent, Registration};
 use super::wire::{Encoder, SubscribeOccupancyResponse};
-use crate::domain::events::{shard_of, ResumeToken};
+use crate::domain::events::{shard_of, wall_ms, ResumeToken};
 use crate::domain::limits::{HISTORY_PAGE, MAX_HISTORY_PAGES, SNAPSHOT_PAGE};
 use crate::domain::{Category, ChannelName, ListOrder, ListQuery, Metrics, Pos};
 use crate::error::Error;
@@ -106,12 +106,6 @@ struct Walk {
     cursor: String,
     /// Event log positions of the newest snapshot read.
     positions: Vec<Pos>,
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 /// One subscription as the stream of its responses: the snapshot (or the

@@ -5,14 +5,14 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
-use crate::domain::events::shard_of;
+use crate::domain::events::{shard_of, wall_ms};
 use crate::domain::{
     Applied, Batch, Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics,
     OccupancyState, Pos, SessionId, Totals,
@@ -48,12 +48,6 @@ impl std::fmt::Debug for MemoryStore {
             .field("default_ttl_ms", &self.default_ttl_ms)
             .finish()
     }
-}
-
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
 impl MemoryStore {

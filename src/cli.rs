@@ -10,11 +10,12 @@
 
 use std::collections::HashMap;
 use std::io::Write;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use clap::Args;
-use occupancy_client::proto::{self, occupancy_service_client::OccupancyServiceClient};
-use occupancy_client::{Client, Error};
+use futures::StreamExt;
+use occupancy_client::proto;
+use occupancy_client::{Client, Error, Followed};
 use serde_json::json;
 use tonic::Code;
 
@@ -446,10 +447,17 @@ const REDRAW_EVERY: Duration = Duration::from_millis(200);
 
 /// `occupancy watch`: returns the exit code.
 ///
-/// The table is drawn first once the snapshot has arrived (no change for
-/// [`REDRAW_EVERY`], even when nothing matched: then it has a header
-/// only), then at most every [`REDRAW_EVERY`] while changes arrive, and
-/// always once more after the last one, so it never shows a stale row.
+/// Follows the subscription with the client crate's reconnect-and-resume
+/// loop ([`Client::follow`]): a replica that goes away is left for the
+/// next endpoint, resuming where the stream was. Three failures in a row
+/// (or a refused argument, at once) end the command with the exit code of
+/// the last one.
+///
+/// The table is drawn first once the snapshot has arrived (the stream
+/// says it is live, even when nothing matched: then it has a header only;
+/// or a second into a snapshot still arriving), then at most every
+/// [`REDRAW_EVERY`] while changes arrive, and always once more after the
+/// last one, so it never shows a stale row.
 pub async fn watch(args: WatchArgs) -> i32 {
     if args.channels.is_empty() && args.prefix.is_empty() && !args.all {
         eprintln!("error: give channels to watch, --prefix or --all");
@@ -459,120 +467,87 @@ pub async fn watch(args: WatchArgs) -> i32 {
         Ok(c) => c,
         Err(e) => return fail(&e, &args.target),
     };
+    let mut follow = client.follow(proto::SubscribeOccupancyRequest {
+        channels: args.channels.clone(),
+        prefix: args.prefix.clone(),
+        categories: vec![],
+        debounce_ms: args.debounce_ms,
+        resume_from: String::new(),
+        all_channels: args.all,
+    });
     let mut state: HashMap<String, (proto::Metrics, i64)> = HashMap::new();
-    let mut resume = String::new();
     let mut seen: u64 = 0;
     let mut failures = 0u32;
     let tty = std::io::IsTerminal::is_terminal(&std::io::stdout());
     // when the table must be drawn next, if it shows anything out of date
-    // (the first table is due once the snapshot stops arriving)
     let mut last_draw: Option<Instant> = None;
     let mut due: Option<tokio::time::Instant> = None;
+    // a busy system never stops sending: the first table is drawn within
+    // a second of subscribing in any case
+    let mut first_by = tokio::time::Instant::now() + Duration::from_secs(1);
     loop {
-        let req = proto::SubscribeOccupancyRequest {
-            channels: args.channels.clone(),
-            prefix: args.prefix.clone(),
-            categories: vec![],
-            debounce_ms: args.debounce_ms,
-            resume_from: resume.clone(),
-            all_channels: args.all,
-        };
-        let mut svc = OccupancyServiceClient::new(client.occupancy_service_channel());
-        let stream = tokio::time::timeout(args.target.timeout, svc.subscribe_occupancy(req)).await;
-        let mut stream = match stream {
-            Ok(Ok(s)) => s.into_inner(),
-            Ok(Err(status)) if status.code() == Code::InvalidArgument => {
-                return fail(&Error::Status(status), &args.target)
-            }
-            Ok(Err(status)) => {
-                failures += 1;
-                if failures >= 3 {
-                    return fail(&Error::Status(status), &args.target);
-                }
-                client.rotate();
-                tokio::time::sleep(Duration::from_millis(200 * u64::from(failures))).await;
-                continue;
-            }
-            Err(_) => {
-                failures += 1;
-                if failures >= 3 {
-                    return fail(
-                        &Error::Status(tonic::Status::deadline_exceeded("no answer")),
-                        &args.target,
-                    );
-                }
-                client.rotate();
+        let item = tokio::select! {
+            item = follow.next() => item,
+            () = sleep_until(due), if due.is_some() => {
+                due = None;
+                last_draw = Some(Instant::now());
+                draw(&state, tty);
                 continue;
             }
         };
-        // a busy system never stops sending: the first table is drawn
-        // within a second in any case
-        let first_by = tokio::time::Instant::now() + Duration::from_secs(1);
-        if !args.target.json && last_draw.is_none() {
-            due = Some(tokio::time::Instant::now() + REDRAW_EVERY);
-        }
-        loop {
-            let msg = tokio::select! {
-                m = stream.message() => m,
-                () = sleep_until(due), if due.is_some() => {
+        let e = match item {
+            Some(Followed::Event(e)) => e,
+            Some(Followed::Live) => {
+                if !args.target.json && last_draw.is_none() {
                     due = None;
                     last_draw = Some(Instant::now());
                     draw(&state, tty);
-                    continue;
                 }
-            };
-            let r = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => break,
-                Err(status) if status.code() == Code::InvalidArgument => {
-                    return fail(&Error::Status(status), &args.target)
-                }
-                Err(status) => {
-                    // e.g. the store is down: the snapshot failed; give up
-                    // after three tries in a row, as when connecting fails
-                    failures += 1;
-                    if failures >= 3 {
-                        return fail(&Error::Status(status), &args.target);
-                    }
-                    break;
-                }
-            };
-            let Some(e) = r.event else { continue };
-            failures = 0;
-            resume = e.id.clone();
-            seen += 1;
-            let m = e.metrics.unwrap_or_default();
-            let last = args.count > 0 && seen >= args.count;
-            if args.target.json {
-                println!(
-                    "{}",
-                    json!({
-                        "id": e.id, "name": e.name, "channel": e.channel,
-                        "timestampMs": e.timestamp_ms, "metrics": metrics_json(&m)
-                    })
-                );
-                let _ = std::io::stdout().flush();
-            } else {
-                state.insert(e.channel.clone(), (m, e.timestamp_ms));
-                if last {
-                    draw(&state, tty);
-                } else if let Some(at) = last_draw {
-                    // drawn before: redraw at once if the last draw is old
-                    // enough, else when it is; never later than that
-                    let next = tokio::time::Instant::from_std(at + REDRAW_EVERY);
-                    due = Some(due.map_or(next, |d| d.min(next)));
-                } else {
-                    // still in the snapshot: draw once it stops arriving
-                    due = Some((tokio::time::Instant::now() + REDRAW_EVERY).min(first_by));
-                }
+                continue;
             }
+            Some(Followed::Failed(e) | Followed::ResumeRefused(e)) => {
+                // a refused argument ends at once; anything else (e.g. the
+                // store is down, so the snapshot failed) after three tries
+                // in a row
+                failures += 1;
+                if e.code() == Some(Code::InvalidArgument) || failures >= 3 {
+                    return fail(&e, &args.target);
+                }
+                first_by = tokio::time::Instant::now() + Duration::from_secs(1);
+                continue;
+            }
+            None => return 1,
+        };
+        failures = 0;
+        seen += 1;
+        let m = e.metrics.unwrap_or_default();
+        let last = args.count > 0 && seen >= args.count;
+        if args.target.json {
+            println!(
+                "{}",
+                json!({
+                    "id": e.id, "name": e.name, "channel": e.channel,
+                    "timestampMs": e.timestamp_ms, "metrics": metrics_json(&m)
+                })
+            );
+            let _ = std::io::stdout().flush();
+        } else {
+            state.insert(e.channel.clone(), (m, e.timestamp_ms));
             if last {
-                return 0;
+                draw(&state, tty);
+            } else if let Some(at) = last_draw {
+                // drawn before: redraw at once if the last draw is old
+                // enough, else when it is; never later than that
+                let next = tokio::time::Instant::from_std(at + REDRAW_EVERY);
+                due = Some(due.map_or(next, |d| d.min(next)));
+            } else {
+                // still in the snapshot: draw once it stops arriving
+                due = Some((tokio::time::Instant::now() + REDRAW_EVERY).min(first_by));
             }
         }
-        // the replica went away: continue on the next one where we were
-        client.rotate();
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        if last {
+            return 0;
+        }
     }
 }
 
@@ -590,9 +565,7 @@ fn draw(state: &HashMap<String, (proto::Metrics, i64)>, tty: bool) {
         .into_iter()
         .map(|(n, (m, ts))| (n.clone(), Some(*m), clock(*ts)))
         .collect();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
+    let now = crate::domain::events::wall_ms();
     let mut out = String::new();
     if tty {
         out.push_str("\x1b[2J\x1b[H");

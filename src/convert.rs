@@ -6,38 +6,38 @@
 //! Validation of requests, which names the request's fields, is
 //! [`crate::api::convert`]'s.
 
-use crate::domain::{Metrics, Totals};
+use crate::domain::{Category, Metrics, Totals};
 use crate::proto::v1 as pb;
+
+/// The field of `m` that holds category `c`: the one place the protobuf
+/// message's fields are named, for both directions.
+fn field(m: &mut pb::Metrics, c: Category) -> &mut u32 {
+    match c {
+        Category::Connections => &mut m.connections,
+        Category::Publishers => &mut m.publishers,
+        Category::Subscribers => &mut m.subscribers,
+        Category::PresenceConnections => &mut m.presence_connections,
+        Category::PresenceMembers => &mut m.presence_members,
+        Category::PresenceSubscribers => &mut m.presence_subscribers,
+        Category::ObjectPublishers => &mut m.object_publishers,
+        Category::ObjectSubscribers => &mut m.object_subscribers,
+        Category::PresenceClients => &mut m.presence_clients,
+    }
+}
 
 impl From<Metrics> for pb::Metrics {
     fn from(m: Metrics) -> Self {
-        Self {
-            connections: m.connections,
-            publishers: m.publishers,
-            subscribers: m.subscribers,
-            presence_connections: m.presence_connections,
-            presence_members: m.presence_members,
-            presence_subscribers: m.presence_subscribers,
-            object_publishers: m.object_publishers,
-            object_subscribers: m.object_subscribers,
-            presence_clients: m.presence_clients,
+        let mut out = pb::Metrics::default();
+        for c in Category::ALL {
+            *field(&mut out, c) = m.get(c);
         }
+        out
     }
 }
 
 impl From<pb::Metrics> for Metrics {
-    fn from(m: pb::Metrics) -> Self {
-        Self {
-            connections: m.connections,
-            publishers: m.publishers,
-            subscribers: m.subscribers,
-            presence_connections: m.presence_connections,
-            presence_members: m.presence_members,
-            presence_subscribers: m.presence_subscribers,
-            object_publishers: m.object_publishers,
-            object_subscribers: m.object_subscribers,
-            presence_clients: m.presence_clients,
-        }
+    fn from(mut m: pb::Metrics) -> Self {
+        Metrics::from_array(Category::ALL.map(|c| *field(&mut m, c)))
     }
 }
 

@@ -184,5 +184,5 @@ pub(super) async fn stats(
     // the totals span every channel, as for GetStats
     principal(&state, &headers)?.check_prefix(Op::Read, "")?;
     query_params(raw.as_deref(), &[])?;
-    Ok(Json(state.store.stats().await?.into()))
+    Ok(Json(state.store.stats().await?))
 }

@@ -225,7 +225,7 @@ fn to_sse(item: subscription::Item) -> SseItem {
                 channel: ev.channel,
                 timestamp: ev.timestamp_ms,
                 data: EventDataJson {
-                    metrics: ev.metrics.map(|m| Metrics::from(m).into()).unwrap_or_default(),
+                    metrics: ev.metrics.map(Metrics::from).unwrap_or_default(),
                 },
             };
             match serde_json::to_string(&json) {

@@ -16,22 +16,23 @@
 //! from any id ever sent misses nothing.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::Stream;
 use tokio::sync::watch;
 use tokio::time::Instant;
-use tracing::{debug, warn};
 
 use super::hub::{Hub, HubEvent, Registration};
 use super::wire::{Encoder, SubscribeOccupancyResponse};
-use crate::domain::events::{shard_of, wall_ms, ResumeToken};
-use crate::domain::limits::{HISTORY_PAGE, MAX_HISTORY_PAGES, SNAPSHOT_PAGE};
-use crate::domain::{Category, ChannelName, ListOrder, ListQuery, Metrics, Pos};
+use crate::domain::events::{wall_ms, ResumeToken};
+use crate::domain::{Category, ChannelName, Metrics, Pos};
 use crate::error::Error;
 use crate::store::Store;
+
+mod filter;
+mod snapshot;
 
 /// What one stream follows and how.
 #[derive(Debug, Clone)]
@@ -52,9 +53,6 @@ pub struct Spec {
 /// it (the gRPC side answers it as a status, the HTTP side as an SSE
 /// `error` event; both chosen in `error.rs`).
 pub type Item = Result<SubscribeOccupancyResponse, Error>;
-
-/// Delay before retrying a snapshot that failed (Redis still away).
-const RESYNC_RETRY: Duration = Duration::from_millis(500);
 
 #[derive(Debug)]
 struct Chan {
@@ -283,383 +281,6 @@ async fn sleep_until(t: Option<Instant>) {
     }
 }
 
-impl Sub {
-    fn matches(&self, ch: &ChannelName) -> bool {
-        self.spec.prefix.as_deref().is_some_and(|p| ch.as_str().starts_with(p)) || self.spec.channels.contains(ch)
-    }
-
-    fn selected(&self) -> &[Category] {
-        if self.spec.categories.is_empty() {
-            &Category::ALL
-        } else {
-            &self.spec.categories
-        }
-    }
-
-    fn changed(&self, a: &Metrics, b: &Metrics) -> bool {
-        self.selected().iter().any(|c| a.get(*c) != b.get(*c))
-    }
-
-    fn flips(&self, a: &Metrics, b: &Metrics) -> bool {
-        self.selected().iter().any(|c| (a.get(*c) == 0) != (b.get(*c) == 0))
-    }
-
-    /// The index of the channel's state, created on first sight.
-    fn slot(&mut self, ch: &ChannelName) -> usize {
-        if let Some(&i) = self.chan_index.get(ch) {
-            return i;
-        }
-        let i = self.chans.len();
-        self.chans.push(Chan {
-            name: ch.clone(),
-            shard: shard_of(ch.as_str(), self.shards),
-            latest_out: None,
-            known: Pos::ZERO,
-            held: None,
-            held_since: None,
-            window_until: None,
-        });
-        self.chan_index.insert(ch.clone(), i);
-        i
-    }
-
-    fn mark_unsent(&mut self, shard: u32, pos: Pos) {
-        *self.unsent[shard as usize].entry(pos).or_insert(0) += 1;
-    }
-
-    fn clear_unsent(&mut self, shard: u32, pos: Pos) {
-        let u = &mut self.unsent[shard as usize];
-        if let Some(n) = u.get_mut(&pos) {
-            *n -= 1;
-            if *n == 0 {
-                u.remove(&pos);
-            }
-        }
-    }
-
-    /// Drops the held change of channel `i`, if any.
-    fn drop_held(&mut self, i: usize) -> Option<Pos> {
-        let c = &mut self.chans[i];
-        let shard = c.shard;
-        c.held = None;
-        let since = c.held_since.take();
-        if let Some(p) = since {
-            self.clear_unsent(shard, p);
-        }
-        since
-    }
-
-    /// Queues `ev` (of channel `i`) for writing; `unsent` is the oldest
-    /// change it covers.
-    fn enqueue(&mut self, i: usize, ev: Arc<HubEvent>, unsent: Pos) {
-        let debounce = self.spec.debounce;
-        let c = &mut self.chans[i];
-        c.latest_out = Some(ev.metrics);
-        c.window_until = (!debounce.is_zero()).then(|| Instant::now() + debounce);
-        let shard = c.shard;
-        self.mark_unsent(shard, unsent);
-        self.ready.push_back((ev, unsent));
-    }
-
-    /// Takes a change of channel `i` into account: writes it now, holds it
-    /// for the end of the debounce window, or drops it when the client's
-    /// view already matches. `force` writes it in any case.
-    fn consider_at(&mut self, i: usize, ev: Arc<HubEvent>, force: bool) {
-        let debounce = self.spec.debounce;
-        let c = &self.chans[i];
-        let reference = c.latest_out.unwrap_or_default();
-        let never_sent = c.latest_out.is_none();
-        let window_until = c.window_until;
-        // a channel this subscription never wrote may be held by the client
-        // in any state (after a resume), so its first change always goes
-        if !force && !never_sent && !self.changed(&reference, &ev.metrics) {
-            // back to what the client holds (for what it asked for)
-            self.drop_held(i);
-            return;
-        }
-        let immediate = force
-            || debounce.is_zero()
-            || never_sent
-            || self.flips(&reference, &ev.metrics)
-            || window_until.is_none_or(|w| Instant::now() >= w);
-        if immediate {
-            let since = self.drop_held(i).unwrap_or(ev.pos).min(ev.pos);
-            self.enqueue(i, ev, since);
-        } else {
-            let c = &mut self.chans[i];
-            let shard = c.shard;
-            let first = c.held_since.is_none();
-            if first {
-                c.held_since = Some(ev.pos);
-            }
-            c.held = Some(ev.clone());
-            if first {
-                self.mark_unsent(shard, ev.pos);
-                if let Some(w) = window_until {
-                    self.timers.push(Reverse((w, ev.channel.clone())));
-                }
-            }
-        }
-    }
-
-    fn fire_timers(&mut self, now: Instant) {
-        while let Some(Reverse((t, _))) = self.timers.peek() {
-            if *t > now {
-                break;
-            }
-            let Some(Reverse((_, ch))) = self.timers.pop() else {
-                break;
-            };
-            let Some(&i) = self.chan_index.get(&ch) else { continue };
-            let c = &mut self.chans[i];
-            if let (Some(ev), Some(since)) = (c.held.take(), c.held_since.take()) {
-                let shard = c.shard;
-                self.clear_unsent(shard, since);
-                self.enqueue(i, ev, since);
-            }
-        }
-    }
-
-    /// Moves everything in the inbox into the subscriber's state.
-    fn drain(&mut self, reg: &Registration) {
-        // read the watermark first: every change it covers is already in
-        // the inbox (or was taken before)
-        let mut watermark = std::mem::take(&mut self.watermark_buf);
-        self.hub.watermark_into(&mut watermark);
-        let mut events = std::mem::take(&mut self.inbox_buf);
-        reg.inbox.take_into(&mut events);
-        for ev in events.drain(..) {
-            if !self.matches(&ev.channel) {
-                continue;
-            }
-            let i = self.slot(&ev.channel);
-            let c = &mut self.chans[i];
-            if ev.pos <= c.known {
-                continue;
-            }
-            c.known = ev.pos;
-            self.consider_at(i, ev, false);
-        }
-        self.inbox_buf = events;
-        for (s, w) in self.seen.iter_mut().zip(&watermark) {
-            *s = (*s).max(*w);
-        }
-        self.watermark_buf = watermark;
-    }
-
-    /// The resume token to hand out now, into `token_buf`.
-    fn fill_token(&mut self) {
-        self.token_buf.clear();
-        self.token_buf.extend(
-            self.seen
-                .iter()
-                .zip(&self.unsent)
-                .map(|(seen, unsent)| match unsent.keys().next() {
-                    Some(first) => (*seen).min(first.pred()),
-                    None => *seen,
-                }),
-        );
-    }
-
-    /// The next queued event as a response, if any (events leave in the
-    /// order they were queued).
-    fn next_ready(&mut self) -> Option<SubscribeOccupancyResponse> {
-        let (ev, unsent) = self.ready.pop_front()?;
-        self.clear_unsent(ev.shard, unsent);
-        self.fill_token();
-        Some(self.encoder.response(ev.pos, &self.token_buf, &ev.body))
-    }
-
-    /// Metrics of `names` as events at the snapshot's positions.
-    async fn snapshot_of(&mut self, names: &[ChannelName], exact: bool, force: bool) -> Result<Vec<Pos>, Error> {
-        let mut last = Vec::new();
-        for chunk in names.chunks(SNAPSHOT_PAGE as usize) {
-            let snap = self.store.snapshot(chunk).await?;
-            let ts = wall_ms();
-            for (name, m) in chunk.iter().zip(snap.metrics) {
-                let shard = shard_of(name.as_str(), self.shards);
-                let pos = snap.positions.get(shard as usize).copied().unwrap_or_default();
-                let i = self.slot(name);
-                let c = &mut self.chans[i];
-                c.known = if exact { pos } else { c.known.max(pos) };
-                let ev = Arc::new(HubEvent::new(shard, pos, name.clone(), m, ts));
-                self.consider_at(i, ev, force);
-            }
-            last = snap.positions;
-        }
-        Ok(last)
-    }
-
-    /// The first snapshot (`resync` false) or a fresh one after the event
-    /// log was lost (`resync` true: only what differs from what the client
-    /// holds is written).
-    async fn snapshot(&mut self, reg: &Registration, resync: bool) -> Result<(), Error> {
-        let mut named: BTreeSet<ChannelName> = self.spec.channels.iter().cloned().collect();
-        let mut positions = self
-            .snapshot_of(&named.iter().cloned().collect::<Vec<_>>(), resync, !resync)
-            .await?;
-        if let (Some(prefix), false) = (self.spec.prefix.clone(), resync) {
-            // the first snapshot: its first page now, the rest as the
-            // client reads (`walk_step`)
-            self.walk = Some(Walk {
-                prefix,
-                cursor: String::new(),
-                positions,
-            });
-            return self.walk_step(reg).await;
-        }
-        if let Some(prefix) = self.spec.prefix.clone() {
-            let mut cursor = String::new();
-            loop {
-                let q = ListQuery::new(prefix.clone(), SNAPSHOT_PAGE, &cursor, ListOrder::Name, false)?;
-                let page = self.store.list(&q).await?;
-                let names: Vec<ChannelName> = page.channels.into_iter().map(|c| c.name).collect();
-                let p = self.snapshot_of(&names, resync, !resync).await?;
-                if !p.is_empty() {
-                    positions = p;
-                }
-                named.extend(names);
-                match page.next_cursor {
-                    Some(c) => cursor = c,
-                    None => break,
-                }
-            }
-        }
-        if resync {
-            // channels the client holds as active that were not seen: they
-            // read back as zero now
-            let others: Vec<ChannelName> = self
-                .chans
-                .iter()
-                .filter(|c| !named.contains(&c.name) && c.latest_out.is_some_and(|m| m != Metrics::default()))
-                .map(|c| c.name.clone())
-                .collect();
-            let p = self.snapshot_of(&others, true, false).await?;
-            if !p.is_empty() {
-                positions = p;
-            }
-        }
-        self.finish_snapshot(reg, positions, resync).await
-    }
-
-    /// Reads the next page of the first snapshot's walk and queues its
-    /// channels; after the last page, finishes the snapshot.
-    async fn walk_step(&mut self, reg: &Registration) -> Result<(), Error> {
-        let Some(walk) = self.walk.as_ref() else { return Ok(()) };
-        let q = ListQuery::new(walk.prefix.clone(), SNAPSHOT_PAGE, &walk.cursor, ListOrder::Name, false)?;
-        let page = self.store.list(&q).await?;
-        let names: Vec<ChannelName> = page.channels.into_iter().map(|c| c.name).collect();
-        let p = self.snapshot_of(&names, false, true).await?;
-        let Some(walk) = self.walk.as_mut() else { return Ok(()) };
-        if !p.is_empty() {
-            walk.positions = p;
-        }
-        match page.next_cursor {
-            Some(c) => {
-                walk.cursor = c;
-                Ok(())
-            }
-            None => {
-                let positions = std::mem::take(&mut walk.positions);
-                self.walk = None;
-                self.finish_snapshot(reg, positions, false).await
-            }
-        }
-    }
-
-    /// Ends a snapshot read at `positions`: what the subscriber has seen
-    /// of the event log, then the changes that arrived meanwhile.
-    async fn finish_snapshot(
-        &mut self,
-        reg: &Registration,
-        mut positions: Vec<Pos>,
-        resync: bool,
-    ) -> Result<(), Error> {
-        if positions.is_empty() {
-            positions = self.store.snapshot(&[]).await?.positions;
-        }
-        for (s, p) in self.seen.iter_mut().zip(positions) {
-            *s = if resync { p } else { (*s).max(p) };
-        }
-        self.drain(reg);
-        Ok(())
-    }
-
-    /// Takes a fresh snapshot after the hub said changes may be lost;
-    /// returns when to retry if it failed.
-    /// `retrying`: an earlier attempt failed (then a failure is not logged
-    /// again: the health probe reports the outage).
-    async fn resync(&mut self, reg: &Registration, retrying: bool) -> Option<Instant> {
-        // held changes are superseded by the snapshot; queued ones are
-        // still written (they are older states, corrected right after)
-        for i in 0..self.chans.len() {
-            if self.chans[i].held.is_some() {
-                self.drop_held(i);
-            }
-        }
-        match self.snapshot(reg, true).await {
-            Ok(()) => {
-                debug!("subscription resynced");
-                None
-            }
-            Err(e) if retrying => {
-                debug!(cause = %e, "subscription resync failed again, retrying");
-                Some(Instant::now() + RESYNC_RETRY)
-            }
-            Err(e) => {
-                warn!(cause = %e, "subscription resync failed, retrying");
-                Some(Instant::now() + RESYNC_RETRY)
-            }
-        }
-    }
-
-    /// Replays what changed since `token` and writes the current metrics of
-    /// each such channel; falls back to a full snapshot when the log no
-    /// longer covers the token.
-    async fn resume(&mut self, reg: &Registration, token: ResumeToken) -> Result<(), Error> {
-        let mut changed: BTreeSet<ChannelName> = BTreeSet::new();
-        let mut gap = false;
-        'shards: for (shard, after) in token.positions.iter().enumerate() {
-            let mut after = *after;
-            for _ in 0..MAX_HISTORY_PAGES {
-                let h = self.store.history(shard as u32, after, HISTORY_PAGE).await?;
-                if h.gap {
-                    gap = true;
-                    break 'shards;
-                }
-                for (p, ch) in h.changes {
-                    after = p;
-                    if self.matches(&ch) {
-                        changed.insert(ch);
-                    }
-                }
-                if !h.more {
-                    continue 'shards;
-                }
-            }
-            gap = true;
-            break;
-        }
-        if gap {
-            debug!("resume point no longer in the event log, sending a full snapshot");
-            return self.snapshot(reg, false).await;
-        }
-        self.seen = token.positions;
-        let names: Vec<ChannelName> = changed.into_iter().collect();
-        let positions = self.snapshot_of(&names, false, true).await?;
-        let positions = if positions.is_empty() {
-            self.store.snapshot(&[]).await?.positions
-        } else {
-            positions
-        };
-        for (s, p) in self.seen.iter_mut().zip(positions) {
-            *s = (*s).max(p);
-        }
-        self.drain(reg);
-        Ok(())
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -669,6 +290,8 @@ mod tests {
     use tokio_util::sync::CancellationToken;
 
     use super::*;
+    use crate::domain::limits::SNAPSHOT_PAGE;
+    use crate::domain::ListQuery;
     use crate::domain::{
         Applied, Batch, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ModeSet, Operation, SessionId,
     };

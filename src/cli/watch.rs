@@ -45,7 +45,7 @@ const REDRAW_EVERY: Duration = Duration::from_millis(200);
 /// `occupancy watch`: returns the exit code.
 ///
 /// Follows the subscription with the client crate's reconnect-and-resume
-/// loop ([`Client::follow`]): a replica that goes away is left for the
+/// loop ([`Client::follow`](occupancy_client::Client::follow)): a replica that goes away is left for the
 /// next endpoint, resuming where the stream was. Three failures in a row
 /// (or a refused argument, at once) end the command with the exit code of
 /// the last one.
@@ -53,7 +53,7 @@ const REDRAW_EVERY: Duration = Duration::from_millis(200);
 /// The table is drawn first once the snapshot has arrived (the stream
 /// says it is live, even when nothing matched: then it has a header only;
 /// or a second into a snapshot still arriving), then at most every
-/// [`REDRAW_EVERY`] while changes arrive, and always once more after the
+/// `REDRAW_EVERY` while changes arrive, and always once more after the
 /// last one, so it never shows a stale row.
 pub async fn watch(args: WatchArgs) -> i32 {
     if args.channels.is_empty() && args.prefix.is_empty() && !args.all {

@@ -107,8 +107,9 @@ pub fn not_owner(owner: &str, session: &SessionId, connection: bool) -> crate::E
 /// calls it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies a write of `session` (see [`OccupancyState::apply`]
-    /// (crate::domain::OccupancyState::apply) for the rules): checks the
+    /// Applies a write of `session` (see
+    /// [`OccupancyState::apply`](crate::domain::OccupancyState::apply) for
+    /// the rules): checks the
     /// batch's epoch and sequence against the session's live lease, then
     /// applies its operations in order, extending the lease or opening one
     /// when the write leaves the session holding something.

@@ -38,7 +38,7 @@ pub enum Followed {
     ResumeRefused(Error),
 }
 
-/// A subscription followed across replicas (see the [module](self) docs);
+/// A subscription followed across replicas (reconnecting and resuming);
 /// made by [`Client::follow`]. Cancel-safe: a `next()` dropped half-way
 /// loses nothing.
 pub struct Follow {

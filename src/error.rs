@@ -295,6 +295,49 @@ mod tests {
     }
 
     #[test]
+    fn stream_ends_and_routes_have_their_codes() {
+        use axum::response::IntoResponse;
+        let s: tonic::Status = Error::StreamExpired.into();
+        assert_eq!(s.code(), tonic::Code::Unauthenticated);
+        assert!(s.message().contains("resume_from"), "{s:?}");
+        let s: tonic::Status = Error::ShuttingDown.into();
+        assert_eq!(s.code(), tonic::Code::Unavailable);
+        assert!(!occupancy_client::Error::from(s).is_store_unavailable());
+        let r = Error::MethodNotAllowed("no".into()).into_response();
+        assert_eq!(r.status(), 405);
+        assert_eq!(Error::MethodNotAllowed("no".into()).code_name(), "METHOD_NOT_ALLOWED");
+        assert_eq!(Error::StreamExpired.stream_end().0, "UNAUTHENTICATED");
+        assert_eq!(Error::Unavailable("x".into()).stream_end().0, "UNAVAILABLE");
+        assert_eq!(
+            (health_status(true), health_status(false)),
+            (StatusCode::OK, StatusCode::SERVICE_UNAVAILABLE)
+        );
+    }
+
+    #[test]
+    fn a_refused_operation_has_the_code_of_its_call() {
+        assert!(Error::refused(OpStatus::Ok).is_none());
+        for (op, code, status) in [
+            (
+                OpStatus::NotPresenceAttached,
+                tonic::Code::FailedPrecondition,
+                pb::OperationStatus::FailedPrecondition,
+            ),
+            (
+                OpStatus::TooManyChannels,
+                tonic::Code::ResourceExhausted,
+                pb::OperationStatus::ResourceExhausted,
+            ),
+        ] {
+            let e = Error::refused(op).unwrap();
+            assert_eq!(e.codes().0, code);
+            assert_eq!(operation_status(op), status);
+        }
+        assert_eq!(operation_status(OpStatus::Ok), pb::OperationStatus::Ok);
+        assert!(OpStatus::TooManyChannels.message().contains("1000 channels"));
+    }
+
+    #[test]
     fn an_oversized_request_answers_resource_exhausted_naming_the_limit() {
         let decoder = tonic::Status::out_of_range(
             "Error, decoded message length too large: found 6000000 bytes, the limit is: 4194304 bytes",

@@ -6,7 +6,8 @@
 //! Handlers are adapters, as on the gRPC side: they validate with the same
 //! functions (`api::convert`, `domain`), call the store or the hub, and
 //! convert the answer to JSON (`json.rs`). HTTP statuses are chosen in one
-//! place, `impl IntoResponse for Error` in `error.rs`.
+//! place, [`Error::codes`] in `error.rs`, beside the gRPC codes of the same
+//! failures.
 //!
 //! Access control is gRPC's: with a key file, every route that serves
 //! occupancy (`/channels...`, `/occupancy/stream`, `/stats`, `/metrics`)

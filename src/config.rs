@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
+use crate::domain::limits::{
+    human, MAX_EVENT_SHARDS, MAX_INTERVAL, MAX_SESSION_TTL, MAX_SHUTDOWN_GRACE, MIN_SESSION_TTL, MIN_STREAM_MAX_LEN,
+};
 use crate::store::RedisConfig;
 
-/// Shortest session lease a client or operator may ask for.
-pub const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
-/// Longest session lease.
-pub const MAX_SESSION_TTL: Duration = Duration::from_secs(600);
+pub mod defaults;
 
 /// The `occupancy` command line.
 #[derive(Debug, Parser)]
@@ -89,15 +89,19 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 fn parse_session_ttl(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
     if d < MIN_SESSION_TTL || d > MAX_SESSION_TTL {
-        return Err("must be between 1s and 10m".into());
+        return Err(format!(
+            "must be between {} and {}",
+            human(MIN_SESSION_TTL),
+            human(MAX_SESSION_TTL)
+        ));
     }
     Ok(d)
 }
 
 fn parse_positive(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d.is_zero() || d > Duration::from_secs(60) {
-        return Err("must be more than 0 and at most 60s".into());
+    if d.is_zero() || d > MAX_INTERVAL {
+        return Err(format!("must be more than 0 and at most {}", human(MAX_INTERVAL)));
     }
     Ok(d)
 }
@@ -112,8 +116,8 @@ fn parse_http_listen(s: &str) -> Result<SocketAddr, String> {
 
 fn parse_grace(s: &str) -> Result<Duration, String> {
     let d = parse_duration(s)?;
-    if d > Duration::from_secs(600) {
-        return Err("must be at most 10m".into());
+    if d > MAX_SHUTDOWN_GRACE {
+        return Err(format!("must be at most {}", human(MAX_SHUTDOWN_GRACE)));
     }
     Ok(d)
 }
@@ -122,7 +126,7 @@ fn parse_grace(s: &str) -> Result<Duration, String> {
 #[derive(Debug, Clone, Args)]
 pub struct ServeArgs {
     /// Address to serve gRPC on: HOST:PORT, the host a name or an address.
-    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = "127.0.0.1:50051", value_parser = parse_listen)]
+    #[arg(long, env = "OCCUPANCY_LISTEN", default_value = defaults::LISTEN, value_parser = parse_listen)]
     pub listen: SocketAddr,
     /// Address of the HTTP side (REST, server-sent events, /stats,
     /// /metrics, the dashboard); off unless set. HOST:PORT resolved like
@@ -138,37 +142,37 @@ pub struct ServeArgs {
     #[arg(long, env = "OCCUPANCY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<PathBuf>,
     /// Prefix of every Redis key, so deployments can share a Redis.
-    #[arg(long, env = "OCCUPANCY_KEY_PREFIX", default_value = "occupancy")]
+    #[arg(long, env = "OCCUPANCY_KEY_PREFIX", default_value = defaults::KEY_PREFIX)]
     pub key_prefix: String,
     /// Lease of a new session (1s to 10m); KeepAlive may change it per session.
-    #[arg(long, env = "OCCUPANCY_SESSION_TTL", default_value = "15s", value_parser = parse_session_ttl)]
+    #[arg(long, env = "OCCUPANCY_SESSION_TTL", default_value = defaults::SESSION_TTL_ARG, value_parser = parse_session_ttl)]
     pub session_ttl: Duration,
     /// Bound on every Redis call and connection attempt; past it a call
     /// fails with UNAVAILABLE.
-    #[arg(long, env = "OCCUPANCY_REDIS_TIMEOUT", default_value = "1s", value_parser = parse_positive)]
+    #[arg(long, env = "OCCUPANCY_REDIS_TIMEOUT", default_value = defaults::REDIS_TIMEOUT_ARG, value_parser = parse_positive)]
     pub redis_timeout: Duration,
     /// How often each replica looks for expired sessions.
-    #[arg(long, env = "OCCUPANCY_REAP_INTERVAL", default_value = "250ms", value_parser = parse_positive)]
+    #[arg(long, env = "OCCUPANCY_REAP_INTERVAL", default_value = defaults::REAP_INTERVAL_ARG, value_parser = parse_positive)]
     pub reap_interval: Duration,
     /// How often the store is probed for the health service.
-    #[arg(long, env = "OCCUPANCY_HEALTH_INTERVAL", default_value = "1s", value_parser = parse_positive)]
+    #[arg(long, env = "OCCUPANCY_HEALTH_INTERVAL", default_value = defaults::HEALTH_INTERVAL_ARG, value_parser = parse_positive)]
     pub health_interval: Duration,
     /// How long open calls may run after SIGTERM/SIGINT before they are cut.
-    #[arg(long, env = "OCCUPANCY_SHUTDOWN_GRACE", default_value = "10s", value_parser = parse_grace)]
+    #[arg(long, env = "OCCUPANCY_SHUTDOWN_GRACE", default_value = defaults::SHUTDOWN_GRACE_ARG, value_parser = parse_grace)]
     pub shutdown_grace: Duration,
     /// Number of Redis event stream shards.
-    #[arg(long, env = "OCCUPANCY_EVENT_SHARDS", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=256))]
+    #[arg(long, env = "OCCUPANCY_EVENT_SHARDS", default_value_t = defaults::EVENT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_EVENT_SHARDS)))]
     pub event_shards: u32,
     /// Changes each Redis event stream shard keeps, approximately.
-    #[arg(long, env = "OCCUPANCY_STREAM_MAX_LEN", default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(100..))]
+    #[arg(long, env = "OCCUPANCY_STREAM_MAX_LEN", default_value_t = defaults::STREAM_MAX_LEN, value_parser = clap::value_parser!(u64).range(MIN_STREAM_MAX_LEN..))]
     pub stream_max_len: u64,
     /// A SubscribeOccupancy stream quiet for this long gets a heartbeat
     /// message (well under the idle timeouts of common proxies and load
     /// balancers, often 60 s).
-    #[arg(long, env = "OCCUPANCY_STREAM_HEARTBEAT", default_value = "20s", value_parser = parse_positive)]
+    #[arg(long, env = "OCCUPANCY_STREAM_HEARTBEAT", default_value = defaults::STREAM_HEARTBEAT_ARG, value_parser = parse_positive)]
     pub stream_heartbeat: Duration,
     /// Log format.
-    #[arg(long, env = "OCCUPANCY_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    #[arg(long, env = "OCCUPANCY_LOG_FORMAT", default_value = defaults::LOG_FORMAT, value_parser = ["text", "json"])]
     pub log_format: String,
     /// Key file (TOML) of API keys and token signers; every call then needs
     /// a credential (health and reflection stay open). Reloaded on change
@@ -229,12 +233,12 @@ impl Config {
     pub fn memory() -> Self {
         Self {
             store: StoreConfig::Memory,
-            session_ttl: Duration::from_secs(15),
-            reap_interval: Duration::from_millis(250),
-            health_interval: Duration::from_secs(1),
-            shutdown_grace: Duration::from_secs(10),
+            session_ttl: defaults::SESSION_TTL,
+            reap_interval: defaults::REAP_INTERVAL,
+            health_interval: defaults::HEALTH_INTERVAL,
+            shutdown_grace: defaults::SHUTDOWN_GRACE,
             http_listen: None,
-            stream_heartbeat: Duration::from_secs(20),
+            stream_heartbeat: defaults::STREAM_HEARTBEAT,
             auth: None,
             tls: None,
         }
@@ -343,6 +347,16 @@ mod tests {
         assert!(matches!(cfg.store, StoreConfig::Memory));
         assert_eq!(cfg.session_ttl, Duration::from_secs(15));
         assert_eq!(cfg.stream_heartbeat, Duration::from_secs(20));
+        // the command line's defaults are Config::memory's
+        let memory = Config::memory();
+        assert_eq!(
+            (cfg.session_ttl, cfg.reap_interval, cfg.health_interval),
+            (memory.session_ttl, memory.reap_interval, memory.health_interval)
+        );
+        assert_eq!(
+            (cfg.shutdown_grace, cfg.stream_heartbeat),
+            (memory.shutdown_grace, memory.stream_heartbeat)
+        );
         assert!(Cli::try_parse_from(["occupancy", "--stream-heartbeat", "0s"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "500ms"]).is_err());
         assert!(Cli::try_parse_from(["occupancy", "--session-ttl", "11m"]).is_err());

@@ -5,8 +5,8 @@ use occupancy::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
 /// mimalloc instead of the system allocator: a gRPC call allocates and
-/// frees dozens of small buffers, and glibc malloc took about 15 % of the
-/// server's CPU time under load (see BENCHMARKS.md).
+/// frees dozens of small buffers, and under load glibc malloc was a large
+/// share of the server's CPU time (the measurements are in BENCHMARKS.md).
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

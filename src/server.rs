@@ -15,8 +15,9 @@ use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
 use crate::api::{ConnectionApi, OccupancyApi};
-use crate::config::{Config, StoreConfig};
-use crate::error::{Error, Result, MAX_REQUEST_BYTES};
+use crate::config::{defaults, Config, StoreConfig};
+use crate::domain::limits::{MAX_REAP_ROUNDS_PER_TICK, MAX_REQUEST_BYTES};
+use crate::error::{Error, Result};
 use crate::proto::v1 as pb;
 use crate::store::{MemoryStore, RedisStore, Store};
 use crate::telemetry::{GrpcMetricsLayer, Telemetry};
@@ -32,47 +33,22 @@ pub fn build_store(config: &Config) -> Result<Arc<dyn Store>> {
     })
 }
 
-/// Serves the occupancy API on `listener` until `shutdown` completes, then
-/// drains open calls for at most the configured grace period.
+/// Serves the occupancy API on `listener` (and the HTTP side on
+/// `config.http_listen`, when set) until `shutdown` completes, then drains
+/// open calls for at most the configured grace period: the binary's entry
+/// point, which builds the store and the event hub from `config` and
+/// hands over to [`run_with_http`].
 ///
 /// # Errors
-/// A bad store configuration or a transport failure.
+/// A bad store configuration, an HTTP address that cannot be bound, or a
+/// transport failure.
 pub async fn run(
     listener: TcpListener,
     config: Config,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<()> {
     let store = build_store(&config)?;
-    run_with_store(listener, config, store, shutdown).await
-}
-
-/// [`run`] with a store built by the caller.
-///
-/// # Errors
-/// A transport failure.
-pub async fn run_with_store(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
     let hub = crate::fanout::Hub::new(store.shards());
-    run_with(listener, config, store, hub, shutdown).await
-}
-
-/// [`run_with_store`] with the event hub given too, so tests can look at
-/// its queues. Binds the HTTP side's address (`config.http_listen`) when
-/// set.
-///
-/// # Errors
-/// A transport failure, or an HTTP address that cannot be bound.
-pub async fn run_with(
-    listener: TcpListener,
-    config: Config,
-    store: Arc<dyn Store>,
-    hub: Arc<crate::fanout::Hub>,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<()> {
     let http = match config.http_listen {
         Some(addr) => Some(
             TcpListener::bind(addr)
@@ -84,8 +60,10 @@ pub async fn run_with(
     run_with_http(listener, http, config, store, hub, shutdown).await
 }
 
-/// [`run_with`] with the HTTP side's listener (if any) bound by the caller,
-/// so tests can bind port 0.
+/// The server itself, every part given: the gRPC listener, the HTTP side's
+/// listener (if any; `config.http_listen` is not read), the store and the
+/// event hub. Tests call it directly to bind port 0 and look at the hub's
+/// queues; [`run`] builds the parts from the configuration.
 ///
 /// # Errors
 /// A transport failure.
@@ -213,7 +191,7 @@ pub async fn run_with_http(
         ),
     }
     let router = Server::builder()
-        .http2_keepalive_interval(Some(Duration::from_secs(20)))
+        .http2_keepalive_interval(Some(defaults::HTTP2_KEEPALIVE))
         .layer(GrpcMetricsLayer::new(telemetry.clone()))
         .layer(tower::util::MapResponseLayer::new(crate::error::name_over_limit))
         .add_service(health_service)
@@ -325,9 +303,8 @@ async fn reaper(store: Arc<dyn Store>, telemetry: Arc<Telemetry>, every: Duratio
     let outage = crate::store::outage::OutageLog::new("session reaper");
     let mut tick = ticks(every);
     while next_tick(&mut tick, &cancel).await {
-        // Keep going while work remains, at most 100 rounds per tick so a
-        // backlog cannot starve shutdown.
-        for _ in 0..100 {
+        // keep going while work remains, a bounded number of rounds per tick
+        for _ in 0..MAX_REAP_ROUNDS_PER_TICK {
             match store.reap().await {
                 Ok(r) => {
                     telemetry.reaped(r.sessions_expired, r.connections_removed);

@@ -18,9 +18,10 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Metric, Registry};
 
 use crate::domain::Totals;
+use crate::error::code_name;
 
 /// Labels of an HTTP request.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -184,27 +185,34 @@ impl StoreMetrics {
             "Failed Redis calls by kind of call and of failure",
             self.redis_errors.clone(),
         );
-        registry.register(
-            "group_commit_writes",
-            "Write requests merged into one Redis call (group commit)",
-            self.group_writes.clone(),
-        );
-        registry.register(
-            "group_commit_operations",
-            "Operations in one merged Redis write call",
-            self.group_operations.clone(),
-        );
-        registry.register(
-            "merged_read_keys",
-            "Keys read by one merged MGET",
-            self.merged_reads.clone(),
-        );
+        for (name, help, metric) in [
+            (
+                "group_commit_writes",
+                "Write requests merged into one Redis call (group commit)",
+                &self.group_writes,
+            ),
+            (
+                "group_commit_operations",
+                "Operations in one merged Redis write call",
+                &self.group_operations,
+            ),
+            ("merged_read_keys", "Keys read by one merged MGET", &self.merged_reads),
+        ] {
+            registry.register(name, help, metric.clone());
+        }
         registry.register(
             "event_lag_seconds",
             "Time from a change's commit in Redis to its hand-over to this replica's subscriptions, per event shard (includes clock skew between Redis and the replica)",
             self.event_lag.clone(),
         );
     }
+}
+
+/// Registers `metric` under `name` and hands it back, for the struct that
+/// keeps it.
+fn registered<M: Metric + Clone>(registry: &mut Registry, name: &str, help: &str, metric: M) -> M {
+    registry.register(name, help, metric.clone());
+    metric
 }
 
 fn latency_buckets() -> impl Iterator<Item = f64> {
@@ -250,97 +258,65 @@ impl Telemetry {
     /// A registry with every metric of the service, all at zero.
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("occupancy");
-        let http_requests = Family::<HttpLabels, Counter>::default();
-        registry.register(
+        let r = &mut registry;
+        let http_requests = registered(
+            r,
             "http_requests",
             "HTTP requests answered, by method, route and status code",
-            http_requests.clone(),
+            Family::default(),
         );
-        let http_latency =
-            Family::<HttpRouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register(
+        let http_latency = registered(
+            r,
             "http_request_duration_seconds",
             "Time to answer an HTTP request (to the response head for streams)",
-            http_latency.clone(),
+            Family::<HttpRouteLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets())),
         );
-        let grpc_requests = Family::<GrpcLabels, Counter>::default();
-        registry.register(
+        let grpc_requests = registered(
+            r,
             "grpc_requests",
             "gRPC calls answered, by method and status code",
-            grpc_requests.clone(),
+            Family::default(),
         );
-        let grpc_latency =
-            Family::<GrpcMethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets()));
-        registry.register(
+        let grpc_latency = registered(
+            r,
             "grpc_request_duration_seconds",
             "Time to answer a gRPC call (to the response head for streams)",
-            grpc_latency.clone(),
+            Family::<GrpcMethodLabels, Histogram>::new_with_constructor(|| Histogram::new(latency_buckets())),
         );
-        let sessions_reaped = Counter::default();
-        registry.register(
-            "sessions_reaped",
-            "Sessions whose lease ran out, retired by this replica's reaper",
-            sessions_reaped.clone(),
-        );
-        let connections_reaped = Counter::default();
-        registry.register(
-            "connections_reaped",
-            "Connections of expired sessions removed by this replica's reaper, with every attachment and presence member they held",
-            connections_reaped.clone(),
-        );
-        let reap_errors = Counter::default();
-        registry.register("reap_errors", "Reap rounds that failed", reap_errors.clone());
-        let serving = Gauge::default();
-        registry.register(
-            "health_serving",
-            "1 while the replica reports SERVING, 0 otherwise",
-            serving.clone(),
-        );
-        let subscriptions = Gauge::default();
-        registry.register(
-            "subscriptions",
-            "Open subscriptions (gRPC streams and SSE) on this replica",
-            subscriptions.clone(),
-        );
-        let queued_events = Gauge::default();
-        registry.register(
-            "queued_events",
-            "Events waiting in subscriptions' inboxes on this replica",
-            queued_events.clone(),
-        );
-        let events_published = Counter::default();
-        registry.register(
-            "hub_events",
-            "Change events handed to this replica's subscriptions",
-            events_published.clone(),
-        );
-        let active_channels = Gauge::default();
-        registry.register(
-            "active_channels",
-            "Channels with at least one connection (app-wide)",
-            active_channels.clone(),
-        );
-        let connections = Gauge::default();
-        registry.register(
-            "channel_connections",
-            "Sum of every channel's connections (app-wide)",
-            connections.clone(),
-        );
-        let presence_members = Gauge::default();
-        registry.register(
-            "presence_members",
-            "Sum of every channel's presence members (app-wide)",
-            presence_members.clone(),
-        );
-        let sessions = Gauge::default();
-        registry.register("sessions", "Open front end sessions (app-wide)", sessions.clone());
-        let stats_errors = Counter::default();
-        registry.register(
-            "stats_read_errors",
-            "Scrapes that could not read the app-wide totals from the store",
-            stats_errors.clone(),
-        );
-        store().register(&mut registry);
+        let [sessions_reaped, connections_reaped, reap_errors, events_published, stats_errors] = [
+            (
+                "sessions_reaped",
+                "Sessions whose lease ran out, retired by this replica's reaper",
+            ),
+            (
+                "connections_reaped",
+                "Connections of expired sessions removed by this replica's reaper, with every attachment and presence member they held",
+            ),
+            ("reap_errors", "Reap rounds that failed"),
+            ("hub_events", "Change events handed to this replica's subscriptions"),
+            (
+                "stats_read_errors",
+                "Scrapes that could not read the app-wide totals from the store",
+            ),
+        ]
+        .map(|(name, help)| registered(r, name, help, Counter::default()));
+        let [serving, subscriptions, queued_events, active_channels, connections, presence_members, sessions] = [
+            ("health_serving", "1 while the replica reports SERVING, 0 otherwise"),
+            (
+                "subscriptions",
+                "Open subscriptions (gRPC streams and SSE) on this replica",
+            ),
+            (
+                "queued_events",
+                "Events waiting in subscriptions' inboxes on this replica",
+            ),
+            ("active_channels", "Channels with at least one connection (app-wide)"),
+            ("channel_connections", "Sum of every channel's connections (app-wide)"),
+            ("presence_members", "Sum of every channel's presence members (app-wide)"),
+            ("sessions", "Open front end sessions (app-wide)"),
+        ]
+        .map(|(name, help)| registered(r, name, help, Gauge::default()));
+        store().register(r);
         Self {
             registry,
             http_requests,
@@ -467,29 +443,6 @@ fn grpc_method_label(path: &str) -> String {
     }
 }
 
-fn grpc_code_name(code: &[u8]) -> &'static str {
-    match code {
-        b"0" => "OK",
-        b"1" => "CANCELLED",
-        b"2" => "UNKNOWN",
-        b"3" => "INVALID_ARGUMENT",
-        b"4" => "DEADLINE_EXCEEDED",
-        b"5" => "NOT_FOUND",
-        b"6" => "ALREADY_EXISTS",
-        b"7" => "PERMISSION_DENIED",
-        b"8" => "RESOURCE_EXHAUSTED",
-        b"9" => "FAILED_PRECONDITION",
-        b"10" => "ABORTED",
-        b"11" => "OUT_OF_RANGE",
-        b"12" => "UNIMPLEMENTED",
-        b"13" => "INTERNAL",
-        b"14" => "UNAVAILABLE",
-        b"15" => "DATA_LOSS",
-        b"16" => "UNAUTHENTICATED",
-        _ => "UNKNOWN",
-    }
-}
-
 /// A tower layer counting gRPC calls and timing them, for tonic's
 /// `Server::layer`.
 ///
@@ -551,7 +504,7 @@ where
                 Ok(r) => r
                     .headers()
                     .get("grpc-status")
-                    .map_or("OK", |v| grpc_code_name(v.as_bytes())),
+                    .map_or("OK", |v| code_name(tonic::Code::from_bytes(v.as_bytes()))),
                 Err(_) => "INTERNAL",
             };
             telemetry.grpc_request(method, code, start.elapsed());

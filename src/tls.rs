@@ -70,7 +70,7 @@ struct Current(RwLock<Arc<CertifiedKey>>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        Some(crate::sync::read(&self.0).clone())
     }
 }
 
@@ -133,11 +133,7 @@ impl ReloadingAcceptor {
     pub fn reload(&self) -> bool {
         match load_certified_key(&self.config.cert, &self.config.key) {
             Ok(ck) => {
-                *self
-                    .current
-                    .0
-                    .write()
-                    .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(ck);
+                *crate::sync::write(&self.current.0) = Arc::new(ck);
                 info!(cert = %self.config.cert.display(), "TLS certificate reloaded");
                 true
             }

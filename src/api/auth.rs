@@ -9,7 +9,7 @@ use std::sync::Arc;
 use tonic::service::Interceptor;
 use tonic::{Request, Status};
 
-use crate::auth::{Authenticator, Principal};
+use crate::auth::{AuthError, Authenticator, Principal};
 use crate::error::Error;
 
 /// The interceptor: UNAUTHENTICATED for a missing or bad credential.
@@ -23,7 +23,7 @@ impl Interceptor for Authenticate {
             None => None,
             Some(Ok(h)) => Some(h),
             Some(Err(_)) => {
-                return Err(Error::from(crate::auth::AuthError::Malformed(
+                return Err(Error::from(AuthError::Malformed(
                     "the authorization value is not visible ASCII".into(),
                 ))
                 .into())
@@ -38,11 +38,12 @@ impl Interceptor for Authenticate {
 /// The caller of a request that passed [`Authenticate`].
 ///
 /// # Errors
-/// UNAUTHENTICATED when the request did not pass it (a service mounted
-/// without the interceptor refuses rather than serves everyone).
+/// UNAUTHENTICATED ([`AuthError::Missing`]) when the request did not pass
+/// it (a service mounted without the interceptor refuses rather than
+/// serves everyone).
 pub fn principal<T>(req: &Request<T>) -> Result<Principal, Status> {
     req.extensions()
         .get::<Principal>()
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("no credential checked for this call"))
+        .ok_or_else(|| Error::from(AuthError::Missing).into())
 }

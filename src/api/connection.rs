@@ -8,8 +8,8 @@ use tracing::instrument;
 use super::auth::principal;
 use super::convert;
 use crate::auth::{Op, Principal};
-use crate::domain::{Applied, Batch, InvalidInput, KeepAliveOutcome, Metrics, OpStatus, Operation, SessionId};
-use crate::error::Error;
+use crate::domain::{Applied, Batch, InvalidInput, KeepAliveOutcome, Metrics, Operation, SessionId};
+use crate::error::{operation_status, Error};
 use crate::proto::v1 as pb;
 use crate::store::Store;
 
@@ -44,10 +44,9 @@ impl ConnectionApi {
             .into_iter()
             .next()
             .ok_or_else(|| Error::Internal("no result".into()))?;
-        match r.status {
-            OpStatus::Ok => Ok((r.metrics.unwrap_or_default(), epoch)),
-            s @ OpStatus::TooManyChannels => Err(Error::ResourceExhausted(s.message().into())),
-            s @ OpStatus::NotPresenceAttached => Err(Error::FailedPrecondition(s.message().into())),
+        match Error::refused(r.status) {
+            None => Ok((r.metrics.unwrap_or_default(), epoch)),
+            Some(e) => Err(e),
         }
     }
 }
@@ -66,7 +65,7 @@ fn counted(who: &Principal, e: Error) -> Error {
 }
 
 fn some_metrics(m: Metrics) -> Option<pb::Metrics> {
-    Some(convert::metrics(m))
+    Some(m.into())
 }
 
 #[tonic::async_trait]
@@ -175,13 +174,9 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
             results: results
                 .into_iter()
                 .map(|res| pb::OperationResult {
-                    status: match res.status {
-                        OpStatus::Ok => pb::OperationStatus::Ok,
-                        OpStatus::NotPresenceAttached => pb::OperationStatus::FailedPrecondition,
-                        OpStatus::TooManyChannels => pb::OperationStatus::ResourceExhausted,
-                    } as i32,
-                    message: res.status.message().to_string(),
-                    metrics: res.metrics.map(convert::metrics),
+                    status: operation_status(res.status) as i32,
+                    message: res.status.message(),
+                    metrics: res.metrics.map(Into::into),
                 })
                 .collect(),
         }))

@@ -1,9 +1,15 @@
-//! Conversions between protobuf messages and domain types. Validation
-//! failures name the request field.
+//! Requests' protobuf fields as validated domain types (failures name the
+//! request field), and the answers' shapes built from domain values. The
+//! plain field-for-field conversions (metrics, totals) are `From` impls in
+//! [`crate::convert`].
 
 use std::time::Duration;
 
 use crate::domain::events::parse_event_id;
+use crate::domain::limits::{
+    MAX_BATCH, MAX_BATCH_GET, MAX_CHANNEL_LEN, MAX_DEBOUNCE_MS, MAX_SESSION_TTL, MAX_SUBSCRIBE_CHANNELS,
+    MAX_SYNC_ATTACHMENTS, MIN_SESSION_TTL,
+};
 use crate::domain::list::ListOrder;
 use crate::domain::{self, ChannelName, ClientId, ConnectionId, InvalidInput, ModeSet, Operation, SessionId};
 use crate::fanout::Spec;
@@ -33,21 +39,6 @@ pub fn modes(field: &str, values: &[i32]) -> Result<ModeSet, InvalidInput> {
     Ok(set)
 }
 
-/// Domain metrics as proto metrics.
-pub fn metrics(m: domain::Metrics) -> pb::Metrics {
-    pb::Metrics {
-        connections: m.connections,
-        publishers: m.publishers,
-        subscribers: m.subscribers,
-        presence_connections: m.presence_connections,
-        presence_members: m.presence_members,
-        presence_subscribers: m.presence_subscribers,
-        object_publishers: m.object_publishers,
-        object_subscribers: m.object_subscribers,
-        presence_clients: m.presence_clients,
-    }
-}
-
 /// Ably's ChannelDetails for a channel and its metrics.
 pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
     pb::ChannelDetails {
@@ -55,16 +46,15 @@ pub fn details(name: String, m: Option<domain::Metrics>) -> pb::ChannelDetails {
         status: m.map(|m| pb::ChannelStatus {
             is_active: m.is_active(),
             occupancy: Some(pb::Occupancy {
-                metrics: Some(metrics(m)),
+                metrics: Some(m.into()),
             }),
         }),
     }
 }
 
-/// The channels of a batch read: 1 to [`domain::list::MAX_BATCH_GET`]
-/// valid names, each error naming `channels[i]`.
+/// The channels of a batch read: 1 to [`MAX_BATCH_GET`] valid names, each
+/// error naming `channels[i]`.
 pub fn batch_channels(names: Vec<String>) -> Result<Vec<ChannelName>, InvalidInput> {
-    use domain::list::MAX_BATCH_GET;
     if names.is_empty() || names.len() > MAX_BATCH_GET {
         return Err(InvalidInput::new(
             "channels",
@@ -76,16 +66,6 @@ pub fn batch_channels(names: Vec<String>) -> Result<Vec<ChannelName>, InvalidInp
         .enumerate()
         .map(|(i, n)| ChannelName::parse(&format!("channels[{i}]"), n))
         .collect()
-}
-
-/// App-wide totals as proto.
-pub fn stats(t: domain::Totals) -> pb::AppStats {
-    pb::AppStats {
-        active_channels: t.active_channels,
-        connections: t.connections,
-        presence_members: t.presence_members,
-        sessions: t.sessions,
-    }
 }
 
 /// The list order of a request.
@@ -170,14 +150,10 @@ pub fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, InvalidInput>
     if ops.is_empty() {
         return Err(InvalidInput::new("operations", "must not be empty"));
     }
-    if ops.len() > domain::ops::MAX_BATCH {
+    if ops.len() > MAX_BATCH {
         return Err(InvalidInput::new(
             "operations",
-            format!(
-                "at most {} operations per batch, got {}",
-                domain::ops::MAX_BATCH,
-                ops.len()
-            ),
+            format!("at most {MAX_BATCH} operations per batch, got {}", ops.len()),
         ));
     }
     ops.iter()
@@ -185,11 +161,6 @@ pub fn operations(ops: &[pb::Operation]) -> Result<Vec<Operation>, InvalidInput>
         .map(|(i, op)| operation(op).map_err(|e| e.within(&format!("operations[{i}]"))))
         .collect()
 }
-
-/// Largest number of named channels in one subscription.
-pub const MAX_SUBSCRIBE_CHANNELS: usize = 1000;
-/// Longest debounce window.
-pub const MAX_DEBOUNCE_MS: u32 = 60_000;
 
 /// A metric category.
 pub fn category(field: &str, v: i32) -> Result<domain::Category, InvalidInput> {
@@ -234,10 +205,10 @@ pub fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spe
     let prefix = if r.prefix.is_empty() {
         None
     } else {
-        if r.prefix.len() > domain::ids::MAX_CHANNEL_LEN || r.prefix.chars().any(char::is_control) {
+        if r.prefix.len() > MAX_CHANNEL_LEN || r.prefix.chars().any(char::is_control) {
             return Err(InvalidInput::new(
                 "prefix",
-                "must be at most 1024 bytes without control characters",
+                format!("must be at most {MAX_CHANNEL_LEN} bytes without control characters"),
             ));
         }
         Some(r.prefix)
@@ -286,21 +257,22 @@ pub fn subscription(r: pb::SubscribeOccupancyRequest, shards: u32) -> Result<Spe
     })
 }
 
-/// A lease length field: 0 for none, else 1 s to 10 min.
+/// A lease length field in ms: 0 for none, else [`MIN_SESSION_TTL`] to
+/// [`MAX_SESSION_TTL`].
 pub fn ttl(v: u32) -> Result<Option<u64>, InvalidInput> {
-    use crate::config::{MAX_SESSION_TTL, MIN_SESSION_TTL};
+    let (min, max) = (MIN_SESSION_TTL.as_millis(), MAX_SESSION_TTL.as_millis());
     match v {
         0 => Ok(None),
-        t if u128::from(t) < MIN_SESSION_TTL.as_millis() || u128::from(t) > MAX_SESSION_TTL.as_millis() => {
-            Err(InvalidInput::new("ttl_ms", "must be 0 or between 1000 and 600000"))
-        }
+        t if u128::from(t) < min || u128::from(t) > max => Err(InvalidInput::new(
+            "ttl_ms",
+            format!("must be 0 or between {min} and {max}"),
+        )),
         t => Ok(Some(u64::from(t))),
     }
 }
 
 /// The holdings a SyncSession declares.
 pub fn held(list: &[pb::SessionAttachment]) -> Result<Vec<domain::HeldAttachment>, InvalidInput> {
-    use domain::ops::MAX_SYNC_ATTACHMENTS;
     if list.len() > MAX_SYNC_ATTACHMENTS {
         return Err(InvalidInput::new(
             "attachments",

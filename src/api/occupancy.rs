@@ -15,6 +15,7 @@ use crate::domain::list::{encode_cursor, MAX_LIMIT};
 use crate::domain::{ChannelName, ListOrder, ListPage, ListQuery};
 use crate::error::Error;
 use crate::fanout::subscription::{self, Item};
+use crate::fanout::wire::SubscribeOccupancyResponse;
 use crate::fanout::Hub;
 use crate::proto::v1 as pb;
 use crate::store::Store;
@@ -48,7 +49,7 @@ impl OccupancyApi {
 
 #[tonic::async_trait]
 impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
-    type SubscribeOccupancyStream = Pin<Box<dyn Stream<Item = Item> + Send + 'static>>;
+    type SubscribeOccupancyStream = Pin<Box<dyn Stream<Item = Result<SubscribeOccupancyResponse, Status>> + Send>>;
 
     #[instrument(level = "debug", skip_all, fields(channels = req.get_ref().channels.len(), prefix = %req.get_ref().prefix))]
     async fn subscribe_occupancy(
@@ -75,14 +76,14 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         // with UNAVAILABLE so the client reconnects elsewhere
         let cancel = self.cancel.clone();
         let items = events.take_until(cancel.clone().cancelled_owned());
-        let tail = futures::stream::once(async move { cancel.is_cancelled() }).filter_map(|cancelled| async move {
-            cancelled.then(|| Err(Status::unavailable("server shutting down; reconnect with resume_from")))
-        });
+        let tail = futures::stream::once(async move { cancel.is_cancelled() })
+            .filter_map(|cancelled| async move { cancelled.then_some(Err(Error::ShuttingDown)) });
         let stream = items.chain(tail);
-        match who.expires_at() {
-            None => Ok(Response::new(Box::pin(stream))),
-            Some(exp) => Ok(Response::new(Box::pin(until_expiry(stream, exp)))),
-        }
+        let stream: Pin<Box<dyn Stream<Item = Item> + Send>> = match who.expires_at() {
+            None => Box::pin(stream),
+            Some(exp) => Box::pin(until_expiry(stream, exp)),
+        };
+        Ok(Response::new(Box::pin(stream.map(|item| item.map_err(Status::from)))))
     }
 
     #[instrument(level = "debug", skip_all, fields(channel = %req.get_ref().channel))]
@@ -127,9 +128,7 @@ impl pb::occupancy_service_server::OccupancyService for OccupancyApi {
         // channel sees them
         principal(&req)?.check_prefix(Op::Read, "").map_err(Error::from)?;
         let t = self.store.stats().await?;
-        Ok(Response::new(pb::GetStatsResponse {
-            stats: Some(convert::stats(t)),
-        }))
+        Ok(Response::new(pb::GetStatsResponse { stats: Some(t.into()) }))
     }
 
     #[instrument(level = "debug", skip_all, fields(prefix = %req.get_ref().prefix))]
@@ -172,15 +171,8 @@ pub(crate) fn until_expiry(
         tokio::time::sleep_until(deadline).await;
         flag.store(true, std::sync::atomic::Ordering::Relaxed);
     });
-    let tail = futures::stream::once(async move { expired.load(std::sync::atomic::Ordering::Relaxed) }).filter_map(
-        |expired| async move {
-            expired.then(|| {
-                Err(Status::unauthenticated(
-                    "token expired: subscribe again with a fresh token and resume_from set to the last event id",
-                ))
-            })
-        },
-    );
+    let tail = futures::stream::once(async move { expired.load(std::sync::atomic::Ordering::Relaxed) })
+        .filter_map(|expired| async move { expired.then_some(Err(Error::StreamExpired)) });
     items.chain(tail)
 }
 

@@ -28,8 +28,7 @@ use subtle::ConstantTimeEq;
 
 use super::capability::Capabilities;
 
-/// Longest key id, in bytes.
-pub const MAX_KEY_ID_LEN: usize = 64;
+pub use crate::domain::limits::MAX_KEY_ID_LEN;
 
 /// An API key as loaded: the digest of its secret and what it may do.
 pub struct ApiKey {

@@ -295,11 +295,11 @@ impl Authenticator {
 
     /// The digest of the key file text the keys in force came from.
     pub fn loaded(&self) -> Option<[u8; 32]> {
-        *self.loaded.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+        *crate::sync::read(&self.loaded)
     }
 
     pub(crate) fn set_loaded(&self, digest: [u8; 32]) {
-        *self.loaded.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(digest);
+        *crate::sync::write(&self.loaded) = Some(digest);
     }
 
     /// Whether calls need a credential.
@@ -320,14 +320,12 @@ impl Authenticator {
     /// Replaces the keys (calls in flight keep the set they started with).
     pub fn replace(&self, keys: KeySet) {
         if let Some(lock) = &self.keys {
-            *lock.write().unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(keys);
+            *crate::sync::write(lock) = Arc::new(keys);
         }
     }
 
     fn current(&self) -> Option<Arc<KeySet>> {
-        self.keys
-            .as_ref()
-            .map(|l| l.read().unwrap_or_else(std::sync::PoisonError::into_inner).clone())
+        self.keys.as_ref().map(|l| crate::sync::read(l).clone())
     }
 
     /// Authenticates the value of an `authorization` header (`None` when

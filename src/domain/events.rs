@@ -10,7 +10,17 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::ids::{ChannelName, InvalidInput};
+use super::limits::MAX_EVENT_ID_LEN;
 use super::metrics::Metrics;
+
+/// The wall clock now, in ms since the Unix epoch: the commit time the
+/// in-memory store stamps on events, and the time of a subscription's
+/// `live` and heartbeat messages.
+pub fn wall_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
 
 /// The `name` of every occupancy event (Ably's in-band event name).
 pub const EVENT_NAME: &str = "[meta]occupancy";
@@ -144,7 +154,7 @@ pub fn event_id(own: Pos, token: &ResumeToken) -> String {
 /// service issued for `shards` shards.
 pub fn parse_event_id(id: &str, shards: u32) -> Result<ResumeToken, InvalidInput> {
     let bad = || InvalidInput::new("resume_from", "is not an event id issued by this service");
-    if id.len() > 4096 {
+    if id.len() > MAX_EVENT_ID_LEN {
         return Err(bad());
     }
     let (_, token) = id.split_once('.').ok_or_else(bad)?;

@@ -32,10 +32,7 @@ impl InvalidInput {
     }
 }
 
-/// Longest channel name, in bytes.
-pub const MAX_CHANNEL_LEN: usize = 1024;
-/// Longest session, connection or client id, in bytes.
-pub const MAX_ID_LEN: usize = 256;
+pub use super::limits::{MAX_CHANNEL_LEN, MAX_ID_LEN};
 
 fn check_text(field: &str, value: &str, max: usize) -> Result<(), InvalidInput> {
     if value.is_empty() {

@@ -9,14 +9,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 
 use super::ids::{ChannelName, InvalidInput};
+use super::limits::{MAX_CHANNEL_LEN, MAX_CURSOR_LEN};
 use super::metrics::Metrics;
 
-/// Default page size.
-pub const DEFAULT_LIMIT: u32 = 100;
-/// Largest page size.
-pub const MAX_LIMIT: u32 = 1000;
-/// Largest number of channels in one batch read.
-pub const MAX_BATCH_GET: usize = 1000;
+pub use super::limits::{DEFAULT_LIMIT, MAX_BATCH_GET, MAX_LIMIT};
 
 /// Walk order.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -85,8 +81,11 @@ impl ListQuery {
             }
             l => l,
         };
-        if prefix.len() > super::ids::MAX_CHANNEL_LEN {
-            return Err(InvalidInput::new("prefix", "must be at most 1024 bytes"));
+        if prefix.len() > MAX_CHANNEL_LEN {
+            return Err(InvalidInput::new(
+                "prefix",
+                format!("must be at most {MAX_CHANNEL_LEN} bytes"),
+            ));
         }
         if prefix.chars().any(char::is_control) {
             return Err(InvalidInput::new("prefix", "must not contain control characters"));
@@ -152,7 +151,7 @@ pub fn encode_cursor(order: ListOrder, key: &str) -> String {
 
 fn decode_cursor(cursor: &str, order: ListOrder) -> Result<String, InvalidInput> {
     let bad = |why: &str| InvalidInput::new("cursor", why.to_string());
-    if cursor.len() > 2 * super::ids::MAX_CHANNEL_LEN {
+    if cursor.len() > MAX_CURSOR_LEN {
         return Err(bad("is too long"));
     }
     let raw = URL_SAFE_NO_PAD

@@ -3,8 +3,10 @@
 use super::mode::{Mode, ModeSet};
 
 /// Occupancy metrics of one channel (Ably's set, plus the object and
-/// unique-client counts).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+/// unique-client counts). In JSON (the HTTP side), Ably's camelCase names
+/// (`presenceMembers`), every metric present, zero included.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Metrics {
     /// Distinct connections attached.
     pub connections: u32,
@@ -134,8 +136,10 @@ impl Metrics {
 }
 
 /// App-wide totals, kept by the stores as channels change (never by
-/// scanning): what `/stats`, `GetStats` and `occupancy stats` report.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash)]
+/// scanning): what `/stats`, `GetStats` and `occupancy stats` report. In
+/// JSON (the HTTP side), camelCase names (`activeChannels`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct Totals {
     /// Channels with at least one connection attached.
     pub active_channels: u64,

@@ -4,6 +4,7 @@
 
 pub mod events;
 pub mod ids;
+pub mod limits;
 pub mod list;
 pub mod metrics;
 pub mod mode;

@@ -4,12 +4,7 @@ use super::ids::{ChannelName, ClientId, ConnectionId};
 use super::metrics::Metrics;
 use super::mode::ModeSet;
 
-/// Largest number of operations in one batch.
-pub const MAX_BATCH: usize = 10_000;
-
-/// Channels one connection may be attached to at once. Bounds the work of
-/// removing a connection (a lease expiry removes its connections whole).
-pub const MAX_CHANNELS_PER_CONNECTION: usize = 1_000;
+pub use super::limits::{MAX_BATCH, MAX_CHANNELS_PER_CONNECTION, MAX_SYNC_ATTACHMENTS};
 
 /// One write of a front end, applied within its session.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,11 +82,13 @@ pub enum OpStatus {
 
 impl OpStatus {
     /// The message given to callers for a refused operation.
-    pub fn message(self) -> &'static str {
+    pub fn message(self) -> String {
         match self {
-            OpStatus::Ok => "",
-            OpStatus::NotPresenceAttached => "connection is not attached to the channel with MODE_PRESENCE",
-            OpStatus::TooManyChannels => "connection is attached to 1000 channels already",
+            OpStatus::Ok => String::new(),
+            OpStatus::NotPresenceAttached => "connection is not attached to the channel with MODE_PRESENCE".into(),
+            OpStatus::TooManyChannels => {
+                format!("connection is attached to {MAX_CHANNELS_PER_CONNECTION} channels already")
+            }
         }
     }
 }
@@ -224,9 +221,6 @@ pub struct HeldAttachment {
     /// Presence members entered through it, sorted.
     pub members: Vec<ClientId>,
 }
-
-/// Largest number of attachments in one SyncSession.
-pub const MAX_SYNC_ATTACHMENTS: usize = 50_000;
 
 /// The operations that turn `current` into `desired` (both the complete
 /// holdings of one session), and how many holdings they add or correct and

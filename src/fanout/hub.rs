@@ -15,12 +15,12 @@ use std::sync::{Arc, Mutex, RwLock};
 use bytes::Bytes;
 use tokio::sync::{watch, Notify};
 
+use super::demand::Demand;
 use super::wire;
-use crate::api::convert;
 use crate::domain::events::EVENT_NAME;
 use crate::domain::{ChangeEvent, ChannelName, Metrics, Pos};
 use crate::proto::v1 as pb;
-use crate::store::{ChangeSink, Demand};
+use crate::store::ChangeSink;
 
 /// A change as subscribers receive it, with its body encoded once.
 #[derive(Debug)]
@@ -45,7 +45,7 @@ impl HubEvent {
             name: EVENT_NAME.to_string(),
             channel: channel.as_str().to_string(),
             timestamp_ms,
-            metrics: Some(convert::metrics(metrics)),
+            metrics: Some(metrics.into()),
         });
         Self {
             shard,
@@ -57,8 +57,7 @@ impl HubEvent {
     }
 }
 
-/// Events queued in an inbox before it starts coalescing.
-pub const INBOX_QUEUE: usize = 1024;
+pub use crate::domain::limits::INBOX_QUEUE;
 
 #[derive(Debug, Default)]
 struct Pending {
@@ -82,10 +81,7 @@ pub struct Inbox {
 
 impl Inbox {
     fn lock(&self) -> std::sync::MutexGuard<'_, Pending> {
-        match self.pending.lock() {
-            Ok(p) => p,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.pending)
     }
 
     /// Takes everything waiting, in an order that keeps each channel's
@@ -188,10 +184,7 @@ impl Hub {
     }
 
     fn watermark_lock(&self) -> std::sync::MutexGuard<'_, Vec<Pos>> {
-        match self.watermark.lock() {
-            Ok(w) => w,
-            Err(poisoned) => poisoned.into_inner(),
-        }
+        crate::sync::lock(&self.watermark)
     }
 
     /// Changes published so far (for tests and gauges).
@@ -199,14 +192,9 @@ impl Hub {
         self.published.load(Ordering::Relaxed)
     }
 
-    /// Per shard, the position of the last change dispatched. Every change
-    /// up to it is already in the inboxes that follow its channel.
-    pub fn watermark(&self) -> Vec<Pos> {
-        self.watermark_lock().clone()
-    }
-
-    /// [`Hub::watermark`] into `out` (replacing its contents, reusing its
-    /// allocation).
+    /// Per shard, the position of the last change dispatched, into `out`
+    /// (replacing its contents, reusing its allocation). Every change up to
+    /// it is already in the inboxes that follow its channel.
     pub fn watermark_into(&self, out: &mut Vec<Pos>) {
         out.clear();
         out.extend_from_slice(&self.watermark_lock());
@@ -228,7 +216,8 @@ impl Hub {
         let mut channels = channels.to_vec();
         channels.sort();
         channels.dedup();
-        if let Ok(mut r) = self.registry.write() {
+        {
+            let mut r = crate::sync::write(&self.registry);
             for c in &channels {
                 r.by_channel.entry(c.clone()).or_default().push(inbox.clone());
             }
@@ -260,7 +249,7 @@ impl Hub {
 
     fn unregister(&self, reg: &Registration) {
         self.demand.unlisten();
-        let Ok(mut r) = self.registry.write() else { return };
+        let mut r = crate::sync::write(&self.registry);
         let id = reg.inbox.id;
         for c in &reg.channels {
             if let Some(v) = r.by_channel.get_mut(c) {
@@ -281,36 +270,33 @@ impl Hub {
         }
     }
 
-    /// Events waiting in all inboxes (for tests and gauges).
-    pub fn pending(&self) -> usize {
-        let Ok(r) = self.registry.read() else { return 0 };
+    /// Every open subscription's inbox, once each.
+    fn inboxes(&self) -> Vec<Arc<Inbox>> {
+        let r = crate::sync::read(&self.registry);
         let mut seen = std::collections::HashSet::new();
         r.by_channel
             .values()
             .chain(r.by_prefix.values())
             .flatten()
             .filter(|i| seen.insert(i.id))
-            .map(|i| i.len())
-            .sum()
+            .cloned()
+            .collect()
+    }
+
+    /// Events waiting in all inboxes (for tests and gauges).
+    pub fn pending(&self) -> usize {
+        self.inboxes().iter().map(|i| i.len()).sum()
     }
 
     /// Number of open subscriptions (for gauges).
     pub fn subscriptions(&self) -> usize {
-        let Ok(r) = self.registry.read() else { return 0 };
-        let mut seen = std::collections::HashSet::new();
-        r.by_channel
-            .values()
-            .chain(r.by_prefix.values())
-            .flatten()
-            .filter(|i| seen.insert(i.id))
-            .count()
+        self.inboxes().len()
     }
 
     /// Number of registered subscriptions' channel and prefix entries.
     pub fn registrations(&self) -> usize {
-        self.registry.read().map_or(0, |r| {
-            r.by_channel.values().map(Vec::len).sum::<usize>() + r.by_prefix.values().map(Vec::len).sum::<usize>()
-        })
+        let r = crate::sync::read(&self.registry);
+        r.by_channel.values().map(Vec::len).sum::<usize>() + r.by_prefix.values().map(Vec::len).sum::<usize>()
     }
 }
 
@@ -319,7 +305,8 @@ impl ChangeSink for Hub {
         self.published.fetch_add(1, Ordering::Relaxed);
         let shard = e.shard as usize;
         let pos = e.covers;
-        if let Ok(r) = self.registry.read() {
+        {
+            let r = crate::sync::read(&self.registry);
             let name = e.channel.as_str();
             let mut targets: Vec<&Arc<Inbox>> = Vec::new();
             if let Some(v) = r.by_channel.get(&e.channel) {

@@ -6,45 +6,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::domain::{Metrics, Totals};
 
-/// A channel's metrics (Ably's names, plus `presenceClients`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct MetricsJson {
-    /// Connections attached.
-    pub connections: u32,
-    /// Holding the publish mode.
-    pub publishers: u32,
-    /// Holding the subscribe mode.
-    pub subscribers: u32,
-    /// Holding the presence mode.
-    pub presence_connections: u32,
-    /// Presence members.
-    pub presence_members: u32,
-    /// Holding the presence-subscribe mode.
-    pub presence_subscribers: u32,
-    /// Holding the object-publish mode.
-    pub object_publishers: u32,
-    /// Holding the object-subscribe mode.
-    pub object_subscribers: u32,
-    /// Distinct client ids among the presence members.
-    pub presence_clients: u32,
-}
-
-impl From<Metrics> for MetricsJson {
-    fn from(m: Metrics) -> Self {
-        Self {
-            connections: m.connections,
-            publishers: m.publishers,
-            subscribers: m.subscribers,
-            presence_connections: m.presence_connections,
-            presence_members: m.presence_members,
-            presence_subscribers: m.presence_subscribers,
-            object_publishers: m.object_publishers,
-            object_subscribers: m.object_subscribers,
-            presence_clients: m.presence_clients,
-        }
-    }
-}
+/// A channel's metrics (Ably's names, plus `presenceClients`): the domain's
+/// [`Metrics`], which serializes in these names.
+pub type MetricsJson = Metrics;
 
 /// Ably's `ChannelDetails.status.occupancy`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -80,7 +44,7 @@ impl ChannelDetailsJson {
             channel_id: channel,
             status: StatusJson {
                 is_active: m.is_active(),
-                occupancy: OccupancyJson { metrics: m.into() },
+                occupancy: OccupancyJson { metrics: m },
             },
         }
     }
@@ -108,27 +72,6 @@ pub struct OccupancyEventJson {
     pub data: EventDataJson,
 }
 
-/// App-wide totals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StatsJson {
-    /// Channels with at least one connection.
-    pub active_channels: u64,
-    /// Sum of every channel's connections.
-    pub connections: u64,
-    /// Sum of every channel's presence members.
-    pub presence_members: u64,
-    /// Open sessions.
-    pub sessions: u64,
-}
-
-impl From<Totals> for StatsJson {
-    fn from(t: Totals) -> Self {
-        Self {
-            active_channels: t.active_channels,
-            connections: t.connections,
-            presence_members: t.presence_members,
-            sessions: t.sessions,
-        }
-    }
-}
+/// App-wide totals: the domain's [`Totals`], which serializes in
+/// camelCase (`activeChannels`).
+pub type StatsJson = Totals;

@@ -6,7 +6,8 @@
 //! Handlers are adapters, as on the gRPC side: they validate with the same
 //! functions (`api::convert`, `domain`), call the store or the hub, and
 //! convert the answer to JSON (`json.rs`). HTTP statuses are chosen in one
-//! place, `impl IntoResponse for Error` in `error.rs`.
+//! place, [`Error::codes`] in `error.rs`, beside the gRPC codes of the same
+//! failures.
 //!
 //! Access control is gRPC's: with a key file, every route that serves
 //! occupancy (`/channels...`, `/occupancy/stream`, `/stats`, `/metrics`)
@@ -19,7 +20,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, HeaderMap};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -28,7 +29,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{AuthError, Authenticator, Op, Principal};
-use crate::error::{http_error, Error};
+use crate::error::{health_status, Error};
 use crate::fanout::Hub;
 use crate::store::Store;
 use crate::telemetry::Telemetry;
@@ -130,12 +131,7 @@ async fn not_found() -> Response {
 }
 
 async fn method_not_allowed() -> Response {
-    http_error(
-        StatusCode::METHOD_NOT_ALLOWED,
-        "METHOD_NOT_ALLOWED",
-        "method not allowed on this route; see /openapi.json",
-        None,
-    )
+    Error::MethodNotAllowed("method not allowed on this route; see /openapi.json".into()).into_response()
 }
 
 async fn dashboard() -> Response {
@@ -155,15 +151,13 @@ async fn openapi() -> Response {
 
 /// The replica's health, as the gRPC health service reports it.
 async fn health(State(state): State<HttpState>) -> Response {
-    if state.telemetry.serving() {
-        (StatusCode::OK, axum::Json(serde_json::json!({"status": "SERVING"}))).into_response()
-    } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            axum::Json(serde_json::json!({"status": "NOT_SERVING"})),
-        )
-            .into_response()
-    }
+    let serving = state.telemetry.serving();
+    let status = if serving { "SERVING" } else { "NOT_SERVING" };
+    (
+        health_status(serving),
+        axum::Json(serde_json::json!({ "status": status })),
+    )
+        .into_response()
 }
 
 async fn metrics(State(state): State<HttpState>, headers: HeaderMap) -> Response {

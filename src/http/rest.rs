@@ -13,7 +13,7 @@ use super::json::{ChannelDetailsJson, StatsJson};
 use super::{principal, HttpState};
 use crate::api::convert;
 use crate::auth::Op;
-use crate::domain::list::MAX_LIMIT;
+use crate::domain::limits::MAX_LIMIT;
 use crate::domain::{ChannelName, InvalidInput, ListOrder, ListQuery};
 use crate::error::{Error, Result};
 
@@ -69,7 +69,7 @@ struct BatchBody {
 }
 
 /// `POST /channels/batch` with `{"channels": [...]}`: `ChannelDetails` of
-/// up to 1,000 channels, in request order. (A GET of `/channels/batch`
+/// up to [`MAX_BATCH_GET`](crate::domain::limits::MAX_BATCH_GET) channels, in request order. (A GET of `/channels/batch`
 /// reads the channel named `batch`.)
 pub(super) async fn batch(
     State(state): State<HttpState>,
@@ -184,5 +184,5 @@ pub(super) async fn stats(
     // the totals span every channel, as for GetStats
     principal(&state, &headers)?.check_prefix(Op::Read, "")?;
     query_params(raw.as_deref(), &[])?;
-    Ok(Json(state.store.stats().await?.into()))
+    Ok(Json(state.store.stats().await?))
 }

@@ -20,7 +20,8 @@ use super::{principal, HttpState};
 use crate::api::convert;
 use crate::auth::Op;
 use crate::domain::InvalidInput;
-use crate::error::Result;
+use crate::domain::Metrics;
+use crate::error::{Error, Result};
 use crate::fanout::subscription;
 use crate::proto::v1 as pb;
 
@@ -193,7 +194,10 @@ enum SseItem {
     Error(Event),
 }
 
-fn error_event(code: &str, message: &str) -> SseItem {
+/// The `error` event that ends a stream, its code and message chosen in
+/// `error.rs`.
+fn error_event(e: &Error) -> SseItem {
+    let (code, message) = e.stream_end();
     let data = serde_json::json!({"error": {"code": code, "message": message}}).to_string();
     SseItem::Error(Event::default().event("error").data(data))
 }
@@ -201,16 +205,7 @@ fn error_event(code: &str, message: &str) -> SseItem {
 fn to_sse(item: subscription::Item) -> SseItem {
     let resp = match item {
         Ok(r) => r,
-        Err(status) if status.code() == tonic::Code::Unauthenticated => {
-            return error_event("UNAUTHENTICATED", status.message());
-        }
-        Err(status) => {
-            tracing::warn!(code = ?status.code(), message = status.message(), "event stream failed");
-            return error_event(
-                "UNAVAILABLE",
-                "occupancy store unavailable, reconnect with Last-Event-ID",
-            );
-        }
+        Err(e) => return error_event(&e),
     };
     // the subscription's `live` (after the snapshot or replay) and
     // heartbeat messages become SSE comments: EventSource ignores them, raw
@@ -230,36 +225,14 @@ fn to_sse(item: subscription::Item) -> SseItem {
                 channel: ev.channel,
                 timestamp: ev.timestamp_ms,
                 data: EventDataJson {
-                    metrics: ev
-                        .metrics
-                        .map(|m| {
-                            crate::domain::Metrics {
-                                connections: m.connections,
-                                publishers: m.publishers,
-                                subscribers: m.subscribers,
-                                presence_connections: m.presence_connections,
-                                presence_members: m.presence_members,
-                                presence_subscribers: m.presence_subscribers,
-                                object_publishers: m.object_publishers,
-                                object_subscribers: m.object_subscribers,
-                                presence_clients: m.presence_clients,
-                            }
-                            .into()
-                        })
-                        .unwrap_or_default(),
+                    metrics: ev.metrics.map(Metrics::from).unwrap_or_default(),
                 },
             };
             match serde_json::to_string(&json) {
                 Ok(data) => SseItem::Event(Event::default().id(ev.id).data(data)),
-                Err(e) => {
-                    tracing::error!(cause = %e, "event encoding failed");
-                    error_event("INTERNAL", "internal error")
-                }
+                Err(e) => error_event(&Error::Internal(format!("event encoding failed: {e}"))),
             }
         }
-        Ok(None) | Err(_) => {
-            tracing::error!("undecodable subscription event");
-            error_event("INTERNAL", "internal error")
-        }
+        Ok(None) | Err(_) => error_event(&Error::Internal("undecodable subscription event".into())),
     }
 }

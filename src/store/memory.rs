@@ -5,24 +5,21 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
-use crate::domain::events::shard_of;
+use crate::domain::events::{shard_of, wall_ms};
 use crate::domain::{
     Applied, Batch, Change, ChangeEvent, ChannelName, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery, Metrics,
     OccupancyState, Pos, SessionId, Totals,
 };
 use crate::error::{Error, Result};
 
-/// Default number of event log shards.
-pub const DEFAULT_SHARDS: u32 = 8;
-/// Default entries kept per shard.
-pub const DEFAULT_LOG_LEN: usize = 10_000;
+use crate::config::defaults;
 
 #[derive(Debug, Default)]
 struct ShardLog {
@@ -53,16 +50,12 @@ impl std::fmt::Debug for MemoryStore {
     }
 }
 
-fn wall_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-}
-
 impl MemoryStore {
-    /// An empty store whose sessions open with `default_ttl`.
+    /// An empty store whose sessions open with `default_ttl`, with the
+    /// default event log ([`defaults::EVENT_SHARDS`] shards of
+    /// [`defaults::STREAM_MAX_LEN`] entries).
     pub fn new(default_ttl: Duration) -> Self {
-        Self::with_log(default_ttl, DEFAULT_SHARDS, DEFAULT_LOG_LEN)
+        Self::with_log(default_ttl, defaults::EVENT_SHARDS, defaults::STREAM_MAX_LEN as usize)
     }
 
     /// An empty store with `shards` event logs of about `log_len` entries.
@@ -179,7 +172,9 @@ impl Store for MemoryStore {
     }
 
     fn shards(&self) -> u32 {
-        self.inner.lock().map_or(DEFAULT_SHARDS, |i| i.logs.len() as u32)
+        self.inner
+            .lock()
+            .map_or(defaults::EVENT_SHARDS, |i| i.logs.len() as u32)
     }
 
     async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {

@@ -13,13 +13,14 @@ use crate::domain::{
 };
 use crate::error::Result;
 
-pub mod demand;
 pub mod memory;
 pub mod outage;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
-pub use demand::Demand;
+/// The feed's side of the hub's demand, where store code and its docs
+/// have always found it.
+pub use crate::fanout::Demand;
 pub use memory::MemoryStore;
 
 /// Progress of one round of lease expiry work.
@@ -106,8 +107,9 @@ pub fn not_owner(owner: &str, session: &SessionId, connection: bool) -> crate::E
 /// calls it.
 #[async_trait]
 pub trait Store: Send + Sync + 'static {
-    /// Applies a write of `session` (see [`OccupancyState::apply`]
-    /// (crate::domain::OccupancyState::apply) for the rules): checks the
+    /// Applies a write of `session` (see
+    /// [`OccupancyState::apply`](crate::domain::OccupancyState::apply) for
+    /// the rules): checks the
     /// batch's epoch and sequence against the session's live lease, then
     /// applies its operations in order, extending the lease or opening one
     /// when the write leaves the session holding something.
@@ -260,7 +262,7 @@ pub trait Store: Send + Sync + 'static {
             }
             outcome.added += added;
             outcome.removed += removed;
-            for chunk in ops.chunks(crate::domain::ops::MAX_BATCH) {
+            for chunk in ops.chunks(crate::domain::limits::MAX_BATCH) {
                 // the lease the KeepAlive above opened or extended; a write
                 // cannot drop it (only a new lease is dropped when empty)
                 outcome.epoch = self.apply_as(session, owner, chunk, false).await?.1;

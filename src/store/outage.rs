@@ -51,7 +51,7 @@ impl OutageLog {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        crate::sync::lock(&self.state)
     }
 
     /// Part `part` failed with `cause`. Returns whether a line was logged.

@@ -28,6 +28,9 @@
 //!   Subscriptions survive a replica going away: they reconnect to another
 //!   endpoint with `resume_from`, and a listener never sees a value go
 //!   backwards.
+//! - [`Follow`] ([`Client::follow`]): the reconnect-and-resume loop under
+//!   those subscriptions, for any subscription request (several channels,
+//!   a prefix, every channel), leaving failures to the caller.
 //! - [`Session`]: the front end's side: opens the lease, keeps it alive,
 //!   batches writes into `Apply` calls, re-sends its whole state with
 //!   `SyncSession` when the service lost it, and closes on drop.
@@ -39,6 +42,7 @@
 //! [`stream`]: RoomOccupancy::stream
 
 mod credentials;
+mod follow;
 mod room;
 mod session;
 
@@ -51,6 +55,7 @@ use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
 use tonic::{Code, Status};
 
 pub use credentials::{AuthChannel, Credentials};
+pub use follow::{Follow, Followed};
 pub use room::{OccupancyData, OccupancyStream, Room, RoomOccupancy, Subscription};
 pub use session::Session;
 
@@ -351,6 +356,13 @@ impl Client {
             .compare_exchange(failed, (failed + 1) % n, Ordering::Relaxed, Ordering::Relaxed);
     }
 
+    /// Bound on each unary call, and on opening a subscription.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.inner.request_timeout
+    }
+
+    /// The wait before retry number `attempt` (from 0): the builder's
+    /// backoff, doubling, at most 5 s.
     pub(crate) fn backoff(&self, attempt: u32) -> Duration {
         self.inner
             .backoff

@@ -12,7 +12,7 @@ use tokio_util::sync::{CancellationToken, DropGuard};
 
 use crate::proto::occupancy_service_client::OccupancyServiceClient;
 use crate::proto::{self, GetOccupancyRequest, SubscribeOccupancyRequest};
-use crate::{transient, Client, Error};
+use crate::{transient, Client, Error, Followed};
 
 /// A channel, seen as a chat room.
 #[derive(Debug, Clone)]
@@ -213,84 +213,51 @@ impl RoomOccupancy {
     }
 
     fn follow(&self, token: CancellationToken, listener: Box<dyn Fn(OccupancyData) + Send + Sync>) {
-        let client = self.client.clone();
         let channel = self.channel.clone();
         let latest = self.latest.clone();
+        let mut follow = self.client.follow(SubscribeOccupancyRequest {
+            channels: vec![channel.clone()],
+            ..Default::default()
+        });
         tokio::spawn(async move {
             let mut last_id: Option<String> = None;
-            let mut attempt: u32 = 0;
-            while !token.is_cancelled() {
-                let (endpoint, ch) = client.channel();
-                let req = SubscribeOccupancyRequest {
-                    channels: vec![channel.clone()],
-                    resume_from: last_id.clone().unwrap_or_default(),
-                    ..Default::default()
-                };
-                let mut svc = OccupancyServiceClient::new(ch);
-                let opened = tokio::select! {
+            loop {
+                let item = tokio::select! {
                     () = token.cancelled() => return,
-                    r = svc.subscribe_occupancy(req) => r,
+                    item = follow.next() => item,
                 };
-                let failure = match opened {
-                    Ok(resp) => {
-                        let mut stream = resp.into_inner();
-                        loop {
-                            let msg = tokio::select! {
-                                () = token.cancelled() => return,
-                                m = stream.message() => m,
-                            };
-                            match msg {
-                                Ok(Some(r)) => {
-                                    attempt = 0;
-                                    let Some(e) = r.event else { continue };
-                                    if !newer(&e.id, last_id.as_deref()) {
-                                        continue;
-                                    }
-                                    last_id = Some(e.id.clone());
-                                    let data = OccupancyData::from_metrics(
-                                        e.metrics.unwrap_or_default(),
-                                        e.timestamp_ms,
-                                        e.id,
-                                    );
-                                    latest.send_if_modified(|cur| {
-                                        let fresher = newer(&data.event_id, cur.as_ref().map(|c| c.event_id.as_str()));
-                                        if fresher {
-                                            *cur = Some(data.clone());
-                                        }
-                                        fresher
-                                    });
-                                    if token.is_cancelled() {
-                                        return;
-                                    }
-                                    listener(data);
-                                }
-                                Ok(None) => break None,
-                                Err(status) => break Some(status),
-                            }
+                match item {
+                    Some(Followed::Event(e)) => {
+                        if !newer(&e.id, last_id.as_deref()) {
+                            continue;
                         }
+                        last_id = Some(e.id.clone());
+                        let data = OccupancyData::from_metrics(e.metrics.unwrap_or_default(), e.timestamp_ms, e.id);
+                        latest.send_if_modified(|cur| {
+                            let fresher = newer(&data.event_id, cur.as_ref().map(|c| c.event_id.as_str()));
+                            if fresher {
+                                *cur = Some(data.clone());
+                            }
+                            fresher
+                        });
+                        if token.is_cancelled() {
+                            return;
+                        }
+                        listener(data);
                     }
-                    Err(status) => Some(status),
-                };
-                match failure {
-                    Some(s) if s.code() == tonic::Code::InvalidArgument && last_id.is_some() => {
-                        // a resume id the service no longer takes: start over
-                        tracing::warn!(channel, cause = %s.message(), "resume refused, subscribing afresh");
-                        last_id = None;
+                    Some(Followed::ResumeRefused(e)) => {
+                        // the follow subscribes afresh; values older than
+                        // the last one reported are still skipped
+                        tracing::warn!(channel, cause = %e, "resume refused, subscribing afresh");
                     }
-                    Some(s) if !transient(&s) => {
+                    Some(Followed::Failed(Error::Status(s))) if !transient(&s) => {
                         tracing::error!(channel, code = ?s.code(), cause = %s.message(), "subscription refused");
                         token.cancel();
                         return;
                     }
-                    _ => {
-                        client.fail_over(endpoint);
-                        let wait = client.backoff(attempt);
-                        attempt = attempt.saturating_add(1);
-                        tokio::select! {
-                            () = token.cancelled() => return,
-                            () = tokio::time::sleep(wait) => {}
-                        }
-                    }
+                    // the follow reconnects elsewhere, with a backoff
+                    Some(Followed::Failed(_) | Followed::Live) => {}
+                    None => return,
                 }
             }
         });

@@ -30,7 +30,9 @@ use super::ids::{ChannelName, ClientId, ConnectionId, SessionId};
 use super::list::{busy_key, encode_cursor, name_of_busy_key, ListOrder, ListPage, ListQuery, ListedChannel};
 use super::metrics::{Metrics, Totals};
 use super::mode::{Mode, ModeSet};
-use super::ops::{Applied, Batch, HeldAttachment, KeepAliveOutcome, OpResult, OpStatus, Operation};
+use super::ops::{Applied, Batch, HeldAttachment, OpResult, OpStatus, Operation};
+
+mod leases;
 
 /// A channel whose metrics changed in one atomic step, with its metrics
 /// after the step.
@@ -93,14 +95,6 @@ pub struct OccupancyState {
     total_members: u64,
 }
 
-/// SplitMix64's finaliser: a bijection of `u64`, so distinct lease numbers
-/// give distinct epochs.
-fn mix(mut z: u64) -> u64 {
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    z ^ (z >> 31)
-}
-
 /// Collects the channels touched by one atomic step and reports each once.
 #[derive(Default)]
 struct Touched(BTreeMap<ChannelName, ()>);
@@ -118,15 +112,6 @@ impl OccupancyState {
             epoch_seed: seed,
             ..Self::default()
         }
-    }
-
-    /// The epoch of `session`'s live lease at `now`, if it has one.
-    pub fn epoch(&self, now: u64, session: &SessionId) -> Option<u64> {
-        self.sessions
-            .get(session)
-            .and_then(|t| self.leases.get(t))
-            .filter(|l| l.deadline > now)
-            .map(|l| l.epoch)
     }
 
     /// The metrics of `channel` (all zero when it is not active).
@@ -171,11 +156,6 @@ impl OccupancyState {
             presence_members: self.total_members,
             sessions: self.sessions.len() as u64,
         }
-    }
-
-    /// Number of live sessions (for tests and gauges).
-    pub fn session_count(&self) -> usize {
-        self.sessions.len()
     }
 
     /// Applies a write of `session`: checks its epoch and sequence against
@@ -240,108 +220,6 @@ impl OccupancyState {
         }
     }
 
-    /// Extends `session`'s lease (to `ttl_ms` when given), or opens a new
-    /// empty one and says the session was unknown.
-    pub fn keep_alive(
-        &mut self,
-        now: u64,
-        session: &SessionId,
-        ttl_ms: Option<u64>,
-        default_ttl_ms: u64,
-        changes: &mut Vec<Change>,
-    ) -> KeepAliveOutcome {
-        self.keep_alive_as(now, session, "", ttl_ms, default_ttl_ms, changes)
-    }
-
-    /// [`OccupancyState::keep_alive`] by `owner`: a live lease of another
-    /// owner is left alone.
-    pub fn keep_alive_as(
-        &mut self,
-        now: u64,
-        session: &SessionId,
-        owner: &str,
-        ttl_ms: Option<u64>,
-        default_ttl_ms: u64,
-        changes: &mut Vec<Change>,
-    ) -> KeepAliveOutcome {
-        self.expire(now, changes);
-        if self.owner(session).is_some_and(|o| o != owner) {
-            return KeepAliveOutcome::NotOwner;
-        }
-        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms), owner);
-        let lease = self.leases.get_mut(&token).expect("open returns a live lease");
-        if let Some(ttl) = ttl_ms {
-            lease.ttl_ms = ttl;
-        }
-        let ttl_ms = lease.ttl_ms;
-        let old = lease.deadline;
-        lease.deadline = now + ttl_ms;
-        self.deadlines.remove(&(old, token));
-        self.deadlines.insert((now + ttl_ms, token));
-        let epoch = lease.epoch;
-        if fresh {
-            KeepAliveOutcome::Unknown { ttl_ms, epoch }
-        } else {
-            KeepAliveOutcome::Active { ttl_ms, epoch }
-        }
-    }
-
-    /// Removes everything of `session` now; the epoch of the lease closed,
-    /// or `None` when it had no live lease.
-    pub fn close_session(&mut self, now: u64, session: &SessionId, changes: &mut Vec<Change>) -> Option<u64> {
-        self.close_session_as(now, session, "", changes).unwrap_or(None)
-    }
-
-    /// The owner of `session`'s live lease (after expiring what ran out).
-    fn owner(&self, session: &SessionId) -> Option<&str> {
-        self.sessions
-            .get(session)
-            .and_then(|t| self.leases.get(t))
-            .map(|l| l.owner.as_str())
-    }
-
-    /// [`OccupancyState::close_session`] by `owner`: `Err(())` and nothing
-    /// changed when another owner holds the session's live lease.
-    #[allow(clippy::result_unit_err)]
-    pub fn close_session_as(
-        &mut self,
-        now: u64,
-        session: &SessionId,
-        owner: &str,
-        changes: &mut Vec<Change>,
-    ) -> Result<Option<u64>, ()> {
-        self.expire(now, changes);
-        if self.owner(session).is_some_and(|o| o != owner) {
-            return Err(());
-        }
-        Ok(self.close_inner(session, changes))
-    }
-
-    fn close_inner(&mut self, session: &SessionId, changes: &mut Vec<Change>) -> Option<u64> {
-        let token = self.sessions.get(session).copied()?;
-        let epoch = self.leases.get(&token).map(|l| l.epoch);
-        self.retire(token, changes);
-        epoch
-    }
-
-    /// Removes every session whose lease ran out by `now`; returns how many.
-    pub fn expire(&mut self, now: u64, changes: &mut Vec<Change>) -> usize {
-        let mut n = 0;
-        while let Some(&(deadline, token)) = self.deadlines.first() {
-            if deadline > now {
-                break;
-            }
-            self.retire(token, changes);
-            n += 1;
-        }
-        n
-    }
-
-    /// The earliest lease deadline, if any session is open.
-    pub fn next_deadline(&self) -> Option<u64> {
-        self.deadlines.first().map(|(d, _)| *d)
-    }
-
     /// One page of active channels.
     pub fn list(&self, q: &ListQuery) -> ListPage {
         let limit = q.limit as usize;
@@ -398,75 +276,11 @@ impl OccupancyState {
         ListPage { channels, next_cursor }
     }
 
-    /// The session's live lease, extended, or a new one; and whether it is
-    /// new.
-    fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64, owner: &str) -> (u64, bool) {
-        if let Some(&token) = self.sessions.get(session) {
-            let lease = self.leases.get_mut(&token).expect("session maps to a lease");
-            let old = lease.deadline;
-            lease.deadline = now + lease.ttl_ms;
-            let new = lease.deadline;
-            self.deadlines.remove(&(old, token));
-            self.deadlines.insert((new, token));
-            return (token, false);
-        }
-        self.next_token += 1;
-        let token = self.next_token;
-        self.sessions.insert(session.clone(), token);
-        self.leases.insert(
-            token,
-            Lease {
-                session: session.clone(),
-                ttl_ms: default_ttl_ms,
-                deadline: now + default_ttl_ms,
-                conns: HashSet::new(),
-                epoch: mix(self.epoch_seed.wrapping_add(token)).max(1),
-                sequence: 0,
-                owner: owner.to_string(),
-            },
-        );
-        self.deadlines.insert((now + default_ttl_ms, token));
-        (token, true)
-    }
-
-    fn retire(&mut self, token: u64, changes: &mut Vec<Change>) {
-        let Some(lease) = self.leases.remove(&token) else {
-            return;
-        };
-        self.deadlines.remove(&(lease.deadline, token));
-        if self.sessions.get(&lease.session) == Some(&token) {
-            self.sessions.remove(&lease.session);
-        }
-        let mut touched = Touched::default();
-        for conn in lease.conns {
-            self.purge_conn(&conn, &mut touched);
-        }
-        self.report(touched, changes);
-    }
-
     fn report(&self, touched: Touched, changes: &mut Vec<Change>) {
         for (channel, ()) in touched.0 {
             let metrics = self.metrics(&channel);
             changes.push(Change { channel, metrics });
         }
-    }
-
-    /// Makes `token` the owner of `conn` if the connection exists; returns
-    /// whether it does.
-    fn claim(&mut self, token: u64, conn: &ConnectionId) -> bool {
-        let Some(c) = self.conns.get_mut(conn) else {
-            return false;
-        };
-        if c.token != token {
-            let old = std::mem::replace(&mut c.token, token);
-            if let Some(lease) = self.leases.get_mut(&old) {
-                lease.conns.remove(conn);
-            }
-            if let Some(lease) = self.leases.get_mut(&token) {
-                lease.conns.insert(conn.clone());
-            }
-        }
-        true
     }
 
     fn apply_one(&mut self, token: u64, op: &Operation, touched: &mut Touched) -> OpStatus {

@@ -1,0 +1,118 @@
+//! `occupancy get`, `list` and `stats`: one-off reads, printed as tables
+//! or JSON lines.
+
+use clap::Args;
+use serde_json::json;
+
+use super::output::{details_json, details_table};
+use super::{client, fail, Target};
+
+/// `occupancy get`.
+#[derive(Debug, Clone, Args)]
+pub struct GetArgs {
+    /// Channels to read (up to 1,000).
+    #[arg(required = true)]
+    pub channels: Vec<String>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy list`.
+#[derive(Debug, Clone, Args)]
+pub struct ListArgs {
+    /// Only channels starting with this.
+    #[arg(long, default_value = "")]
+    pub prefix: String,
+    /// `value` (with metrics) or `id` (names only).
+    #[arg(long, default_value = "value", value_parser = ["value", "id"])]
+    pub by: String,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy stats`.
+#[derive(Debug, Clone, Args)]
+pub struct StatsArgs {
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub target: Target,
+}
+
+/// `occupancy stats`: the app-wide totals; returns the exit code.
+pub async fn stats(args: StatsArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &args.target),
+    };
+    match client.stats().await {
+        Ok(s) => {
+            if args.target.json {
+                println!(
+                    "{}",
+                    json!({
+                        "activeChannels": s.active_channels,
+                        "connections": s.connections,
+                        "presenceMembers": s.presence_members,
+                        "sessions": s.sessions,
+                    })
+                );
+            } else {
+                println!("active channels   {}", s.active_channels);
+                println!("connections       {}", s.connections);
+                println!("presence members  {}", s.presence_members);
+                println!("sessions          {}", s.sessions);
+            }
+            0
+        }
+        Err(e) => fail(&e, &args.target),
+    }
+}
+
+/// `occupancy get`: returns the exit code.
+pub async fn get(args: GetArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &args.target),
+    };
+    match client.batch_get(&args.channels).await {
+        Ok(details) => {
+            if args.target.json {
+                for d in &details {
+                    println!("{}", details_json(d));
+                }
+            } else {
+                print!("{}", details_table(&details));
+            }
+            0
+        }
+        Err(e) => fail(&e, &args.target),
+    }
+}
+
+/// `occupancy list`: returns the exit code.
+pub async fn list(args: ListArgs) -> i32 {
+    let client = match client(&args.target) {
+        Ok(c) => c,
+        Err(e) => return fail(&e, &args.target),
+    };
+    let by_value = args.by == "value";
+    match client.list_all(&args.prefix, by_value).await {
+        Ok(channels) => {
+            if args.target.json {
+                for d in &channels {
+                    println!("{}", details_json(d));
+                }
+            } else if by_value {
+                print!("{}", details_table(&channels));
+            } else {
+                for d in &channels {
+                    println!("{}", d.channel_id);
+                }
+            }
+            0
+        }
+        Err(e) => fail(&e, &args.target),
+    }
+}

@@ -79,3 +79,7 @@ local function op_leave(c, ch, client)
   member_gone(ch, client)
   rec_set(c, ssub(lines, 1, p - 1) .. ssub(lines, p + #client + 1), c[COUNT])
 end
+
+-- the results of a write of one operation in apply (reused from call to
+-- call: only slot 1 is read)
+local OUT1 = { false }

@@ -1,15 +1,20 @@
 //! The Redis store: state shared by any number of replicas.
 //!
 //! Every change is one call of a Lua function (files under `lua/`, loaded
-//! as one Redis function library: `functions.rs`; what each function is
-//! given and answers: `codec.rs`), so a change is atomic
+//! as one Redis function library: `functions.rs`), so a change is atomic
 //! and counts are maintained incrementally: reading a channel is one key
 //! whatever its size. Concurrent writes of a replica are merged into one
 //! call (`writer.rs`), concurrent small reads into one MGET (`reads.rs`),
 //! and a call reads and writes everything a batch touches with a few
-//! variadic commands (the layout is in [`keys`]).
-//! Lease deadlines use the Redis clock (`TIME`), so replicas with skewed
-//! clocks agree on when a session expires.
+//! variadic commands (the layout is in [`keys`]). Lease deadlines use the
+//! Redis clock (`TIME`), so replicas with skewed clocks agree on when a
+//! session expires.
+//!
+//! Where to look: `codec.rs` turns a write into the apply function's
+//! arguments and reads every function's reply; `config.rs` holds
+//! [`RedisConfig`]; `failure.rs` says which Redis errors are UNAVAILABLE;
+//! `reader.rs` follows the event streams; this file is the [`Store`]
+//! implementation.
 
 use std::sync::Arc;
 use std::time::Duration;

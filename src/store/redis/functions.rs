@@ -1,15 +1,17 @@
 //! The Lua code as one Redis function library (Redis 7 `FUNCTION LOAD`,
 //! called with `FCALL`).
 //!
-//! `lua/common.lua` is the library's body: key names, counters and the
-//! occupancy rules, defined once when the library loads. Each other file
-//! under `lua/` becomes one function of it, which starts by resetting the
-//! per-call state (`begin` in `common.lua`).
+//! `lua/ORDER` lists how the library is assembled: the constants header
+//! written from the Rust constants (`codec::lua_constants`), then the
+//! modules (key names, counters, leases, records, the occupancy rules),
+//! defined once when the library loads; then each function, whose file is
+//! its body, starting by resetting the per-call state (`begin` in
+//! `lua/call.lua`). `scripts/redis-instructions` reads the same list.
 //!
 //! Why functions rather than EVALSHA scripts: a script re-runs its whole
-//! prelude on every call (about 60 closures and the tables behind them,
-//! about 100,000 instructions in Redis, measured with callgrind), which was
-//! a quarter of a one-operation write. A library pays that once, at load.
+//! prelude on every call (about 60 closures and the tables behind them),
+//! which was a large share of a one-operation write. A library pays that
+//! once, at load.
 //!
 //! The library's name carries a hash of its code, so replicas of different
 //! versions sharing one Redis each call their own functions. A replica
@@ -30,8 +32,8 @@ use redis::{Cmd, FromRedisValue, RedisResult};
 
 use super::RedisConfig;
 
-/// The functions of the library: one per Lua file besides `common.lua`.
-#[derive(Debug, Clone, Copy)]
+/// The functions of the library, each listed in `lua/ORDER`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Function {
     Apply,
     KeepAlive,
@@ -45,6 +47,7 @@ pub(crate) enum Function {
 }
 
 impl Function {
+    #[cfg(test)]
     const ALL: [Function; 9] = [
         Function::Apply,
         Function::KeepAlive,
@@ -57,21 +60,97 @@ impl Function {
         Function::StreamState,
     ];
 
-    /// Short name (the function is `<library>_<short>`), source, and
-    /// whether it reads the clock (`TIME`, for lease deadlines).
-    fn spec(self) -> (&'static str, &'static str, bool) {
+    /// Its name in `lua/ORDER` and its file's: the function is
+    /// `<library>_<name>`.
+    fn name(self) -> &'static str {
         match self {
-            Function::Apply => ("apply", include_str!("lua/apply.lua"), true),
-            Function::KeepAlive => ("keep_alive", include_str!("lua/keep_alive.lua"), true),
-            Function::Close => ("close", include_str!("lua/close.lua"), true),
-            Function::Reap => ("reap", include_str!("lua/reap.lua"), true),
-            Function::List => ("list", include_str!("lua/list.lua"), false),
-            Function::Snapshot => ("snapshot", include_str!("lua/snapshot.lua"), false),
-            Function::History => ("history", include_str!("lua/history.lua"), false),
-            Function::SessionState => ("session_state", include_str!("lua/session_state.lua"), true),
-            Function::StreamState => ("stream_state", include_str!("lua/stream_state.lua"), false),
+            Function::Apply => "apply",
+            Function::KeepAlive => "keep_alive",
+            Function::Close => "close",
+            Function::Reap => "reap",
+            Function::List => "list",
+            Function::Snapshot => "snapshot",
+            Function::History => "history",
+            Function::SessionState => "session_state",
+            Function::StreamState => "stream_state",
         }
     }
+}
+
+/// How the library is assembled, one part a line (see the file's comment).
+const ORDER: &str = include_str!("lua/ORDER");
+
+/// Every Lua file, by its name in [`ORDER`]: `include_str!` needs each path
+/// spelled out, and a test checks these are exactly the files it lists.
+const SOURCES: [(&str, &str); 17] = [
+    ("util", include_str!("lua/util.lua")),
+    ("keys", include_str!("lua/keys.lua")),
+    ("counters", include_str!("lua/counters.lua")),
+    ("leases", include_str!("lua/leases.lua")),
+    ("records", include_str!("lua/records.lua")),
+    ("ops", include_str!("lua/ops.lua")),
+    ("events", include_str!("lua/events.lua")),
+    ("call", include_str!("lua/call.lua")),
+    ("apply", include_str!("lua/apply.lua")),
+    ("keep_alive", include_str!("lua/keep_alive.lua")),
+    ("close", include_str!("lua/close.lua")),
+    ("reap", include_str!("lua/reap.lua")),
+    ("list", include_str!("lua/list.lua")),
+    ("snapshot", include_str!("lua/snapshot.lua")),
+    ("history", include_str!("lua/history.lua")),
+    ("session_state", include_str!("lua/session_state.lua")),
+    ("stream_state", include_str!("lua/stream_state.lua")),
+];
+
+/// One line of [`ORDER`].
+#[derive(Debug, PartialEq, Eq)]
+enum Part<'a> {
+    /// A module, defined when the library loads.
+    Module(&'a str),
+    /// A function, and whether it reads the Redis clock.
+    Function(&'a str, bool),
+}
+
+/// The parts [`ORDER`] lists, in order.
+fn parts() -> Result<Vec<Part<'static>>, String> {
+    ORDER
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
+            ["module", name] => Ok(Part::Module(name)),
+            ["function", name] => Ok(Part::Function(name, false)),
+            ["function", name, "clock"] => Ok(Part::Function(name, true)),
+            _ => Err(format!("lua/ORDER: malformed line {line:?}")),
+        })
+        .collect()
+}
+
+/// The Lua file named `name` in [`ORDER`].
+fn source(name: &str) -> Result<&'static str, String> {
+    SOURCES
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, s)| *s)
+        .ok_or_else(|| format!("lua/ORDER names {name}.lua, which functions.rs does not include"))
+}
+
+/// The library's body, its functions registered under `lib`'s name.
+fn body(lib: &str) -> Result<String, String> {
+    let mut body = super::codec::lua_constants();
+    for part in parts()? {
+        match part {
+            Part::Module(name) => {
+                body.push('\n');
+                body.push_str(source(name)?);
+            }
+            Part::Function(name, clock) => body.push_str(&format!(
+                "\nredis.register_function('{lib}_{name}', function(KEYS, ARGV)\nbegin(ARGV, {clock})\n{}\nend)\n",
+                source(name)?
+            )),
+        }
+    }
+    Ok(body)
 }
 
 /// The library's code (for `FUNCTION LOAD`) and the name its functions
@@ -89,28 +168,21 @@ fn fnv64(text: &str) -> u64 {
 }
 
 static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
-    let mut body = String::from(include_str!("lua/common.lua"));
-    let name_of = |short: &str, lib: &str| format!("{lib}_{short}");
     // the functions are registered under a placeholder, replaced by the
-    // name once the code (and so its hash) is complete
-    for f in Function::ALL {
-        let (short, source, clock) = f.spec();
-        body.push_str(&format!(
-            "\nredis.register_function('{}', function(KEYS, ARGV)\nbegin(ARGV, {clock})\n{source}\nend)\n",
-            name_of(short, "@LIB@")
-        ));
-    }
+    // name once the code (and so its hash) is complete; ORDER and SOURCES
+    // are compiled in, and the tests assemble them
+    let body = body("@LIB@").unwrap_or_else(|e| panic!("the Lua library cannot be assembled: {e}"));
     let name = format!("occupancy_{:016x}", fnv64(&body));
     let code = format!("#!lua name={name}\n{}", body.replace("@LIB@", &name));
     Library { code, name }
 });
 
 /// A call of `f` with the arguments every function starts with (see
-/// `lua/common.lua`): key prefix, event shards, stream length. Add the
+/// `begin` in `lua/call.lua`): key prefix, event shards, stream length. Add the
 /// function's own arguments, then run it with [`invoke`].
 pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg(format!("{}_{}", LIBRARY.name, f.spec().0))
+    cmd.arg(format!("{}_{}", LIBRARY.name, f.name()))
         .arg(0)
         .arg(&cfg.key_prefix)
         .arg(cfg.event_shards)
@@ -193,10 +265,54 @@ mod tests {
         assert!(lib.code.starts_with(&format!("#!lua name={}\n", lib.name)));
         assert!(!lib.code.contains("@LIB@"));
         for f in Function::ALL {
-            let name = format!("'{}_{}'", lib.name, f.spec().0);
+            let name = format!("'{}_{}'", lib.name, f.name());
             assert_eq!(lib.code.matches(&name).count(), 1, "{name}");
         }
         // names Redis accepts: letters, digits and underscores
         assert!(lib.name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'));
+    }
+
+    #[test]
+    fn order_lists_every_file_once_and_every_function() {
+        let parts = parts().unwrap();
+        let names: Vec<&str> = parts
+            .iter()
+            .map(|p| match p {
+                Part::Module(n) | Part::Function(n, _) => *n,
+            })
+            .collect();
+        let mut sorted = names.clone();
+        sorted.sort_unstable();
+        let mut files: Vec<&str> = SOURCES.iter().map(|(n, _)| *n).collect();
+        files.sort_unstable();
+        assert_eq!(sorted, files, "lua/ORDER and SOURCES disagree");
+        let functions: Vec<&str> = parts
+            .iter()
+            .filter_map(|p| match p {
+                Part::Function(n, _) => Some(*n),
+                Part::Module(_) => None,
+            })
+            .collect();
+        assert_eq!(functions, Function::ALL.map(Function::name));
+        // the constants come first, then the modules, begin() last of them
+        assert!(body("x")
+            .unwrap()
+            .starts_with(&crate::store::redis::codec::lua_constants()));
+        assert_eq!(parts.iter().rposition(|p| matches!(p, Part::Module(_))), Some(7));
+        assert_eq!(parts[7], Part::Module("call"));
+    }
+
+    #[test]
+    fn every_lua_file_is_in_sources() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src/store/redis/lua");
+        let mut on_disk: Vec<String> = std::fs::read_dir(dir)
+            .unwrap()
+            .filter_map(|e| e.unwrap().file_name().into_string().ok())
+            .filter_map(|n| n.strip_suffix(".lua").map(str::to_string))
+            .collect();
+        on_disk.sort_unstable();
+        let mut listed: Vec<&str> = SOURCES.iter().map(|(n, _)| *n).collect();
+        listed.sort_unstable();
+        assert_eq!(on_disk, listed);
     }
 }

@@ -14,7 +14,9 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+
+use crate::error::{Error, Result};
 
 /// When a group leaves.
 #[derive(Debug, Clone, Copy)]
@@ -39,6 +41,36 @@ where
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(run(policy, size, call, rx));
     tx
+}
+
+/// Answers each request of a group, in order, from its call's answers: one
+/// answer each; when the call failed, or answered another number of them
+/// (`call` names it in the error), its error for every request. A caller
+/// that gave up meanwhile (cancelled call) is skipped.
+pub(super) fn answer<A>(replies: Vec<oneshot::Sender<Result<A>>>, answers: Result<Vec<A>>, call: &str) {
+    let answers = answers.and_then(|a| {
+        if a.len() == replies.len() {
+            Ok(a)
+        } else {
+            Err(Error::Internal(format!(
+                "{call} answered {} results for {} requests",
+                a.len(),
+                replies.len()
+            )))
+        }
+    });
+    match answers {
+        Ok(answers) => {
+            for (reply, a) in replies.into_iter().zip(answers) {
+                let _unwanted = reply.send(Ok(a));
+            }
+        }
+        Err(e) => {
+            for reply in replies {
+                let _unwanted = reply.send(Err(e.clone()));
+            }
+        }
+    }
 }
 
 async fn run<J, F, Fut>(policy: Policy, size: fn(&J) -> usize, call: F, mut rx: mpsc::UnboundedReceiver<J>)

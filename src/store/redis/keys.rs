@@ -1,6 +1,6 @@
-//! Every Redis key the service uses, built in one place. The Lua scripts
-//! (`lua/common.lua`) build the same names; `tests/it/redis_layout.rs`
-//! checks that the two agree.
+//! Every Redis key the service uses, built in one place. The Lua code
+//! (`lua/keys.lua`) builds the same names; `tests/it/redis_store.rs`
+//! (`scripts_and_keys_rs_agree_on_the_layout`) checks that the two agree.
 //!
 //! Layout under the configurable prefix `P`:
 //!

@@ -20,8 +20,9 @@ use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use super::codec::{parse_metrics, StreamState, PACKED_METRICS_LEN};
 use super::functions::{self, Function};
-use super::{keys, parse_metrics, RedisConfig, PACKED_METRICS_LEN};
+use super::{keys, RedisConfig};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
 use crate::store::outage::OutageLog;
 use crate::store::ChangeSink;
@@ -204,7 +205,7 @@ async fn stream_state(
     conn: &mut redis::aio::MultiplexedConnection,
     cfg: &RedisConfig,
     shard: u32,
-) -> redis::RedisResult<(u8, String, String)> {
+) -> redis::RedisResult<StreamState> {
     let mut inv = functions::call(cfg, Function::StreamState);
     inv.arg(shard);
     functions::invoke(conn, &inv).await

@@ -7,9 +7,9 @@
 //!
 //! Why: one GET per call cost Redis a command and the replica a
 //! multiplexed request each (a queue hop, a reply channel, a timeout
-//! timer). Merged, 64 Gets in flight went from 54,100 / 55,800 / 55,900 to
-//! 61,900 / 62,100 / 63,900 requests/s in paired runs, with Redis' CPU per
-//! Get down by a third (BENCHMARKS.md).
+//! timer). Merged, many Gets in flight share one command and one request,
+//! which raised the throughput of concurrent Gets and cut Redis' CPU per
+//! Get (BENCHMARKS.md).
 
 use std::future::Future;
 use std::sync::Arc;
@@ -23,9 +23,8 @@ use crate::error::{Error, Result};
 const IN_FLIGHT: usize = 4;
 /// Reads of this many keys or more (a BatchGetOccupancy of many channels)
 /// go straight to Redis: their command's fixed cost is already small
-/// against its keys, and merged they only waited for a slot (batch-get of
-/// 100 channels at 16 in flight: 1,480,000 to 1,580,000 channels/s alone,
-/// 1,080,000 to 1,390,000 merged, in paired runs).
+/// against its keys, and merged they only waited for a slot (large batch
+/// gets were slower merged than alone in paired runs).
 pub(super) const MERGE_BELOW: usize = 16;
 /// Keys in one MGET at most (a larger read goes alone): bounds how long one
 /// command holds Redis.
@@ -64,26 +63,17 @@ pub(super) fn start<F: Fetch>(fetch: F) -> mpsc::UnboundedSender<Read> {
                     keys.append(&mut r.keys);
                 }
                 let want = keys.len();
-                match fetch.mget(keys).await {
-                    Ok(values) if values.len() == want => {
-                        let mut values = values.into_iter();
-                        for (r, n) in reads.into_iter().zip(lens) {
-                            // the caller may have given up (cancelled call)
-                            let _unwanted = r.reply.send(Ok(values.by_ref().take(n).collect()));
-                        }
+                let answers = fetch.mget(keys).await.and_then(|values| {
+                    if values.len() != want {
+                        return Err(Error::Internal(format!(
+                            "MGET returned {} values for {want} keys",
+                            values.len()
+                        )));
                     }
-                    Ok(values) => {
-                        let e = Error::Internal(format!("MGET returned {} values for {want} keys", values.len()));
-                        for r in reads {
-                            let _unwanted = r.reply.send(Err(e.clone()));
-                        }
-                    }
-                    Err(e) => {
-                        for r in reads {
-                            let _unwanted = r.reply.send(Err(e.clone()));
-                        }
-                    }
-                }
+                    let mut values = values.into_iter();
+                    Ok(lens.iter().map(|n| values.by_ref().take(*n).collect()).collect())
+                });
+                group::answer(reads.into_iter().map(|r| r.reply).collect(), answers, "MGET");
             }
         },
     )

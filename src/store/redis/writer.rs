@@ -2,9 +2,9 @@
 //! Apply of one operation) are merged into one script call.
 //!
 //! Each script call has a fixed cost in Redis (the call itself, opening
-//! the lease, writing back counters, indexes and event entries: about
-//! 200,000 instructions, against 50,000 to 100,000 per operation), so one
-//! call per unary write cannot come near what Redis can do. A single task
+//! the lease, writing back counters, indexes and event entries: more than
+//! the work of a few operations), so one call per unary write cannot come
+//! near what Redis can do. A single task
 //! per store (`group.rs`) takes every write waiting, up to
 //! [`MAX_GROUP_OPS`] operations, and sends them as one call. With no call in flight a write leaves at
 //! once (no timer, no added latency). While calls are in flight, writes
@@ -12,9 +12,10 @@
 //! wait (at most [`IN_FLIGHT`] calls outstanding): a batch of that size
 //! pays for its call, and large batches keep Redis busy while the previous
 //! call's answer travels back, where single writes are better merged into
-//! the next call. Measured against leaving whenever a call slot is free:
-//! unary writes at 64 in flight +15 to 20 % (the median call carried 1
-//! write), Apply batches unchanged (see BENCHMARKS.md).
+//! the next call. Measured against leaving whenever a call slot is free,
+//! this raised the throughput of many concurrent unary writes (most calls
+//! had carried one write) and left Apply batches unchanged (see
+//! BENCHMARKS.md).
 //!
 //! Each write stays a group of its own inside the call (its session, lease
 //! and sequence are handled as before, in arrival order); the whole call is
@@ -30,7 +31,7 @@ use tokio::sync::{mpsc, oneshot};
 use super::group::{self, Policy};
 
 use crate::domain::{Applied, Operation, SessionId};
-use crate::error::{Error, Result};
+use crate::error::Result;
 
 /// Script calls outstanding at once.
 pub(super) const IN_FLIGHT: usize = 4;
@@ -74,37 +75,10 @@ pub(super) fn start<S: Sender>(sender: S) -> mpsc::UnboundedSender<Job> {
             let sender = sender.clone();
             async move {
                 let answers = sender.send(&jobs).await;
-                answer(jobs, answers);
+                group::answer(jobs.into_iter().map(|j| j.reply).collect(), answers, "apply function");
             }
         },
     )
-}
-
-/// Gives each write its answer from the call's.
-fn answer(jobs: Vec<Job>, answers: Result<Vec<Applied>>) {
-    match answers {
-        Ok(answers) if answers.len() == jobs.len() => {
-            for (job, answer) in jobs.into_iter().zip(answers) {
-                // the caller may have given up (cancelled call)
-                let _unwanted = job.reply.send(Ok(answer));
-            }
-        }
-        Ok(answers) => {
-            let e = Error::Internal(format!(
-                "apply script answered {} groups for {} writes",
-                answers.len(),
-                jobs.len()
-            ));
-            for job in jobs {
-                let _unwanted = job.reply.send(Err(e.clone()));
-            }
-        }
-        Err(e) => {
-            for job in jobs {
-                let _unwanted = job.reply.send(Err(e.clone()));
-            }
-        }
-    }
 }
 
 #[cfg(test)]

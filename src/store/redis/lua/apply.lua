@@ -5,7 +5,7 @@
 -- session id, '1' to return each operation's channel metrics, the write's
 -- sequence (0: none), the lease epoch it was built under ('0': no check),
 -- a new random token for the lease it may open (see live_token in
--- common.lua), its owner ('' with access control off), its number of
+-- leases.lua), its owner ('' with access control off), its number of
 -- operations, and five arguments per
 -- operation: kind ('A' attach, 'D' detach, 'E' enter, 'L' leave),
 -- connection id, channel, the mode bits (attach) or client id (enter,
@@ -13,17 +13,17 @@
 -- the caller).
 -- Returns per write two values: first one string: per operation its status
 -- as one byte, followed by the channel's nine counters packed as stored
--- (PACK, 36 bytes) when the write asked for them; or -1 when the write's
--- sequence was not above the last one of the session's lease, -2 when its
--- epoch was not the session's live lease, -3 when that lease belongs to
--- another owner, -4 when an attach or enter of it would move a connection
--- out of a live lease of another owner (nothing of it applied). Status 1
--- applied, 2 not attached with presence mode, 3 the connection has no room
--- for another channel. Second, the session's token (its lease epoch) after
+-- (PACK, PACKED_LEN bytes) when the write asked for them; or
+-- REFUSED_STALE when the write's sequence was not above the last one of
+-- the session's lease, REFUSED_EPOCH when its epoch was not the session's
+-- live lease, REFUSED_OWNER when that lease belongs to another owner,
+-- REFUSED_MOVE when an attach or enter of it would move a connection out
+-- of a live lease of another owner (nothing of it applied). The statuses
+-- are the ST_* constants (ops.lua). Second, the session's token (its lease epoch) after
 -- the write, or false when it holds no lease. One string per write instead
 -- of a list of integers: Redis converts a script's reply value by value
--- (about 1,200 instructions per integer, 10 per operation with counters),
--- and the replica parses it value by value too.
+-- (ten values per operation with counters), and the replica parses it
+-- value by value too.
 --
 -- A session's sequence is kept in its token's hash (field q): a new lease
 -- accepts any sequence. A lease is opened only when the session holds a
@@ -33,10 +33,10 @@ local A = ARGV
 local ttl = tonum(A[4])
 local writes = tonum(A[5])
 
--- every write's start, and the distinct channels of all of them, checked
--- before anything is written
+-- every write's start, and the distinct channels of all of them with
+-- their shards, checked before anything is written
 local starts = {}
-local chans, nchans = {}, 0
+local chans, nchans, shards = {}, 0, {}
 local i = 6
 for w = 1, writes do
   starts[w] = i
@@ -47,8 +47,8 @@ for w = 1, writes do
     if kind ~= 'A' and kind ~= 'D' and kind ~= 'E' and kind ~= 'L' then
       return redis.error_reply('ERR unknown operation kind ' .. tostring(kind))
     end
-    if M[ch] == nil then
-      M[ch] = A[j + 4]
+    if shards[ch] == nil then
+      shards[ch] = A[j + 4]
       nchans = nchans + 1
       chans[nchans] = ch
     end
@@ -58,7 +58,7 @@ for w = 1, writes do
 end
 if i ~= #A + 1 then return redis.error_reply('ERR malformed apply arguments') end
 
-load_metrics(chans, nchans)
+load_metrics(chans, nchans, shards)
 local out, epochs = {}, {}
 -- Writes are taken session by session (each session's in their order):
 -- concurrent writes of different sessions may be applied in any order,
@@ -95,9 +95,9 @@ for _, session in ipairs(sessions) do
     local s = starts[w]
     local ep = A[s + 3]
     if ep ~= '0' and ep ~= tok then
-      out[w] = -2
+      out[w] = REFUSED_EPOCH
     elseif owner and owner ~= A[s + 5] then
-      out[w] = -3
+      out[w] = REFUSED_OWNER
     else
       owner = A[s + 5]
       cand[#cand + 1] = w
@@ -137,9 +137,9 @@ for _, session in ipairs(sessions) do
       end
       local seq = STRNUM[A[s + 2]] or num(A[s + 2])
       if theirs then
-        out[w] = -4
+        out[w] = REFUSED_MOVE
       elseif seq > 0 and seq <= q then
-        out[w] = -1
+        out[w] = REFUSED_STALE
       else
         if seq > 0 then q, qs = seq, A[s + 2] end
         live[#live + 1] = w
@@ -157,7 +157,7 @@ for _, session in ipairs(sessions) do
       local results, n = one and OUT1 or {}, 0
       for k = first, last, 5 do
         local kind, c, ch, extra = A[k], R[A[k + 1]], A[k + 2], A[k + 3]
-        local status = 1
+        local status = ST_OK
         if kind == 'A' then
           status = op_attach(c, ch, extra)
         elseif kind == 'D' then

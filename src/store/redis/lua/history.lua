@@ -7,27 +7,14 @@ local key = k_events(tonum(ARGV[4]))
 local after = ARGV[5]
 local limit = tonum(ARGV[6])
 
-local function parse(id)
-  local ms, seq = smatch(id, '^(%d+)-(%d+)$')
-  return tonum(ms), tonum(seq)
-end
-local function greater(a, b)
-  local ams, aseq = parse(a)
-  local bms, bseq = parse(b)
-  return ams > bms or (ams == bms and aseq > bseq)
-end
-
-if rcall('EXISTS', key) == 0 then
+local exists, last, deleted = stream_ids(key)
+if not exists then
   -- no stream: nothing happened, or it was lost with Redis' data
   if after == '0-0' then return { 0, {}, 0 } end
   return { 1, {}, 0 }
 end
 local gap = 0
-local info = rcall('XINFO', 'STREAM', key)
-for i = 1, #info, 2 do
-  if info[i] == 'max-deleted-entry-id' and greater(info[i + 1], after) then gap = 1 end
-  if info[i] == 'last-generated-id' and greater(after, info[i + 1]) then gap = 1 end
-end
+if id_after(deleted, after) or id_after(after, last) then gap = 1 end
 local entries = rcall('XRANGE', key, '(' .. after, '+', 'COUNT', limit + 1)
 local flat = {}
 local more = 0

@@ -3,8 +3,9 @@
 -- '1' if that key is included, ARGV[7] upper bound for the name index
 -- ('+' or '(' followed by the first name past the prefix), ARGV[8] the
 -- prefix, ARGV[9] limit, ARGV[10] '1' to return metrics.
--- Returns {keys, metrics, more}: up to limit index keys, the metrics of
--- each (when asked), and 1 when more channels follow.
+-- Returns {keys, counters, more}: up to limit index keys, the counters
+-- of each as one string (packed_list, counters.lua; empty when not
+-- asked), and 1 when more channels follow.
 
 local order, start, incl, upper, prefix = ARGV[4], ARGV[5], ARGV[6], ARGV[7], ARGV[8]
 local limit = tonum(ARGV[9])
@@ -13,7 +14,7 @@ local keys = {}
 local more = 0
 
 local function name_of(key)
-  if order == 'c' then return ssub(key, 12) end
+  if order == 'c' then return ssub(key, BUSY_NAME_AT) end
   return key
 end
 
@@ -47,10 +48,10 @@ else
   end
 end
 
-local metrics = {}
+local counters = ''
 if with_metrics and #keys > 0 then
   local mk = {}
   for i, k in ipairs(keys) do mk[i] = k_metrics(name_of(k)) end
-  for i, v in ipairs(read_many('MGET', {}, mk)) do metrics[i] = parse_metrics(v) end
+  counters = packed_list(call_list('MGET', mk, 0, #mk), #mk)
 end
-return { keys, metrics, more }
+return { keys, counters, more }

@@ -5,14 +5,16 @@
 local tok = rcall('GET', k_sess(ARGV[4]))
 if not tok or not lease_alive(tok) then return {} end
 local out = {}
-local conns = rcall('SMEMBERS', k_tokconns(tok))
-local recs = read_many('HMGET', { K_CONNS }, conns)
-for i, conn in ipairs(conns) do
-  local r = recs[i]
+local ids = rcall('SMEMBERS', k_tokconns(tok))
+local nids = #ids
+table.insert(ids, 1, K_CONNS)
+local recs = call_list('HMGET', ids, 1, nids + 1)
+for i = 1, nids do
+  local conn, r = ids[i + 1], recs[i]
   if r and smatch(r, '^[^\t]*') == tok then
-    for ch, modes, members in sgmatch(r, '\n([^\t\n]+)\t(%d+)([^\n]*)') do
+    for ch, modes, members in sgmatch(r, LINE) do
       local clients = {}
-      for client in sgmatch(members, '\t([^\t]+)') do clients[#clients + 1] = client end
+      for client in sgmatch(members, MEMBER) do clients[#clients + 1] = client end
       out[#out + 1] = conn
       out[#out + 1] = ch
       out[#out + 1] = modes

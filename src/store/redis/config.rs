@@ -1,0 +1,56 @@
+//! How to reach the Redis store and lay out its state.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How to reach and lay out the Redis state.
+#[derive(Debug, Clone)]
+pub struct RedisConfig {
+    /// `redis://` or `rediss://` URL (TLS with rustls; the URL's user and
+    /// password, if any, are sent with AUTH). `rediss://` checks the
+    /// server's certificate against the system's roots, or against
+    /// `tls_ca_file`.
+    pub url: String,
+    /// PEM file of the CA certificate(s) that sign the Redis server's
+    /// certificate, for a private CA; `None` trusts the system's roots.
+    pub tls_ca_file: Option<PathBuf>,
+    /// Prefix of every key, so deployments can share a Redis.
+    pub key_prefix: String,
+    /// Bound on connecting and on every call.
+    pub timeout: Duration,
+    /// Lease of a new session.
+    pub default_ttl: Duration,
+    /// Number of event stream shards.
+    pub event_shards: u32,
+    /// Changes each event stream keeps, approximately (see `finish` in
+    /// `lua/counters.lua`).
+    pub stream_max_len: u64,
+}
+
+impl RedisConfig {
+    /// A configuration with the service defaults for `url`.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            tls_ca_file: None,
+            key_prefix: "occupancy".into(),
+            timeout: Duration::from_secs(1),
+            default_ttl: Duration::from_secs(15),
+            event_shards: 8,
+            stream_max_len: 10_000,
+        }
+    }
+}
+
+/// The PEM bytes of a CA file, checked to hold at least one certificate.
+///
+/// # Errors
+/// A message naming the file when it cannot be read or holds no PEM
+/// certificate.
+pub fn read_ca_file(path: &Path) -> std::result::Result<Vec<u8>, String> {
+    let pem = std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+        return Err(format!("{} holds no PEM certificate", path.display()));
+    }
+    Ok(pem)
+}

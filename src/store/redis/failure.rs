@@ -1,0 +1,59 @@
+//! How Redis failures become the service's errors: which ones mean Redis
+//! cannot be used now (UNAVAILABLE, worth retrying) and which are faults
+//! (INTERNAL); and the time bound on every call.
+
+use std::time::{Duration, Instant};
+
+use redis::{ErrorKind, RedisError, ServerErrorKind};
+
+use crate::error::{Error, Result};
+
+/// Whether a Redis error means Redis cannot be used now, rather than a
+/// fault: timeouts, refused or dropped connections, a Redis loading,
+/// failing over or read-only, and a wrong ACL user or password (Redis
+/// cannot be used until the configuration or Redis is fixed; the log names
+/// the cause).
+pub fn is_unavailable(e: &RedisError) -> bool {
+    e.is_timeout()
+        || e.is_io_error()
+        || e.is_connection_refusal()
+        || e.is_connection_dropped()
+        || e.kind() == ErrorKind::AuthenticationFailed
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::BusyLoading
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::ReadOnly
+                    | ServerErrorKind::ClusterDown
+            )
+        )
+}
+
+impl From<RedisError> for Error {
+    fn from(e: RedisError) -> Self {
+        if is_unavailable(&e) {
+            Error::Unavailable(e.to_string())
+        } else {
+            Error::Internal(format!("redis: {e}"))
+        }
+    }
+}
+
+/// Runs a Redis call of kind `call` within `limit`, recording its time
+/// and failure (`telemetry::store`); no answer in time is UNAVAILABLE.
+pub(super) async fn within<T>(
+    call: &'static str,
+    limit: Duration,
+    fut: impl std::future::Future<Output = redis::RedisResult<T>>,
+) -> Result<T> {
+    let start = Instant::now();
+    let r = match tokio::time::timeout(limit, fut).await {
+        Ok(r) => r.map_err(Error::from),
+        Err(_) => Err(Error::Unavailable(format!("no answer from redis within {limit:?}"))),
+    };
+    let failed = r.as_ref().err().map(|e| matches!(e, Error::Unavailable(_)));
+    crate::telemetry::store().redis_call(call, start.elapsed(), failed);
+    r
+}

@@ -70,6 +70,14 @@ fn parse_key(s: &str) -> Result<Credential, String> {
 #[derive(Clone, Default)]
 pub(crate) struct Credential(Option<MetadataValue<Ascii>>);
 
+impl Credential {
+    /// The `authorization` value, for an HTTP client (`Bearer …`).
+    pub(crate) fn header(&self) -> Option<&str> {
+        // parsed from a `str`, so it is visible ASCII
+        self.0.as_ref().and_then(|v| v.to_str().ok())
+    }
+}
+
 impl tonic::service::Interceptor for Credential {
     fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
         if let Some(v) = &self.0 {

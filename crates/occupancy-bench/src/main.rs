@@ -6,12 +6,16 @@
 //!   taking a (connection, channel) pair one step through attach → enter →
 //!   leave → detach.
 //! - `unary`: Attach/Detach calls from 4 front ends (sessions).
-//! - `get`, `batch-get`: reads.
+//! - `get`, `batch-get`: reads; `--key` on `get`, `unary` (and any request
+//!   scenario) sends a credential and names the result `NAME-auth`.
 //! - `size-get`, `size-list`: read cost on a huge channel, and a list page
 //!   with many channels, against small ones.
 //! - `fanout`: events delivered per second across many streams.
-//! - `latency`: Attach returns on replica A → event at each subscriber on B,
+//! - `latency`: Attach sent on replica A → event at each subscriber on B,
 //!   subscribers spread over `--channels`.
+//! - `sse`: the same over server-sent events, each subscriber an HTTP
+//!   connection to B's HTTP side.
+//! - `rest-get`: REST `GET /channels/{id}` through h2load.
 //! - `idle-streams`: a replica's resident memory with many idle streams.
 //! - `footprint`: Redis memory per attachment and per presence member.
 
@@ -23,6 +27,8 @@ mod load;
 mod memory;
 mod procfs;
 mod reads;
+mod rest;
+mod sse;
 mod streams;
 mod writes;
 
@@ -138,28 +144,25 @@ enum Scenario {
     },
     /// Attach on replica A → event on every subscriber on replica B.
     Latency {
-        /// Replica A (writes).
-        #[arg(long, default_value = "http://127.0.0.1:50051")]
-        a: String,
+        #[command(flatten)]
+        changes: latency::Changes,
         /// Replica B (subscribers).
         #[arg(long, default_value = "http://127.0.0.1:50052")]
         b: String,
-        /// Subscribers on B; subscriber `i` follows channel `i % channels`.
-        #[arg(long, default_value_t = 1000)]
-        subscribers: usize,
-        /// Channels the subscribers are spread over; changes go round-robin
-        /// over them.
-        #[arg(long, default_value_t = 1)]
-        channels: usize,
-        /// Changes to measure.
-        #[arg(long, default_value_t = 500)]
-        changes: usize,
-        /// Changes per second (Attach calls started on schedule).
-        #[arg(long, default_value_t = 100)]
-        rate: u32,
-        /// Attach calls in flight at most.
-        #[arg(long, default_value_t = 64)]
-        in_flight: usize,
+    },
+    /// Attach sent on replica A → event on every SSE client of replica B.
+    Sse {
+        #[command(flatten)]
+        changes: latency::Changes,
+        /// Replica B's HTTP side (`--http-listen`).
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        b_http: String,
+    },
+    /// REST `GET /channels/{id}` of random channels, through h2load over
+    /// HTTP/1.1 (`--url` is the HTTP side; `--in-flight` connections).
+    RestGet {
+        #[command(flatten)]
+        load: Load,
     },
 }
 
@@ -198,14 +201,8 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             channels,
         } => memory::idle_streams(url, pid, streams, channels).await,
         Scenario::Footprint { load, redis_url, count } => memory::footprint(load, redis_url, count).await,
-        Scenario::Latency {
-            a,
-            b,
-            subscribers,
-            channels,
-            changes,
-            rate,
-            in_flight,
-        } => latency::latency(a, b, subscribers, channels, changes, rate, in_flight).await,
+        Scenario::Latency { changes, b } => latency::latency(changes, b).await,
+        Scenario::Sse { changes, b_http } => sse::sse(changes, b_http).await,
+        Scenario::RestGet { load } => rest::rest_get(load).await,
     }
 }

@@ -42,7 +42,11 @@ pub(crate) async fn rest_get(load: Load) -> anyhow::Result<()> {
     }
     let report = H2loadReport::parse(&text)?;
     if report.failed > 0 || report.non_2xx > 0 {
-        bail!("h2load: {} failed, {} not 2xx requests\n{text}", report.failed, report.non_2xx);
+        bail!(
+            "h2load: {} failed, {} not 2xx requests\n{text}",
+            report.failed,
+            report.non_2xx
+        );
     }
     // h2load is a child process: its CPU is not this process's, so only
     // the watched processes are reported
@@ -99,7 +103,10 @@ impl H2loadReport {
         let codes = line("status codes:")?;
         let non_2xx = count(codes, "3xx")? + count(codes, "4xx")? + count(codes, "5xx")?;
         let times = line("time for request:")?;
-        let mean = times.split_whitespace().nth(2).context("no mean in `time for request`")?;
+        let mean = times
+            .split_whitespace()
+            .nth(2)
+            .context("no mean in `time for request`")?;
         Ok(Self {
             rate,
             succeeded: count(requests, "succeeded")?,

@@ -59,16 +59,13 @@ pub(crate) async fn sse(changes: Changes, http: String) -> anyhow::Result<()> {
         .enumerate()
         .map(|(i, events)| {
             let name = names[i % names.len()].clone();
-            let events = events
-                .take_while(|e| futures::future::ready(e.is_ok()))
-                .map(move |e| {
-                    let e = e.ok()?;
-                    let ev: OccupancyEventJson = serde_json::from_str(&e.data).ok()?;
-                    (ev.channel == name).then_some(ev.data.metrics.connections)
-                });
+            let events = events.take_while(|e| futures::future::ready(e.is_ok())).map(move |e| {
+                let e = e.ok()?;
+                let ev: OccupancyEventJson = serde_json::from_str(&e.data).ok()?;
+                (ev.channel == name).then_some(ev.data.metrics.connections)
+            });
             run.reader(i, Box::pin(events), stop.clone())
         })
         .collect();
     run.measure("sse", readers, stop).await
 }
-

@@ -37,9 +37,22 @@ def ratio_row(name, key, bkey, target, unit):
         return
     v = float(r["rate"])
     row(name, f"{f(v)} {unit}, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms", f"{f(b)} ({bkey})", f"{v / b:.2f} x (target {target})", v / b >= target, key, bkey)
+def pair_row(name, key, bkey, target, unit):
+    """A scenario against another service scenario of the same run."""
+    r, b = res.get(key), res.get(bkey)
+    if not r or not b:
+        return
+    v, bv = float(r["rate"]), float(b["rate"])
+    lat = f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" if "p50_ms" in r else f"mean {r['mean_ms']} ms"
+    row(name, f"{f(v)} {unit}, {lat}", f"{f(bv)} ({bkey})", f"{v / bv:.2f} x (target {target})", v / bv >= target, key, bkey)
 ratio_row("1. Apply, batches of 100", "apply", "evalsha_p16", 0.6, "ops/s")
 ratio_row("2. unary Attach/Detach, 64 in flight", "unary", "evalsha", 0.4, "ops/s")
+pair_row("2. unary Attach/Detach with a key (auth on / off)", "unary-auth", "unary", 0.95, "ops/s")
 ratio_row("3. GetOccupancy, 64 in flight", "get", "hgetall", 0.5, "req/s")
+pair_row("3. GetOccupancy with a key (auth on / off)", "get-auth", "get", 0.95, "req/s")
+if "rest-get" in res:
+    c = res["rest-get"].get("connections", "?")
+    pair_row(f"3. REST GET /channels/{{id}}, {c} HTTP/1.1 conns (h2load) / gRPC get", "rest-get", "get", 0.7, "req/s")
 if "batch-get" in res:
     r = res["batch-get"]
     row("3. BatchGetOccupancy of 100", f"{f(r['rate'])} channels/s, p99 {r['p99_ms']} ms", "-", "reported", True, "batch-get")
@@ -52,9 +65,17 @@ if "size-list" in res:
 if "fanout" in res:
     r = res["fanout"]
     row(f"5. fan-out, {r['streams']} streams", f"{f(r['rate'])} events/s ({f(r['changes_per_s'])} changes/s)", "-", "target 500,000/s", float(r["rate"]) >= 500000, "fanout")
+def from_reply(r):
+    """The figure measured from the write's reply, where the run has it."""
+    if "reply_p50_ms" not in r:
+        return ""
+    return f"; from the reply: p50 {r['reply_p50_ms']} ms, p99 {r['reply_p99_ms']} ms, {r['early']} early"
 if "latency" in res:
     r = res["latency"]
-    row(f"5. latency A->B, {r['subscribers']} subscribers on {r['channels']} channels", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms at {f(r['achieved_rate'])} changes/s (missing {r['missing']})", "-", "p99 <= 10 ms", float(r["p99_ms"]) <= 10, "latency")
+    row(f"5. latency A->B from send, {r['subscribers']} subscribers on {r['channels']} channels", f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms at {f(r['achieved_rate'])} changes/s (missing {r['missing']}){from_reply(r)}", "-", "p99 <= 10 ms", float(r["p99_ms"]) <= 10, "latency")
+if "sse" in res:
+    r = res["sse"]
+    row(f"5. SSE A->B from send, {r['subscribers']} HTTP clients on {r['channels']} channels", f"{f(r['deliveries_per_s'])} deliveries/s, p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms, max {r['max_ms']} ms (missing {r['missing']})", "-", "reported", True, "sse")
 if "idle-rss" in res:
     r = res["idle-rss"]
     row(f"5. replica RSS, {r['streams']} idle streams", f"{r['after_mb']} MB (before {r['before_mb']} MB)", "-", "<= 300 MB", float(r["after_mb"]) <= 300, "idle-rss")
@@ -73,11 +94,11 @@ for r in rows:
 if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
-cpu_rows = [(k, res[k]) for k in ("apply", "unary", "get", "batch-get") if k in res and "cpu_us_gen" in res[k]]
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get") if k in res and "cpu_us_replica" in res[k]]
 if cpu_rows:
     print()
-    print("CPU per operation over the measured window (us; batch-get: per channel):")
-    print("| scenario  | Redis | replica A | load generator |")
-    print("| --------- | ----- | --------- | -------------- |")
+    print("CPU per operation over the measured window (us; batch-get: per channel; the -auth rows on replica C; rest-get's load generator is h2load, not measured):")
+    print("| scenario   | Redis | replica | load generator |")
+    print("| ---------- | ----- | ------- | -------------- |")
     for k, r in cpu_rows:
-        print(f"| {k:<9} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>9} | {r['cpu_us_gen']:>14} |")
+        print(f"| {k:<10} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>7} | {r.get('cpu_us_gen', '-'):>14} |")

@@ -10,7 +10,8 @@
 //!   implementation (one process) and a Redis one (a Lua function library
 //!   from `src/store/redis/lua/`, every key built in `store::redis::keys`;
 //!   a write becomes the Lua functions' arguments, and their replies
-//!   domain values again, in `store::redis::codec`).
+//!   domain values again, in `store::redis::codec`, file
+//!   `src/store/redis/codec.rs`).
 //! - [`fanout`]: live occupancy. The store's feed hands every committed
 //!   change to the replica's [`fanout::Hub`], which drops it into the inbox
 //!   of each subscription following the channel; events reach a subscriber

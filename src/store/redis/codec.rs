@@ -18,9 +18,9 @@
 use redis::{Cmd, Value};
 
 use super::writer::Job;
+use crate::domain::limits::MAX_CHANNELS_PER_CONNECTION;
 use crate::domain::list::{busy_key, name_of_busy_key, ListOrder};
 use crate::domain::metrics::mode_category;
-use crate::domain::ops::MAX_CHANNELS_PER_CONNECTION;
 use crate::domain::{
     Applied, Category, ChannelName, ClientId, ConnectionId, HeldAttachment, KeepAliveOutcome, ListPage, ListQuery,
     ListedChannel, Metrics, Mode, ModeSet, OpResult, OpStatus, Operation, Pos,

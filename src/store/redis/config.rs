@@ -33,11 +33,11 @@ impl RedisConfig {
         Self {
             url: url.into(),
             tls_ca_file: None,
-            key_prefix: "occupancy".into(),
-            timeout: Duration::from_secs(1),
-            default_ttl: Duration::from_secs(15),
-            event_shards: 8,
-            stream_max_len: 10_000,
+            key_prefix: crate::config::defaults::KEY_PREFIX.into(),
+            timeout: crate::config::defaults::REDIS_TIMEOUT,
+            default_ttl: crate::config::defaults::SESSION_TTL,
+            event_shards: crate::config::defaults::EVENT_SHARDS,
+            stream_max_len: crate::config::defaults::STREAM_MAX_LEN,
         }
     }
 }

@@ -50,10 +50,10 @@ use functions::{invoke, Function};
 
 /// Attachments a reap round may remove in one script call (plus at most
 /// one connection's worth); bounds how long one call holds Redis.
-const REAP_BUDGET: usize = 2000;
+const REAP_BUDGET: usize = crate::config::defaults::REDIS_REAP_BUDGET;
 
 /// Extra time allowed per operation of an Apply batch beyond the timeout.
-const BATCH_ALLOWANCE_PER_OP: Duration = Duration::from_micros(100);
+const BATCH_ALLOWANCE_PER_OP: Duration = crate::config::defaults::REDIS_BATCH_ALLOWANCE_PER_OP;
 
 /// Occupancy state in Redis.
 #[derive(Clone)]
@@ -144,9 +144,11 @@ impl RedisStore {
         // connection's own response timeout is only a backstop.
         let mgr_cfg = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some((cfg.timeout * 10).max(Duration::from_secs(10))))
+            .set_response_timeout(Some(
+                (cfg.timeout * 10).max(crate::config::defaults::REDIS_RESPONSE_TIMEOUT_FLOOR),
+            ))
             .set_number_of_retries(1)
-            .set_max_delay(Duration::from_millis(500));
+            .set_max_delay(crate::config::defaults::REDIS_RECONNECT_MAX_DELAY);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
         Ok(Self {
             client,

@@ -20,15 +20,15 @@ use super::group::{self, Policy};
 use crate::error::{Error, Result};
 
 /// Reads outstanding at once.
-const IN_FLIGHT: usize = 4;
+const IN_FLIGHT: usize = crate::config::defaults::REDIS_READS_IN_FLIGHT;
 /// Reads of this many keys or more (a BatchGetOccupancy of many channels)
 /// go straight to Redis: their command's fixed cost is already small
 /// against its keys, and merged they only waited for a slot (large batch
 /// gets were slower merged than alone in paired runs).
-pub(super) const MERGE_BELOW: usize = 16;
+pub(super) const MERGE_BELOW: usize = crate::config::defaults::REDIS_MERGE_READS_BELOW;
 /// Keys in one MGET at most (a larger read goes alone): bounds how long one
 /// command holds Redis.
-pub(super) const MAX_KEYS: usize = 4096;
+pub(super) const MAX_KEYS: usize = crate::config::defaults::REDIS_MAX_READ_KEYS;
 
 /// The values of some keys, wanted by one call.
 pub(super) struct Read {

@@ -34,12 +34,12 @@ use crate::domain::{Applied, Operation, SessionId};
 use crate::error::Result;
 
 /// Script calls outstanding at once.
-pub(super) const IN_FLIGHT: usize = 4;
+pub(super) const IN_FLIGHT: usize = crate::config::defaults::REDIS_WRITES_IN_FLIGHT;
 /// Operations merged into one call at most (a larger write goes alone).
-pub(super) const MAX_GROUP_OPS: usize = 10_000;
+pub(super) const MAX_GROUP_OPS: usize = crate::config::defaults::REDIS_MAX_GROUP_OPS;
 /// While a call is in flight, another leaves only once this many operations
 /// wait (a write this large leaves at once).
-pub(super) const MIN_GROUP_OPS: usize = 32;
+pub(super) const MIN_GROUP_OPS: usize = crate::config::defaults::REDIS_MIN_GROUP_OPS;
 
 /// One write waiting to be sent.
 pub(super) struct Job {

@@ -75,3 +75,32 @@ pub struct OccupancyEventJson {
 /// App-wide totals: the domain's [`Totals`], which serializes in
 /// camelCase (`activeChannels`).
 pub type StatsJson = Totals;
+
+/// A page of `GET /channels`: channel names (`by=id`) or their details
+/// (`by=value`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum ChannelPageJson {
+    /// `by=value`: each channel's details.
+    Details(Vec<ChannelDetailsJson>),
+    /// `by=id`: channel names only.
+    Ids(Vec<String>),
+}
+
+/// `GET /channels?envelope=json`: the page and its next-page cursor in the
+/// body, for clients that cannot read the `Link` header (browsers' cross
+/// origin requests, some HTTP libraries).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChannelListEnvelopeJson {
+    /// The HTTP status, 200.
+    pub status_code: u16,
+    /// The page, as the body would be without the envelope.
+    pub response: ChannelPageJson,
+    /// Pass as `cursor` for the next page; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_cursor: Option<String>,
+    /// The `Link` header's value; absent on the last page.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub link: Option<String>,
+}

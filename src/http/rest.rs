@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 
-use super::json::{ChannelDetailsJson, StatsJson};
+use super::json::{ChannelDetailsJson, ChannelListEnvelopeJson, ChannelPageJson, StatsJson};
 use super::{principal, HttpState};
 use crate::api::convert;
 use crate::auth::Op;
@@ -103,17 +103,22 @@ pub(super) async fn batch(
     ))
 }
 
-/// `GET /channels?prefix=&limit=&by=id|value&order=name|connections&cursor=`:
+/// `GET /channels?prefix=&limit=&by=id|value&order=name|connections&cursor=&envelope=json`:
 /// a page of active channels, as Ably's REST: a JSON array of names
 /// (`by=id`) or of `ChannelDetails` (`by=value`, the default), with the
-/// next page in a `Link: <...>; rel="next"` header.
+/// next page in a `Link: <...>; rel="next"` header; with `envelope=json`
+/// the page and its next cursor in the body instead
+/// ([`ChannelListEnvelopeJson`]), the header still sent.
 pub(super) async fn list(
     State(state): State<HttpState>,
     headers: HeaderMap,
     RawQuery(raw): RawQuery,
 ) -> Result<Response> {
     let who = principal(&state, &headers)?;
-    let params = query_params(raw.as_deref(), &["prefix", "limit", "by", "order", "cursor"])?;
+    let params = query_params(
+        raw.as_deref(),
+        &["prefix", "limit", "by", "order", "cursor", "envelope"],
+    )?;
     let limit = match param(&params, "limit") {
         None => 0,
         Some(v) => match v.parse::<u32>() {
@@ -137,40 +142,55 @@ pub(super) async fn list(
             return Err(InvalidInput::new("order", format!("must be name or connections, got {v:?}")).into());
         }
     };
+    let enveloped = match param(&params, "envelope") {
+        None => false,
+        Some("json") => true,
+        Some(v) => return Err(InvalidInput::new("envelope", format!("must be json, got {v:?}")).into()),
+    };
     let prefix = param(&params, "prefix").unwrap_or("").to_string();
     let cursor = param(&params, "cursor").unwrap_or("");
     let q = ListQuery::new(prefix, limit, cursor, order, by_value)?;
     // only channels the caller may read, as ListChannels
     let page = crate::api::list_for(state.store.as_ref(), &who, q).await?;
-    let body = if by_value {
-        serde_json::to_value(
+    let items = if by_value {
+        ChannelPageJson::Details(
             page.channels
                 .into_iter()
                 .map(|c| ChannelDetailsJson::new(c.name.into_string(), c.metrics.unwrap_or_default()))
-                .collect::<Vec<_>>(),
+                .collect(),
         )
     } else {
-        serde_json::to_value(
-            page.channels
-                .into_iter()
-                .map(|c| c.name.into_string())
-                .collect::<Vec<_>>(),
-        )
-    }
-    .map_err(|e| Error::Internal(format!("json: {e}")))?;
-    let mut res = Json(body).into_response();
-    if let Some(next) = page.next_cursor {
-        let mut next_params: Vec<(&str, &str)> = params
-            .iter()
-            .filter(|(k, _)| k != "cursor")
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        next_params.push(("cursor", &next));
-        let qs = serde_urlencoded::to_string(&next_params).map_err(|e| Error::Internal(format!("query: {e}")))?;
-        let link = format!("</channels?{qs}>; rel=\"next\"");
-        if let Ok(v) = header::HeaderValue::from_str(&link) {
-            res.headers_mut().insert(header::LINK, v);
+        ChannelPageJson::Ids(page.channels.into_iter().map(|c| c.name.into_string()).collect())
+    };
+    let link = match &page.next_cursor {
+        None => None,
+        Some(next) => {
+            // the same query with the next cursor, so the link keeps the
+            // caller's prefix, limit, order, format and envelope
+            let mut next_params: Vec<(&str, &str)> = params
+                .iter()
+                .filter(|(k, _)| k != "cursor")
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            next_params.push(("cursor", next));
+            let qs = serde_urlencoded::to_string(&next_params).map_err(|e| Error::Internal(format!("query: {e}")))?;
+            Some(format!("</channels?{qs}>; rel=\"next\""))
         }
+    };
+    let mut res = if enveloped {
+        Json(ChannelListEnvelopeJson {
+            status_code: 200,
+            response: items,
+            next_cursor: page.next_cursor,
+            link: link.clone(),
+        })
+        .into_response()
+    } else {
+        Json(items).into_response()
+    };
+    if let Some(link) = link {
+        let value = header::HeaderValue::from_str(&link).map_err(|e| Error::Internal(format!("link header: {e}")))?;
+        res.headers_mut().insert(header::LINK, value);
     }
     Ok(res)
 }

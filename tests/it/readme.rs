@@ -282,6 +282,15 @@ fn check(step: &Step, text: &str, stderr: &str) {
         let got: Json = serde_json::from_str(text).unwrap_or_else(|e| panic!("{e}: {}", ctx()));
         if c.contains("/stats") {
             assert!(got["activeChannels"].is_u64(), "{}", ctx());
+        } else if c.contains("envelope=json") {
+            assert_eq!(got["statusCode"], 200, "{}", ctx());
+            assert!(
+                got["response"]
+                    .as_array()
+                    .is_some_and(|a| a.iter().any(|o| o["channelId"] == "rooms:lobby")),
+                "{}",
+                ctx()
+            );
         } else if c.contains("by=id") {
             assert!(
                 got.as_array().is_some_and(|a| a.iter().any(|n| n == "rooms:lobby")),

@@ -87,7 +87,27 @@ pub async fn get(args: GetArgs) -> i32 {
             }
             0
         }
-        Err(e) => fail(&e, &args.target),
+        Err(e) => {
+            let code = fail(&e, &args.target);
+            if e.is_unreachable() {
+                hint_endpoint(&args.channels);
+            }
+            code
+        }
+    }
+}
+
+/// A first channel written like an address (`occupancy get HOST:PORT ch`)
+/// was most likely meant as the service's address: channel names may
+/// hold colons, so it is read as a channel, and the call went to the
+/// default endpoint instead. Says so on stderr.
+fn hint_endpoint(channels: &[String]) {
+    let Some(first) = channels.first() else { return };
+    let looks_like_address = first.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !host.contains(' ') && port.parse::<u16>().is_ok_and(|p| p > 0)
+    });
+    if looks_like_address {
+        eprintln!("hint: {first:?} was read as a channel name; to reach a service there, pass --endpoint {first}");
     }
 }
 

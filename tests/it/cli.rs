@@ -297,6 +297,17 @@ async fn unreachable_and_store_unavailable_exit_differently() {
         assert_eq!(out.status.code(), Some(3), "{args:?}: {err}");
         assert!(err.contains("cannot be reached") && err.contains(&dead), "{err}");
     }
+    // an address where a channel goes: the call went to --endpoint, and a
+    // hint says how to reach the address instead
+    let out = run(&["get", "127.0.0.1:50551", "x", "--endpoint", dead.as_str()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    assert!(
+        err.contains("hint:") && err.contains("--endpoint 127.0.0.1:50551"),
+        "{err}"
+    );
+    let out = run(&["get", "x", "--endpoint", dead.as_str()]);
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("hint:"));
     let mut redis = RedisServer::start();
     let p = Proc::spawn(&["--redis-url", &redis.url(), "--redis-timeout", "300ms"]);
     let addr = p.addr.to_string();

@@ -27,6 +27,9 @@
 //!   (with the same access control as gRPC when keys are configured).
 //! - [`convert`]: domain values as protobuf messages and back, for all of
 //!   the above.
+//! - [`integrations`]: occupancy events pushed to webhooks: rules, their
+//!   queues in the store, the source that enqueues each change once and
+//!   the workers that deliver, sign and retry.
 //! - [`telemetry`]: Prometheus metrics of the replica.
 //! - [`error`]: the one error type; [`Error::codes`] is where every gRPC
 //!   code and HTTP status is chosen.
@@ -47,6 +50,7 @@ pub mod domain;
 pub mod error;
 pub mod fanout;
 pub mod http;
+pub mod integrations;
 pub mod proto;
 pub mod server;
 pub mod store;

@@ -69,9 +69,10 @@ impl fmt::Display for Op {
     }
 }
 
-/// A channel pattern (see the module's matching rule).
+/// A channel pattern (see the module's matching rule); integration rules'
+/// channel filters use the same rule.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
-enum Pattern {
+pub(crate) enum Pattern {
     /// Channels starting with this (empty: every channel).
     Prefix(String),
     /// Exactly this channel.
@@ -79,7 +80,7 @@ enum Pattern {
 }
 
 impl Pattern {
-    fn parse(text: &str) -> Result<Self, String> {
+    pub(crate) fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() {
             return Err("a channel pattern must not be empty".into());
         }
@@ -92,7 +93,7 @@ impl Pattern {
         }
     }
 
-    fn matches(&self, channel: &str) -> bool {
+    pub(crate) fn matches(&self, channel: &str) -> bool {
         match self {
             Pattern::Prefix(p) => channel.starts_with(p.as_str()),
             Pattern::Exact(e) => channel == e,

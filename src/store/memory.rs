@@ -40,6 +40,7 @@ pub struct MemoryStore {
     epoch: Instant,
     default_ttl_ms: u64,
     log_len: usize,
+    integrations: Arc<crate::integrations::MemoryIntegrations>,
 }
 
 impl std::fmt::Debug for MemoryStore {
@@ -71,6 +72,7 @@ impl MemoryStore {
             epoch: Instant::now(),
             default_ttl_ms: default_ttl.as_millis() as u64,
             log_len: log_len.max(1),
+            integrations: Arc::default(),
         }
     }
 
@@ -169,6 +171,10 @@ impl Store for MemoryStore {
                 more: false,
             }
         })
+    }
+
+    fn integrations(&self) -> Option<Arc<dyn crate::integrations::IntegrationStore>> {
+        Some(self.integrations.clone())
     }
 
     fn shards(&self) -> u32 {

@@ -297,6 +297,12 @@ pub trait Store: Send + Sync + 'static {
     /// to `sink`, until `cancel`.
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken);
 
+    /// Where this store keeps integration rules and their queues; `None`
+    /// for a store without them (test doubles).
+    fn integrations(&self) -> Option<Arc<dyn crate::integrations::IntegrationStore>> {
+        None
+    }
+
     /// Checks that the store answers.
     ///
     /// # Errors

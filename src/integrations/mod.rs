@@ -5,11 +5,13 @@
 //! - [`store`]: where rules and delivery queues live, and the queue
 //!   protocol that makes every change enqueued once and every batch
 //!   delivered by one replica at a time.
-//! - [`payload`]: request bodies and Standard Webhooks signatures.
+//! - [`payload`]: request bodies and Standard Webhooks signatures;
+//!   [`sender`]: one signed request and what its answer means.
 
 pub mod limits;
 pub mod payload;
 pub mod rule;
+pub mod sender;
 pub mod store;
 
 pub use rule::{Kind, Mode, Rule, RuleSpec};

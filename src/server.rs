@@ -81,7 +81,27 @@ pub async fn run_with_http(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, &telemetry, store.ping().await.is_ok()).await;
 
-    store.feed(hub.clone(), cancel.clone());
+    // integrations run wherever the store keeps them; the feed then hands
+    // every change to their source as well as to the hub
+    let mut delivery_task = None;
+    let _integrations = match store.integrations() {
+        Some(rules) => {
+            let (i, task) = crate::integrations::Integrations::start(rules, Some(hub.clone()), &cancel)?;
+            delivery_task = Some(task);
+            store.feed(
+                Arc::new(crate::integrations::Tee {
+                    hub: hub.clone(),
+                    source: i.source.clone(),
+                }),
+                cancel.clone(),
+            );
+            Some(i)
+        }
+        None => {
+            store.feed(hub.clone(), cancel.clone());
+            None
+        }
+    };
 
     let auth = config
         .auth
@@ -111,6 +131,7 @@ pub async fn run_with_http(
     if let Some(tls) = &tls {
         tasks.push(tokio::spawn(tls.clone().watch(cancel.clone())));
     }
+    tasks.extend(delivery_task);
     if !auth.enabled() {
         warn!("no --auth-keys: every caller may read and change every channel");
     }

@@ -38,6 +38,7 @@ mod examples;
 mod faults;
 mod fixture;
 mod fuzz;
+mod integrations;
 mod http;
 mod model;
 mod model_check;

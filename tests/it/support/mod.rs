@@ -8,6 +8,7 @@ pub mod deps;
 pub mod metrics;
 pub mod nginx;
 pub mod process;
+pub mod receiver;
 pub mod redis;
 pub mod sub;
 pub mod wire;

@@ -1,0 +1,622 @@
+//! Delivery: one replica at a time holds a rule's lease and sends its
+//! queue, in order per channel, signed, batched and retried.
+//!
+//! - The supervisor on every replica takes the lease of every rule nobody
+//!   holds (the store's lease expires when its holder dies, so another
+//!   replica takes over within [`LEASE_TTL`]) and runs a [`worker`] per
+//!   rule it holds.
+//! - The worker reads the rule's queue in order and keeps, per channel,
+//!   the entries not yet sent. A channel has at most one batch in flight,
+//!   so a later event of a channel never overtakes an earlier one, retries
+//!   included. Vacated events wait for the rule's delay and are dropped
+//!   together with the occupied event that re-occupies the channel within
+//!   it; occupancy events that flip nothing wait for the debounce and are
+//!   coalesced into the latest.
+//! - A batch is staged in the store before its first request and removed
+//!   with its entries after a 2xx, so a replica that takes over resends
+//!   the same batch with the same `webhook-id` (receivers drop repeats by
+//!   it) before anything newer.
+//! - Each request runs in its own task with the rule's timeout, at most
+//!   the rule's concurrency at once: a target that never answers holds only
+//!   its own rule's requests, never another rule's or the gRPC path.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::limits;
+use super::payload;
+use super::rule::{Kind, Mode, Rule};
+use super::sender::{Outcome, Sender};
+use super::store::{DeadLetter, Entry, IntegrationStore, Staged};
+use crate::domain::events::wall_ms;
+
+/// How long a rule's lease lasts without renewal: the longest a dead
+/// replica's rules wait for another replica.
+pub const LEASE_TTL: Duration = Duration::from_secs(5);
+/// How often a holder renews, and the supervisor looks for free rules.
+pub const LEASE_RENEW: Duration = Duration::from_millis(1_000);
+/// Longest wait between two reads of an idle queue whose entries another
+/// replica enqueues (this replica's own enqueues wake the worker at once).
+const MAX_POLL: Duration = Duration::from_millis(100);
+/// Shortest wait between reads.
+const MIN_POLL: Duration = Duration::from_millis(5);
+
+/// Starts delivery on this replica until `cancel`: `holder` names the
+/// replica in leases; `queued` wakes workers after local enqueues;
+/// `rules_changed` makes the supervisor look at the rules at once.
+pub fn start(
+    store: Arc<dyn IntegrationStore>,
+    sender: Sender,
+    rules_changed: Arc<Notify>,
+    queued: Arc<Notify>,
+    cancel: CancellationToken,
+) -> JoinHandle<()> {
+    let holder = format!("{:016x}", rand::random::<u64>());
+    tokio::spawn(supervise(store, sender, holder, rules_changed, queued, cancel))
+}
+
+struct Running {
+    rule: Rule,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+async fn supervise(
+    store: Arc<dyn IntegrationStore>,
+    sender: Sender,
+    holder: String,
+    rules_changed: Arc<Notify>,
+    queued: Arc<Notify>,
+    cancel: CancellationToken,
+) {
+    let mut running: HashMap<String, Running> = HashMap::new();
+    let mut tick = tokio::time::interval(LEASE_RENEW);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            () = cancel.cancelled() => break,
+            _ = tick.tick() => {}
+            () = rules_changed.notified() => {}
+        }
+        let rules = match store.rules().await {
+            Ok((_, rules)) => rules,
+            Err(e) => {
+                debug!(cause = %e, "integration delivery: cannot read rules");
+                continue;
+            }
+        };
+        let current: HashMap<&str, &Rule> = rules.iter().map(|r| (r.id.as_str(), r)).collect();
+        running.retain(|id, w| {
+            let keep = !w.task.is_finished() && current.get(id.as_str()).is_some_and(|r| **r == w.rule);
+            if !keep {
+                // a changed rule restarts with its new settings
+                w.cancel.cancel();
+            }
+            keep
+        });
+        for rule in rules.iter().filter(|r| !r.paused) {
+            if running.contains_key(&rule.id) {
+                continue;
+            }
+            match store.lease(&rule.id, &holder, LEASE_TTL).await {
+                Ok(true) => {
+                    let token = cancel.child_token();
+                    let w = Worker::new(
+                        rule.clone(),
+                        store.clone(),
+                        sender.clone(),
+                        holder.clone(),
+                        queued.clone(),
+                        token.clone(),
+                    );
+                    info!(rule = %rule.id, "integration delivery: holding rule");
+                    running.insert(
+                        rule.id.clone(),
+                        Running {
+                            rule: rule.clone(),
+                            cancel: token,
+                            task: tokio::spawn(w.run()),
+                        },
+                    );
+                }
+                Ok(false) => {}
+                Err(e) => debug!(rule = %rule.id, cause = %e, "integration delivery: cannot take lease"),
+            }
+        }
+    }
+    for (_, w) in running.drain() {
+        w.cancel.cancel();
+        let _ended = w.task.await;
+    }
+}
+
+#[derive(Debug, Default)]
+struct Chan {
+    queue: VecDeque<Entry>,
+    busy: bool,
+    /// Commit time of the first occupancy event being coalesced.
+    hold_since: Option<i64>,
+}
+
+/// How a send task ended.
+enum Ended {
+    /// Delivered, or given up to the dead letters: the channels are free.
+    Settled,
+    /// Cancelled (lease lost, shutdown): the batch stays staged for the
+    /// next holder.
+    Abandoned,
+}
+
+struct Worker {
+    rule: Arc<Rule>,
+    store: Arc<dyn IntegrationStore>,
+    sender: Sender,
+    holder: String,
+    queued: Arc<Notify>,
+    cancel: CancellationToken,
+    chans: HashMap<String, Chan>,
+    held: usize,
+    cursor: Option<String>,
+    staged_ids: HashSet<String>,
+    resend: VecDeque<Staged>,
+    inflight: usize,
+    last_start: Option<Instant>,
+    discards: Vec<String>,
+    done_tx: mpsc::UnboundedSender<(Staged, Ended)>,
+    done_rx: mpsc::UnboundedReceiver<(Staged, Ended)>,
+}
+
+impl Worker {
+    fn new(
+        rule: Rule,
+        store: Arc<dyn IntegrationStore>,
+        sender: Sender,
+        holder: String,
+        queued: Arc<Notify>,
+        cancel: CancellationToken,
+    ) -> Self {
+        let (done_tx, done_rx) = mpsc::unbounded_channel();
+        Self {
+            rule: Arc::new(rule),
+            store,
+            sender,
+            holder,
+            queued,
+            cancel,
+            chans: HashMap::new(),
+            held: 0,
+            cursor: None,
+            staged_ids: HashSet::new(),
+            resend: VecDeque::new(),
+            inflight: 0,
+            last_start: None,
+            discards: Vec::new(),
+            done_tx,
+            done_rx,
+        }
+    }
+
+    fn concurrency(&self) -> usize {
+        match self.rule.mode {
+            Mode::Single => self.rule.concurrency as usize,
+            Mode::Batched { .. } => 1,
+        }
+    }
+
+    async fn run(mut self) {
+        // first what a previous holder staged, with the same ids
+        loop {
+            match self.store.staged(&self.rule.id).await {
+                Ok(staged) => {
+                    for b in staged {
+                        for e in &b.entries {
+                            self.staged_ids.insert(e.id.clone());
+                            self.chans.entry(e.channel.clone()).or_default().busy = true;
+                        }
+                        self.resend.push_back(b);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot read staged batches");
+                    if !self.pause(Duration::from_millis(200)).await {
+                        return;
+                    }
+                }
+            }
+        }
+        let mut renew = tokio::time::interval(LEASE_RENEW);
+        renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut poll = MIN_POLL;
+        loop {
+            let read_any = self.read().await;
+            poll = if read_any { MIN_POLL } else { (poll * 2).min(MAX_POLL) };
+            let due = self.dispatch().await;
+            self.flush_discards().await;
+            let wait = due.map_or(poll, |d| d.min(poll));
+            tokio::select! {
+                () = self.cancel.cancelled() => break,
+                Some((batch, ended)) = self.done_rx.recv() => self.settle(&batch, ended),
+                () = self.queued.notified() => {}
+                () = tokio::time::sleep(wait) => {}
+                _ = renew.tick() => {
+                    match self.store.lease(&self.rule.id, &self.holder, LEASE_TTL).await {
+                        Ok(true) => {}
+                        Ok(false) => {
+                            warn!(rule = %self.rule.id, "integration delivery: lease taken by another replica");
+                            break;
+                        }
+                        // the store is down: nobody else can take it either
+                        Err(e) => debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot renew lease"),
+                    }
+                }
+            }
+        }
+        self.cancel.cancel();
+        // the send tasks end on the same token; their batches stay staged
+        while self.inflight > 0 {
+            match self.done_rx.recv().await {
+                Some((b, ended)) => self.settle(&b, ended),
+                None => break,
+            }
+        }
+        if let Err(e) = self.store.release(&self.rule.id, &self.holder).await {
+            debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot release lease");
+        }
+    }
+
+    async fn pause(&self, d: Duration) -> bool {
+        tokio::select! {
+            () = self.cancel.cancelled() => false,
+            () = tokio::time::sleep(d) => true,
+        }
+    }
+
+    fn settle(&mut self, batch: &Staged, ended: Ended) {
+        self.inflight = self.inflight.saturating_sub(1);
+        if let Ended::Abandoned = ended {
+            return;
+        }
+        for e in &batch.entries {
+            if let Some(c) = self.chans.get_mut(&e.channel) {
+                c.busy = false;
+            }
+        }
+    }
+
+    /// Reads newer entries while there is room: whether any came.
+    async fn read(&mut self) -> bool {
+        if self.held >= limits::WORKER_WINDOW {
+            return false;
+        }
+        let room = limits::WORKER_WINDOW - self.held;
+        match self.store.read(&self.rule.id, self.cursor.as_deref(), room.min(1_000)).await {
+            Ok(entries) => {
+                let any = !entries.is_empty();
+                for e in entries {
+                    self.cursor = Some(e.id.clone());
+                    if self.staged_ids.remove(&e.id) {
+                        continue;
+                    }
+                    self.held += 1;
+                    self.chans.entry(e.channel.clone()).or_default().queue.push_back(e);
+                }
+                any
+            }
+            Err(e) => {
+                debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot read queue");
+                false
+            }
+        }
+    }
+
+    /// Drops what will not be sent from the front of a channel's queue and
+    /// says how many entries are ready now, or when the next one is.
+    fn ready(rule: &Rule, chan: &mut Chan, discards: &mut Vec<String>, now: i64) -> (usize, Option<i64>) {
+        let mut i = 0;
+        while i < chan.queue.len() {
+            let head = &chan.queue[i];
+            match head.kind {
+                Kind::Occupied if !rule.wants(Kind::Occupied) => {
+                    // kept only to cancel a waiting vacated event
+                    if let Some(e) = chan.queue.remove(i) {
+                        discards.push(e.id);
+                    }
+                }
+                Kind::Occupancy if !head.flip && rule.debounce_ms > 0 => {
+                    let since = *chan.hold_since.get_or_insert(head.timestamp_ms);
+                    let newer = chan.queue.iter().skip(i + 1).any(|e| e.kind == Kind::Occupancy);
+                    if newer {
+                        if let Some(e) = chan.queue.remove(i) {
+                            discards.push(e.id);
+                        }
+                        continue;
+                    }
+                    let due = since + rule.debounce_ms as i64;
+                    if now < due {
+                        return (i, Some(due));
+                    }
+                    i += 1;
+                }
+                Kind::Vacated if rule.vacated_delay_ms > 0 => {
+                    let due = head.timestamp_ms + rule.vacated_delay_ms as i64;
+                    let again = chan
+                        .queue
+                        .iter()
+                        .enumerate()
+                        .skip(i + 1)
+                        .find(|(_, e)| e.kind == Kind::Occupied)
+                        .map(|(j, e)| (j, e.timestamp_ms));
+                    if let Some((j, at)) = again {
+                        if at < due {
+                            // re-occupied within the delay: neither is sent
+                            for k in [j, i] {
+                                if let Some(e) = chan.queue.remove(k) {
+                                    discards.push(e.id);
+                                }
+                            }
+                            continue;
+                        }
+                    }
+                    if now < due {
+                        return (i, Some(due));
+                    }
+                    i += 1;
+                }
+                _ => i += 1,
+            }
+        }
+        (i, None)
+    }
+
+    fn take(&mut self, channel: &str, n: usize) -> Vec<Entry> {
+        let Some(c) = self.chans.get_mut(channel) else {
+            return Vec::new();
+        };
+        let out: Vec<Entry> = c.queue.drain(..n).collect();
+        if out.iter().any(|e| e.kind == Kind::Occupancy) {
+            c.hold_since = None;
+        }
+        self.held -= out.len();
+        out
+    }
+
+    /// Starts what may start now; returns how long until something else may.
+    async fn dispatch(&mut self) -> Option<Duration> {
+        let now = wall_ms();
+        let mut next: Option<i64> = None;
+        // resends first, in order
+        while self.inflight < self.concurrency() && self.batch_slot(&mut next) {
+            let Some(b) = self.resend.pop_front() else { break };
+            self.spawn(b);
+        }
+        if !self.resend.is_empty() {
+            return Some(MIN_POLL);
+        }
+        // what each free channel has ready, oldest head first
+        let mut ready: Vec<(String, usize, String)> = Vec::new();
+        let rule = self.rule.clone();
+        for (name, chan) in &mut self.chans {
+            if chan.busy || chan.queue.is_empty() {
+                continue;
+            }
+            let (n, due) = Self::ready(&rule, chan, &mut self.discards, now);
+            if let Some(d) = due {
+                next = Some(next.map_or(d, |x| x.min(d)));
+            }
+            if n > 0 {
+                ready.push((name.clone(), n, chan.queue[0].id.clone()));
+            }
+        }
+        self.held = self.chans.values().map(|c| c.queue.len()).sum();
+        ready.sort_by_key(|(_, _, head)| crate::domain::Pos::parse(head).unwrap_or_default());
+        match self.rule.mode {
+            Mode::Single => {
+                for (name, _, _) in ready {
+                    if self.inflight >= self.concurrency() {
+                        break;
+                    }
+                    let entries = self.take(&name, 1);
+                    self.start_batch(entries).await;
+                }
+            }
+            Mode::Batched { max_events, .. } => {
+                if !ready.is_empty() && self.inflight == 0 && self.batch_slot(&mut next) {
+                    let mut entries = Vec::new();
+                    for (name, n, _) in ready {
+                        let room = max_events as usize - entries.len();
+                        if room == 0 {
+                            break;
+                        }
+                        // the channel stays busy until this batch settles,
+                        // so what does not fit cannot overtake it
+                        let n = n.min(room);
+                        entries.extend(self.take(&name, n));
+                        if let Some(c) = self.chans.get_mut(&name) {
+                            c.busy = true;
+                        }
+                    }
+                    entries.sort_by_key(Entry::pos);
+                    self.start_batch(entries).await;
+                }
+            }
+        }
+        self.chans.retain(|_, c| c.busy || !c.queue.is_empty() || c.hold_since.is_some());
+        next.map(|d| Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1)))
+    }
+
+    /// Whether batched mode's interval lets a request start now (single
+    /// mode: always); otherwise notes when it will.
+    fn batch_slot(&self, next: &mut Option<i64>) -> bool {
+        let Mode::Batched { interval_ms, .. } = self.rule.mode else {
+            return true;
+        };
+        match self.last_start {
+            Some(t) if t.elapsed() < Duration::from_millis(interval_ms) => {
+                let left = Duration::from_millis(interval_ms) - t.elapsed();
+                let at = wall_ms() + left.as_millis() as i64;
+                *next = Some(next.map_or(at, |x| x.min(at)));
+                false
+            }
+            _ => true,
+        }
+    }
+
+    async fn start_batch(&mut self, entries: Vec<Entry>) {
+        let Some(first) = entries.first() else { return };
+        let batch = Staged {
+            id: payload::batch_id(&self.rule.id, first),
+            entries,
+        };
+        for e in &batch.entries {
+            self.chans.entry(e.channel.clone()).or_default().busy = true;
+        }
+        if let Err(e) = self.store.stage(&self.rule.id, &batch).await {
+            // not staged, not sent: back to the front of their channels
+            debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot stage a batch");
+            for e in batch.entries.into_iter().rev() {
+                let c = self.chans.entry(e.channel.clone()).or_default();
+                c.busy = false;
+                c.queue.push_front(e);
+                self.held += 1;
+            }
+            return;
+        }
+        self.spawn(batch);
+    }
+
+    fn spawn(&mut self, batch: Staged) {
+        for e in &batch.entries {
+            self.chans.entry(e.channel.clone()).or_default().busy = true;
+        }
+        self.inflight += 1;
+        self.last_start = Some(Instant::now());
+        let job = Send {
+            rule: self.rule.clone(),
+            store: self.store.clone(),
+            sender: self.sender.clone(),
+            cancel: self.cancel.clone(),
+        };
+        let done = self.done_tx.clone();
+        tokio::spawn(async move {
+            let ended = job.run(&batch).await;
+            // the worker may be gone (shutdown); nothing to tell then
+            let _told = done.send((batch, ended));
+        });
+    }
+
+    async fn flush_discards(&mut self) {
+        if self.discards.is_empty() {
+            return;
+        }
+        let ids = std::mem::take(&mut self.discards);
+        if let Err(e) = self.store.discard(&self.rule.id, &ids).await {
+            // harmless: a takeover re-reads them and drops them again
+            debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot discard entries");
+        }
+    }
+}
+
+/// One batch's requests until it is delivered, dead or abandoned.
+struct Send {
+    rule: Arc<Rule>,
+    store: Arc<dyn IntegrationStore>,
+    sender: Sender,
+    cancel: CancellationToken,
+}
+
+/// The wait before retry `n` (0-based): ×√2 from the first backoff, up to
+/// the longest, with ±20 % jitter so retries of many batches spread out.
+pub fn backoff(n: u32) -> Duration {
+    let base = limits::FIRST_BACKOFF_MS as f64 * std::f64::consts::SQRT_2.powi(n.min(40) as i32);
+    let capped = base.min(limits::MAX_BACKOFF_MS as f64);
+    let jitter = 0.8 + 0.4 * rand::random::<f64>();
+    Duration::from_millis((capped * jitter) as u64)
+}
+
+impl Send {
+    async fn run(&self, batch: &Staged) -> Ended {
+        let batched = matches!(self.rule.mode, Mode::Batched { .. });
+        let body = payload::body(&self.rule.id, batch, batched);
+        let oldest = batch.entries.iter().map(|e| e.timestamp_ms).min().unwrap_or_else(wall_ms);
+        let deadline = oldest + self.rule.retention_ms as i64;
+        let mut attempts = 0u32;
+        loop {
+            attempts += 1;
+            let attempt = tokio::select! {
+                () = self.cancel.cancelled() => return Ended::Abandoned,
+                a = self.sender.post(&self.rule, &batch.id, body.clone()) => a,
+            };
+            let reason = match attempt.outcome {
+                Outcome::Delivered { .. } => {
+                    return self.persist(batch, None).await;
+                }
+                Outcome::Failed { reason } => return self.bury(batch, reason, attempts).await,
+                Outcome::Retry { reason, after } => {
+                    let wait = backoff(attempts - 1).max(after.unwrap_or_default());
+                    if wall_ms() + wait.as_millis() as i64 > deadline {
+                        return self.bury(batch, reason, attempts).await;
+                    }
+                    tokio::select! {
+                        () = self.cancel.cancelled() => return Ended::Abandoned,
+                        () = tokio::time::sleep(wait) => {}
+                    }
+                    reason
+                }
+            };
+            debug!(rule = %self.rule.id, batch = %batch.id, %reason, attempts, "integration delivery: retrying");
+        }
+    }
+
+    async fn bury(&self, batch: &Staged, reason: String, attempts: u32) -> Ended {
+        warn!(rule = %self.rule.id, batch = %batch.id, %reason, attempts, "integration delivery: to the dead letters");
+        let dead = DeadLetter {
+            batch: batch.clone(),
+            reason,
+            attempts,
+            dead_ms: wall_ms(),
+        };
+        self.persist(batch, Some(&dead)).await
+    }
+
+    /// Records the batch delivered (or dead) until that works or the
+    /// worker is cancelled.
+    async fn persist(&self, batch: &Staged, dead: Option<&DeadLetter>) -> Ended {
+        let mut wait = Duration::from_millis(50);
+        loop {
+            let step = match dead {
+                None => self.store.complete(&self.rule.id, batch).await,
+                Some(d) => self.store.kill(&self.rule.id, d).await,
+            };
+            match step {
+                Ok(()) => return Ended::Settled,
+                Err(e) => debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot record a result"),
+            }
+            tokio::select! {
+                () = self.cancel.cancelled() => return Ended::Abandoned,
+                () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(2)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_by_root_two_and_is_capped() {
+        let b0 = backoff(0).as_millis();
+        assert!((800..=1_200).contains(&b0), "{b0}");
+        let b2 = backoff(2).as_millis();
+        assert!((1_600..=2_400).contains(&b2), "{b2}");
+        let late = backoff(30).as_millis();
+        assert!(late <= 72_000 && late >= 48_000, "{late}");
+    }
+}

@@ -1,0 +1,267 @@
+//! The source: every replica hands every change it sees to the store's
+//! enqueue step, which keeps each change once (the per-shard high-water
+//! mark), so events are enqueued exactly once while any replica runs and
+//! no single replica's death loses one.
+//!
+//! The feed calls [`Source::publish`] on its reader and must not wait, so
+//! changes go into an unbounded channel whose length the source bounds
+//! itself ([`limits::SOURCE_BUFFER`]); a task takes them in shard order and
+//! calls the store, in chunks that never split one log entry (the store
+//! compares whole entries' positions with its mark).
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use super::limits;
+use super::rule::Rule;
+use super::store::{Enqueued, IntegrationStore, RuleRef, SourceEvent};
+use crate::domain::ChangeEvent;
+use crate::fanout::Hub;
+use crate::store::ChangeSink;
+
+/// The replica's source of integration events.
+#[derive(Debug)]
+pub struct Source {
+    tx: mpsc::UnboundedSender<ChangeEvent>,
+    queued: AtomicUsize,
+    /// Set while at least one rule exists: only then does the source keep
+    /// changes (and ask the feed to read).
+    active: AtomicBool,
+    gaps: AtomicUsize,
+}
+
+impl Source {
+    /// A change from the feed. Never waits.
+    pub fn publish(&self, e: &ChangeEvent) {
+        if !self.active.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.queued.load(Ordering::Relaxed) >= limits::SOURCE_BUFFER {
+            // the store has been unreachable for long; other replicas
+            // enqueue this change too
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        // the receiver lives as long as the source's task; after shutdown
+        // there is nobody to enqueue for
+        let _sent = self.tx.send(e.clone());
+    }
+
+    /// The feed may have missed changes (its log was trimmed past it or
+    /// lost): the next change of each channel carries its full metrics, so
+    /// deliveries are right again from there; counted as a gap.
+    pub fn resync(&self) {
+        if self.active.load(Ordering::Relaxed) {
+            self.gaps.fetch_add(1, Ordering::Relaxed);
+            warn!("integration source: the event feed may have missed changes");
+        }
+    }
+
+    /// Times changes were dropped or may have been missed.
+    pub fn gaps(&self) -> usize {
+        self.gaps.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the source: returns it (for the feed) and runs its task until
+/// `cancel`. `rules_changed` wakes it when this replica changed a rule;
+/// `hub`'s demand keeps the feed reading while rules exist;
+/// `queued` is woken after entries were enqueued (local delivery workers
+/// read at once instead of at their next poll).
+pub fn start(
+    store: Arc<dyn IntegrationStore>,
+    demand: Option<Arc<Hub>>,
+    rules_changed: Arc<Notify>,
+    queued: Arc<Notify>,
+    cancel: CancellationToken,
+) -> Arc<Source> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let source = Arc::new(Source {
+        tx,
+        queued: AtomicUsize::new(0),
+        active: AtomicBool::new(false),
+        gaps: AtomicUsize::new(0),
+    });
+    let task = Task {
+        store,
+        demand,
+        source: source.clone(),
+        rules_changed,
+        queued,
+        version: None,
+        refs: Vec::new(),
+        rules: Vec::new(),
+        listening: false,
+    };
+    tokio::spawn(task.run(rx, cancel));
+    source
+}
+
+struct Task {
+    store: Arc<dyn IntegrationStore>,
+    demand: Option<Arc<Hub>>,
+    source: Arc<Source>,
+    rules_changed: Arc<Notify>,
+    queued: Arc<Notify>,
+    version: Option<u64>,
+    refs: Vec<RuleRef>,
+    rules: Vec<Rule>,
+    listening: bool,
+}
+
+/// How often the source looks for rule changes made on other replicas
+/// (a change that matters to an enqueue is caught by the version check at
+/// once; this only starts and stops the source).
+const RULES_POLL: Duration = Duration::from_secs(1);
+
+impl Task {
+    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ChangeEvent>, cancel: CancellationToken) {
+        let mut poll = tokio::time::interval(RULES_POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut buf: Vec<ChangeEvent> = Vec::new();
+        loop {
+            tokio::select! {
+                () = cancel.cancelled() => break,
+                _ = poll.tick() => { self.reload().await; }
+                () = self.rules_changed.notified() => { self.reload().await; }
+                n = rx.recv_many(&mut buf, limits::SOURCE_BUFFER) => {
+                    if n == 0 {
+                        break;
+                    }
+                    self.source.queued.fetch_sub(n, Ordering::Relaxed);
+                    let events = std::mem::take(&mut buf);
+                    self.handle(events, &cancel).await;
+                }
+            }
+        }
+        self.listen(false);
+    }
+
+    fn listen(&mut self, on: bool) {
+        if on == self.listening {
+            return;
+        }
+        self.listening = on;
+        if let Some(d) = self.demand.as_deref().and_then(ChangeSink::demand) {
+            if on {
+                d.listen();
+            } else {
+                d.unlisten();
+            }
+        }
+    }
+
+    /// Reads the rules; returns whether that worked.
+    async fn reload(&mut self) -> bool {
+        match self.store.rules().await {
+            Ok((version, rules)) => {
+                self.version = Some(version);
+                // active while any rule exists, paused ones too: the
+                // store's last metrics per channel must stay current for
+                // when they resume
+                let any = !rules.is_empty();
+                self.rules = rules.into_iter().filter(|r| !r.paused).collect();
+                self.refs = self
+                    .rules
+                    .iter()
+                    .map(|r| RuleRef {
+                        id: r.id.clone(),
+                        wants: r.want_bits(),
+                        categories: r.category_bits(),
+                    })
+                    .collect();
+                self.source.active.store(any, Ordering::Relaxed);
+                self.listen(any);
+                true
+            }
+            Err(e) => {
+                debug!(cause = %e, "integration source: cannot read rules");
+                false
+            }
+        }
+    }
+
+    async fn handle(&mut self, events: Vec<ChangeEvent>, cancel: &CancellationToken) {
+        let mut by_shard: BTreeMap<u32, Vec<ChangeEvent>> = BTreeMap::new();
+        for e in events {
+            by_shard.entry(e.shard).or_default().push(e);
+        }
+        for (shard, events) in by_shard {
+            let mut start = 0;
+            while start < events.len() {
+                // end the chunk at a whole log entry
+                let mut end = (start + limits::ENQUEUE_BATCH).min(events.len());
+                while end < events.len() && events[end - 1].covers != events[end - 1].pos {
+                    end += 1;
+                }
+                self.enqueue(shard, &events[start..end], cancel).await;
+                start = end;
+            }
+        }
+    }
+
+    async fn enqueue(&mut self, shard: u32, events: &[ChangeEvent], cancel: &CancellationToken) {
+        let mut backoff = Duration::from_millis(50);
+        for attempt in 0.. {
+            if self.version.is_none() && !self.reload().await {
+                if !self.wait(&mut backoff, cancel).await {
+                    return;
+                }
+                continue;
+            }
+            let Some(version) = self.version else { continue };
+            let batch: Vec<SourceEvent> = events
+                .iter()
+                .map(|e| SourceEvent {
+                    pos: e.pos,
+                    channel: e.channel.as_str().to_string(),
+                    metrics: e.metrics,
+                    timestamp_ms: e.timestamp_ms,
+                    rules: self
+                        .rules
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, r)| r.covers(e.channel.as_str()))
+                        .map(|(i, _)| i as u16)
+                        .collect(),
+                })
+                .collect();
+            match self.store.enqueue(version, shard, &self.refs, &batch).await {
+                Ok(Enqueued::Done { entries }) => {
+                    if entries > 0 {
+                        self.queued.notify_waiters();
+                    }
+                    return;
+                }
+                Ok(Enqueued::Stale) => {
+                    self.version = None;
+                }
+                Err(e) => {
+                    if attempt % 20 == 0 {
+                        warn!(cause = %e, "integration source: cannot enqueue; retrying");
+                    }
+                    if !self.wait(&mut backoff, cancel).await {
+                        return;
+                    }
+                }
+            }
+        }
+    }
+
+    async fn wait(&self, backoff: &mut Duration, cancel: &CancellationToken) -> bool {
+        tokio::select! {
+            () = cancel.cancelled() => false,
+            () = tokio::time::sleep(*backoff) => {
+                *backoff = (*backoff * 2).min(Duration::from_secs(2));
+                true
+            }
+        }
+    }
+}

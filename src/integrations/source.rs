@@ -98,6 +98,7 @@ pub fn start(
         version: None,
         refs: Vec::new(),
         rules: Vec::new(),
+        known: Vec::new(),
         listening: false,
     };
     tokio::spawn(task.run(rx, cancel));
@@ -113,6 +114,8 @@ struct Task {
     version: Option<u64>,
     refs: Vec<RuleRef>,
     rules: Vec<Rule>,
+    /// Every rule as last read, paused ones too (to restore them).
+    known: Vec<Rule>,
     listening: bool,
 }
 
@@ -161,8 +164,23 @@ impl Task {
     /// Reads the rules; returns whether that worked.
     async fn reload(&mut self) -> bool {
         match self.store.rules().await {
+            Ok((0, rules)) if rules.is_empty() && !self.known.is_empty() => {
+                // the version counter is gone while rules were known: the
+                // store lost its data (a Redis restarted empty), not a
+                // deletion (which counts up). Put the rules back, so
+                // deliveries resume; their queued events are lost with it.
+                warn!(rules = self.known.len(), "integration rules lost by the store; restoring them");
+                for r in self.known.clone() {
+                    if let Err(e) = self.store.put_rule(&r, true).await {
+                        debug!(rule = %r.id, cause = %e, "integration source: cannot restore a rule");
+                        return false;
+                    }
+                }
+                Box::pin(self.reload()).await
+            }
             Ok((version, rules)) => {
                 self.version = Some(version);
+                self.known = rules.clone();
                 // active while any rule exists, paused ones too: the
                 // store's last metrics per channel must stay current for
                 // when they resume

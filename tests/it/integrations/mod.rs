@@ -3,6 +3,8 @@
 //! every signature.
 
 mod delivery;
+mod faults;
+mod model;
 
 use std::time::Duration;
 

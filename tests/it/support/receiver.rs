@@ -26,6 +26,8 @@ pub enum Behaviour {
     Hang,
     /// This status to everything.
     Status(u16),
+    /// 200 after this many milliseconds.
+    Delay(u64),
 }
 
 /// One request as received.
@@ -191,6 +193,7 @@ async fn handle(s: &State, headers: HeaderMap, body: Bytes) -> axum::response::R
             Behaviour::Ok => 200,
             Behaviour::Status(code) => code,
             Behaviour::Hang => 0,
+            Behaviour::Delay(_) => 200,
             Behaviour::FailFirst(n) => {
                 b.1 += 1;
                 if b.1 <= n {
@@ -201,6 +204,13 @@ async fn handle(s: &State, headers: HeaderMap, body: Bytes) -> axum::response::R
             }
         }
     };
+    let delay = match s.behaviour.lock().unwrap().0 {
+        Behaviour::Delay(ms) => Some(Duration::from_millis(ms)),
+        _ => None,
+    };
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
     if status == 0 {
         // never answers; the service's timeout ends the request
         std::future::pending::<()>().await;

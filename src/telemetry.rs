@@ -317,6 +317,7 @@ impl Telemetry {
         ]
         .map(|(name, help)| registered(r, name, help, Gauge::default()));
         store().register(r);
+        crate::integrations::metrics::metrics().register(r);
         Self {
             registry,
             http_requests,

@@ -553,12 +553,25 @@ impl Send {
                 () = self.cancel.cancelled() => return Ended::Abandoned,
                 a = self.sender.post(&self.rule, &batch.id, body.clone()) => a,
             };
+            let m = super::metrics::metrics();
             let reason = match attempt.outcome {
                 Outcome::Delivered { .. } => {
+                    m.request("delivered");
+                    let now = wall_ms();
+                    m.delivered(
+                        batch
+                            .entries
+                            .iter()
+                            .map(|e| Duration::from_millis(u64::try_from(now - e.timestamp_ms).unwrap_or(0))),
+                    );
                     return self.persist(batch, None).await;
                 }
-                Outcome::Failed { reason } => return self.bury(batch, reason, attempts).await,
+                Outcome::Failed { reason } => {
+                    m.request("failed");
+                    return self.bury(batch, reason, attempts).await;
+                }
                 Outcome::Retry { reason, after } => {
+                    m.request("retry");
                     let wait = backoff(attempts - 1).max(after.unwrap_or_default());
                     if wall_ms() + wait.as_millis() as i64 > deadline {
                         return self.bury(batch, reason, attempts).await;
@@ -576,6 +589,7 @@ impl Send {
 
     async fn bury(&self, batch: &Staged, reason: String, attempts: u32) -> Ended {
         warn!(rule = %self.rule.id, batch = %batch.id, %reason, attempts, "integration delivery: to the dead letters");
+        super::metrics::metrics().dead();
         let dead = DeadLetter {
             batch: batch.clone(),
             reason,

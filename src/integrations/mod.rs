@@ -13,6 +13,7 @@
 
 pub mod delivery;
 pub mod limits;
+pub mod metrics;
 pub mod payload;
 pub mod rule;
 pub mod sender;

@@ -46,6 +46,7 @@ impl Source {
             // the store has been unreachable for long; other replicas
             // enqueue this change too
             self.gaps.fetch_add(1, Ordering::Relaxed);
+            super::metrics::metrics().gap();
             return;
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
@@ -60,6 +61,7 @@ impl Source {
     pub fn resync(&self) {
         if self.active.load(Ordering::Relaxed) {
             self.gaps.fetch_add(1, Ordering::Relaxed);
+            super::metrics::metrics().gap();
             warn!("integration source: the event feed may have missed changes");
         }
     }
@@ -254,6 +256,7 @@ impl Task {
             match self.store.enqueue(version, shard, &self.refs, &batch).await {
                 Ok(Enqueued::Done { entries }) => {
                     if entries > 0 {
+                        super::metrics::metrics().enqueued(entries);
                         self.queued.notify_waiters();
                     }
                     return;

@@ -4,6 +4,7 @@
 
 mod delivery;
 mod faults;
+mod handover;
 mod model;
 
 use std::time::Duration;

@@ -1,0 +1,70 @@
+//! The replica holding a rule's deliveries is SIGKILLed mid-batch: another
+//! replica takes the rule over when the lease runs out and delivers the
+//! rest, staged batches first under their own `webhook-id`s.
+
+use std::time::Duration;
+
+use occupancy::store::{RedisConfig, RedisStore, Store};
+
+use super::faults::{expected, per_channel, random_load};
+use super::{kinds, rule_for};
+use crate::fixture::Fx;
+use crate::support::process::Proc;
+use crate::support::receiver::{Behaviour, Receiver};
+use crate::support::RedisServer;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_holder_hands_its_batches_over() {
+    let redis = RedisServer::start();
+    let procs = Proc::replicas(3, &redis.url(), &[]);
+    let mut fxs = Vec::new();
+    for p in &procs {
+        fxs.push(Fx::connect(&p.url()).await);
+    }
+    // the replicas' key prefix is the default one
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedisStore::new(RedisConfig::new(redis.url())).unwrap());
+    let rx = Receiver::start().await;
+    rule_for(
+        store.as_ref(),
+        &fxs[0],
+        &rx,
+        occupancy::integrations::RuleSpec {
+            channels: Some(vec!["rooms:*".into()]),
+            events: Some(vec![
+                "channel.occupancy".into(),
+                "channel.occupied".into(),
+                "channel.vacated".into(),
+            ]),
+            vacated_delay_ms: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    let holder = procs
+        .iter()
+        .position(|p| p.logged("holding rule"))
+        .expect("a replica holds the rule");
+    // every request takes a while, so the holder dies with batches in flight
+    rx.set(Behaviour::Delay(200));
+    let others: Vec<Fx> = (0..3).filter(|i| *i != holder).map(|i| fxs[i].clone()).collect();
+    let counts = random_load(&others, 5, 40, 11).await;
+    let before = rx.requests().len();
+    crate::support::eventually(Duration::from_secs(10), "requests in flight", || {
+        let n = rx.requests().len();
+        async move { (n > before).then_some(()) }
+    })
+    .await;
+    procs[holder].signal("KILL");
+    let want: usize = counts.values().map(|c| expected(c).len()).sum();
+    rx.wait_for(Duration::from_secs(60), "every event after the handover", |d| {
+        per_channel(d).values().map(Vec::len).sum::<usize>() >= want
+    })
+    .await;
+    let got = per_channel(&rx.delivered());
+    for (ch, c) in &counts {
+        assert_eq!(kinds(&got[ch]), expected(c), "channel {ch}");
+    }
+    let took_over = (0..3).filter(|i| *i != holder).any(|i| procs[i].logged("holding rule"));
+    assert!(took_over, "another replica took the rule over");
+    assert!(rx.requests().iter().all(|r| r.valid));
+}

@@ -6,6 +6,7 @@ mod delivery;
 mod faults;
 mod handover;
 mod model;
+mod python;
 
 use std::time::Duration;
 

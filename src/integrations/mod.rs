@@ -53,8 +53,8 @@ impl std::fmt::Debug for Integrations {
 }
 
 impl Integrations {
-    /// Starts the source and delivery on this replica until `cancel`; the
-    /// delivery task is returned so shutdown can wait for it (its workers
+    /// Starts the source, and delivery when `deliver`, on this replica
+    /// until `cancel`; the delivery task is returned so shutdown can wait for it (its workers
     /// leave their batches staged for the next holder).
     ///
     /// # Errors
@@ -62,8 +62,9 @@ impl Integrations {
     pub fn start(
         store: Arc<dyn IntegrationStore>,
         hub: Option<Arc<Hub>>,
+        deliver: bool,
         cancel: &CancellationToken,
-    ) -> crate::Result<(Arc<Self>, JoinHandle<()>)> {
+    ) -> crate::Result<(Arc<Self>, Option<JoinHandle<()>>)> {
         let sender = sender::Sender::new()?;
         let source_wake = Arc::new(Notify::new());
         let delivery_wake = Arc::new(Notify::new());
@@ -75,13 +76,15 @@ impl Integrations {
             queued.clone(),
             cancel.clone(),
         );
-        let delivery = delivery::start(
-            store.clone(),
-            sender.clone(),
-            delivery_wake.clone(),
-            queued,
-            cancel.clone(),
-        );
+        let delivery = deliver.then(|| {
+            delivery::start(
+                store.clone(),
+                sender.clone(),
+                delivery_wake.clone(),
+                queued,
+                cancel.clone(),
+            )
+        });
         Ok((
             Arc::new(Self {
                 store,

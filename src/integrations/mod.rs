@@ -48,7 +48,9 @@ pub struct Integrations {
 
 impl std::fmt::Debug for Integrations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Integrations").field("gaps", &self.source.gaps()).finish()
+        f.debug_struct("Integrations")
+            .field("gaps", &self.source.gaps())
+            .finish()
     }
 }
 
@@ -69,13 +71,7 @@ impl Integrations {
         let source_wake = Arc::new(Notify::new());
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
-        let source = source::start(
-            store.clone(),
-            hub,
-            source_wake.clone(),
-            queued.clone(),
-            cancel.clone(),
-        );
+        let source = source::start(store.clone(), hub, source_wake.clone(), queued.clone(), cancel.clone());
         let delivery = deliver.then(|| {
             delivery::start(
                 store.clone(),

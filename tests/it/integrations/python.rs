@@ -42,14 +42,19 @@ async fn python_receiver_verifies_and_prints_events() {
         }
     });
     let mut next = async || -> Option<Value> { tokio::time::timeout(LINE_WAIT, rx.recv()).await.ok().flatten() };
-    let port = next().await.expect("the receiver starts")["listening"].as_u64().expect("its port");
+    let port = next().await.expect("the receiver starts")["listening"]
+        .as_u64()
+        .expect("its port");
     let url = format!("http://127.0.0.1:{port}/hook");
 
     // a forged request is refused
     let forged = reqwest::Client::new()
         .post(&url)
         .header("webhook-id", "msg_1")
-        .header("webhook-timestamp", (occupancy::domain::events::wall_ms() / 1000).to_string())
+        .header(
+            "webhook-timestamp",
+            (occupancy::domain::events::wall_ms() / 1000).to_string(),
+        )
         .header("webhook-signature", "v1,AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=")
         .body("{}")
         .send()

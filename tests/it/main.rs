@@ -40,6 +40,7 @@ mod fixture;
 mod fuzz;
 mod http;
 mod integrations;
+mod integrations_store;
 mod model;
 mod model_check;
 mod nginx;

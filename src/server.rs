@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use crate::api::{ConnectionApi, OccupancyApi};
+use crate::api::{ConnectionApi, IntegrationApi, OccupancyApi};
 use crate::config::{defaults, Config, StoreConfig};
 use crate::domain::limits::{MAX_REAP_ROUNDS_PER_TICK, MAX_REQUEST_BYTES};
 use crate::error::{Error, Result};
@@ -115,6 +115,12 @@ pub async fn run_with_http(
         warn!("no --auth-keys: every caller may read and change every channel");
     }
     let authenticate = crate::api::auth::Authenticate(auth.clone());
+    // Wakes this replica's delivery engine when a rule changes here: the
+    // API calls `notify_one` on it after every change, and the engine,
+    // started in this function, waits on this same one (other replicas
+    // notice the store's rules version change).
+    let rules_changed = Arc::new(tokio::sync::Notify::new());
+    let sender = crate::integrations::sender::Sender::new()?;
     let http_task = if let Some(http) = http {
         let http_addr = http.local_addr().map_err(|e| Error::Internal(e.to_string()))?;
         info!(http = %http_addr, "HTTP side listening");
@@ -197,8 +203,8 @@ pub async fn run_with_http(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // health and reflection above stay open; the occupancy services
-        // authenticate every call first
+        // health and reflection above stay open; the occupancy and
+        // integration services authenticate every call first
         .add_service(InterceptedService::new(
             pb::occupancy_service_server::OccupancyServiceServer::new(OccupancyApi::new(
                 store.clone(),
@@ -212,6 +218,15 @@ pub async fn run_with_http(
         .add_service(InterceptedService::new(
             pb::connection_service_server::ConnectionServiceServer::new(ConnectionApi::new(store.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::integration_service_server::IntegrationServiceServer::new(IntegrationApi::new(
+                store.integrations(),
+                sender,
+                rules_changed,
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
             authenticate,
         ));
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
@@ -265,6 +280,7 @@ fn redacted(url: &str) -> String {
 async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bool) {
     telemetry.set_serving(serving);
     use pb::connection_service_server::ConnectionServiceServer as C;
+    use pb::integration_service_server::IntegrationServiceServer as I;
     use pb::occupancy_service_server::OccupancyServiceServer as O;
     let status = if serving {
         tonic_health::ServingStatus::Serving
@@ -277,6 +293,9 @@ async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bo
         .await;
     health
         .set_service_status(<C<ConnectionApi> as tonic::server::NamedService>::NAME, status)
+        .await;
+    health
+        .set_service_status(<I<IntegrationApi> as tonic::server::NamedService>::NAME, status)
         .await;
 }
 

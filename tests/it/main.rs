@@ -39,6 +39,7 @@ mod faults;
 mod fixture;
 mod fuzz;
 mod http;
+mod integrations_api;
 mod model;
 mod model_check;
 mod nginx;

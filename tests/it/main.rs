@@ -41,6 +41,7 @@ mod fuzz;
 mod http;
 mod integrations;
 mod integrations_store;
+mod integrations_api;
 mod model;
 mod model_check;
 mod nginx;

@@ -72,13 +72,7 @@ impl Integrations {
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
         store.watch(queued.clone(), cancel.clone());
-        let source = source::start(
-            store.clone(),
-            hub,
-            source_wake.clone(),
-            queued.clone(),
-            cancel.clone(),
-        );
+        let source = source::start(store.clone(), hub, source_wake.clone(), queued.clone(), cancel.clone());
         let delivery = deliver.then(|| {
             delivery::start(
                 store.clone(),

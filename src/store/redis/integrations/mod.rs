@@ -1,7 +1,7 @@
 //! Integration rules and delivery queues in Redis: the
 //! [`IntegrationStore`] of [`RedisStore`](super::RedisStore), behaving as
 //! [`MemoryIntegrations`](crate::integrations::MemoryIntegrations) does
-//! (same entries, order and errors; `tests/it/integrations_store/` runs
+//! (same entries, order and errors; `tests/it/integrations/store/` runs
 //! the same assertions on both, and feeds both the same random changes).
 //!
 //! The keys are in the layout table of [`keys`] (`P:int:…`). Each step

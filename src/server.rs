@@ -81,21 +81,16 @@ pub async fn run_with_http(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, &telemetry, store.ping().await.is_ok()).await;
 
-    // Wakes this replica's integration source and delivery when a rule
-    // changes here: the API calls `notify_one` on it after every change
-    // (other replicas notice the store's rules version change).
-    let rules_changed = Arc::new(tokio::sync::Notify::new());
     let sender = crate::integrations::sender::Sender::new()?;
     // integrations run wherever the store keeps them; the feed then hands
     // every change to their source as well as to the hub
     let mut delivery_task = None;
-    let _integrations = match store.integrations() {
+    let integrations = match store.integrations() {
         Some(rules) => {
             let (i, task) = crate::integrations::Integrations::start(
                 rules,
                 Some(hub.clone()),
                 sender.clone(),
-                rules_changed.clone(),
                 config.webhook_delivery,
                 &cancel,
             );
@@ -251,7 +246,7 @@ pub async fn run_with_http(
             pb::integration_service_server::IntegrationServiceServer::new(IntegrationApi::new(
                 store.integrations(),
                 sender,
-                rules_changed,
+                integrations,
             ))
             .max_decoding_message_size(MAX_REQUEST_BYTES),
             authenticate,

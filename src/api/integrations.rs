@@ -4,9 +4,10 @@
 //! Handlers convert the request into a [`RuleSpec`] (`convert`), let the
 //! rule validate itself ([`Rule::create`], [`Rule::updated`]: nothing is
 //! stored when a field is bad), and store through the
-//! [`IntegrationStore`]. Every successful change wakes the local delivery
-//! engine through `rules_changed`; other replicas see the store's rules
-//! version change.
+//! [`IntegrationStore`]. A change answers once this replica's integration
+//! source has read it ([`Integrations::rules_changed`]), so every change of
+//! a channel after the answer reaches a new rule; other replicas see the
+//! store's rules version change.
 //!
 //! Rules are read-modify-written (update, pause, resume): two operators
 //! changing one rule at the same instant keep the last write, as with any
@@ -14,7 +15,6 @@
 
 use std::sync::Arc;
 
-use tokio::sync::Notify;
 use tonic::{Request, Response, Status};
 use tracing::{info, instrument};
 
@@ -24,7 +24,7 @@ use crate::domain::events::wall_ms;
 use crate::domain::{ChannelName, InvalidInput, Metrics};
 use crate::error::Error;
 use crate::integrations::sender::{Outcome, Sender};
-use crate::integrations::{limits, payload, Entry, IntegrationStore, Kind, Mode, Rule, Staged};
+use crate::integrations::{limits, payload, Entry, IntegrationStore, Integrations, Kind, Mode, Rule, Staged};
 use crate::proto::v1 as pb;
 
 mod convert;
@@ -42,20 +42,16 @@ const TEST_POSITION: &str = "0-0";
 pub struct IntegrationApi {
     store: Option<Arc<dyn IntegrationStore>>,
     sender: Sender,
-    rules_changed: Arc<Notify>,
+    running: Option<Arc<Integrations>>,
 }
 
 impl IntegrationApi {
     /// The service over `store` (`None` when the replica's store keeps no
     /// integrations: every call then answers FAILED_PRECONDITION), sending
-    /// test events with `sender`, and calling `notify_one` on
-    /// `rules_changed` after every change of a rule.
-    pub fn new(store: Option<Arc<dyn IntegrationStore>>, sender: Sender, rules_changed: Arc<Notify>) -> Self {
-        Self {
-            store,
-            sender,
-            rules_changed,
-        }
+    /// test events with `sender`, and telling this replica's `running`
+    /// integrations after every change of a rule.
+    pub fn new(store: Option<Arc<dyn IntegrationStore>>, sender: Sender, running: Option<Arc<Integrations>>) -> Self {
+        Self { store, sender, running }
     }
 
     /// The store, for a caller who may administer every channel.
@@ -69,8 +65,10 @@ impl IntegrationApi {
         Ok(store)
     }
 
-    fn changed(&self) {
-        self.rules_changed.notify_one();
+    async fn changed(&self) {
+        if let Some(r) = &self.running {
+            r.rules_changed().await;
+        }
     }
 }
 
@@ -118,7 +116,7 @@ impl IntegrationApi {
             rule.paused = paused;
             rule.updated_ms = wall_ms();
             store.put_rule(&rule, false).await?;
-            self.changed();
+            self.changed().await;
             info!(rule = %rule.id, paused, "integration rule paused or resumed");
         }
         answer(store, rule).await
@@ -136,7 +134,7 @@ impl pb::integration_service_server::IntegrationService for IntegrationApi {
         let spec = convert::create_spec(req.into_inner()).map_err(Error::from)?;
         let rule = Rule::create(spec, wall_ms()).map_err(Error::from)?;
         store.put_rule(&rule, true).await?;
-        self.changed();
+        self.changed().await;
         info!(rule = %rule.id, target_host = target_host(&rule.target), "integration rule created");
         // the only answer that carries the secret
         Ok(Response::new(pb::CreateRuleResponse {
@@ -177,7 +175,7 @@ impl pb::integration_service_server::IntegrationService for IntegrationApi {
         let spec = convert::update_spec(r).map_err(Error::from)?;
         let rule = current.updated(spec, wall_ms()).map_err(Error::from)?;
         store.put_rule(&rule, false).await?;
-        self.changed();
+        self.changed().await;
         info!(rule = %rule.id, new_secret, "integration rule updated");
         let backlog = store.backlog(&rule.id).await?;
         let rule = if new_secret { rule } else { rule.redacted() };
@@ -199,7 +197,7 @@ impl pb::integration_service_server::IntegrationService for IntegrationApi {
         if !store.delete_rule(id).await? {
             return Err(Error::NotFound(format!("no integration rule {id:?}")).into());
         }
-        self.changed();
+        self.changed().await;
         info!(rule = %id, "integration rule deleted");
         Ok(Response::new(pb::DeleteRuleResponse {}))
     }
@@ -293,7 +291,7 @@ impl pb::integration_service_server::IntegrationService for IntegrationApi {
         let events = store.replay(&rule.id, &r.batch_ids).await?;
         if events > 0 {
             // the queue grew: the delivery engine has work
-            self.changed();
+            self.changed().await;
         }
         info!(rule = %rule.id, events, "dead letters replayed");
         Ok(Response::new(pb::ReplayDeadLettersResponse { events }))

@@ -42,7 +42,6 @@ pub struct Integrations {
     pub source: Arc<source::Source>,
     /// Sends requests (also for test sends).
     pub sender: sender::Sender,
-    source_wake: Arc<Notify>,
     delivery_wake: Arc<Notify>,
 }
 
@@ -56,23 +55,20 @@ impl std::fmt::Debug for Integrations {
 
 impl Integrations {
     /// Starts the source, and delivery when `deliver`, on this replica
-    /// until `cancel`, sending with `sender`; `rules_changed` (notified by
-    /// the API after each change of a rule here) makes both look at the
-    /// rules at once. The delivery task is returned so shutdown can wait
-    /// for it (its workers leave their batches staged for the next holder).
+    /// until `cancel`, sending with `sender`. The delivery task is returned
+    /// so shutdown can wait for it (its workers leave their batches staged
+    /// for the next holder).
     pub fn start(
         store: Arc<dyn IntegrationStore>,
         hub: Option<Arc<Hub>>,
         sender: sender::Sender,
-        rules_changed: Arc<Notify>,
         deliver: bool,
         cancel: &CancellationToken,
     ) -> (Arc<Self>, Option<JoinHandle<()>>) {
-        let source_wake = Arc::new(Notify::new());
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
         store.watch(queued.clone(), cancel.clone());
-        let source = source::start(store.clone(), hub, source_wake.clone(), queued.clone(), cancel.clone());
+        let source = source::start(store.clone(), hub, queued.clone(), cancel.clone());
         let delivery = deliver.then(|| {
             delivery::start(
                 store.clone(),
@@ -86,26 +82,17 @@ impl Integrations {
             store,
             source,
             sender,
-            source_wake,
             delivery_wake,
-        });
-        let forward = this.clone();
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    () = stop.cancelled() => break,
-                    () = rules_changed.notified() => forward.rules_changed(),
-                }
-            }
         });
         (this, delivery)
     }
 
-    /// A rule changed through this replica: the source and delivery look
-    /// at the rules at once rather than at their next poll.
-    pub fn rules_changed(&self) {
-        self.source_wake.notify_one();
+    /// A rule changed through this replica: returns once the source has
+    /// read the rules (so every change from now on reaches a new rule),
+    /// and makes delivery look at them at once rather than at its next
+    /// poll.
+    pub async fn rules_changed(&self) {
+        self.source.refresh().await;
         self.delivery_wake.notify_one();
     }
 }

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{mpsc, Notify};
+use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
@@ -29,6 +29,7 @@ use crate::store::ChangeSink;
 #[derive(Debug)]
 pub struct Source {
     tx: mpsc::UnboundedSender<ChangeEvent>,
+    refresh_tx: mpsc::UnboundedSender<oneshot::Sender<()>>,
     queued: AtomicUsize,
     /// Set while at least one rule exists: only then does the source keep
     /// changes (and ask the feed to read).
@@ -66,6 +67,18 @@ impl Source {
         }
     }
 
+    /// Makes the source read the rules now and waits until it has (and,
+    /// when rules exist, until the feed reads every shard again): a rule
+    /// created through this replica gets every change from the moment the
+    /// call that created it answers. Bounded by [`REFRESH_WAIT`].
+    pub async fn refresh(&self) {
+        let (ack, done) = oneshot::channel();
+        if self.refresh_tx.send(ack).is_ok() {
+            // a source that is shutting down answers nothing
+            let _answered = tokio::time::timeout(REFRESH_WAIT, done).await;
+        }
+    }
+
     /// Times changes were dropped or may have been missed.
     pub fn gaps(&self) -> usize {
         self.gaps.load(Ordering::Relaxed)
@@ -73,20 +86,20 @@ impl Source {
 }
 
 /// Starts the source: returns it (for the feed) and runs its task until
-/// `cancel`. `rules_changed` wakes it when this replica changed a rule;
-/// `hub`'s demand keeps the feed reading while rules exist;
-/// `queued` is woken after entries were enqueued (local delivery workers
+/// `cancel`.
+/// `hub`'s demand keeps the feed reading while rules exist; `queued` is woken after entries were enqueued (local delivery workers
 /// read at once instead of at their next poll).
 pub fn start(
     store: Arc<dyn IntegrationStore>,
     demand: Option<Arc<Hub>>,
-    rules_changed: Arc<Notify>,
     queued: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Arc<Source> {
     let (tx, rx) = mpsc::unbounded_channel();
+    let (refresh_tx, refresh_rx) = mpsc::unbounded_channel();
     let source = Arc::new(Source {
         tx,
+        refresh_tx,
         queued: AtomicUsize::new(0),
         active: AtomicBool::new(false),
         gaps: AtomicUsize::new(0),
@@ -95,7 +108,6 @@ pub fn start(
         store,
         demand,
         source: source.clone(),
-        rules_changed,
         queued,
         version: None,
         refs: Vec::new(),
@@ -103,7 +115,7 @@ pub fn start(
         known: Vec::new(),
         listening: false,
     };
-    tokio::spawn(task.run(rx, cancel));
+    tokio::spawn(task.run(rx, refresh_rx, cancel));
     source
 }
 
@@ -111,7 +123,6 @@ struct Task {
     store: Arc<dyn IntegrationStore>,
     demand: Option<Arc<Hub>>,
     source: Arc<Source>,
-    rules_changed: Arc<Notify>,
     queued: Arc<Notify>,
     version: Option<u64>,
     refs: Vec<RuleRef>,
@@ -126,8 +137,16 @@ struct Task {
 /// once; this only starts and stops the source).
 const RULES_POLL: Duration = Duration::from_secs(1);
 
+/// Longest wait of [`Source::refresh`].
+pub const REFRESH_WAIT: Duration = Duration::from_secs(5);
+
 impl Task {
-    async fn run(mut self, mut rx: mpsc::UnboundedReceiver<ChangeEvent>, cancel: CancellationToken) {
+    async fn run(
+        mut self,
+        mut rx: mpsc::UnboundedReceiver<ChangeEvent>,
+        mut refresh: mpsc::UnboundedReceiver<oneshot::Sender<()>>,
+        cancel: CancellationToken,
+    ) {
         let mut poll = tokio::time::interval(RULES_POLL);
         poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut buf: Vec<ChangeEvent> = Vec::new();
@@ -135,7 +154,16 @@ impl Task {
             tokio::select! {
                 () = cancel.cancelled() => break,
                 _ = poll.tick() => { self.reload().await; }
-                () = self.rules_changed.notified() => { self.reload().await; }
+                Some(ack) = refresh.recv() => {
+                    self.reload().await;
+                    if self.listening {
+                        if let Some(d) = self.demand.as_deref().and_then(ChangeSink::demand) {
+                            // until the feed reads every shard again
+                            let _ready = tokio::time::timeout(REFRESH_WAIT, d.ready()).await;
+                        }
+                    }
+                    let _told = ack.send(());
+                }
                 n = rx.recv_many(&mut buf, limits::SOURCE_BUFFER) => {
                     if n == 0 {
                         break;

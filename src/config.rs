@@ -194,6 +194,12 @@ pub struct ServeArgs {
     /// needs --tls-cert.
     #[arg(long, env = "OCCUPANCY_TLS_CLIENT_CA", requires = "tls_cert")]
     pub tls_client_ca: Option<PathBuf>,
+    /// Whether this replica sends integration rules' webhooks. With
+    /// `false` it still enqueues every change it sees (so nothing is lost
+    /// while any replica runs) and leaves sending to the others, e.g. to
+    /// keep outbound HTTP on replicas that may reach the targets.
+    #[arg(long, env = "OCCUPANCY_WEBHOOK_DELIVERY", default_value_t = true, action = clap::ArgAction::Set)]
+    pub webhook_delivery: bool,
 }
 
 /// Where state lives.
@@ -226,6 +232,8 @@ pub struct Config {
     pub auth: Option<Arc<crate::auth::Authenticator>>,
     /// Server TLS; `None`: plaintext.
     pub tls: Option<crate::tls::TlsConfig>,
+    /// Whether this replica sends webhooks (it enqueues either way).
+    pub webhook_delivery: bool,
 }
 
 impl Config {
@@ -241,6 +249,7 @@ impl Config {
             stream_heartbeat: defaults::STREAM_HEARTBEAT,
             auth: None,
             tls: None,
+            webhook_delivery: true,
         }
     }
 
@@ -316,6 +325,7 @@ impl ServeArgs {
             stream_heartbeat: self.stream_heartbeat,
             auth,
             tls,
+            webhook_delivery: self.webhook_delivery,
         })
     }
 }

@@ -86,8 +86,9 @@ pub async fn run_with_http(
     let mut delivery_task = None;
     let _integrations = match store.integrations() {
         Some(rules) => {
-            let (i, task) = crate::integrations::Integrations::start(rules, Some(hub.clone()), &cancel)?;
-            delivery_task = Some(task);
+            let (i, task) =
+                crate::integrations::Integrations::start(rules, Some(hub.clone()), config.webhook_delivery, &cancel)?;
+            delivery_task = task;
             store.feed(
                 Arc::new(crate::integrations::Tee {
                     hub: hub.clone(),

@@ -103,7 +103,7 @@ impl std::fmt::Debug for StoreMetrics {
 }
 
 /// The kinds of Redis call, for the `call` label.
-pub const REDIS_CALLS: [&str; 11] = [
+pub const REDIS_CALLS: [&str; 12] = [
     "apply",
     "get",
     "list",
@@ -115,6 +115,7 @@ pub const REDIS_CALLS: [&str; 11] = [
     "session_state",
     "stats",
     "health",
+    "integrations",
 ];
 
 static STORE: LazyLock<StoreMetrics> = LazyLock::new(|| {

@@ -296,7 +296,11 @@ impl Worker {
             return false;
         }
         let room = limits::WORKER_WINDOW - self.held;
-        match self.store.read(&self.rule.id, self.cursor.as_deref(), room.min(1_000)).await {
+        match self
+            .store
+            .read(&self.rule.id, self.cursor.as_deref(), room.min(1_000))
+            .await
+        {
             Ok(entries) => {
                 let any = !entries.is_empty();
                 for e in entries {
@@ -447,7 +451,8 @@ impl Worker {
                 }
             }
         }
-        self.chans.retain(|_, c| c.busy || !c.queue.is_empty() || c.hold_since.is_some());
+        self.chans
+            .retain(|_, c| c.busy || !c.queue.is_empty() || c.hold_since.is_some());
         next.map(|d| Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1)))
     }
 
@@ -544,7 +549,12 @@ impl Send {
     async fn run(&self, batch: &Staged) -> Ended {
         let batched = matches!(self.rule.mode, Mode::Batched { .. });
         let body = payload::body(&self.rule.id, batch, batched);
-        let oldest = batch.entries.iter().map(|e| e.timestamp_ms).min().unwrap_or_else(wall_ms);
+        let oldest = batch
+            .entries
+            .iter()
+            .map(|e| e.timestamp_ms)
+            .min()
+            .unwrap_or_else(wall_ms);
         let deadline = oldest + self.rule.retention_ms as i64;
         let mut attempts = 0u32;
         loop {
@@ -631,6 +641,6 @@ mod tests {
         let b2 = backoff(2).as_millis();
         assert!((1_600..=2_400).contains(&b2), "{b2}");
         let late = backoff(30).as_millis();
-        assert!(late <= 72_000 && late >= 48_000, "{late}");
+        assert!((48_000..=72_000).contains(&late), "{late}");
     }
 }

@@ -48,13 +48,15 @@ pub struct Integrations {
 
 impl std::fmt::Debug for Integrations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Integrations").field("gaps", &self.source.gaps()).finish()
+        f.debug_struct("Integrations")
+            .field("gaps", &self.source.gaps())
+            .finish()
     }
 }
 
 impl Integrations {
-    /// Starts the source and delivery on this replica until `cancel`; the
-    /// delivery task is returned so shutdown can wait for it (its workers
+    /// Starts the source, and delivery when `deliver`, on this replica
+    /// until `cancel`; the delivery task is returned so shutdown can wait for it (its workers
     /// leave their batches staged for the next holder).
     ///
     /// # Errors
@@ -62,26 +64,23 @@ impl Integrations {
     pub fn start(
         store: Arc<dyn IntegrationStore>,
         hub: Option<Arc<Hub>>,
+        deliver: bool,
         cancel: &CancellationToken,
-    ) -> crate::Result<(Arc<Self>, JoinHandle<()>)> {
+    ) -> crate::Result<(Arc<Self>, Option<JoinHandle<()>>)> {
         let sender = sender::Sender::new()?;
         let source_wake = Arc::new(Notify::new());
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
-        let source = source::start(
-            store.clone(),
-            hub,
-            source_wake.clone(),
-            queued.clone(),
-            cancel.clone(),
-        );
-        let delivery = delivery::start(
-            store.clone(),
-            sender.clone(),
-            delivery_wake.clone(),
-            queued,
-            cancel.clone(),
-        );
+        let source = source::start(store.clone(), hub, source_wake.clone(), queued.clone(), cancel.clone());
+        let delivery = deliver.then(|| {
+            delivery::start(
+                store.clone(),
+                sender.clone(),
+                delivery_wake.clone(),
+                queued,
+                cancel.clone(),
+            )
+        });
         Ok((
             Arc::new(Self {
                 store,

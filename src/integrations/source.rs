@@ -171,7 +171,10 @@ impl Task {
                 // store lost its data (a Redis restarted empty), not a
                 // deletion (which counts up). Put the rules back, so
                 // deliveries resume; their queued events are lost with it.
-                warn!(rules = self.known.len(), "integration rules lost by the store; restoring them");
+                warn!(
+                    rules = self.known.len(),
+                    "integration rules lost by the store; restoring them"
+                );
                 for r in self.known.clone() {
                     if let Err(e) = self.store.put_rule(&r, true).await {
                         debug!(rule = %r.id, cause = %e, "integration source: cannot restore a rule");

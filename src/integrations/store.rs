@@ -165,7 +165,8 @@ pub trait IntegrationStore: Send + Sync + 'static {
     /// As [`IntegrationStore::rules`].
     async fn read(&self, rule: &str, after: Option<&str>, limit: usize) -> Result<Vec<Entry>>;
 
-    /// Records a batch before its first request.
+    /// Records a batch before its first request (nothing when the rule
+    /// does not exist: it was deleted with its queue).
     ///
     /// # Errors
     /// As [`IntegrationStore::rules`].
@@ -391,6 +392,10 @@ impl IntegrationStore for MemoryIntegrations {
 
     async fn stage(&self, rule: &str, batch: &Staged) -> Result<()> {
         let mut g = self.lock();
+        // as kill: a rule deleted meanwhile keeps nothing
+        if !g.rules.contains_key(rule) {
+            return Ok(());
+        }
         g.staged
             .entry(rule.to_string())
             .or_default()

@@ -1,6 +1,8 @@
 //! Every Redis key the service uses, built in one place. The Lua code
 //! (`lua/keys.lua`) builds the same names; `tests/it/redis_store.rs`
 //! (`scripts_and_keys_rs_agree_on_the_layout`) checks that the two agree.
+//! The integration scripts (`lua/integrations/`) build none: they get
+//! every key from here as `KEYS`.
 //!
 //! Layout under the configurable prefix `P`:
 //!
@@ -19,6 +21,14 @@
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
+//! | `P:int:rules` | hash | integration rule id → the rule (JSON) |
+//! | `P:int:ver` | string | the rules' version: incremented by every put and delete of a rule (absent: 0) |
+//! | `P:int:hw` | hash | event shard → the position (`ms-seq`) of the last change enqueued from it |
+//! | `P:int:last` | hash | channel → its metrics after the last change enqueued (`c,pub,sub,pc,pm,ps,op,os,pcl` in decimal); absent when no connection is attached |
+//! | `P:int:q:RULE` | stream | the rule's queued entries, fields `c` channel, `k` kind code, `f` flip (`0`/`1`), `m` metrics (as in `P:int:last`), `t` commit time ms; the stream id is the entry id |
+//! | `P:int:st:RULE` | hash | the rule's staged batches: batch id → batch (JSON) |
+//! | `P:int:dl:RULE` | list | the rule's dead letters (JSON), oldest first, at most `integrations::limits::MAX_DEAD_LETTERS` |
+//! | `P:int:lease:RULE` | string, expires | the holder of the rule's delivery lease |
 //!
 //! A connection costs one field in `P:conns` and one member of its token's
 //! set, no key of its own: that keeps Redis' memory per attachment low and
@@ -109,6 +119,46 @@ pub fn events(prefix: &str, shard: u32) -> String {
 /// The number of event shards the replicas sharing this Redis use.
 pub fn event_shards(prefix: &str) -> String {
     format!("{prefix}:event-shards")
+}
+
+/// Integration rules, by id.
+pub fn int_rules(prefix: &str) -> String {
+    format!("{prefix}:int:rules")
+}
+
+/// The integration rules' version.
+pub fn int_version(prefix: &str) -> String {
+    format!("{prefix}:int:ver")
+}
+
+/// Per event shard, the last change enqueued for integrations.
+pub fn int_high_water(prefix: &str) -> String {
+    format!("{prefix}:int:hw")
+}
+
+/// Per channel, its metrics after the last change enqueued.
+pub fn int_last(prefix: &str) -> String {
+    format!("{prefix}:int:last")
+}
+
+/// An integration rule's delivery queue.
+pub fn int_queue(prefix: &str, rule: &str) -> String {
+    format!("{prefix}:int:q:{rule}")
+}
+
+/// An integration rule's staged batches.
+pub fn int_staged(prefix: &str, rule: &str) -> String {
+    format!("{prefix}:int:st:{rule}")
+}
+
+/// An integration rule's dead letters.
+pub fn int_dead(prefix: &str, rule: &str) -> String {
+    format!("{prefix}:int:dl:{rule}")
+}
+
+/// An integration rule's delivery lease.
+pub fn int_lease(prefix: &str, rule: &str) -> String {
+    format!("{prefix}:int:lease:{rule}")
 }
 
 pub use crate::domain::events::shard_of;

@@ -13,7 +13,8 @@
 //! Where to look: `codec.rs` turns a write into the apply function's
 //! arguments and reads every function's reply; `config.rs` holds
 //! [`RedisConfig`]; `failure.rs` says which Redis errors are UNAVAILABLE;
-//! `reader.rs` follows the event streams; this file is the [`Store`]
+//! `reader.rs` follows the event streams; `integrations/` keeps the
+//! integration rules and queues; this file is the [`Store`]
 //! implementation.
 
 use std::sync::Arc;
@@ -36,6 +37,7 @@ mod config;
 mod failure;
 mod functions;
 mod group;
+mod integrations;
 pub mod keys;
 mod reader;
 mod reads;
@@ -43,6 +45,7 @@ mod writer;
 
 pub use config::{read_ca_file, RedisConfig};
 pub use failure::is_unavailable;
+pub use integrations::RedisIntegrations;
 
 use codec::Closed;
 use failure::within;
@@ -66,6 +69,8 @@ pub struct RedisStore {
     writes: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<writer::Job>>>,
     /// The read queue (`reads.rs`), started on first use.
     reads: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<reads::Read>>>,
+    /// Integration rules and queues, on the same connection.
+    integrations: Arc<RedisIntegrations>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -150,12 +155,18 @@ impl RedisStore {
             .set_number_of_retries(1)
             .set_max_delay(crate::config::defaults::REDIS_RECONNECT_MAX_DELAY);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
+        let integrations = Arc::new(RedisIntegrations::new(
+            conn.clone(),
+            cfg.key_prefix.clone(),
+            cfg.timeout,
+        ));
         Ok(Self {
             client,
             conn,
             cfg,
             writes: Arc::default(),
             reads: Arc::default(),
+            integrations,
         })
     }
 
@@ -390,6 +401,10 @@ impl Store for RedisStore {
         inv.arg(shard).arg(after.to_string()).arg(limit);
         let mut conn = self.conn.clone();
         codec::history(self.bounded("history", invoke(&mut conn, &inv)).await?)
+    }
+
+    fn integrations(&self) -> Option<Arc<dyn crate::integrations::IntegrationStore>> {
+        Some(self.integrations.clone())
     }
 
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {

@@ -42,13 +42,15 @@ async fn filtered_signed_events_with_metrics(h: Harness) {
     )
     .await;
 
-    fx.attach("s1", "c1", "rooms:a", &[PbMode::Subscribe, PbMode::Presence]).await;
+    fx.attach("s1", "c1", "rooms:a", &[PbMode::Subscribe, PbMode::Presence])
+        .await;
     fx.enter("s1", "c1", "rooms:a", "alice").await;
     fx.attach("s1", "c1", "lobby", &[PbMode::Subscribe]).await;
     fx.detach("s1", "c1", "rooms:a").await;
     fx.detach("s1", "c1", "lobby").await;
     rx.wait_for(WAIT, "rooms:a vacated", |d| {
-        d.iter().any(|(_, e)| e["channel"] == "rooms:a" && e["type"] == "channel.vacated")
+        d.iter()
+            .any(|(_, e)| e["channel"] == "rooms:a" && e["type"] == "channel.vacated")
     })
     .await;
 
@@ -65,7 +67,10 @@ async fn filtered_signed_events_with_metrics(h: Harness) {
     );
     // the presence member shows in the third event, in Ably's names
     let m = &events[2]["data"]["metrics"];
-    assert_eq!((m["presenceMembers"].as_u64(), m["subscribers"].as_u64()), (Some(1), Some(1)));
+    assert_eq!(
+        (m["presenceMembers"].as_u64(), m["subscribers"].as_u64()),
+        (Some(1), Some(1))
+    );
     assert_eq!(m["presenceConnections"].as_u64(), Some(1));
     assert_eq!(events[0]["ruleId"], rule.id.as_str());
     assert!(of(&rx, "lobby").is_empty(), "lobby is not covered by rooms:*");
@@ -163,7 +168,8 @@ async fn vacated_delay_is_cancelled_by_a_quick_reattach(h: Harness) {
     fx.detach("s1", "c2", "rooms:v").await;
     let left = Instant::now();
     rx.wait_for(WAIT, "vacated", |d| {
-        d.iter().any(|(_, e)| e["channel"] == "rooms:v" && e["type"] == "channel.vacated")
+        d.iter()
+            .any(|(_, e)| e["channel"] == "rooms:v" && e["type"] == "channel.vacated")
     })
     .await;
     let waited = left.elapsed();
@@ -196,8 +202,10 @@ async fn debounce_coalesces_but_never_delays_a_zero_flip(h: Harness) {
     .await;
     let start = Instant::now();
     fx.attach("s1", "c1", "rooms:d", &[PbMode::Subscribe]).await;
-    rx.wait_for(WAIT, "first event", |d| d.iter().any(|(_, e)| e["channel"] == "rooms:d"))
-        .await;
+    rx.wait_for(WAIT, "first event", |d| {
+        d.iter().any(|(_, e)| e["channel"] == "rooms:d")
+    })
+    .await;
     // three changes that flip nothing, then the channel empties
     fx.attach("s1", "c2", "rooms:d", &[PbMode::Subscribe]).await;
     fx.attach("s1", "c3", "rooms:d", &[PbMode::Subscribe]).await;
@@ -217,7 +225,10 @@ async fn debounce_coalesces_but_never_delays_a_zero_flip(h: Harness) {
     // the held changes were coalesced into the zero
     assert_eq!(
         kinds(&of(&rx, "rooms:d")),
-        vec![("channel.occupancy".to_string(), 1), ("channel.occupancy".to_string(), 0)]
+        vec![
+            ("channel.occupancy".to_string(), 1),
+            ("channel.occupancy".to_string(), 0)
+        ]
     );
     // a change that flips nothing, with nothing after it, waits the window
     fx.attach("s1", "c1", "rooms:e", &[PbMode::Subscribe]).await;
@@ -233,7 +244,10 @@ async fn debounce_coalesces_but_never_delays_a_zero_flip(h: Harness) {
     assert!(held.elapsed() >= Duration::from_millis(debounce - 200));
 }
 
-async fn occupancy_server(h: &Harness, store: std::sync::Arc<dyn occupancy::store::Store>) -> crate::support::TestServer {
+async fn occupancy_server(
+    h: &Harness,
+    store: std::sync::Arc<dyn occupancy::store::Store>,
+) -> crate::support::TestServer {
     crate::support::TestServer::start(h.config(), store).await
 }
 

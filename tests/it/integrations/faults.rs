@@ -151,7 +151,9 @@ async fn a_target_that_never_answers_delays_no_other_rule(h: Harness) {
     for i in 0..20 {
         let ch = format!("rooms:n{i}");
         let t = Instant::now();
-        fxs[i % 3].attach("s", &format!("c{i}"), &ch, &[PbMode::Subscribe]).await;
+        fxs[i % 3]
+            .attach("s", &format!("c{i}"), &ch, &[PbMode::Subscribe])
+            .await;
         fast.wait_for(WAIT, "the fast rule's event", |d| {
             d.iter().any(|(_, e)| e["channel"] == ch.as_str())
         })
@@ -198,8 +200,10 @@ async fn redis_restarted_deliveries_resume(mut h: Harness) {
     let rx = Receiver::start().await;
     rule_for(store.as_ref(), &fxs[0], &rx, every_kind()).await;
     fxs[1].attach("s", "c1", "rooms:r1", &[PbMode::Subscribe]).await;
-    rx.wait_for(WAIT, "before the restart", |d| d.iter().any(|(_, e)| e["channel"] == "rooms:r1"))
-        .await;
+    rx.wait_for(WAIT, "before the restart", |d| {
+        d.iter().any(|(_, e)| e["channel"] == "rooms:r1")
+    })
+    .await;
     h.redis_server_mut().restart();
     // the replicas put the rules back; front ends re-sync their sessions
     // (here: write again until the store answers)
@@ -220,10 +224,47 @@ async fn redis_restarted_deliveries_resume(mut h: Harness) {
     })
     .await;
     rx.wait_for(WAIT, "an event after the restart", |d| {
-        d.iter().any(|(_, e)| e["channel"] == "rooms:r2" && e["type"] == "channel.occupied")
+        d.iter()
+            .any(|(_, e)| e["channel"] == "rooms:r2" && e["type"] == "channel.occupied")
     })
     .await;
     assert!(rx.requests().iter().all(|r| r.valid), "signed with the restored secret");
+}
+
+async fn a_client_error_is_final(h: Harness) {
+    let (_servers, fxs) = replicas(&h, 3).await;
+    let store = h.store();
+    let rules = store.integrations().expect("integrations");
+    let rx = Receiver::start().await;
+    let rule = rule_for(store.as_ref(), &fxs[0], &rx, every_kind()).await;
+    rx.set(Behaviour::Status(410));
+    fxs[1].attach("s", "c1", "rooms:gone", &[PbMode::Subscribe]).await;
+    // occupied and occupancy: one request each, never retried
+    let dead = crate::support::eventually(WAIT, "two dead letters", || {
+        let rules = rules.clone();
+        let id = rule.id.clone();
+        async move {
+            let d: Vec<_> = rules
+                .dead_letters(&id, 100)
+                .await
+                .ok()?
+                .into_iter()
+                .filter(|l| l.batch.entries.iter().all(|e| e.channel == "rooms:gone"))
+                .collect();
+            (d.len() >= 2).then_some(d)
+        }
+    })
+    .await;
+    assert!(
+        dead.iter().all(|d| d.reason == "HTTP 410" && d.attempts == 1),
+        "{dead:?}"
+    );
+    let sent = rx
+        .requests()
+        .iter()
+        .filter(|r| r.body["channel"] == "rooms:gone")
+        .count();
+    assert_eq!(sent, 2, "a 410 is not retried");
 }
 
 mod redis_only {
@@ -237,5 +278,6 @@ mod redis_only {
 
 both_stores!(
     failing_receiver_loses_nothing_and_keeps_order,
+    a_client_error_is_final,
     a_target_that_never_answers_delays_no_other_rule,
 );

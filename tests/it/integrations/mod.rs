@@ -6,10 +6,11 @@ mod delivery;
 mod faults;
 mod handover;
 mod model;
+mod python;
 
 use std::time::Duration;
 
-use occupancy::integrations::{IntegrationStore, Rule, RuleSpec};
+use occupancy::integrations::{Rule, RuleSpec};
 use occupancy::proto::v1::Mode as PbMode;
 use occupancy::store::Store;
 use serde_json::Value;
@@ -36,7 +37,9 @@ pub async fn rule_for(store: &dyn Store, fx: &Fx, receiver: &Receiver, mut spec:
         let conn = format!("probe-{i}");
         fx.attach("probe-session", &conn, PROBE, &[PbMode::Subscribe]).await;
         if receiver
-            .until(Duration::from_millis(300), |d| d.iter().any(|(_, e)| e["channel"] == PROBE))
+            .until(Duration::from_millis(300), |d| {
+                d.iter().any(|(_, e)| e["channel"] == PROBE)
+            })
             .await
         {
             return rule;
@@ -66,9 +69,4 @@ pub fn kinds(events: &[Value]) -> Vec<(String, u64)> {
             )
         })
         .collect()
-}
-
-/// The integration store of a store handle.
-pub fn rules_of(store: &dyn Store) -> std::sync::Arc<dyn IntegrationStore> {
-    store.integrations().expect("integrations")
 }

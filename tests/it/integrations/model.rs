@@ -28,8 +28,13 @@ async fn load(fx: Fx, replica: usize, seed: u64) {
         if mine.is_empty() || rng.random_bool(0.55) {
             let ch = format!("rooms:m{}", rng.random_range(0..CHANNELS));
             let conn = format!("r{replica}-c{i}");
-            fx.attach(&format!("load-{replica}"), &conn, &ch, &[PbMode::Subscribe, PbMode::Presence])
-                .await;
+            fx.attach(
+                &format!("load-{replica}"),
+                &conn,
+                &ch,
+                &[PbMode::Subscribe, PbMode::Presence],
+            )
+            .await;
             mine.push((conn, ch));
         } else {
             let (conn, ch) = mine.swap_remove(rng.random_range(0..mine.len()));
@@ -123,7 +128,11 @@ async fn last_delivered_equals_get_occupancy(h: Harness) {
             .filter(|t| *t != "channel.occupancy")
             .collect();
         for (i, f) in flips.iter().enumerate() {
-            let want = if i % 2 == 0 { "channel.occupied" } else { "channel.vacated" };
+            let want = if i % 2 == 0 {
+                "channel.occupied"
+            } else {
+                "channel.vacated"
+            };
             assert_eq!(*f, want, "channel {ch}: flip {i} of {flips:?}");
         }
         flips_seen += flips.len();

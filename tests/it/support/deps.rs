@@ -108,7 +108,7 @@ async fn python_ready(dir: &Path, requirements: &str) -> bool {
         return false;
     }
     let mut cmd = Command::new("python3");
-    cmd.args(["-c", "import grpc, grpc_tools.protoc"])
+    cmd.args(["-c", "import grpc, grpc_tools.protoc, standardwebhooks"])
         .env("PYTHONPATH", dir);
     run(cmd, PROBE_TIMEOUT).await.ok()
 }

@@ -91,7 +91,9 @@ impl Receiver {
             log: Mutex::new(Vec::new()),
             arrived: Notify::new(),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind receiver");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind receiver");
         let addr = listener.local_addr().expect("receiver addr");
         let s = state.clone();
         let app = axum::Router::new().fallback(move |headers: HeaderMap, body: Bytes| {

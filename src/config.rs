@@ -54,6 +54,10 @@ pub enum Command {
     /// Check a replica's health (grpc.health.v1): exit 0 when SERVING,
     /// 1 otherwise; for container HEALTHCHECKs and Kubernetes exec probes.
     Health(crate::cli::HealthArgs),
+    /// Manage integration rules (occupancy events pushed to webhooks):
+    /// create, list, get, update, delete, pause, resume, test, and their
+    /// dead letters (deliveries, replay).
+    Integrations(crate::cli::IntegrationsArgs),
 }
 
 /// `HOST:PORT` to listen on, the host a name (`localhost`) or an address

@@ -36,8 +36,8 @@
 //!   code and HTTP status is chosen.
 //! - [`config`]: command line and environment configuration; every
 //!   default is set in [`config::defaults`].
-//! - [`cli`]: the `get`, `list`, `watch`, `stats` and `health` client
-//!   subcommands.
+//! - [`cli`]: the `get`, `list`, `watch`, `stats`, `integrations` and
+//!   `health` client subcommands.
 //! - [`server`]: [`run`] assembles the services, health, reflection,
 //!   background tasks and graceful shutdown on an already-bound listener.
 //! - [`proto`]: generated code of `proto/occupancy/v1/occupancy.proto`.

@@ -23,6 +23,7 @@ async fn main() -> anyhow::Result<()> {
         Some(Command::Token(a)) => std::process::exit(occupancy::auth::commands::token(&a)),
         Some(Command::Stats(a)) => std::process::exit(occupancy::cli::stats(a).await),
         Some(Command::Health(a)) => std::process::exit(occupancy::cli::health(a).await),
+        Some(Command::Integrations(a)) => std::process::exit(occupancy::cli::integrations(a).await),
     };
     let config = match args.to_config() {
         Ok(c) => c,

@@ -14,7 +14,7 @@ use tonic::transport::Server;
 use tonic_health::server::HealthReporter;
 use tracing::{info, warn};
 
-use crate::api::{ConnectionApi, OccupancyApi};
+use crate::api::{ConnectionApi, IntegrationApi, OccupancyApi};
 use crate::config::{defaults, Config, StoreConfig};
 use crate::domain::limits::{MAX_REAP_ROUNDS_PER_TICK, MAX_REQUEST_BYTES};
 use crate::error::{Error, Result};
@@ -81,13 +81,24 @@ pub async fn run_with_http(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_serving(&health, &telemetry, store.ping().await.is_ok()).await;
 
+    // Wakes this replica's integration source and delivery when a rule
+    // changes here: the API calls `notify_one` on it after every change
+    // (other replicas notice the store's rules version change).
+    let rules_changed = Arc::new(tokio::sync::Notify::new());
+    let sender = crate::integrations::sender::Sender::new()?;
     // integrations run wherever the store keeps them; the feed then hands
     // every change to their source as well as to the hub
     let mut delivery_task = None;
     let _integrations = match store.integrations() {
         Some(rules) => {
-            let (i, task) =
-                crate::integrations::Integrations::start(rules, Some(hub.clone()), config.webhook_delivery, &cancel)?;
+            let (i, task) = crate::integrations::Integrations::start(
+                rules,
+                Some(hub.clone()),
+                sender.clone(),
+                rules_changed.clone(),
+                config.webhook_delivery,
+                &cancel,
+            );
             delivery_task = task;
             store.feed(
                 Arc::new(crate::integrations::Tee {
@@ -219,8 +230,8 @@ pub async fn run_with_http(
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
-        // health and reflection above stay open; the occupancy services
-        // authenticate every call first
+        // health and reflection above stay open; the occupancy and
+        // integration services authenticate every call first
         .add_service(InterceptedService::new(
             pb::occupancy_service_server::OccupancyServiceServer::new(OccupancyApi::new(
                 store.clone(),
@@ -234,6 +245,15 @@ pub async fn run_with_http(
         .add_service(InterceptedService::new(
             pb::connection_service_server::ConnectionServiceServer::new(ConnectionApi::new(store.clone()))
                 .max_decoding_message_size(MAX_REQUEST_BYTES),
+            authenticate.clone(),
+        ))
+        .add_service(InterceptedService::new(
+            pb::integration_service_server::IntegrationServiceServer::new(IntegrationApi::new(
+                store.integrations(),
+                sender,
+                rules_changed,
+            ))
+            .max_decoding_message_size(MAX_REQUEST_BYTES),
             authenticate,
         ));
     let server: std::pin::Pin<Box<dyn Future<Output = Result<(), tonic::transport::Error>> + Send>> = match tls {
@@ -287,6 +307,7 @@ fn redacted(url: &str) -> String {
 async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bool) {
     telemetry.set_serving(serving);
     use pb::connection_service_server::ConnectionServiceServer as C;
+    use pb::integration_service_server::IntegrationServiceServer as I;
     use pb::occupancy_service_server::OccupancyServiceServer as O;
     let status = if serving {
         tonic_health::ServingStatus::Serving
@@ -299,6 +320,9 @@ async fn set_serving(health: &HealthReporter, telemetry: &Telemetry, serving: bo
         .await;
     health
         .set_service_status(<C<ConnectionApi> as tonic::server::NamedService>::NAME, status)
+        .await;
+    health
+        .set_service_status(<I<IntegrationApi> as tonic::server::NamedService>::NAME, status)
         .await;
 }
 

@@ -425,9 +425,10 @@ impl Telemetry {
 
 /// The served gRPC services, for the method label (anything else is
 /// `unknown`, so a client cannot grow the label set).
-const GRPC_SERVICES: [&str; 5] = [
+const GRPC_SERVICES: [&str; 6] = [
     "/occupancy.v1.OccupancyService/",
     "/occupancy.v1.ConnectionService/",
+    "/occupancy.v1.IntegrationService/",
     "/grpc.health.v1.Health/",
     "/grpc.reflection.v1.ServerReflection/",
     "/grpc.reflection.v1alpha.ServerReflection/",

@@ -5,8 +5,10 @@
 pub mod auth;
 mod connection;
 pub mod convert;
+mod integrations;
 mod occupancy;
 
 pub use connection::ConnectionApi;
+pub use integrations::IntegrationApi;
 pub use occupancy::OccupancyApi;
 pub(crate) use occupancy::{list_for, until_expiry};

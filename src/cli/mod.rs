@@ -1,6 +1,7 @@
 //! The client subcommands of the `occupancy` binary: `get`, `list`,
-//! `watch` and `stats`, for people (tables) and scripts (`--json`, one
-//! object a line), and `health`, a probe for container health checks.
+//! `watch`, `stats` and `integrations`, for people (tables) and scripts
+//! (`--json`, one object a line), and `health`, a probe for container
+//! health checks.
 //!
 //! Exit codes: 0 success, 1 other errors, 2 bad usage or an argument the
 //! service refused (INVALID_ARGUMENT), 3 the service could not be reached
@@ -9,7 +10,8 @@
 //! otherwise, as container and Kubernetes probes expect.
 //!
 //! One file per group: `read.rs` (`get`, `list`, `stats`), `watch.rs`,
-//! `health.rs`, and the tables and JSON they print (`output.rs`).
+//! `health.rs`, `integrations.rs` (with what it prints), and the tables
+//! and JSON the others print (`output.rs`).
 
 use std::time::Duration;
 
@@ -18,11 +20,13 @@ use occupancy_client::{Client, Error};
 use tonic::Code;
 
 mod health;
+mod integrations;
 mod output;
 mod read;
 mod watch;
 
 pub use health::{health, HealthArgs};
+pub use integrations::{integrations, IntegrationsArgs, IntegrationsCommand};
 pub use read::{get, list, stats, GetArgs, ListArgs, StatsArgs};
 pub use watch::{watch, WatchArgs};
 

@@ -56,21 +56,22 @@ impl std::fmt::Debug for Integrations {
 
 impl Integrations {
     /// Starts the source, and delivery when `deliver`, on this replica
-    /// until `cancel`; the delivery task is returned so shutdown can wait for it (its workers
-    /// leave their batches staged for the next holder).
-    ///
-    /// # Errors
-    /// [`crate::Error::Internal`] when the HTTP client cannot start.
+    /// until `cancel`, sending with `sender`; `rules_changed` (notified by
+    /// the API after each change of a rule here) makes both look at the
+    /// rules at once. The delivery task is returned so shutdown can wait
+    /// for it (its workers leave their batches staged for the next holder).
     pub fn start(
         store: Arc<dyn IntegrationStore>,
         hub: Option<Arc<Hub>>,
+        sender: sender::Sender,
+        rules_changed: Arc<Notify>,
         deliver: bool,
         cancel: &CancellationToken,
-    ) -> crate::Result<(Arc<Self>, Option<JoinHandle<()>>)> {
-        let sender = sender::Sender::new()?;
+    ) -> (Arc<Self>, Option<JoinHandle<()>>) {
         let source_wake = Arc::new(Notify::new());
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
+        store.watch(queued.clone(), cancel.clone());
         let source = source::start(store.clone(), hub, source_wake.clone(), queued.clone(), cancel.clone());
         let delivery = deliver.then(|| {
             delivery::start(
@@ -81,16 +82,24 @@ impl Integrations {
                 cancel.clone(),
             )
         });
-        Ok((
-            Arc::new(Self {
-                store,
-                source,
-                sender,
-                source_wake,
-                delivery_wake,
-            }),
-            delivery,
-        ))
+        let this = Arc::new(Self {
+            store,
+            source,
+            sender,
+            source_wake,
+            delivery_wake,
+        });
+        let forward = this.clone();
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = stop.cancelled() => break,
+                    () = rules_changed.notified() => forward.rules_changed(),
+                }
+            }
+        });
+        (this, delivery)
     }
 
     /// A rule changed through this replica: the source and delivery look

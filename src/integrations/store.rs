@@ -17,11 +17,13 @@
 //!   one step), a final failure moves it to the dead letters.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 
 use super::limits;
 use super::rule::{entries_for, Kind, Rule};
@@ -213,6 +215,11 @@ pub trait IntegrationStore: Send + Sync + 'static {
     /// As [`IntegrationStore::rules`].
     async fn replay(&self, rule: &str, batch_ids: &[String]) -> Result<u64>;
 
+    /// Wakes `queued` whenever entries are appended by any replica, until
+    /// `cancel`, so delivery workers read at once rather than at their
+    /// next poll. Best effort: workers poll anyway.
+    fn watch(&self, queued: Arc<Notify>, cancel: CancellationToken);
+
     /// Entries waiting in the queue (staged ones included).
     ///
     /// # Errors
@@ -285,6 +292,8 @@ impl Inner {
 #[derive(Debug, Default)]
 pub struct MemoryIntegrations {
     inner: Mutex<Inner>,
+    /// Notified after every enqueue that appended entries.
+    appended: Arc<Notify>,
 }
 
 impl MemoryIntegrations {
@@ -357,6 +366,10 @@ impl IntegrationStore for MemoryIntegrations {
                 timestamp_ms: e.timestamp_ms,
             };
             g.push(&rules[ri].id, entry);
+        }
+        drop(g);
+        if n > 0 {
+            self.appended.notify_waiters();
         }
         Ok(Enqueued::Done { entries: n })
     }
@@ -476,5 +489,17 @@ impl IntegrationStore for MemoryIntegrations {
 
     async fn backlog(&self, rule: &str) -> Result<u64> {
         Ok(self.lock().queues.get(rule).map_or(0, |q| q.len() as u64))
+    }
+
+    fn watch(&self, queued: Arc<Notify>, cancel: CancellationToken) {
+        let appended = self.appended.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    () = cancel.cancelled() => break,
+                    () = appended.notified() => queued.notify_waiters(),
+                }
+            }
+        });
     }
 }

@@ -11,7 +11,7 @@ use crate::fixture::{attach_op, Fx};
 use crate::support::process::{binary, Proc};
 use crate::support::RedisServer;
 
-fn run(args: &[&str]) -> Output {
+pub(crate) fn run(args: &[&str]) -> Output {
     let mut child = Command::new(binary())
         .args(args)
         .stdout(Stdio::piped())
@@ -32,7 +32,7 @@ fn run(args: &[&str]) -> Output {
     }
 }
 
-fn json_lines(out: &Output) -> Vec<serde_json::Value> {
+pub(crate) fn json_lines(out: &Output) -> Vec<serde_json::Value> {
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON: {l:?}: {e}")))

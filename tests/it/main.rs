@@ -40,7 +40,6 @@ mod fixture;
 mod fuzz;
 mod http;
 mod integrations;
-mod integrations_store;
 mod model;
 mod model_check;
 mod nginx;

@@ -99,6 +99,7 @@ async fn reflection_describes_the_services() {
     for want in [
         "occupancy.v1.OccupancyService",
         "occupancy.v1.ConnectionService",
+        "occupancy.v1.IntegrationService",
         "grpc.health.v1.Health",
     ] {
         assert!(names.iter().any(|n| n == want), "{want} missing from {names:?}");

@@ -327,6 +327,10 @@ fn check(step: &Step, text: &str, stderr: &str) {
         assert!(text.contains("rooms:lobby"), "{}", ctx());
     } else if c.starts_with("occupancy list --by id") {
         assert!(text.lines().any(|l| l == "rooms:lobby"), "{}", ctx());
+    } else if c.starts_with("occupancy integrations create") {
+        assert!(text.starts_with("id ") && text.contains("whsec_"), "{}", ctx());
+    } else if c.starts_with("occupancy integrations list") {
+        assert!(text.starts_with("ID ") && text.contains("rooms:*"), "{}", ctx());
     } else if c.starts_with("python3 examples/") || c.starts_with("node examples/") {
         for o in objects(text) {
             assert!(o["channelId"].is_string() || o["channel"].is_string(), "{}", ctx());

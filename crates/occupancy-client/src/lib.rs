@@ -20,7 +20,8 @@
 //!
 //! - [`Client`]: endpoints with failover, TLS for `https://` URLs (the
 //!   system's roots or a CA of your own), an API key or token sent with
-//!   every call, and retries of every call (all of the service's calls are idempotent).
+//!   every call, and retries of every idempotent call (all of them but
+//!   creating an integration rule and sending a test event).
 //! - [`RoomOccupancy`]: Ably Chat's room occupancy shape: [`get`]
 //!   (one-off), [`subscribe`] returning a [`Subscription`] that
 //!   [`unsubscribe`]s (or is dropped), [`current`] (the latest value
@@ -34,6 +35,12 @@
 //! - [`Session`]: the front end's side: opens the lease, keeps it alive,
 //!   batches writes into `Apply` calls, re-sends its whole state with
 //!   `SyncSession` when the service lost it, and closes on drop.
+//! - Integration rules (occupancy events pushed to webhooks), for
+//!   operators: [`Client::create_rule`], [`Client::list_rules`],
+//!   [`Client::update_rule`], [`Client::delete_rule`],
+//!   [`Client::test_rule`], [`Client::dead_letters`] and
+//!   [`Client::replay_dead_letters`], or the generated client from
+//!   [`Client::integration_service`].
 //!
 //! [`get`]: RoomOccupancy::get
 //! [`subscribe`]: RoomOccupancy::subscribe
@@ -43,6 +50,7 @@
 
 mod credentials;
 mod follow;
+mod integrations;
 mod room;
 mod session;
 

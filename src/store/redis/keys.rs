@@ -161,6 +161,12 @@ pub fn int_lease(prefix: &str, rule: &str) -> String {
     format!("{prefix}:int:lease:{rule}")
 }
 
+/// The Pub/Sub channel on which an enqueue that appended entries wakes
+/// every replica's delivery workers (a channel, not a key).
+pub fn int_wake(prefix: &str) -> String {
+    format!("{prefix}:int:wake")
+}
+
 pub use crate::domain::events::shard_of;
 
 /// The exclusive upper bound, for `ZRANGE BYLEX`, of names starting with

@@ -156,6 +156,7 @@ impl RedisStore {
             .set_max_delay(crate::config::defaults::REDIS_RECONNECT_MAX_DELAY);
         let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
         let integrations = Arc::new(RedisIntegrations::new(
+            client.clone(),
             conn.clone(),
             cfg.key_prefix.clone(),
             cfg.timeout,

@@ -2,11 +2,13 @@
 //! gRPC write API, and a real HTTP receiver on a loopback port that checks
 //! every signature.
 
+mod api;
 mod delivery;
 mod faults;
 mod handover;
 mod model;
 mod python;
+mod store;
 
 use std::time::Duration;
 

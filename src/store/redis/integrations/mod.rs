@@ -1,7 +1,7 @@
 //! Integration rules and delivery queues in Redis: the
 //! [`IntegrationStore`] of [`RedisStore`](super::RedisStore), behaving as
 //! [`MemoryIntegrations`](crate::integrations::MemoryIntegrations) does
-//! (same entries, order and errors; `tests/it/integrations_store/` runs
+//! (same entries, order and errors; `tests/it/integrations/store/` runs
 //! the same assertions on both, and feeds both the same random changes).
 //!
 //! The keys are in the layout table of [`keys`] (`P:int:…`). Each step
@@ -45,8 +45,13 @@
 //! discard again removes nothing; only a kill again adds its letter a
 //! second time (as the memory store's kill does when called twice).
 
-use std::sync::LazyLock;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
+
+use futures::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::debug;
 
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
@@ -60,6 +65,10 @@ use crate::integrations::store::{Enqueued, RuleRef, SourceEvent};
 use crate::integrations::{DeadLetter, Entry, IntegrationStore, Rule, Staged};
 
 mod codec;
+
+/// First and longest wait before following the wake channel again.
+const WAKE_RETRY_MIN: Duration = Duration::from_millis(100);
+const WAKE_RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// The `call` label of every integration call's metrics.
 const CALL: &str = "integrations";
@@ -78,6 +87,7 @@ static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../
 /// Integration rules and queues in the Redis of a [`RedisStore`](super::RedisStore).
 #[derive(Clone)]
 pub struct RedisIntegrations {
+    client: redis::Client,
     conn: ConnectionManager,
     prefix: String,
     timeout: Duration,
@@ -93,8 +103,44 @@ impl std::fmt::Debug for RedisIntegrations {
 
 impl RedisIntegrations {
     /// On the store's connection, under its key prefix, with its timeout.
-    pub(super) fn new(conn: ConnectionManager, prefix: String, timeout: Duration) -> Self {
-        Self { conn, prefix, timeout }
+    pub(super) fn new(client: redis::Client, conn: ConnectionManager, prefix: String, timeout: Duration) -> Self {
+        Self {
+            client,
+            conn,
+            prefix,
+            timeout,
+        }
+    }
+
+    /// Follows the wake channel on a connection of its own (a subscribed
+    /// connection can do nothing else), connecting again after failures.
+    async fn follow_wakes(client: redis::Client, channel: String, queued: Arc<Notify>, cancel: CancellationToken) {
+        let mut backoff = WAKE_RETRY_MIN;
+        loop {
+            match client.get_async_pubsub().await {
+                Ok(mut ps) => match ps.subscribe(&channel).await {
+                    Ok(()) => {
+                        backoff = WAKE_RETRY_MIN;
+                        let mut messages = ps.on_message();
+                        loop {
+                            tokio::select! {
+                                () = cancel.cancelled() => return,
+                                m = messages.next() => match m {
+                                    Some(_) => queued.notify_waiters(),
+                                    None => break,
+                                },
+                            }
+                        }
+                    }
+                    Err(e) => debug!(cause = %e, "integration wakes: cannot subscribe"),
+                },
+                Err(e) => debug!(cause = %e, "integration wakes: cannot connect"),
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return,
+                () = tokio::time::sleep(backoff) => backoff = (backoff * 2).min(WAKE_RETRY_MAX),
+            }
+        }
     }
 
     async fn run<T: redis::FromRedisValue>(&self, inv: &redis::ScriptInvocation<'_>) -> Result<T> {
@@ -206,6 +252,15 @@ impl IntegrationStore for RedisIntegrations {
         let work: usize = events.iter().map(|e| 1 + e.rules.len()).sum();
         let limit = self.timeout + BATCH_ALLOWANCE_PER_OP * u32::try_from(work).unwrap_or(u32::MAX);
         let appended: i64 = self.run_within(&inv, limit).await?;
+        if appended > 0 {
+            // wakes every replica's workers; they poll anyway, so a lost
+            // wake only costs latency
+            let mut publish = redis::cmd("PUBLISH");
+            publish.arg(keys::int_wake(p)).arg("");
+            if let Err(e) = self.query::<i64>(&publish).await {
+                debug!(cause = %e, "integration wakes: cannot publish");
+            }
+        }
         Ok(match usize::try_from(appended) {
             Ok(entries) => Enqueued::Done { entries },
             Err(_) => Enqueued::Stale,
@@ -347,5 +402,14 @@ impl IntegrationStore for RedisIntegrations {
         let mut cmd = redis::cmd("XLEN");
         cmd.arg(keys::int_queue(&self.prefix, rule));
         self.query(&cmd).await
+    }
+
+    fn watch(&self, queued: Arc<Notify>, cancel: CancellationToken) {
+        tokio::spawn(Self::follow_wakes(
+            self.client.clone(),
+            keys::int_wake(&self.prefix),
+            queued,
+            cancel,
+        ));
     }
 }

@@ -79,6 +79,23 @@ if "sse" in res:
 if "idle-rss" in res:
     r = res["idle-rss"]
     row(f"5. replica RSS, {r['streams']} idle streams", f"{r['after_mb']} MB (before {r['before_mb']} MB)", "-", "<= 300 MB", float(r["after_mb"]) <= 300, "idle-rss")
+def replicas(r, sfx):
+    """CPU per operation of every watched replica (A, and B and C when
+    given: any of them may deliver a rule's events), summed."""
+    return f"{sum(float(v) for k, v in r.items() if k.startswith('cpu_us_replica') and k.endswith('_' + sfx)):.1f}"
+if "webhooks" in res:
+    r = res["webhooks"]
+    n = r["rules"]
+    w0, w1 = float(r["apply_without"]), float(r[f"apply_with_{n}_rules"])
+    # no target: the added cost of the rules, reported
+    rows.append((f"Apply with {n} webhook rules / without", f"{f(w1)} ops/s, p50 {r['p50_ms_with']} ms, p99 {r['p99_ms_with']} ms", f"{f(w0)} ops/s, p50 {r['p50_ms_without']} ms (no rules)", f"{w1 / w0:.2f} x (reported)", "-", cpu.get("webhooks", "-")))
+    counts = f"{f(r['received'])} received"
+    if "enqueued" in r:
+        counts += f" of {f(r['enqueued'])} enqueued (missing {r['missing']}, dead letters {r['dead_letters']}, source gaps {r['source_gaps']})"
+    if "cpu_us_replica_drain" in r:
+        counts += f"; CPU per event in the drain: replicas {replicas(r, 'drain')} us, Redis {r.get('cpu_us_redis_drain', '-')} us"
+    basis = "after the load" if r["delivered_basis"] == "drain" else "during the load (no backlog)"
+    row(f"webhook events delivered/s (batched, {r['max_events']}/request)", f"{f(r['delivered_per_s'])}/s {basis} (during the load {f(r['during_load_per_s'])}/s; drain {r['drain_s']} s, drained {r['drained']}); {counts}", "-", "reported", True, "webhooks")
 if "footprint" in res:
     r = res["footprint"]
     row("6. Redis bytes per attachment", r["bytes_per_attachment"], "-", "<= 200", float(r["bytes_per_attachment"]) <= 200, "footprint")
@@ -95,9 +112,13 @@ if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
 cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get") if k in res and "cpu_us_replica" in res[k]]
+if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
+    r = res["webhooks"]
+    for label, sfx in (("wh-none", "without"), (f"wh-{r['rules']}", "with")):
+        cpu_rows.append((label, {"cpu_us_redis": r.get(f"cpu_us_redis_{sfx}", "-"), "cpu_us_replica": replicas(r, sfx), "cpu_us_gen": r.get(f"cpu_us_gen_{sfx}", "-")}))
 if cpu_rows:
     print()
-    print("CPU per operation over the measured window (us; batch-get: per channel; the -auth rows on replica C; rest-get's load generator is h2load, not measured):")
+    print("CPU per operation over the measured window (us; batch-get: per channel; the -auth rows on replica C; rest-get's load generator is h2load, not measured; wh-none and wh-N: the webhooks scenario's apply load without rules and with N, its replica column A, B and C together):")
     print("| scenario   | Redis | replica | load generator |")
     print("| ---------- | ----- | ------- | -------------- |")
     for k, r in cpu_rows:

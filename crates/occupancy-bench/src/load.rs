@@ -160,6 +160,13 @@ impl Stats {
         percentile(&self.latencies_ms, q)
     }
 
+    /// ` cpu_us_NAME_SUFFIX=X` for each watched process: its CPU time per
+    /// operation, for a result line that holds several runs.
+    pub(crate) fn cpu_fields(&self, suffix: &str) -> String {
+        let named: Vec<(String, Duration)> = self.cpu.iter().map(|(n, t)| (format!("{n}_{suffix}"), *t)).collect();
+        procfs::per_op(&named, self.ops)
+    }
+
     /// Prints the scenario's `RESULT` line: rate, p50, p99, `extra` (as
     /// ` key=value` pairs) and the CPU per operation of each watched
     /// process.

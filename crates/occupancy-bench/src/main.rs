@@ -17,6 +17,9 @@
 //!   connection to B's HTTP side.
 //! - `rest-get`: REST `GET /channels/{id}` through h2load.
 //! - `idle-streams`: a replica's resident memory with many idle streams.
+//! - `webhooks`: the `apply` load without integration rules and with 10
+//!   (every channel, batched, to a receiver in this process), and the
+//!   events delivered per second until the rules' queues drain.
 //! - `footprint`: Redis memory per attachment and per presence member.
 
 use clap::{Parser, Subcommand};
@@ -27,9 +30,11 @@ mod load;
 mod memory;
 mod procfs;
 mod reads;
+mod receiver;
 mod rest;
 mod sse;
 mod streams;
+mod webhooks;
 mod writes;
 
 use load::Load;
@@ -131,6 +136,14 @@ enum Scenario {
         #[arg(long, default_value_t = 10_000)]
         channels: usize,
     },
+    /// Apply without and with integration rules, and webhook events
+    /// delivered per second.
+    Webhooks {
+        #[command(flatten)]
+        load: Load,
+        #[command(flatten)]
+        opts: webhooks::Webhooks,
+    },
     /// Redis memory per attachment and per presence member.
     Footprint {
         #[command(flatten)]
@@ -200,6 +213,7 @@ async fn run(scenario: Scenario) -> anyhow::Result<()> {
             streams,
             channels,
         } => memory::idle_streams(url, pid, streams, channels).await,
+        Scenario::Webhooks { load, opts } => webhooks::webhooks(load, opts).await,
         Scenario::Footprint { load, redis_url, count } => memory::footprint(load, redis_url, count).await,
         Scenario::Latency { changes, b } => latency::latency(changes, b).await,
         Scenario::Sse { changes, b_http } => sse::sse(changes, b_http).await,

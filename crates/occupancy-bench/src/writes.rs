@@ -4,7 +4,7 @@
 use occupancy::proto::v1 as pb;
 use pb::connection_service_client::ConnectionServiceClient;
 
-use crate::load::{conn, mix, run_load, Credential, Load};
+use crate::load::{conn, mix, run_load, Credential, Load, Stats};
 
 /// Operation `kind % 4` of the cycle attach → enter → leave → detach, for
 /// connection `conn` on `channel`.
@@ -51,29 +51,40 @@ const APPLY_SLOTS: u64 = 2048;
 
 /// Apply batches of `batch` operations over `channels` channels.
 pub(crate) async fn apply(load: Load, batch: usize, channels: usize) -> anyhow::Result<()> {
-    let run = std::process::id();
-    let mut stats = run_load(&load, move |ch, w, i| async move {
-        // Each worker cycles APPLY_SLOTS (connection, channel) slots, four
-        // channels per connection, through attach → enter → leave →
-        // detach, so every operation changes something; a batch visits
-        // its slots in a scattered order.
-        let ops: Vec<pb::Operation> = (0..batch as u64)
-            .map(|k| {
-                let x = i * batch as u64 + k;
-                let slot = (x % APPLY_SLOTS) * 1021 % APPLY_SLOTS;
-                let conn = format!("b{run}-w{w}-c{}", slot / 4);
-                let channel = format!("bench:{}", mix(w as u64, slot) % channels as u64);
-                op(x / APPLY_SLOTS, conn, channel)
-            })
-            .collect();
-        ConnectionServiceClient::new(ch)
-            .apply(apply_request(format!("bench-{run}-w{w}"), ops))
-            .await?;
-        Ok(batch as u64)
-    })
-    .await?;
+    let mut stats = apply_load(&load, batch, channels, "").await?;
     stats.print(&load.name("apply"), &format!(" batch={batch} channels={channels}"));
     Ok(())
+}
+
+/// The `apply` scenario's load, for other scenarios to run too: `tag` goes
+/// into the connection names, so a second run in one process starts from
+/// fresh connections and again changes something with every operation.
+pub(crate) async fn apply_load(load: &Load, batch: usize, channels: usize, tag: &str) -> anyhow::Result<Stats> {
+    let run = std::process::id();
+    let tag = tag.to_string();
+    run_load(load, move |ch, w, i| {
+        let tag = tag.clone();
+        async move {
+            // Each worker cycles APPLY_SLOTS (connection, channel) slots,
+            // four channels per connection, through attach → enter → leave
+            // → detach, so every operation changes something; a batch
+            // visits its slots in a scattered order.
+            let ops: Vec<pb::Operation> = (0..batch as u64)
+                .map(|k| {
+                    let x = i * batch as u64 + k;
+                    let slot = (x % APPLY_SLOTS) * 1021 % APPLY_SLOTS;
+                    let conn = format!("b{run}{tag}-w{w}-c{}", slot / 4);
+                    let channel = format!("bench:{}", mix(w as u64, slot) % channels as u64);
+                    op(x / APPLY_SLOTS, conn, channel)
+                })
+                .collect();
+            ConnectionServiceClient::new(ch)
+                .apply(apply_request(format!("bench-{run}-w{w}"), ops))
+                .await?;
+            Ok(batch as u64)
+        }
+    })
+    .await
 }
 
 /// Front ends (sessions) the `unary` workers share, as a few front end

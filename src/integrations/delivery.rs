@@ -20,7 +20,7 @@
 //!   the rule's concurrency at once: a target that never answers holds only
 //!   its own rule's requests, never another rule's or the gRPC path.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,6 +35,7 @@ use super::rule::{Kind, Mode, Rule};
 use super::sender::{Outcome, Sender};
 use super::store::{DeadLetter, Entry, IntegrationStore, Staged};
 use crate::domain::events::wall_ms;
+use crate::domain::Pos;
 
 /// How long a rule's lease lasts without renewal: the longest a dead
 /// replica's rules wait for another replica.
@@ -146,7 +147,10 @@ struct Chan {
 
 /// How a send task ended.
 enum Ended {
-    /// Delivered, or given up to the dead letters: the channels are free.
+    /// Answered 2xx: the worker records it (it knows whether the batch is
+    /// at the queue's front) and the channels are free.
+    Delivered,
+    /// Given up to the dead letters: the channels are free.
     Settled,
     /// Cancelled (lease lost, shutdown): the batch stays staged for the
     /// next holder.
@@ -166,6 +170,11 @@ struct Worker {
     staged_ids: HashSet<String>,
     resend: VecDeque<Staged>,
     inflight: usize,
+    /// First queue position of each batch in flight (a batch may complete
+    /// by trimming only before all of them).
+    firsts: BTreeMap<Pos, usize>,
+    /// Delivered batches not yet recorded in the store.
+    completions: VecDeque<Staged>,
     last_start: Option<Instant>,
     discards: Vec<String>,
     done_tx: mpsc::UnboundedSender<(Staged, Ended)>,
@@ -195,6 +204,8 @@ impl Worker {
             staged_ids: HashSet::new(),
             resend: VecDeque::new(),
             inflight: 0,
+            firsts: BTreeMap::new(),
+            completions: VecDeque::new(),
             last_start: None,
             discards: Vec::new(),
             done_tx,
@@ -239,6 +250,7 @@ impl Worker {
             poll = if read_any { MIN_POLL } else { (poll * 2).min(MAX_POLL) };
             let due = self.dispatch().await;
             self.flush_discards().await;
+            self.record_completions().await;
             let wait = due.map_or(poll, |d| d.min(poll));
             tokio::select! {
                 () = self.cancel.cancelled() => break,
@@ -266,6 +278,9 @@ impl Worker {
                 None => break,
             }
         }
+        // delivered batches not yet recorded: once more, else the next
+        // holder resends them under their ids
+        self.record_completions().await;
         if let Err(e) = self.store.release(&self.rule.id, &self.holder).await {
             debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot release lease");
         }
@@ -280,12 +295,66 @@ impl Worker {
 
     fn settle(&mut self, batch: &Staged, ended: Ended) {
         self.inflight = self.inflight.saturating_sub(1);
-        if let Ended::Abandoned = ended {
-            return;
+        self.track(batch, false);
+        match ended {
+            Ended::Abandoned => return,
+            Ended::Delivered => self.completions.push_back(batch.clone()),
+            Ended::Settled => {}
         }
         for e in &batch.entries {
             if let Some(c) = self.chans.get_mut(&e.channel) {
                 c.busy = false;
+            }
+        }
+    }
+
+    /// Counts a batch's first position in (or out of) [`Worker::firsts`].
+    fn track(&mut self, batch: &Staged, add: bool) {
+        let Some(first) = batch.entries.iter().map(Entry::pos).min() else {
+            return;
+        };
+        if add {
+            *self.firsts.entry(first).or_default() += 1;
+        } else if let Some(n) = self.firsts.get_mut(&first) {
+            *n -= 1;
+            if *n == 0 {
+                self.firsts.remove(&first);
+            }
+        }
+    }
+
+    /// Whether nothing before `batch`'s last entry waits: no entry held
+    /// and no batch in flight or to be resent starts before it (entries
+    /// read later come after it, and discarded ones may go too).
+    fn at_front(&self, batch: &Staged) -> bool {
+        let Some(last) = batch.entries.iter().map(Entry::pos).max() else {
+            return false;
+        };
+        let held = self
+            .chans
+            .values()
+            .filter_map(|c| c.queue.front())
+            .map(Entry::pos)
+            .min();
+        let flying = self.firsts.keys().next().copied();
+        let resent = self.resend.iter().flat_map(|b| &b.entries).map(Entry::pos).min();
+        [held, flying, resent].into_iter().flatten().all(|p| last < p)
+    }
+
+    /// Records delivered batches in the store, oldest first; what fails
+    /// is tried again next round (a takeover meanwhile resends it under
+    /// the same id, which receivers drop).
+    async fn record_completions(&mut self) {
+        while let Some(batch) = self.completions.front() {
+            let front = self.at_front(batch);
+            match self.store.complete(&self.rule.id, batch, front).await {
+                Ok(()) => {
+                    self.completions.pop_front();
+                }
+                Err(e) => {
+                    debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot record a delivery");
+                    return;
+                }
             }
         }
     }
@@ -403,8 +472,17 @@ impl Worker {
         if !self.resend.is_empty() {
             return Some(MIN_POLL);
         }
+        // nothing can start: look again when a request ends or the
+        // interval allows (a debounce or delay due meanwhile waits for it)
+        let free = match self.rule.mode {
+            Mode::Single => self.inflight < self.concurrency(),
+            Mode::Batched { .. } => self.inflight == 0 && self.batch_slot(&mut next),
+        };
+        if !free {
+            return next.map(|d| Duration::from_millis(u64::try_from(d - now).unwrap_or(0).max(1)));
+        }
         // what each free channel has ready, oldest head first
-        let mut ready: Vec<(String, usize, String)> = Vec::new();
+        let mut ready: Vec<(Pos, String, usize)> = Vec::new();
         let rule = self.rule.clone();
         for (name, chan) in &mut self.chans {
             if chan.busy || chan.queue.is_empty() {
@@ -415,14 +493,14 @@ impl Worker {
                 next = Some(next.map_or(d, |x| x.min(d)));
             }
             if n > 0 {
-                ready.push((name.clone(), n, chan.queue[0].id.clone()));
+                ready.push((chan.queue[0].pos(), name.clone(), n));
             }
         }
         self.held = self.chans.values().map(|c| c.queue.len()).sum();
-        ready.sort_by_key(|(_, _, head)| crate::domain::Pos::parse(head).unwrap_or_default());
+        ready.sort_unstable_by_key(|(head, _, _)| *head);
         match self.rule.mode {
             Mode::Single => {
-                for (name, _, _) in ready {
+                for (_, name, _) in ready {
                     if self.inflight >= self.concurrency() {
                         break;
                     }
@@ -431,24 +509,21 @@ impl Worker {
                 }
             }
             Mode::Batched { max_events, .. } => {
-                if !ready.is_empty() && self.inflight == 0 && self.batch_slot(&mut next) {
-                    let mut entries = Vec::new();
-                    for (name, n, _) in ready {
-                        let room = max_events as usize - entries.len();
-                        if room == 0 {
-                            break;
-                        }
-                        // the channel stays busy until this batch settles,
-                        // so what does not fit cannot overtake it
-                        let n = n.min(room);
-                        entries.extend(self.take(&name, n));
-                        if let Some(c) = self.chans.get_mut(&name) {
-                            c.busy = true;
-                        }
+                let mut entries = Vec::new();
+                for (_, name, n) in ready {
+                    let room = max_events as usize - entries.len();
+                    if room == 0 {
+                        break;
                     }
-                    entries.sort_by_key(Entry::pos);
-                    self.start_batch(entries).await;
+                    // the channel stays busy until this batch settles,
+                    // so what does not fit cannot overtake it
+                    entries.extend(self.take(&name, n.min(room)));
+                    if let Some(c) = self.chans.get_mut(&name) {
+                        c.busy = true;
+                    }
                 }
+                entries.sort_by_cached_key(Entry::pos);
+                self.start_batch(entries).await;
             }
         }
         self.chans
@@ -500,6 +575,7 @@ impl Worker {
         for e in &batch.entries {
             self.chans.entry(e.channel.clone()).or_default().busy = true;
         }
+        self.track(&batch, true);
         self.inflight += 1;
         self.last_start = Some(Instant::now());
         let job = Send {
@@ -574,7 +650,7 @@ impl Send {
                             .iter()
                             .map(|e| Duration::from_millis(u64::try_from(now - e.timestamp_ms).unwrap_or(0))),
                     );
-                    return self.persist(batch, None).await;
+                    return Ended::Delivered;
                 }
                 Outcome::Failed { reason } => {
                     m.request("failed");
@@ -606,21 +682,17 @@ impl Send {
             attempts,
             dead_ms: wall_ms(),
         };
-        self.persist(batch, Some(&dead)).await
+        self.persist(&dead).await
     }
 
-    /// Records the batch delivered (or dead) until that works or the
-    /// worker is cancelled.
-    async fn persist(&self, batch: &Staged, dead: Option<&DeadLetter>) -> Ended {
+    /// Moves the batch to the dead letters, trying until that works or
+    /// the worker is cancelled.
+    async fn persist(&self, dead: &DeadLetter) -> Ended {
         let mut wait = Duration::from_millis(50);
         loop {
-            let step = match dead {
-                None => self.store.complete(&self.rule.id, batch).await,
-                Some(d) => self.store.kill(&self.rule.id, d).await,
-            };
-            match step {
+            match self.store.kill(&self.rule.id, dead).await {
                 Ok(()) => return Ended::Settled,
-                Err(e) => debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot record a result"),
+                Err(e) => debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot record a dead letter"),
             }
             tokio::select! {
                 () = self.cancel.cancelled() => return Ended::Abandoned,

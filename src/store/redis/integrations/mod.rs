@@ -331,15 +331,36 @@ impl IntegrationStore for RedisIntegrations {
         Ok(out)
     }
 
-    async fn complete(&self, rule: &str, batch: &Staged) -> Result<()> {
+    async fn complete(&self, rule: &str, batch: &Staged, front: bool) -> Result<()> {
         let p = &self.prefix;
         let mut pipe = redis::pipe();
         pipe.atomic();
-        Self::xdel(
-            &mut pipe,
-            &keys::int_queue(p, rule),
-            batch.entries.iter().map(|e| &e.id),
-        );
+        let last = batch
+            .entries
+            .iter()
+            .filter_map(|e| crate::domain::Pos::parse(&e.id))
+            .max();
+        match (front, last) {
+            // everything before the batch's end is gone or in the batch:
+            // one trim instead of an XDEL per entry, each of which walks
+            // the stream's radix tree and rewrites a listpack
+            (true, Some(last)) => {
+                let after = crate::domain::Pos {
+                    ms: last.ms,
+                    seq: last.seq.saturating_add(1),
+                };
+                pipe.cmd("XTRIM")
+                    .arg(keys::int_queue(p, rule))
+                    .arg("MINID")
+                    .arg(after.to_string())
+                    .ignore();
+            }
+            _ => Self::xdel(
+                &mut pipe,
+                &keys::int_queue(p, rule),
+                batch.entries.iter().map(|e| &e.id),
+            ),
+        }
         pipe.cmd("HDEL").arg(keys::int_staged(p, rule)).arg(&batch.id).ignore();
         let () = self.exec(&pipe).await?;
         Ok(())

@@ -87,7 +87,7 @@ async fn queue_steps(h: Harness) {
     assert_eq!(s.backlog(&a.id).await.unwrap(), 10, "staged entries stay queued");
 
     // complete: the entries and the stage go
-    s.complete(&a.id, &z).await.unwrap();
+    s.complete(&a.id, &z, false).await.unwrap();
     assert_eq!(s.backlog(&a.id).await.unwrap(), 8);
     assert_eq!(s.staged(&a.id).await.unwrap(), std::slice::from_ref(&y));
     assert_eq!(s.read(&a.id, None, 1).await.unwrap(), q[2..3]);
@@ -138,6 +138,16 @@ async fn queue_steps(h: Harness) {
     assert_eq!(s.backlog(&a.id).await.unwrap(), 7);
     // reading on from an entry that has gone still works
     assert_eq!(names(&s.read(&a.id, Some(&q[7].id), 2).await.unwrap()), ["ch8", "ch9"]);
+
+    // a batch at the queue's front completes by trimming up to its end:
+    // the entries before it that were already gone stay gone, the ones
+    // after it stay
+    let front = batch("batch-front", &end[0..3]);
+    s.stage(&a.id, &front).await.unwrap();
+    other.complete(&a.id, &front, true).await.unwrap();
+    assert_eq!(names(&all(&*s, &a.id).await), ["ch6", "ch7", "ch3", "ch4"]);
+    assert_eq!(s.backlog(&a.id).await.unwrap(), 4);
+    assert!(s.staged(&a.id).await.unwrap().is_empty());
 }
 
 async fn dead_letters_keep_the_newest(h: Harness) {

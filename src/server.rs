@@ -90,6 +90,7 @@ pub async fn run_with_http(
             let (i, task) = crate::integrations::Integrations::start(
                 rules,
                 Some(hub.clone()),
+                store.shards(),
                 sender.clone(),
                 config.webhook_delivery,
                 &cancel,

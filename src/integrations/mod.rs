@@ -55,12 +55,14 @@ impl std::fmt::Debug for Integrations {
 
 impl Integrations {
     /// Starts the source, and delivery when `deliver`, on this replica
-    /// until `cancel`, sending with `sender`. The delivery task is returned
+    /// until `cancel`, for a store of `shards` event shards, sending with
+    /// `sender`. The delivery task is returned
     /// so shutdown can wait for it (its workers leave their batches staged
     /// for the next holder).
     pub fn start(
         store: Arc<dyn IntegrationStore>,
         hub: Option<Arc<Hub>>,
+        shards: u32,
         sender: sender::Sender,
         deliver: bool,
         cancel: &CancellationToken,
@@ -68,7 +70,7 @@ impl Integrations {
         let delivery_wake = Arc::new(Notify::new());
         let queued = Arc::new(Notify::new());
         store.watch(queued.clone(), cancel.clone());
-        let source = source::start(store.clone(), hub, queued.clone(), cancel.clone());
+        let source = source::start(store.clone(), hub, shards, queued.clone(), cancel.clone());
         let delivery = deliver.then(|| {
             delivery::start(
                 store.clone(),

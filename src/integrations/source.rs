@@ -1,7 +1,12 @@
-//! The source: every replica hands every change it sees to the store's
-//! enqueue step, which keeps each change once (the per-shard high-water
-//! mark), so events are enqueued exactly once while any replica runs and
-//! no single replica's death loses one.
+//! The source: one replica per event shard at a time (a lease in the
+//! store) hands that shard's changes to the store's enqueue step; every
+//! other replica keeps the shard's recent changes (the last
+//! [`BUFFER_WINDOW`], at most [`limits::SOURCE_BUFFER`] over all shards).
+//! When an owner dies its lease runs out, another replica takes the shard
+//! and offers what it kept; the store skips every change at or before the
+//! shard's high-water mark, so each change is enqueued exactly once and no
+//! single replica's death loses one. One owner per shard keeps the store's
+//! cost per change the same however many replicas run.
 //!
 //! The feed calls [`Source::publish`] on its reader and must not wait, so
 //! changes go into an unbounded channel whose length the source bounds
@@ -9,14 +14,14 @@
 //! calls the store, in chunks that never split one log entry (the store
 //! compares whole entries' positions with its mark).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
 
 use super::limits;
 use super::rule::Rule;
@@ -92,6 +97,7 @@ impl Source {
 pub fn start(
     store: Arc<dyn IntegrationStore>,
     demand: Option<Arc<Hub>>,
+    shards: u32,
     queued: Arc<Notify>,
     cancel: CancellationToken,
 ) -> Arc<Source> {
@@ -114,6 +120,8 @@ pub fn start(
         rules: Vec::new(),
         known: Vec::new(),
         listening: false,
+        holder: format!("{:016x}", rand::random::<u64>()),
+        shards: (0..shards.max(1)).map(|_| Shard::default()).collect(),
     };
     tokio::spawn(task.run(rx, refresh_rx, cancel));
     source
@@ -130,6 +138,32 @@ struct Task {
     /// Every rule as last read, paused ones too (to restore them).
     known: Vec<Rule>,
     listening: bool,
+    /// This replica's name in shard leases.
+    holder: String,
+    shards: Vec<Shard>,
+}
+
+/// This replica's view of one event shard.
+#[derive(Debug, Default)]
+struct Shard {
+    /// Whether this replica holds the shard's lease (and enqueues it).
+    owned: bool,
+    /// The shard's recent changes while another replica owns it, with
+    /// when they arrived.
+    kept: VecDeque<(Instant, ChangeEvent)>,
+}
+
+/// How long a shard's owner holds it without renewing: the longest its
+/// death delays the shard's events.
+pub const SHARD_LEASE_TTL: Duration = Duration::from_secs(5);
+
+/// How long other replicas keep a shard's changes: well past the time a
+/// dead owner's lease takes to run out and be taken.
+pub const BUFFER_WINDOW: Duration = Duration::from_secs(15);
+
+/// The lease name of shard `shard` (beside the rules' delivery leases).
+fn shard_lease(shard: usize) -> String {
+    format!("source:{shard}")
 }
 
 /// How often the source looks for rule changes made on other replicas
@@ -153,9 +187,13 @@ impl Task {
         loop {
             tokio::select! {
                 () = cancel.cancelled() => break,
-                _ = poll.tick() => { self.reload().await; }
+                _ = poll.tick() => {
+                    self.reload().await;
+                    self.hold_shards(&cancel).await;
+                }
                 Some(ack) = refresh.recv() => {
                     self.reload().await;
+                    self.hold_shards(&cancel).await;
                     if self.listening {
                         if let Some(d) = self.demand.as_deref().and_then(ChangeSink::demand) {
                             // until the feed reads every shard again
@@ -175,6 +213,45 @@ impl Task {
             }
         }
         self.listen(false);
+        self.release_shards().await;
+    }
+
+    /// Takes or renews every shard's lease while rules exist (offering the
+    /// changes kept of a shard just taken), and gives them up otherwise.
+    async fn hold_shards(&mut self, cancel: &CancellationToken) {
+        if !self.listening {
+            self.release_shards().await;
+            return;
+        }
+        for i in 0..self.shards.len() {
+            match self.store.lease(&shard_lease(i), &self.holder, SHARD_LEASE_TTL).await {
+                Ok(true) if !self.shards[i].owned => {
+                    self.shards[i].owned = true;
+                    info!(shard = i, holder = %self.holder, "integration source: enqueuing shard");
+                    let kept: Vec<ChangeEvent> = self.shards[i].kept.drain(..).map(|(_, e)| e).collect();
+                    if !kept.is_empty() {
+                        debug!(shard = i, changes = kept.len(), "integration source: took a shard over");
+                    }
+                    self.enqueue_all(i as u32, &kept, cancel).await;
+                }
+                Ok(true) => {}
+                Ok(false) => self.shards[i].owned = false,
+                // the store is down: whoever owns the shard cannot enqueue
+                // either; keep the state until it answers
+                Err(e) => debug!(shard = i, cause = %e, "integration source: cannot renew a shard lease"),
+            }
+        }
+    }
+
+    async fn release_shards(&mut self) {
+        for i in 0..self.shards.len() {
+            self.shards[i].kept.clear();
+            if std::mem::take(&mut self.shards[i].owned) {
+                if let Err(e) = self.store.release(&shard_lease(i), &self.holder).await {
+                    debug!(shard = i, cause = %e, "integration source: cannot release a shard lease");
+                }
+            }
+        }
     }
 
     fn listen(&mut self, on: bool) {
@@ -244,17 +321,35 @@ impl Task {
         for e in events {
             by_shard.entry(e.shard).or_default().push(e);
         }
+        let now = Instant::now();
+        let cap = (limits::SOURCE_BUFFER / self.shards.len().max(1)).max(1);
         for (shard, events) in by_shard {
-            let mut start = 0;
-            while start < events.len() {
-                // end the chunk at a whole log entry
-                let mut end = (start + limits::ENQUEUE_BATCH).min(events.len());
-                while end < events.len() && events[end - 1].covers != events[end - 1].pos {
-                    end += 1;
-                }
-                self.enqueue(shard, &events[start..end], cancel).await;
-                start = end;
+            let Some(state) = self.shards.get_mut(shard as usize) else {
+                continue;
+            };
+            if state.owned {
+                self.enqueue_all(shard, &events, cancel).await;
+                continue;
             }
+            // another replica owns the shard: keep what a takeover needs
+            state.kept.extend(events.into_iter().map(|e| (now, e)));
+            while state.kept.len() > cap || state.kept.front().is_some_and(|(t, _)| t.elapsed() > BUFFER_WINDOW) {
+                state.kept.pop_front();
+            }
+        }
+    }
+
+    /// Enqueues `events` of `shard` in chunks that never split a log entry.
+    async fn enqueue_all(&mut self, shard: u32, events: &[ChangeEvent], cancel: &CancellationToken) {
+        let mut start = 0;
+        while start < events.len() {
+            // end the chunk at a whole log entry
+            let mut end = (start + limits::ENQUEUE_BATCH).min(events.len());
+            while end < events.len() && events[end - 1].covers != events[end - 1].pos {
+                end += 1;
+            }
+            self.enqueue(shard, &events[start..end], cancel).await;
+            start = end;
         }
     }
 

@@ -1,6 +1,8 @@
-//! The replica holding a rule's deliveries is SIGKILLed mid-batch: another
-//! replica takes the rule over when the lease runs out and delivers the
-//! rest, staged batches first under their own `webhook-id`s.
+//! Replicas SIGKILLed: the one holding a rule's deliveries, mid-batch
+//! (another replica takes the rule over when the lease runs out and
+//! delivers the rest, staged batches first under their own
+//! `webhook-id`s), and the one enqueuing a shard's changes (another takes
+//! the shard and offers the changes it kept: none is lost).
 
 use std::time::Duration;
 
@@ -67,4 +69,62 @@ async fn sigkilled_holder_hands_its_batches_over() {
     let took_over = (0..3).filter(|i| *i != holder).any(|i| procs[i].logged("holding rule"));
     assert!(took_over, "another replica took the rule over");
     assert!(rx.requests().iter().all(|r| r.valid));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_source_owner_loses_no_change() {
+    let redis = RedisServer::start();
+    let procs = Proc::replicas(3, &redis.url(), &[]);
+    let mut fxs = Vec::new();
+    for p in &procs {
+        fxs.push(Fx::connect(&p.url()).await);
+    }
+    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedisStore::new(RedisConfig::new(redis.url())).unwrap());
+    let rx = Receiver::start().await;
+    rule_for(
+        store.as_ref(),
+        &fxs[0],
+        &rx,
+        occupancy::integrations::RuleSpec {
+            channels: Some(vec!["rooms:*".into()]),
+            events: Some(vec![
+                "channel.occupancy".into(),
+                "channel.occupied".into(),
+                "channel.vacated".into(),
+            ]),
+            vacated_delay_ms: Some(0),
+            ..Default::default()
+        },
+    )
+    .await;
+    // the replica enqueuing shard 0, by the holder name its lease holds
+    let holder: String = {
+        let mut c = redis.connection();
+        redis::cmd("GET")
+            .arg("occupancy:int:lease:source:0")
+            .query(&mut c)
+            .expect("shard 0 has an owner")
+    };
+    let owner = procs
+        .iter()
+        .position(|p| p.logged(&holder))
+        .expect("a replica logged the holder name");
+    procs[owner].signal("KILL");
+    // changes on every shard while nobody enqueues shard 0 until its
+    // lease runs out and another replica offers what it kept
+    let others: Vec<Fx> = (0..3).filter(|i| *i != owner).map(|i| fxs[i].clone()).collect();
+    let counts = random_load(&others, 16, 60, 23).await;
+    let want: usize = counts.values().map(|c| expected(c).len()).sum();
+    rx.wait_for(Duration::from_secs(60), "every event after the shard takeover", |d| {
+        per_channel(d).values().map(Vec::len).sum::<usize>() >= want
+    })
+    .await;
+    let got = per_channel(&rx.delivered());
+    for (ch, c) in &counts {
+        assert_eq!(kinds(&got[ch]), expected(c), "channel {ch}");
+    }
+    let took_over = (0..3)
+        .filter(|i| *i != owner)
+        .any(|i| procs[i].logged("enqueuing shard"));
+    assert!(took_over, "another replica took the shards over");
 }

@@ -3,7 +3,7 @@
 //!
 //! - The supervisor on every replica takes the lease of every rule nobody
 //!   holds (the store's lease expires when its holder dies, so another
-//!   replica takes over within [`LEASE_TTL`]) and runs a [`worker`] per
+//!   replica takes over within [`LEASE_TTL`]) and runs a worker per
 //!   rule it holds.
 //! - The worker reads the rule's queue in order and keeps, per channel,
 //!   the entries not yet sent. A channel has at most one batch in flight,

@@ -151,6 +151,10 @@ struct Shard {
     /// The shard's recent changes while another replica owns it, with
     /// when they arrived.
     kept: VecDeque<(Instant, ChangeEvent)>,
+    /// The first changes of a log entry whose last change has not arrived
+    /// yet: the store compares whole entries' positions with its mark, so
+    /// an entry must reach it whole.
+    partial: Vec<ChangeEvent>,
 }
 
 /// How long a shard's owner holds it without renewing: the longest its
@@ -305,7 +309,13 @@ impl Task {
                         categories: r.category_bits(),
                     })
                     .collect();
-                self.source.active.store(any, Ordering::Relaxed);
+                if self.source.active.swap(any, Ordering::Relaxed) != any {
+                    info!(
+                        active = any,
+                        "integration source: {}",
+                        if any { "following changes" } else { "idle: no rules" }
+                    );
+                }
                 self.listen(any);
                 true
             }
@@ -323,10 +333,22 @@ impl Task {
         }
         let now = Instant::now();
         let cap = (limits::SOURCE_BUFFER / self.shards.len().max(1)).max(1);
-        for (shard, events) in by_shard {
+        for (shard, mut events) in by_shard {
             let Some(state) = self.shards.get_mut(shard as usize) else {
                 continue;
             };
+            if !state.partial.is_empty() {
+                let mut whole = std::mem::take(&mut state.partial);
+                whole.append(&mut events);
+                events = whole;
+            }
+            // changes after the last one that ends its entry wait for the
+            // rest of their entry
+            let complete = events.iter().rposition(|e| e.covers == e.pos).map_or(0, |i| i + 1);
+            state.partial = events.split_off(complete);
+            if events.is_empty() {
+                continue;
+            }
             if state.owned {
                 self.enqueue_all(shard, &events, cancel).await;
                 continue;

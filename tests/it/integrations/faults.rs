@@ -81,7 +81,8 @@ pub async fn random_load(fxs: &[Fx], channels: usize, ops: usize, seed: u64) -> 
     counts
 }
 
-fn every_kind() -> RuleSpec {
+/// A rule over `rooms:*` wanting every kind, vacated sent at once.
+pub fn every_kind() -> RuleSpec {
     RuleSpec {
         channels: Some(vec!["rooms:*".into()]),
         events: Some(vec![

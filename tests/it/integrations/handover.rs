@@ -8,17 +8,19 @@ use std::time::Duration;
 
 use occupancy::store::{RedisConfig, RedisStore, Store};
 
-use super::faults::{expected, per_channel, random_load};
+use super::faults::{every_kind, expected, per_channel, random_load};
 use super::{kinds, rule_for};
 use crate::fixture::Fx;
 use crate::support::process::Proc;
 use crate::support::receiver::{Behaviour, Receiver};
 use crate::support::RedisServer;
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn sigkilled_holder_hands_its_batches_over() {
+/// Three replica processes on a private Redis, a receiver, and a rule
+/// over `rooms:*` for every kind, flowing.
+async fn three_replicas() -> (RedisServer, Vec<Proc>, Vec<Fx>, Receiver) {
     let redis = RedisServer::start();
-    let procs = Proc::replicas(3, &redis.url(), &[]);
+    // sessions outlive the test: an expiry would change the counts
+    let procs = Proc::replicas(3, &redis.url(), &["--session-ttl", "10m"]);
     let mut fxs = Vec::new();
     for p in &procs {
         fxs.push(Fx::connect(&p.url()).await);
@@ -26,22 +28,21 @@ async fn sigkilled_holder_hands_its_batches_over() {
     // the replicas' key prefix is the default one
     let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedisStore::new(RedisConfig::new(redis.url())).unwrap());
     let rx = Receiver::start().await;
-    rule_for(
-        store.as_ref(),
-        &fxs[0],
-        &rx,
-        occupancy::integrations::RuleSpec {
-            channels: Some(vec!["rooms:*".into()]),
-            events: Some(vec![
-                "channel.occupancy".into(),
-                "channel.occupied".into(),
-                "channel.vacated".into(),
-            ]),
-            vacated_delay_ms: Some(0),
-            ..Default::default()
-        },
-    )
-    .await;
+    rule_for(store.as_ref(), &fxs[0], &rx, every_kind()).await;
+    // every replica's source follows changes (within its rules poll of the
+    // first rule): from then on any of them may die
+    for p in &procs {
+        crate::support::eventually(Duration::from_secs(10), "every source following changes", || async {
+            p.logged("integration source: following changes").then_some(())
+        })
+        .await;
+    }
+    (redis, procs, fxs, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigkilled_holder_hands_its_batches_over() {
+    let (_redis, procs, fxs, rx) = three_replicas().await;
     let holder = procs
         .iter()
         .position(|p| p.logged("holding rule"))
@@ -73,30 +74,7 @@ async fn sigkilled_holder_hands_its_batches_over() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigkilled_source_owner_loses_no_change() {
-    let redis = RedisServer::start();
-    let procs = Proc::replicas(3, &redis.url(), &[]);
-    let mut fxs = Vec::new();
-    for p in &procs {
-        fxs.push(Fx::connect(&p.url()).await);
-    }
-    let store: std::sync::Arc<dyn Store> = std::sync::Arc::new(RedisStore::new(RedisConfig::new(redis.url())).unwrap());
-    let rx = Receiver::start().await;
-    rule_for(
-        store.as_ref(),
-        &fxs[0],
-        &rx,
-        occupancy::integrations::RuleSpec {
-            channels: Some(vec!["rooms:*".into()]),
-            events: Some(vec![
-                "channel.occupancy".into(),
-                "channel.occupied".into(),
-                "channel.vacated".into(),
-            ]),
-            vacated_delay_ms: Some(0),
-            ..Default::default()
-        },
-    )
-    .await;
+    let (redis, procs, fxs, rx) = three_replicas().await;
     // the replica enqueuing shard 0, by the holder name its lease holds
     let holder: String = {
         let mut c = redis.connection();

@@ -11,7 +11,7 @@ use occupancy::integrations::RuleSpec;
 use occupancy::proto::v1::Mode as PbMode;
 use rand::{Rng, SeedableRng};
 
-use super::faults::per_channel;
+use super::faults::{every_kind, per_channel};
 use super::rule_for;
 use crate::fixture::Fx;
 use crate::support::receiver::Receiver;
@@ -59,13 +59,8 @@ async fn last_delivered_equals_get_occupancy(h: Harness) {
         &rx,
         RuleSpec {
             channels: Some(vec!["*".into()]),
-            events: Some(vec![
-                "channel.occupancy".into(),
-                "channel.occupied".into(),
-                "channel.vacated".into(),
-            ]),
             vacated_delay_ms: Some(200),
-            ..RuleSpec::default()
+            ..every_kind()
         },
     )
     .await;

@@ -4,7 +4,7 @@
 use occupancy::proto::v1 as pb;
 use tonic::Code;
 
-use super::{create, TTL};
+use super::{create, created, TTL};
 use crate::support::Harness;
 
 /// With keys, every call needs `admin` on every channel: a key with admin
@@ -24,14 +24,7 @@ async fn only_admin_of_every_channel_may_call() {
         pb::integration_service_client::IntegrationServiceClient::with_interceptor(ch.clone(), Bearer::new(cred))
     };
     let mut admin = as_(ADMIN);
-    let id = admin
-        .create_rule(create("http://127.0.0.1:9/"))
-        .await
-        .unwrap()
-        .into_inner()
-        .rule
-        .unwrap()
-        .id;
+    let id = created(&mut admin).await;
     assert_eq!(
         admin
             .list_rules(pb::ListRulesRequest {})

@@ -509,16 +509,30 @@ impl Worker {
                 }
             }
             Mode::Batched { max_events, .. } => {
-                let mut entries = Vec::new();
-                for (_, name, n) in ready {
-                    let room = max_events as usize - entries.len();
-                    if room == 0 {
-                        break;
+                // the oldest ready entries over all channels, so that a
+                // batch is usually the front of the queue and its removal
+                // one trim
+                let mut order: Vec<(Pos, usize)> = Vec::new();
+                for (i, (_, name, n)) in ready.iter().enumerate() {
+                    if let Some(c) = self.chans.get(name) {
+                        order.extend(c.queue.iter().take(*n).map(|e| (e.pos(), i)));
                     }
-                    // the channel stays busy until this batch settles,
-                    // so what does not fit cannot overtake it
-                    entries.extend(self.take(&name, n.min(room)));
-                    if let Some(c) = self.chans.get_mut(&name) {
+                }
+                order.sort_unstable();
+                order.truncate(max_events as usize);
+                let mut counts = vec![0usize; ready.len()];
+                for (_, i) in &order {
+                    counts[*i] += 1;
+                }
+                let mut entries = Vec::with_capacity(order.len());
+                for ((_, name, _), n) in ready.iter().zip(counts) {
+                    if n == 0 {
+                        continue;
+                    }
+                    // a channel's first entries; it stays busy until the
+                    // batch settles, so the rest cannot overtake them
+                    entries.extend(self.take(name, n));
+                    if let Some(c) = self.chans.get_mut(name) {
                         c.busy = true;
                     }
                 }

@@ -1,17 +1,18 @@
 //! Integrations: occupancy events pushed to webhooks.
 //!
-//! - [`rule`]: what a rule is and which events a change makes for it;
+//! - [`rule`]: what a rule is; [`entries`]: which events a change makes for it;
 //!   [`limits`]: every limit and default.
 //! - [`store`]: where rules and delivery queues live, and the queue
 //!   protocol that makes every change enqueued once and every batch
 //!   delivered by one replica at a time.
 //! - [`payload`]: request bodies and Standard Webhooks signatures;
 //!   [`sender`]: one signed request and what its answer means.
-//! - [`source`]: every replica hands every change to the store, which
-//!   enqueues it once; [`delivery`]: one replica at a time per rule sends
-//!   its queue, in order per channel, and retries.
+//! - [`source`]: one replica per event shard hands its changes to the
+//!   store, which enqueues each once; [`delivery`]: one replica at a time
+//!   per rule sends its queue, in order per channel, and retries.
 
 pub mod delivery;
+pub mod entries;
 pub mod limits;
 pub mod metrics;
 pub mod payload;

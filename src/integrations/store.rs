@@ -25,8 +25,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 
+use super::entries::entries_for;
 use super::limits;
-use super::rule::{entries_for, Kind, Rule};
+use super::rule::{Kind, Rule};
 use crate::domain::{Metrics, Pos};
 use crate::error::{Error, Result};
 

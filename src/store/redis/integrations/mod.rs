@@ -16,7 +16,7 @@
 //!
 //! - **enqueue** (`enqueue.lua`): checks the rules version, skips changes
 //!   at or before the shard's high-water mark, decides the entries as
-//!   [`entries_for`](crate::integrations::rule::entries_for) does against
+//!   [`entries_for`](crate::integrations::entries::entries_for) does against
 //!   `P:int:last`, and appends them with `XADD *`. The arguments are one
 //!   flat list: the call's rules as want and category bits (their queues
 //!   are `KEYS`), then five values per change. Positions (pairs of `u64`)

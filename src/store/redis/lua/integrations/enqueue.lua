@@ -1,5 +1,5 @@
 -- Enqueues the entries one shard's changes make for the integration rules
--- (IntegrationStore::enqueue; the decision is integrations::rule::entries_for,
+-- (IntegrationStore::enqueue; the decision is integrations::entries::entries_for,
 -- ported here, and integrations::store::plan in Rust does the same).
 --
 -- KEYS[1] version, KEYS[2] high-water marks, KEYS[3] last metrics,

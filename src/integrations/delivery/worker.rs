@@ -1,141 +1,25 @@
-//! Delivery: one replica at a time holds a rule's lease and sends its
-//! queue, in order per channel, signed, batched and retried.
-//!
-//! - The supervisor on every replica takes the lease of every rule nobody
-//!   holds (the store's lease expires when its holder dies, so another
-//!   replica takes over within [`LEASE_TTL`]) and runs a worker per
-//!   rule it holds.
-//! - The worker reads the rule's queue in order and keeps, per channel,
-//!   the entries not yet sent. A channel has at most one batch in flight,
-//!   so a later event of a channel never overtakes an earlier one, retries
-//!   included. Vacated events wait for the rule's delay and are dropped
-//!   together with the occupied event that re-occupies the channel within
-//!   it; occupancy events that flip nothing wait for the debounce and are
-//!   coalesced into the latest.
-//! - A batch is staged in the store before its first request and removed
-//!   with its entries after a 2xx, so a replica that takes over resends
-//!   the same batch with the same `webhook-id` (receivers drop repeats by
-//!   it) before anything newer.
-//! - Each request runs in its own task with the rule's timeout, at most
-//!   the rule's concurrency at once: a target that never answers holds only
-//!   its own rule's requests, never another rule's or the gRPC path.
+//! The worker of one rule: reads its queue in order, keeps per channel
+//! what is not yet sent, decides what is ready (vacated delay, debounce),
+//! forms batches, stages them, and records deliveries; each request runs
+//! in a [`super::send`] task.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, Notify};
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
-use super::limits;
-use super::payload;
-use super::rule::{Kind, Mode, Rule};
-use super::sender::{Outcome, Sender};
-use super::store::{DeadLetter, Entry, IntegrationStore, Staged};
+use super::send::{Ended, Send};
+use super::{LEASE_RENEW, LEASE_TTL, MAX_POLL, MIN_POLL};
 use crate::domain::events::wall_ms;
 use crate::domain::Pos;
-
-/// How long a rule's lease lasts without renewal: the longest a dead
-/// replica's rules wait for another replica.
-pub const LEASE_TTL: Duration = Duration::from_secs(5);
-/// How often a holder renews, and the supervisor looks for free rules.
-pub const LEASE_RENEW: Duration = Duration::from_millis(1_000);
-/// Longest wait between two reads of an idle queue whose entries another
-/// replica enqueues (this replica's own enqueues wake the worker at once).
-const MAX_POLL: Duration = Duration::from_millis(100);
-/// Shortest wait between reads.
-const MIN_POLL: Duration = Duration::from_millis(5);
-
-/// Starts delivery on this replica until `cancel`: `holder` names the
-/// replica in leases; `queued` wakes workers after local enqueues;
-/// `rules_changed` makes the supervisor look at the rules at once.
-pub fn start(
-    store: Arc<dyn IntegrationStore>,
-    sender: Sender,
-    rules_changed: Arc<Notify>,
-    queued: Arc<Notify>,
-    cancel: CancellationToken,
-) -> JoinHandle<()> {
-    let holder = format!("{:016x}", rand::random::<u64>());
-    tokio::spawn(supervise(store, sender, holder, rules_changed, queued, cancel))
-}
-
-struct Running {
-    rule: Rule,
-    cancel: CancellationToken,
-    task: JoinHandle<()>,
-}
-
-async fn supervise(
-    store: Arc<dyn IntegrationStore>,
-    sender: Sender,
-    holder: String,
-    rules_changed: Arc<Notify>,
-    queued: Arc<Notify>,
-    cancel: CancellationToken,
-) {
-    let mut running: HashMap<String, Running> = HashMap::new();
-    let mut tick = tokio::time::interval(LEASE_RENEW);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = cancel.cancelled() => break,
-            _ = tick.tick() => {}
-            () = rules_changed.notified() => {}
-        }
-        let rules = match store.rules().await {
-            Ok((_, rules)) => rules,
-            Err(e) => {
-                debug!(cause = %e, "integration delivery: cannot read rules");
-                continue;
-            }
-        };
-        let current: HashMap<&str, &Rule> = rules.iter().map(|r| (r.id.as_str(), r)).collect();
-        running.retain(|id, w| {
-            let keep = !w.task.is_finished() && current.get(id.as_str()).is_some_and(|r| **r == w.rule);
-            if !keep {
-                // a changed rule restarts with its new settings
-                w.cancel.cancel();
-            }
-            keep
-        });
-        for rule in rules.iter().filter(|r| !r.paused) {
-            if running.contains_key(&rule.id) {
-                continue;
-            }
-            match store.lease(&rule.id, &holder, LEASE_TTL).await {
-                Ok(true) => {
-                    let token = cancel.child_token();
-                    let w = Worker::new(
-                        rule.clone(),
-                        store.clone(),
-                        sender.clone(),
-                        holder.clone(),
-                        queued.clone(),
-                        token.clone(),
-                    );
-                    info!(rule = %rule.id, "integration delivery: holding rule");
-                    running.insert(
-                        rule.id.clone(),
-                        Running {
-                            rule: rule.clone(),
-                            cancel: token,
-                            task: tokio::spawn(w.run()),
-                        },
-                    );
-                }
-                Ok(false) => {}
-                Err(e) => debug!(rule = %rule.id, cause = %e, "integration delivery: cannot take lease"),
-            }
-        }
-    }
-    for (_, w) in running.drain() {
-        w.cancel.cancel();
-        let _ended = w.task.await;
-    }
-}
+use crate::integrations::limits;
+use crate::integrations::payload;
+use crate::integrations::rule::{Kind, Mode, Rule};
+use crate::integrations::sender::Sender;
+use crate::integrations::store::{Entry, IntegrationStore, Staged};
 
 #[derive(Debug, Default)]
 struct Chan {
@@ -145,19 +29,7 @@ struct Chan {
     hold_since: Option<i64>,
 }
 
-/// How a send task ended.
-enum Ended {
-    /// Answered 2xx: the worker records it (it knows whether the batch is
-    /// at the queue's front) and the channels are free.
-    Delivered,
-    /// Given up to the dead letters: the channels are free.
-    Settled,
-    /// Cancelled (lease lost, shutdown): the batch stays staged for the
-    /// next holder.
-    Abandoned,
-}
-
-struct Worker {
+pub(super) struct Worker {
     rule: Arc<Rule>,
     store: Arc<dyn IntegrationStore>,
     sender: Sender,
@@ -182,7 +54,7 @@ struct Worker {
 }
 
 impl Worker {
-    fn new(
+    pub(super) fn new(
         rule: Rule,
         store: Arc<dyn IntegrationStore>,
         sender: Sender,
@@ -220,7 +92,7 @@ impl Worker {
         }
     }
 
-    async fn run(mut self) {
+    pub(super) async fn run(mut self) {
         // first what a previous holder staged, with the same ids
         loop {
             match self.store.staged(&self.rule.id).await {
@@ -615,118 +487,5 @@ impl Worker {
             // harmless: a takeover re-reads them and drops them again
             debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot discard entries");
         }
-    }
-}
-
-/// One batch's requests until it is delivered, dead or abandoned.
-struct Send {
-    rule: Arc<Rule>,
-    store: Arc<dyn IntegrationStore>,
-    sender: Sender,
-    cancel: CancellationToken,
-}
-
-/// The wait before retry `n` (0-based): ×√2 from the first backoff, up to
-/// the longest, with ±20 % jitter so retries of many batches spread out.
-pub fn backoff(n: u32) -> Duration {
-    let base = limits::FIRST_BACKOFF_MS as f64 * std::f64::consts::SQRT_2.powi(n.min(40) as i32);
-    let capped = base.min(limits::MAX_BACKOFF_MS as f64);
-    let jitter = 0.8 + 0.4 * rand::random::<f64>();
-    Duration::from_millis((capped * jitter) as u64)
-}
-
-impl Send {
-    async fn run(&self, batch: &Staged) -> Ended {
-        let batched = matches!(self.rule.mode, Mode::Batched { .. });
-        let body = payload::body(&self.rule.id, batch, batched);
-        let oldest = batch
-            .entries
-            .iter()
-            .map(|e| e.timestamp_ms)
-            .min()
-            .unwrap_or_else(wall_ms);
-        let deadline = oldest + self.rule.retention_ms as i64;
-        let mut attempts = 0u32;
-        loop {
-            attempts += 1;
-            let attempt = tokio::select! {
-                () = self.cancel.cancelled() => return Ended::Abandoned,
-                a = self.sender.post(&self.rule, &batch.id, body.clone()) => a,
-            };
-            let m = super::metrics::metrics();
-            let reason = match attempt.outcome {
-                Outcome::Delivered { .. } => {
-                    m.request("delivered");
-                    let now = wall_ms();
-                    m.delivered(
-                        batch
-                            .entries
-                            .iter()
-                            .map(|e| Duration::from_millis(u64::try_from(now - e.timestamp_ms).unwrap_or(0))),
-                    );
-                    return Ended::Delivered;
-                }
-                Outcome::Failed { reason } => {
-                    m.request("failed");
-                    return self.bury(batch, reason, attempts).await;
-                }
-                Outcome::Retry { reason, after } => {
-                    m.request("retry");
-                    let wait = backoff(attempts - 1).max(after.unwrap_or_default());
-                    if wall_ms() + wait.as_millis() as i64 > deadline {
-                        return self.bury(batch, reason, attempts).await;
-                    }
-                    tokio::select! {
-                        () = self.cancel.cancelled() => return Ended::Abandoned,
-                        () = tokio::time::sleep(wait) => {}
-                    }
-                    reason
-                }
-            };
-            debug!(rule = %self.rule.id, batch = %batch.id, %reason, attempts, "integration delivery: retrying");
-        }
-    }
-
-    async fn bury(&self, batch: &Staged, reason: String, attempts: u32) -> Ended {
-        warn!(rule = %self.rule.id, batch = %batch.id, %reason, attempts, "integration delivery: to the dead letters");
-        super::metrics::metrics().dead();
-        let dead = DeadLetter {
-            batch: batch.clone(),
-            reason,
-            attempts,
-            dead_ms: wall_ms(),
-        };
-        self.persist(&dead).await
-    }
-
-    /// Moves the batch to the dead letters, trying until that works or
-    /// the worker is cancelled.
-    async fn persist(&self, dead: &DeadLetter) -> Ended {
-        let mut wait = Duration::from_millis(50);
-        loop {
-            match self.store.kill(&self.rule.id, dead).await {
-                Ok(()) => return Ended::Settled,
-                Err(e) => debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot record a dead letter"),
-            }
-            tokio::select! {
-                () = self.cancel.cancelled() => return Ended::Abandoned,
-                () = tokio::time::sleep(wait) => wait = (wait * 2).min(Duration::from_secs(2)),
-            }
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backoff_grows_by_root_two_and_is_capped() {
-        let b0 = backoff(0).as_millis();
-        assert!((800..=1_200).contains(&b0), "{b0}");
-        let b2 = backoff(2).as_millis();
-        assert!((1_600..=2_400).contains(&b2), "{b2}");
-        let late = backoff(30).as_millis();
-        assert!((48_000..=72_000).contains(&late), "{late}");
     }
 }

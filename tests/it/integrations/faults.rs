@@ -7,7 +7,9 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
 
 use occupancy::integrations::{Kind, RuleSpec};
+use occupancy::proto::v1 as pb;
 use occupancy::proto::v1::Mode as PbMode;
+use pb::integration_service_client::IntegrationServiceClient;
 use rand::{Rng, SeedableRng};
 use serde_json::Value;
 
@@ -128,7 +130,7 @@ async fn failing_receiver_loses_nothing_and_keeps_order(h: Harness) {
 }
 
 async fn a_target_that_never_answers_delays_no_other_rule(h: Harness) {
-    let (_servers, fxs) = replicas(&h, 3).await;
+    let (servers, fxs) = replicas(&h, 3).await;
     let store = h.store();
     let rules = store.integrations().expect("integrations");
     let slow = Receiver::start().await;
@@ -171,13 +173,23 @@ async fn a_target_that_never_answers_delays_no_other_rule(h: Harness) {
     // fast rule waited behind them, some change would have taken that long
     assert!(worst < Duration::from_millis(1_000), "worst {worst:?}");
 
-    // past its retention, the hanging rule's events are dead letters
+    // past its retention, the hanging rule's events are dead letters,
+    // read and replayed through the API as an operator would
+    let mut api = IntegrationServiceClient::new(servers[1].channel().await);
     let dead = crate::support::eventually(WAIT, "dead letters", || {
-        let rules = rules.clone();
+        let mut api = api.clone();
         let id = slow_rule.id.clone();
         async move {
-            let d = rules.dead_letters(&id, 1_000).await.ok()?;
-            let n: usize = d.iter().map(|l| l.batch.entries.len()).sum();
+            let d = api
+                .list_dead_letters(pb::ListDeadLettersRequest {
+                    rule_id: id,
+                    limit: 1_000,
+                })
+                .await
+                .ok()?
+                .into_inner()
+                .dead_letters;
+            let n: usize = d.iter().map(|l| l.events.len()).sum();
             // the 20 channels' occupied and occupancy events
             (n >= 40).then_some(d)
         }
@@ -193,7 +205,15 @@ async fn a_target_that_never_answers_delays_no_other_rule(h: Harness) {
     .await;
     // replayed once the target answers: every one of them arrives
     slow.set(Behaviour::Ok);
-    let queued = rules.replay(&slow_rule.id, &[]).await.expect("replay");
+    let queued = api
+        .replay_dead_letters(pb::ReplayDeadLettersRequest {
+            rule_id: slow_rule.id.clone(),
+            batch_ids: Vec::new(),
+        })
+        .await
+        .expect("replay")
+        .into_inner()
+        .events;
     assert!(queued >= 40);
     slow.wait_for(WAIT, "replayed events", |d| {
         let chans: HashSet<&str> = d
@@ -204,7 +224,16 @@ async fn a_target_that_never_answers_delays_no_other_rule(h: Harness) {
         chans.len() == 20
     })
     .await;
-    assert!(rules.dead_letters(&slow_rule.id, 10).await.unwrap().is_empty());
+    let left = api
+        .list_dead_letters(pb::ListDeadLettersRequest {
+            rule_id: slow_rule.id.clone(),
+            limit: 10,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .dead_letters;
+    assert!(left.is_empty());
 }
 
 async fn redis_restarted_deliveries_resume(mut h: Harness) {

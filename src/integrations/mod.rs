@@ -37,12 +37,8 @@ use crate::store::ChangeSink;
 /// Integrations running on this replica: the source the feed hands every
 /// change to, and the delivery supervisor.
 pub struct Integrations {
-    /// Where rules and queues live.
-    pub store: Arc<dyn IntegrationStore>,
     /// The replica's source.
     pub source: Arc<source::Source>,
-    /// Sends requests (also for test sends).
-    pub sender: sender::Sender,
     delivery_wake: Arc<Notify>,
 }
 
@@ -81,12 +77,7 @@ impl Integrations {
                 cancel.clone(),
             )
         });
-        let this = Arc::new(Self {
-            store,
-            source,
-            sender,
-            delivery_wake,
-        });
+        let this = Arc::new(Self { source, delivery_wake });
         (this, delivery)
     }
 

@@ -42,6 +42,9 @@ pub(super) struct Worker {
     staged_ids: HashSet<String>,
     resend: VecDeque<Staged>,
     inflight: usize,
+    /// Batches in flight per channel: a channel is free again only when
+    /// none is (a takeover may resend several of one channel's batches).
+    flying: HashMap<String, usize>,
     /// First queue position of each batch in flight (a batch may complete
     /// by trimming only before all of them).
     firsts: BTreeMap<Pos, usize>,
@@ -76,6 +79,7 @@ impl Worker {
             staged_ids: HashSet::new(),
             resend: VecDeque::new(),
             inflight: 0,
+            flying: HashMap::new(),
             firsts: BTreeMap::new(),
             completions: VecDeque::new(),
             last_start: None,
@@ -168,14 +172,29 @@ impl Worker {
     fn settle(&mut self, batch: &Staged, ended: Ended) {
         self.inflight = self.inflight.saturating_sub(1);
         self.track(batch, false);
+        for ch in channels(batch) {
+            if let Some(n) = self.flying.get_mut(&ch) {
+                *n -= 1;
+                if *n == 0 {
+                    self.flying.remove(&ch);
+                }
+            }
+        }
         match ended {
             Ended::Abandoned => return,
             Ended::Delivered => self.completions.push_back(batch.clone()),
             Ended::Settled => {}
         }
         for e in &batch.entries {
+            // still busy while another of its batches flies or waits to be
+            // resent: the next one must not overtake it
+            let waiting = self.flying.contains_key(&e.channel)
+                || self
+                    .resend
+                    .iter()
+                    .any(|b| b.entries.iter().any(|r| r.channel == e.channel));
             if let Some(c) = self.chans.get_mut(&e.channel) {
-                c.busy = false;
+                c.busy = waiting;
             }
         }
     }
@@ -336,10 +355,21 @@ impl Worker {
     async fn dispatch(&mut self) -> Option<Duration> {
         let now = wall_ms();
         let mut next: Option<i64> = None;
-        // resends first, in order
-        while self.inflight < self.concurrency() && self.batch_slot(&mut next) {
-            let Some(b) = self.resend.pop_front() else { break };
-            self.spawn(b);
+        // resends first, in order; one channel's one after another (a
+        // previous holder may have staged the next of a channel before
+        // recording the delivery of the one before)
+        let mut blocked: HashSet<String> = HashSet::new();
+        let mut i = 0;
+        while i < self.resend.len() && self.inflight < self.concurrency() && self.batch_slot(&mut next) {
+            let chans = channels(&self.resend[i]);
+            if chans.iter().any(|c| blocked.contains(c) || self.flying.contains_key(c)) {
+                blocked.extend(chans);
+                i += 1;
+                continue;
+            }
+            if let Some(b) = self.resend.remove(i) {
+                self.spawn(b);
+            }
         }
         if !self.resend.is_empty() {
             return Some(MIN_POLL);
@@ -462,6 +492,9 @@ impl Worker {
             self.chans.entry(e.channel.clone()).or_default().busy = true;
         }
         self.track(&batch, true);
+        for ch in channels(&batch) {
+            *self.flying.entry(ch).or_default() += 1;
+        }
         self.inflight += 1;
         self.last_start = Some(Instant::now());
         let job = Send {
@@ -488,4 +521,9 @@ impl Worker {
             debug!(rule = %self.rule.id, cause = %e, "integration delivery: cannot discard entries");
         }
     }
+}
+
+/// The distinct channels of a batch.
+fn channels(batch: &Staged) -> HashSet<String> {
+    batch.entries.iter().map(|e| e.channel.clone()).collect()
 }

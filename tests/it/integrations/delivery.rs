@@ -4,12 +4,13 @@
 
 use std::time::{Duration, Instant};
 
-use occupancy::integrations::RuleSpec;
+use occupancy::integrations::{payload, Rule, RuleSpec, Staged};
 use occupancy::proto::v1::Mode as PbMode;
 
+use super::store::{ev, metrics, rule_ref, version};
 use super::{kinds, of, rule_for};
 use crate::fixture::Fx;
-use crate::support::receiver::Receiver;
+use crate::support::receiver::{Behaviour, Receiver};
 use crate::support::Harness;
 
 const WAIT: Duration = Duration::from_secs(15);
@@ -244,6 +245,62 @@ async fn debounce_coalesces_but_never_delays_a_zero_flip(h: Harness) {
     assert!(held.elapsed() >= Duration::from_millis(debounce - 200));
 }
 
+async fn a_takeover_resends_one_channels_batches_in_turn(h: Harness) {
+    let store = h.store();
+    let ints = store.integrations().expect("the store keeps integrations");
+    let rx = Receiver::start().await;
+    // every request is answered after a while: two of one channel in
+    // flight at once would arrive within that while
+    let delay = Duration::from_millis(200);
+    rx.set(Behaviour::Delay(delay.as_millis() as u64));
+    let rule = Rule::create(
+        RuleSpec {
+            target: Some(rx.url.clone()),
+            channels: Some(vec!["rooms:*".into()]),
+            events: Some(vec!["channel.occupancy".into()]),
+            ..RuleSpec::default()
+        },
+        0,
+    )
+    .expect("valid rule");
+    ints.put_rule(&rule, true).await.expect("put rule");
+    rx.set_secret(&rule.secret);
+    // what a holder that died leaves: three changes of one channel, the
+    // first two staged (the second staged before the first's delivery
+    // was recorded)
+    let events: Vec<_> = (1..=3)
+        .map(|i| ev(&format!("{i}-0"), "rooms:x", metrics(i, 0, 0), &[0]))
+        .collect();
+    let v = version(ints.as_ref()).await;
+    ints.enqueue(v, 0, &[rule_ref(&rule)], &events).await.expect("enqueue");
+    let queued = ints.read(&rule.id, None, 10).await.expect("read");
+    assert_eq!(queued.len(), 3);
+    for e in &queued[..2] {
+        let batch = Staged {
+            id: payload::batch_id(&rule.id, e),
+            entries: vec![e.clone()],
+        };
+        ints.stage(&rule.id, &batch).await.expect("stage");
+    }
+
+    let _server = occupancy_server(&h, store.clone()).await;
+    rx.wait_for(WAIT, "all three changes", |d| d.len() >= 3).await;
+    let requests = rx.requests();
+    let connections: Vec<u64> = kinds(&of(&rx, "rooms:x")).into_iter().map(|(_, c)| c).collect();
+    assert_eq!(connections, vec![1, 2, 3], "in the channel's order");
+    for pair in requests.windows(2) {
+        assert!(
+            pair[1].at.duration_since(pair[0].at) >= delay,
+            "each request waits for the answer to the one before"
+        );
+    }
+    assert_eq!(
+        requests[0].id,
+        payload::batch_id(&rule.id, &queued[0]),
+        "resent under its id"
+    );
+}
+
 async fn occupancy_server(
     h: &Harness,
     store: std::sync::Arc<dyn occupancy::store::Store>,
@@ -256,4 +313,5 @@ both_stores!(
     batched_mode_keeps_its_size_and_rate,
     vacated_delay_is_cancelled_by_a_quick_reattach,
     debounce_coalesces_but_never_delays_a_zero_flip,
+    a_takeover_resends_one_channels_batches_in_turn,
 );

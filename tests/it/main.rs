@@ -30,6 +30,7 @@ mod auth;
 mod bench;
 mod cli;
 mod client;
+mod cluster;
 mod conformance;
 mod dashboard;
 mod deploy;

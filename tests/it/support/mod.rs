@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod certs;
+pub mod cluster;
 pub mod command;
 pub mod deps;
 pub mod metrics;

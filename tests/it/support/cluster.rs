@@ -1,0 +1,316 @@
+//! A private Redis Cluster: three primaries, each with one replica, on
+//! loopback ports in a temp dir, created with `redis-cli --cluster create`
+//! and stopped by pid on drop. Node ports stay below 55536 and are chosen
+//! with their cluster bus port (port + 10000) free too.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a node goes unanswered before the cluster fails it over: short,
+/// so fault tests take seconds.
+const NODE_TIMEOUT_MS: u64 = 1_000;
+
+/// Bound on every wait for the cluster to settle.
+const SETTLE: Duration = Duration::from_secs(30);
+
+/// One node process.
+struct Node {
+    port: u16,
+    child: Option<Child>,
+}
+
+/// A Redis Cluster owned by the test.
+pub struct RedisCluster {
+    nodes: Vec<Node>,
+    /// Holds the nodes' files until the cluster is dropped.
+    _dir: tempfile::TempDir,
+}
+
+/// One node as `CLUSTER NODES` describes it.
+#[derive(Debug, Clone)]
+pub struct NodeInfo {
+    /// The node id.
+    pub id: String,
+    /// Its client port.
+    pub port: u16,
+    /// Whether it is a primary (with or without slots).
+    pub primary: bool,
+    /// Whether the cluster sees it failing.
+    pub failed: bool,
+    /// The slots it serves (primaries only).
+    pub slots: Vec<(u16, u16)>,
+}
+
+fn binary(name: &str) -> PathBuf {
+    for dir in ["/usr/bin", "/usr/local/bin"] {
+        let p = Path::new(dir).join(name);
+        if p.exists() {
+            return p;
+        }
+    }
+    panic!("{name} not found: run the README's test command, which installs it");
+}
+
+/// A port whose cluster bus port is free as well, below 55536.
+fn free_node_port(taken: &[u16]) -> u16 {
+    for _ in 0..200 {
+        let Ok(l) = TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(addr) = l.local_addr() else { continue };
+        let port = addr.port();
+        if port >= 55_536 || taken.contains(&port) || taken.contains(&(port + 10_000)) {
+            continue;
+        }
+        if TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port pair for a cluster node");
+}
+
+fn ping(port: u16) -> bool {
+    let Ok(client) = redis::Client::open(format!("redis://127.0.0.1:{port}/")) else {
+        return false;
+    };
+    let Ok(mut c) = client.get_connection_with_timeout(Duration::from_millis(200)) else {
+        return false;
+    };
+    redis::cmd("PING").query::<String>(&mut c).is_ok()
+}
+
+impl RedisCluster {
+    /// Starts six nodes, creates the cluster (three primaries, one replica
+    /// each) and waits until every node sees every slot served.
+    pub fn start() -> Self {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let mut nodes: Vec<Node> = Vec::new();
+        for _ in 0..6 {
+            let taken: Vec<u16> = nodes.iter().flat_map(|n| [n.port, n.port + 10_000]).collect();
+            let port = free_node_port(&taken);
+            let mut node = Node { port, child: None };
+            spawn(&mut node, dir.path());
+            nodes.push(node);
+        }
+        let cluster = RedisCluster { nodes, _dir: dir };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !cluster.nodes.iter().all(|n| ping(n.port)) {
+            assert!(Instant::now() < deadline, "cluster nodes did not answer PING");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let addrs: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
+        let out = Command::new(binary("redis-cli"))
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        cluster.wait_ok();
+        cluster
+    }
+
+    /// Every node's URL.
+    pub fn urls(&self) -> Vec<String> {
+        self.nodes
+            .iter()
+            .map(|n| format!("redis://127.0.0.1:{}/", n.port))
+            .collect()
+    }
+
+    /// The nodes as a live node sees them.
+    pub fn nodes(&self) -> Vec<NodeInfo> {
+        for n in &self.nodes {
+            if n.child.is_none() {
+                continue;
+            }
+            let Ok(mut c) = connect(n.port) else { continue };
+            if let Ok(text) = redis::cmd("CLUSTER").arg("NODES").query::<String>(&mut c) {
+                return parse_nodes(&text);
+            }
+        }
+        panic!("no cluster node answered CLUSTER NODES");
+    }
+
+    /// The slot of `key`, as a live node computes it.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        for n in self.nodes.iter().filter(|n| n.child.is_some()) {
+            let Ok(mut c) = connect(n.port) else { continue };
+            if let Ok(slot) = redis::cmd("CLUSTER").arg("KEYSLOT").arg(key).query(&mut c) {
+                return slot;
+            }
+        }
+        panic!("no cluster node answered CLUSTER KEYSLOT");
+    }
+
+    /// The live primaries that serve slots.
+    pub fn primaries(&self) -> Vec<NodeInfo> {
+        self.nodes()
+            .into_iter()
+            .filter(|n| n.primary && !n.failed && !n.slots.is_empty())
+            .collect()
+    }
+
+    /// The live primary serving `slot`.
+    pub fn primary_of(&self, slot: u16) -> NodeInfo {
+        self.primaries()
+            .into_iter()
+            .find(|n| n.slots.iter().any(|(a, b)| (*a..=*b).contains(&slot)))
+            .unwrap_or_else(|| panic!("no live primary serves slot {slot}"))
+    }
+
+    /// SIGKILLs the node on `port` (its data is gone).
+    pub fn kill(&mut self, port: u16) {
+        let node = self
+            .nodes
+            .iter_mut()
+            .find(|n| n.port == port)
+            .unwrap_or_else(|| panic!("no node on port {port}"));
+        stop(node);
+    }
+
+    /// Waits until every live node reports `cluster_state:ok` with all
+    /// slots served by primaries it does not see failing.
+    pub fn wait_ok(&self) {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            if self.settled() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "the cluster did not settle in {SETTLE:?}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn settled(&self) -> bool {
+        self.nodes.iter().filter(|n| n.child.is_some()).all(|n| {
+            let Ok(mut c) = connect(n.port) else { return false };
+            let info: String = redis::cmd("CLUSTER").arg("INFO").query(&mut c).unwrap_or_default();
+            let ok = info.contains("cluster_state:ok") && info.contains("cluster_slots_ok:16384");
+            let nodes: String = redis::cmd("CLUSTER").arg("NODES").query(&mut c).unwrap_or_default();
+            let served: usize = parse_nodes(&nodes)
+                .iter()
+                .filter(|n| n.primary && !n.failed)
+                .flat_map(|n| n.slots.iter().map(|(a, b)| usize::from(b - a) + 1))
+                .sum();
+            ok && served == 16_384
+        })
+    }
+
+    /// Moves `slots` slots from the primary on `from` to the one on `to`
+    /// with `redis-cli --cluster reshard`, while clients keep running.
+    pub fn reshard(&self, from: &NodeInfo, to: &NodeInfo, slots: u16) {
+        let out = Command::new(binary("redis-cli"))
+            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
+            .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
+            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
+            .stdin(Stdio::null())
+            .output()
+            .expect("run redis-cli --cluster reshard");
+        assert!(
+            out.status.success(),
+            "redis-cli --cluster reshard failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Waits until every live primary's writes so far reached its replica
+    /// (`WAIT 1` on each primary, bounded).
+    pub fn wait_replicated(&self) {
+        let deadline = Instant::now() + SETTLE;
+        for p in self.primaries() {
+            loop {
+                let acked: i64 = connect(p.port)
+                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(1_000).query(&mut c))
+                    .unwrap_or(0);
+                if acked >= 1 {
+                    break;
+                }
+                assert!(Instant::now() < deadline, "the replica of {} did not catch up", p.port);
+            }
+        }
+    }
+}
+
+fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))?.get_connection_with_timeout(Duration::from_secs(1))
+}
+
+fn spawn(node: &mut Node, dir: &Path) {
+    let own = dir.join(node.port.to_string());
+    std::fs::create_dir_all(&own).expect("node dir");
+    let child = Command::new(binary("redis-server"))
+        .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
+        .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        .args([
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--daemonize",
+            "no",
+            "--loglevel",
+            "warning",
+        ])
+        .arg("--dir")
+        .arg(&own)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn redis-server");
+    node.child = Some(child);
+}
+
+fn stop(node: &mut Node) {
+    if let Some(mut c) = node.child.take() {
+        // SIGKILL by our own pid; an error means it is gone already
+        let _killed = c.kill();
+        let _reaped = c.wait();
+    }
+}
+
+/// Parses `CLUSTER NODES` (migrating and importing slot markers ignored).
+pub fn parse_nodes(text: &str) -> Vec<NodeInfo> {
+    text.lines()
+        .filter_map(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 8 {
+                return None;
+            }
+            let port = f[1].split('@').next()?.rsplit(':').next()?.parse().ok()?;
+            let flags = f[2];
+            let slots = f[8..]
+                .iter()
+                .filter(|s| !s.starts_with('['))
+                .filter_map(|s| match s.split_once('-') {
+                    Some((a, b)) => Some((a.parse().ok()?, b.parse().ok()?)),
+                    None => s.parse().ok().map(|a| (a, a)),
+                })
+                .collect();
+            Some(NodeInfo {
+                id: f[0].to_string(),
+                port,
+                primary: flags.contains("master"),
+                failed: (flags.contains("fail") && !flags.contains("fail?")) || flags.contains("noaddr"),
+                slots,
+            })
+        })
+        .collect()
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            stop(n);
+        }
+    }
+}

@@ -100,19 +100,10 @@ impl RedisCluster {
             assert!(Instant::now() < deadline, "cluster nodes did not answer PING");
             std::thread::sleep(Duration::from_millis(20));
         }
-        let addrs: Vec<String> = cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)).collect();
-        let out = Command::new(binary("redis-cli"))
-            .args(["--cluster", "create"])
-            .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --cluster create");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster create failed: {}",
-            String::from_utf8_lossy(&out.stdout)
-        );
+        let mut args = vec!["--cluster".to_string(), "create".to_string()];
+        args.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
+        args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
+        redis_cli(&args);
         cluster.wait_ok();
         cluster
     }
@@ -207,19 +198,19 @@ impl RedisCluster {
     /// Moves `slots` slots from the primary on `from` to the one on `to`
     /// with `redis-cli --cluster reshard`, while clients keep running.
     pub fn reshard(&self, from: &NodeInfo, to: &NodeInfo, slots: u16) {
-        let out = Command::new(binary("redis-cli"))
-            .args(["--cluster", "reshard", &format!("127.0.0.1:{}", from.port)])
-            .args(["--cluster-from", &from.id, "--cluster-to", &to.id])
-            .args(["--cluster-slots", &slots.to_string(), "--cluster-yes"])
-            .stdin(Stdio::null())
-            .output()
-            .expect("run redis-cli --cluster reshard");
-        assert!(
-            out.status.success(),
-            "redis-cli --cluster reshard failed: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let args = [
+            "--cluster".to_string(),
+            "reshard".to_string(),
+            format!("127.0.0.1:{}", from.port),
+            "--cluster-from".to_string(),
+            from.id.clone(),
+            "--cluster-to".to_string(),
+            to.id.clone(),
+            "--cluster-slots".to_string(),
+            slots.to_string(),
+            "--cluster-yes".to_string(),
+        ];
+        redis_cli(&args);
     }
 
     /// Waits until every live primary's writes so far reached its replica
@@ -240,6 +231,23 @@ impl RedisCluster {
     }
 }
 
+/// Runs `redis-cli` with `args`, failing the test with its output if it
+/// fails.
+fn redis_cli(args: &[String]) {
+    let out = Command::new(binary("redis-cli"))
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("run redis-cli");
+    assert!(
+        out.status.success(),
+        "redis-cli {} failed: {}{}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
     redis::Client::open(format!("redis://127.0.0.1:{port}/"))?.get_connection_with_timeout(Duration::from_secs(1))
 }
@@ -247,24 +255,9 @@ fn connect(port: u16) -> redis::RedisResult<redis::Connection> {
 fn spawn(node: &mut Node, dir: &Path) {
     let own = dir.join(node.port.to_string());
     std::fs::create_dir_all(&own).expect("node dir");
-    let child = Command::new(binary("redis-server"))
-        .args(["--port", &node.port.to_string(), "--bind", "127.0.0.1"])
+    let child = super::redis::server_command(node.port, &own)
         .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
-        .args([
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--daemonize",
-            "no",
-            "--loglevel",
-            "warning",
-        ])
-        .arg("--dir")
-        .arg(&own)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .spawn()
         .expect("spawn redis-server");
     node.child = Some(child);

@@ -21,6 +21,21 @@ fn free_port() -> u16 {
         .port()
 }
 
+/// A redis-server on `port` (loopback only) keeping its files in `dir`,
+/// persisting nothing, in the foreground, quiet: what every test server
+/// starts from.
+pub fn server_command(port: u16, dir: &std::path::Path) -> Command {
+    let mut cmd = Command::new(redis_binary());
+    cmd.args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+        .args(["--save", "", "--appendonly", "no", "--daemonize", "no"])
+        .args(["--loglevel", "warning"])
+        .arg("--dir")
+        .arg(dir)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    cmd
+}
+
 fn redis_binary() -> PathBuf {
     if let Ok(p) = std::env::var("REDIS_SERVER_BIN") {
         return p.into();
@@ -50,25 +65,7 @@ impl RedisServer {
     }
 
     fn spawn(&mut self) -> bool {
-        let child = Command::new(redis_binary())
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--daemonize",
-                "no",
-                "--loglevel",
-                "warning",
-            ])
-            .arg("--dir")
-            .arg(self.dir.path())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        let child = server_command(self.port, self.dir.path())
             .spawn()
             .expect("spawn redis-server");
         self.child = Some(child);

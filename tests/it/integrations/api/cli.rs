@@ -1,6 +1,7 @@
 //! `occupancy integrations …` through the binary: every field as a flag,
 //! tables and `--json`, the secret printed once, refusals naming the
-//! field with exit 2, test sends, and the key sent with every call.
+//! field with exit 2, test sends, the key sent with every call, and real
+//! dead letters listed and replayed.
 
 use std::process::Output;
 use std::sync::atomic::Ordering;
@@ -244,4 +245,66 @@ async fn the_cli_sends_its_key() {
     let out = occupancy(&at(&["integrations", "list", "--key", ADMIN], &url)).await;
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().count(), 1, "the header of an empty table");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_and_replays_real_dead_letters() {
+    use crate::support::receiver::{Behaviour, Receiver as Hook};
+    use occupancy::integrations::RuleSpec;
+    use occupancy::proto::v1::Mode as PbMode;
+    use std::time::Duration;
+
+    let h = Harness::memory(TTL);
+    let s = h.server().await;
+    let url = s.url();
+    let u = url.as_str();
+    let fx = crate::fixture::Fx::new(&s).await;
+    let rx = Hook::start().await;
+    let rule = super::super::rule_for(
+        h.store().as_ref(),
+        &fx,
+        &rx,
+        RuleSpec {
+            channels: Some(vec!["rooms:*".into()]),
+            events: Some(vec!["channel.occupied".into()]),
+            ..RuleSpec::default()
+        },
+    )
+    .await;
+    // a client error is final: the batch becomes a dead letter at once
+    rx.set(Behaviour::Status(410));
+    fx.attach("s", "c1", "rooms:gone", &[PbMode::Subscribe]).await;
+    let dead = crate::support::eventually(Duration::from_secs(15), "a dead letter in the CLI", || async {
+        let out = occupancy(&at(&["integrations", "deliveries", &rule.id, "--json"], u)).await;
+        let lines = json_lines(&out);
+        (!lines.is_empty()).then_some(lines)
+    })
+    .await;
+    assert_eq!(dead.len(), 1, "{dead:?}");
+    let d = &dead[0];
+    assert_eq!(
+        (d["reason"].as_str(), d["attempts"].as_u64()),
+        (Some("HTTP 410"), Some(1))
+    );
+    assert_eq!(d["events"][0]["channel"], "rooms:gone");
+    assert_eq!(d["events"][0]["type"], "channel.occupied");
+    let batch = d["batchId"].as_str().expect("a batch id");
+    let out = occupancy(&at(&["integrations", "deliveries", &rule.id], u)).await;
+    assert!(
+        stdout(&out).contains(batch),
+        "the table names the batch: {}",
+        stdout(&out)
+    );
+
+    // replayed once the target accepts again: delivered, and gone from the list
+    rx.set(Behaviour::Ok);
+    let out = occupancy(&at(&["integrations", "replay", &rule.id, batch], u)).await;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "1 events queued again\n");
+    rx.wait_for(Duration::from_secs(15), "the replayed event", |d| {
+        d.iter().any(|(_, e)| e["channel"] == "rooms:gone")
+    })
+    .await;
+    let out = occupancy(&at(&["integrations", "deliveries", &rule.id, "--json"], u)).await;
+    assert!(out.status.success() && out.stdout.is_empty(), "{}", stdout(&out));
 }

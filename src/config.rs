@@ -288,6 +288,7 @@ impl ServeArgs {
                     tls_ca_file: self.redis_ca_file.clone(),
                     url: url.clone(),
                     key_prefix: self.key_prefix.clone(),
+                    hash_tag: None,
                     timeout: self.redis_timeout,
                     default_ttl: self.session_ttl,
                     event_shards: self.event_shards,

@@ -3,7 +3,8 @@
 //! function library loaded on every primary through redis-rs's cluster
 //! client, keys under partition-style hash tags spread over every primary,
 //! a SIGKILLed primary replaced by its replica with the library and the
-//! acknowledged data, and live resharding followed by the same client.
+//! acknowledged data, and live resharding followed by the same client;
+//! and the service's state under one hash tag served by one primary.
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
@@ -132,4 +133,101 @@ async fn the_local_cluster_fails_over_and_reshards_under_a_cluster_client() {
     for k in &keys {
         assert_eq!(incr_eventually(&mut conn, k).await, 3, "{k} after the reshard");
     }
+}
+
+/// The service's whole state under one hash tag, on the cluster primary
+/// serving the tag's slot: writes with presence, reads, pages in both
+/// orders, totals, the reaper, a closed session and webhook deliveries fed
+/// from the event streams all work, and every key lands in that slot (a
+/// cluster node refuses a call touching any other). Without the tag, the
+/// same node refuses a write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
+    use occupancy::config::Config;
+    use occupancy::domain::{ChannelName, ListOrder, ListQuery, Operation, SessionId};
+    use occupancy::integrations::RuleSpec;
+    use occupancy::proto::v1::Mode as PbMode;
+    use occupancy::store::{RedisConfig, RedisStore, Store};
+    use std::sync::Arc;
+
+    use crate::fixture::Fx;
+    use crate::support::receiver::Receiver;
+
+    let cluster = RedisCluster::start();
+    let tag = "p:0";
+    let tag_slot = cluster.keyslot(&format!("{{{tag}}}"));
+    let owner = cluster.primary_of(tag_slot);
+    let url = format!("redis://127.0.0.1:{}/", owner.port);
+    let mut rc = RedisConfig::new(url.clone());
+    rc.hash_tag = Some(tag.into());
+    let store: Arc<dyn Store> = Arc::new(RedisStore::new(rc.clone()).expect("store"));
+    let mut config = Config::redis(rc);
+    config.reap_interval = Duration::from_millis(50);
+    config.health_interval = Duration::from_millis(100);
+    let server = crate::support::TestServer::start(config, store.clone()).await;
+    let fx = Fx::new(&server).await;
+    let rx = Receiver::start().await;
+    super::integrations::rule_for(
+        store.as_ref(),
+        &fx,
+        &rx,
+        RuleSpec {
+            channels: Some(vec!["rooms:*".into()]),
+            events: Some(vec!["channel.occupancy".into(), "channel.vacated".into()]),
+            vacated_delay_ms: Some(0),
+            ..RuleSpec::default()
+        },
+    )
+    .await;
+
+    for i in 0..21 {
+        let (conn, channel) = (format!("c{i}"), format!("rooms:{}", i % 7));
+        fx.attach("s1", &conn, &channel, &[PbMode::Subscribe, PbMode::Presence])
+            .await;
+        fx.enter("s1", &conn, &channel, "alice").await;
+    }
+    let ch = ChannelName::parse("channel", "rooms:3").expect("name");
+    let m = store.get(&[ch]).await.expect("get")[0];
+    assert_eq!((m.connections, m.presence_members, m.presence_clients), (3, 3, 1));
+    for order in [ListOrder::Name, ListOrder::ConnectionsDesc] {
+        let q = ListQuery::new("rooms:".into(), 100, "", order, true).expect("query");
+        let page = store.list(&q).await.expect("list");
+        // the seven channels and the rule's probe channel
+        assert_eq!(page.channels.len(), 8, "{order:?}");
+    }
+    let totals = store.stats().await.expect("stats");
+    assert!(totals.connections >= 21 && totals.presence_members == 21, "{totals:?}");
+    let s1 = SessionId::parse("session_id", "s1").expect("id");
+    assert_eq!(store.session_state(&s1).await.expect("state").len(), 21);
+    store.reap().await.expect("reap");
+    assert!(store.close_session(&s1).await.expect("close").is_some());
+    rx.wait_for(Duration::from_secs(15), "every channel vacated", |d| {
+        (0..7).all(|i| {
+            d.iter()
+                .any(|(_, e)| e["channel"] == format!("rooms:{i}").as_str() && e["type"] == "channel.vacated")
+        })
+    })
+    .await;
+
+    let mut node = redis::Client::open(url.as_str())
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
+    assert!(keys.len() >= 10, "state was written: {keys:?}");
+    let outside: Vec<&String> = keys.iter().filter(|k| cluster.keyslot(k) != tag_slot).collect();
+    assert!(outside.is_empty(), "keys outside the tag's slot: {outside:?}");
+
+    // the layout without a tag spans slots: the node refuses the write
+    let untagged = RedisStore::new(RedisConfig::new(url)).expect("store");
+    let op = Operation::Attach {
+        connection: occupancy::domain::ConnectionId::parse("connection_id", "c1").expect("id"),
+        channel: ChannelName::parse("channel", "rooms:1").expect("name"),
+        modes: Default::default(),
+    };
+    let refused = untagged.apply(&s1, &[op], false).await;
+    assert!(
+        matches!(&refused, Err(e) if e.to_string().contains("do not hash to the same slot")),
+        "{refused:?}"
+    );
 }

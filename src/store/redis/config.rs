@@ -16,6 +16,13 @@ pub struct RedisConfig {
     pub tls_ca_file: Option<PathBuf>,
     /// Prefix of every key, so deployments can share a Redis.
     pub key_prefix: String,
+    /// A hash tag every key carries right after the prefix (`P:{TAG}:…`):
+    /// the first braces of a key decide its Redis Cluster slot, so the whole
+    /// state then lives in one slot, which a cluster node serves with every
+    /// function call and can move between primaries as a whole. `None`
+    /// keeps each channel's keys in a slot of their own. The store folds it
+    /// into `key_prefix` ([`super::RedisStore::config`] shows it there).
+    pub hash_tag: Option<String>,
     /// Bound on connecting and on every call.
     pub timeout: Duration,
     /// Lease of a new session.
@@ -34,6 +41,7 @@ impl RedisConfig {
             url: url.into(),
             tls_ca_file: None,
             key_prefix: crate::config::defaults::KEY_PREFIX.into(),
+            hash_tag: None,
             timeout: crate::config::defaults::REDIS_TIMEOUT,
             default_ttl: crate::config::defaults::SESSION_TTL,
             event_shards: crate::config::defaults::EVENT_SHARDS,

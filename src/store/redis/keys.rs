@@ -45,8 +45,14 @@
 //! Redis loses its data.
 //!
 //! All keys of one channel share the hash tag `{ch:NAME}`. Scripts also
-//! touch the session and index keys, so a Redis Cluster deployment would
-//! need those split per slot; today the service targets one Redis primary.
+//! touch the session and index keys, so one call spans several slots and
+//! the service targets one Redis primary. With a hash tag in the
+//! configuration ([`RedisConfig::hash_tag`](super::RedisConfig::hash_tag))
+//! the prefix becomes `P:{TAG}` ([`tagged`]): the first braces of a key
+//! decide its slot, so every key above, and every key a script builds from
+//! the prefix, lands in the tag's one slot (`tests/it/cluster.rs` runs the
+//! service on a Redis Cluster primary that way, where any other key would
+//! be refused).
 
 /// Validates a key prefix: non-empty, no braces (they would change hash
 /// tags), no white space or control characters.
@@ -64,6 +70,11 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
         return Err("key prefix must not contain braces, white space or control characters".into());
     }
     Ok(())
+}
+
+/// The prefix whose keys all hash to `tag`'s slot: `PREFIX:{TAG}`.
+pub fn tagged(prefix: &str, tag: &str) -> String {
+    format!("{prefix}:{{{tag}}}")
 }
 
 /// The channel's counters.
@@ -193,6 +204,16 @@ mod tests {
         assert_eq!(prefix_upper_bound(""), b"+");
         assert_eq!(prefix_upper_bound("ab"), b"(ac");
         assert_eq!(prefix_upper_bound("a\u{7f}"), b"(a\x80");
+    }
+
+    #[test]
+    fn a_tagged_prefix_puts_its_tag_first() {
+        assert_eq!(tagged("occupancy", "p:0"), "occupancy:{p:0}");
+        // the first braces decide the slot: the tag's, not the channel's
+        assert_eq!(
+            channel_metrics(&tagged("occupancy", "p:0"), "a"),
+            "occupancy:{p:0}:{ch:a}:m"
+        );
     }
 
     #[test]

@@ -121,9 +121,13 @@ impl RedisStore {
     /// start while Redis is down and reports NOT_SERVING until it answers.
     ///
     /// # Errors
-    /// [`Error::InvalidInput`] for a malformed URL or key prefix.
-    pub fn new(cfg: RedisConfig) -> Result<Self> {
+    /// [`Error::InvalidInput`] for a malformed URL, key prefix or hash tag.
+    pub fn new(mut cfg: RedisConfig) -> Result<Self> {
         keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
+        if let Some(tag) = cfg.hash_tag.take() {
+            keys::validate_prefix(&tag).map_err(|e| crate::domain::InvalidInput::new("hash_tag", e))?;
+            cfg.key_prefix = keys::tagged(&cfg.key_prefix, &tag);
+        }
         let bad_url = |e: RedisError| crate::domain::InvalidInput::new("redis_url", e.to_string());
         // TCP_NODELAY: a pipeline or a large script call spans several
         // segments, and Nagle's algorithm would hold the last one until

@@ -141,6 +141,10 @@ pub struct ServeArgs {
     /// in-memory store (one process only).
     #[arg(long, env = "OCCUPANCY_REDIS_URL")]
     pub redis_url: Option<String>,
+    /// --redis-url names a Redis Cluster: one or more seed nodes,
+    /// separated by commas.
+    #[arg(long, env = "OCCUPANCY_REDIS_CLUSTER", requires = "redis_url")]
+    pub redis_cluster: bool,
     /// PEM file of the CA certificate(s) to trust for a rediss:// URL
     /// instead of the system's roots (a private CA).
     #[arg(long, env = "OCCUPANCY_REDIS_CA_FILE")]
@@ -275,11 +279,17 @@ impl ServeArgs {
         let store = match &self.redis_url {
             None => StoreConfig::Memory,
             Some(url) => {
-                redis::Client::open(url.as_str()).map_err(|e| format!("invalid --redis-url: {e}"))?;
+                let urls = crate::store::redis::seed_urls(url, self.redis_cluster);
+                if urls.is_empty() {
+                    return Err("invalid --redis-url: --redis-cluster needs at least one seed node URL".into());
+                }
+                for u in &urls {
+                    redis::Client::open(*u).map_err(|e| format!("invalid --redis-url {u:?}: {e}"))?;
+                }
                 crate::store::redis::keys::validate_prefix(&self.key_prefix)
                     .map_err(|e| format!("invalid --key-prefix: {e}"))?;
                 if let Some(ca) = &self.redis_ca_file {
-                    if !url.starts_with("rediss://") {
+                    if !urls.iter().all(|u| u.starts_with("rediss://")) {
                         return Err("invalid --redis-ca-file: only used with a rediss:// --redis-url".into());
                     }
                     crate::store::redis::read_ca_file(ca).map_err(|e| format!("invalid --redis-ca-file: {e}"))?;
@@ -287,6 +297,7 @@ impl ServeArgs {
                 StoreConfig::Redis(RedisConfig {
                     tls_ca_file: self.redis_ca_file.clone(),
                     url: url.clone(),
+                    cluster: self.redis_cluster,
                     key_prefix: self.key_prefix.clone(),
                     hash_tag: None,
                     timeout: self.redis_timeout,

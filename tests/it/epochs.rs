@@ -18,7 +18,7 @@ use crate::support::{eventually, modes, Harness};
 
 const TTL: Duration = Duration::from_millis(800);
 
-both_stores!(
+all_stores!(
     a_write_after_the_lease_expired_is_noticed_by_its_epoch,
     a_refused_enter_opens_no_lease,
     a_foreign_detach_or_leave_moves_nothing,

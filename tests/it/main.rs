@@ -25,6 +25,22 @@ macro_rules! both_stores {
     };
 }
 
+/// [`both_stores!`] plus a third module, `cluster`, running each test on
+/// a private Redis Cluster (three primaries, a replica each).
+macro_rules! all_stores {
+    ($($name:ident),* $(,)?) => {
+        both_stores!($($name),*);
+        mod cluster {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::cluster(super::TTL)).await;
+                }
+            )*
+        }
+    };
+}
+
 mod abuse;
 mod auth;
 mod bench;

@@ -3,14 +3,25 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+/// The hash tag of the state on a Redis Cluster when the configuration
+/// names none: the state's one partition.
+pub const CLUSTER_HASH_TAG: &str = "p:0";
+
 /// How to reach and lay out the Redis state.
 #[derive(Debug, Clone)]
 pub struct RedisConfig {
     /// `redis://` or `rediss://` URL (TLS with rustls; the URL's user and
     /// password, if any, are sent with AUTH). `rediss://` checks the
     /// server's certificate against the system's roots, or against
-    /// `tls_ca_file`.
+    /// `tls_ca_file`. With `cluster`, one or more seed nodes of the
+    /// cluster, separated by commas.
     pub url: String,
+    /// Whether `url` names the seed nodes of a Redis Cluster. The store
+    /// then keeps its whole state under one hash tag (`hash_tag`, by
+    /// default [`CLUSTER_HASH_TAG`]), so that every call touches one slot,
+    /// and reaches the primary serving it through redis-rs's cluster
+    /// client, which follows failovers and slot moves.
+    pub cluster: bool,
     /// PEM file of the CA certificate(s) that sign the Redis server's
     /// certificate, for a private CA; `None` trusts the system's roots.
     pub tls_ca_file: Option<PathBuf>,
@@ -39,6 +50,7 @@ impl RedisConfig {
     pub fn new(url: impl Into<String>) -> Self {
         Self {
             url: url.into(),
+            cluster: false,
             tls_ca_file: None,
             key_prefix: crate::config::defaults::KEY_PREFIX.into(),
             hash_tag: None,

@@ -10,7 +10,10 @@ use crate::error::{Error, Result};
 
 /// Whether a Redis error means Redis cannot be used now, rather than a
 /// fault: timeouts, refused or dropped connections, a Redis loading,
-/// failing over or read-only, and a wrong ACL user or password (Redis
+/// failing over or read-only, a cluster slot that is moving or has no
+/// reachable primary (the cluster client follows MOVED and ASK itself; one
+/// that still reaches a caller means the slot map is settling), and a
+/// wrong ACL user or password (Redis
 /// cannot be used until the configuration or Redis is fixed; the log names
 /// the cause).
 pub fn is_unavailable(e: &RedisError) -> bool {
@@ -19,6 +22,7 @@ pub fn is_unavailable(e: &RedisError) -> bool {
         || e.is_connection_refusal()
         || e.is_connection_dropped()
         || e.kind() == ErrorKind::AuthenticationFailed
+        || e.kind() == ErrorKind::ClusterConnectionNotFound
         || matches!(
             e.kind(),
             ErrorKind::Server(
@@ -27,6 +31,8 @@ pub fn is_unavailable(e: &RedisError) -> bool {
                     | ServerErrorKind::MasterDown
                     | ServerErrorKind::ReadOnly
                     | ServerErrorKind::ClusterDown
+                    | ServerErrorKind::Moved
+                    | ServerErrorKind::Ask
             )
         )
 }

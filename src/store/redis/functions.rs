@@ -178,13 +178,21 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 });
 
 /// A call of `f` with the arguments every function starts with (see
-/// `begin` in `lua/call.lua`): key prefix, event shards, stream length. Add the
+/// `begin` in `lua/call.lua`): key prefix, event shards, stream length;
+/// on a cluster, with the prefix as its one key. Add the
 /// function's own arguments, then run it with [`invoke`].
 pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg(format!("{}_{}", LIBRARY.name, f.name()))
-        .arg(0)
-        .arg(&cfg.key_prefix)
+    cmd.arg(format!("{}_{}", LIBRARY.name, f.name()));
+    if cfg.cluster {
+        // the prefix carries the state's hash tag: declared as the call's
+        // one key, it routes the call to the primary serving that slot
+        // (the functions read no KEYS; one Redis needs no routing)
+        cmd.arg(1).arg(&cfg.key_prefix);
+    } else {
+        cmd.arg(0);
+    }
+    cmd.arg(&cfg.key_prefix)
         .arg(cfg.event_shards)
         .arg(cfg.stream_max_len);
     cmd

@@ -21,8 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use redis::aio::{ConnectionManager, ConnectionManagerConfig};
-use redis::RedisError;
 use tokio_util::sync::CancellationToken;
 
 use super::{ChangeSink, History, ReapReport, Snapshot, Store};
@@ -34,6 +32,7 @@ use crate::store::not_owner;
 
 mod codec;
 mod config;
+mod conn;
 mod failure;
 mod functions;
 mod group;
@@ -43,11 +42,13 @@ mod reader;
 mod reads;
 mod writer;
 
-pub use config::{read_ca_file, RedisConfig};
+pub use config::{read_ca_file, RedisConfig, CLUSTER_HASH_TAG};
+pub use conn::seed_urls;
 pub use failure::is_unavailable;
 pub use integrations::RedisIntegrations;
 
 use codec::Closed;
+use conn::{Conn, Topology};
 use failure::within;
 use functions::{invoke, Function};
 
@@ -61,8 +62,8 @@ const BATCH_ALLOWANCE_PER_OP: Duration = crate::config::defaults::REDIS_BATCH_AL
 /// Occupancy state in Redis.
 #[derive(Clone)]
 pub struct RedisStore {
-    client: redis::Client,
-    conn: ConnectionManager,
+    topology: Topology,
+    conn: Conn,
     cfg: RedisConfig,
     /// The group commit queue of writes, started on first use (inside the
     /// runtime).
@@ -75,7 +76,7 @@ pub struct RedisStore {
 
 /// Reads merged reads' keys with one MGET.
 struct MgetFetch {
-    conn: ConnectionManager,
+    conn: Conn,
     timeout: Duration,
 }
 
@@ -91,7 +92,7 @@ impl reads::Fetch for MgetFetch {
 
 /// Sends merged writes as one call of the apply script.
 struct ApplySender {
-    conn: ConnectionManager,
+    conn: Conn,
     cfg: RedisConfig,
 }
 
@@ -124,49 +125,23 @@ impl RedisStore {
     /// [`Error::InvalidInput`] for a malformed URL, key prefix or hash tag.
     pub fn new(mut cfg: RedisConfig) -> Result<Self> {
         keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
+        if cfg.cluster && cfg.hash_tag.is_none() {
+            cfg.hash_tag = Some(config::CLUSTER_HASH_TAG.into());
+        }
         if let Some(tag) = cfg.hash_tag.take() {
             keys::validate_prefix(&tag).map_err(|e| crate::domain::InvalidInput::new("hash_tag", e))?;
             cfg.key_prefix = keys::tagged(&cfg.key_prefix, &tag);
         }
-        let bad_url = |e: RedisError| crate::domain::InvalidInput::new("redis_url", e.to_string());
-        // TCP_NODELAY: a pipeline or a large script call spans several
-        // segments, and Nagle's algorithm would hold the last one until
-        // Redis' delayed ACK (~40 ms)
-        let info = redis::IntoConnectionInfo::into_connection_info(cfg.url.as_str())
-            .map_err(bad_url)?
-            .set_tcp_settings(redis::io::tcp::TcpSettings::default().set_nodelay(true));
-        let client = match &cfg.tls_ca_file {
-            None => redis::Client::open(info).map_err(bad_url)?,
-            Some(path) => {
-                let root_cert = read_ca_file(path).map_err(|e| crate::domain::InvalidInput::new("redis_ca_file", e))?;
-                redis::Client::build_with_tls(
-                    info,
-                    redis::TlsCertificates {
-                        client_tls: None,
-                        root_cert: Some(root_cert),
-                    },
-                )
-                .map_err(bad_url)?
-            }
-        };
-        // Every call is bounded by `bounded` (scaled for large batches); the
-        // connection's own response timeout is only a backstop.
-        let mgr_cfg = ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(cfg.timeout))
-            .set_response_timeout(Some(
-                (cfg.timeout * 10).max(crate::config::defaults::REDIS_RESPONSE_TIMEOUT_FLOOR),
-            ))
-            .set_number_of_retries(1)
-            .set_max_delay(crate::config::defaults::REDIS_RECONNECT_MAX_DELAY);
-        let conn = ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg)?;
+        let topology = Topology::new(&cfg)?;
+        let conn = topology.shared(&cfg)?;
         let integrations = Arc::new(RedisIntegrations::new(
-            client.clone(),
+            topology.clone(),
             conn.clone(),
             cfg.key_prefix.clone(),
             cfg.timeout,
         ));
         Ok(Self {
-            client,
+            topology,
             conn,
             cfg,
             writes: Arc::default(),
@@ -206,7 +181,7 @@ impl RedisStore {
     /// alive, and a replica with another count reports NOT_SERVING with
     /// this error until the record expires, [`EVENT_SHARDS_RECORD`] after
     /// the last replica of the old count stopped.
-    async fn check_event_shards(&self, conn: &mut ConnectionManager) -> Result<()> {
+    async fn check_event_shards(&self, conn: &mut Conn) -> Result<()> {
         let key = keys::event_shards(&self.cfg.key_prefix);
         let ttl = EVENT_SHARDS_RECORD.as_millis() as u64;
         let mine = self.cfg.event_shards;
@@ -416,7 +391,7 @@ impl Store for RedisStore {
         let outage = Arc::new(crate::store::outage::OutageLog::new("event stream readers"));
         for shard in 0..self.cfg.event_shards {
             tokio::spawn(reader::run(
-                self.client.clone(),
+                self.topology.clone(),
                 self.cfg.clone(),
                 shard,
                 sink.clone(),
@@ -430,16 +405,25 @@ impl Store for RedisStore {
     /// replica has it before it reports SERVING, and gets it back within a
     /// health interval when Redis lost it; and that every replica sharing
     /// this Redis uses the same number of event shards
-    /// (`RedisStore::check_event_shards`).
+    /// (`RedisStore::check_event_shards`). On a cluster it asks only the
+    /// primary serving the state's slot (PING would go to every primary):
+    /// a function call there loads the library on every primary if that one
+    /// lacks it (a primary that took the slot over by resharding).
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        let pong: String = self
-            .bounded("health", redis::cmd("PING").query_async(&mut conn))
-            .await?;
-        if pong != "PONG" {
-            return Err(Error::Internal(format!("unexpected PING reply {pong}")));
+        if self.cfg.cluster {
+            let mut inv = self.call(Function::StreamState);
+            inv.arg(0);
+            let _state: redis::Value = self.bounded("health", invoke(&mut conn, &inv)).await?;
+        } else {
+            let pong: String = self
+                .bounded("health", redis::cmd("PING").query_async(&mut conn))
+                .await?;
+            if pong != "PONG" {
+                return Err(Error::Internal(format!("unexpected PING reply {pong}")));
+            }
+            self.bounded("health", functions::ensure_loaded(&mut conn)).await?;
         }
-        self.bounded("health", functions::ensure_loaded(&mut conn)).await?;
         self.check_event_shards(&mut conn).await
     }
 }

@@ -16,11 +16,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use redis::streams::StreamReadReply;
-use redis::AsyncConnectionConfig;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use super::codec::{parse_metrics, StreamState, PACKED_METRICS_LEN};
+use super::conn::{Conn, Topology};
 use super::functions::{self, Function};
 use super::{keys, RedisConfig};
 use crate::domain::{ChangeEvent, ChannelName, Pos};
@@ -39,7 +39,7 @@ const VERIFY_EVERY: Duration = Duration::from_secs(1);
 
 /// Reads shard `shard` until `cancel`.
 pub(super) async fn run(
-    client: redis::Client,
+    topology: Topology,
     cfg: RedisConfig,
     shard: u32,
     sink: Arc<dyn ChangeSink>,
@@ -47,15 +47,12 @@ pub(super) async fn run(
     outage: Arc<OutageLog>,
 ) {
     let key = keys::events(&cfg.key_prefix, shard);
-    let conn_cfg = AsyncConnectionConfig::new()
-        .set_connection_timeout(Some(cfg.timeout))
-        .set_response_timeout(Some(BLOCK + cfg.timeout));
     let mut last: Option<Pos> = None;
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
     while !cancel.is_cancelled() {
         let attempt = async {
-            let mut conn = client.get_multiplexed_async_connection_with_config(&conn_cfg).await?;
+            let mut conn = topology.dedicated(cfg.timeout, BLOCK + cfg.timeout).await?;
             let (exists, last_generated, max_deleted) = stream_state(&mut conn, &cfg, shard).await?;
             Ok::<_, redis::RedisError>((conn, exists == 1, last_generated, max_deleted))
         };
@@ -202,7 +199,7 @@ pub(super) async fn run(
 /// Whether shard `shard`'s stream exists, its last generated id and its
 /// largest deleted id.
 async fn stream_state(
-    conn: &mut redis::aio::MultiplexedConnection,
+    conn: &mut Conn,
     cfg: &RedisConfig,
     shard: u32,
 ) -> redis::RedisResult<StreamState> {
@@ -211,7 +208,7 @@ async fn stream_state(
     functions::invoke(conn, &inv).await
 }
 
-async fn entry_exists(conn: &mut redis::aio::MultiplexedConnection, key: &str, pos: Pos) -> redis::RedisResult<bool> {
+async fn entry_exists(conn: &mut Conn, key: &str, pos: Pos) -> redis::RedisResult<bool> {
     let id = pos.to_string();
     let found: Vec<redis::Value> = redis::cmd("XRANGE")
         .arg(key)

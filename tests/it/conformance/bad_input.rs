@@ -8,7 +8,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::Harness;
 
-both_stores!(bad_input_is_rejected_and_changes_nothing,);
+all_stores!(bad_input_is_rejected_and_changes_nothing,);
 
 async fn bad_input_is_rejected_and_changes_nothing(h: Harness) {
     let s = h.server().await;

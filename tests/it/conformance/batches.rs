@@ -11,7 +11,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::Harness;
 
-both_stores!(
+all_stores!(
     a_small_write_after_large_ones_changes_only_its_own,
     apply_reports_each_operation,
     sequenced_batches_apply_once_and_in_order,

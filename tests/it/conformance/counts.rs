@@ -9,7 +9,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::Harness;
 
-both_stores!(
+all_stores!(
     metrics_for_every_mode,
     writes_are_idempotent,
     reattach_replaces_modes,

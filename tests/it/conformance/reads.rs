@@ -10,7 +10,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::Harness;
 
-both_stores!(
+all_stores!(
     list_walk_survives_churn,
     list_busiest_first,
     batch_get_keeps_request_order,

@@ -17,7 +17,7 @@ use crate::support::Harness;
 
 const TTL: Duration = Duration::from_secs(30);
 
-both_stores!(
+all_stores!(
     snapshot_first_then_every_change_in_order,
     categories_filter_events,
     zero_flips_skip_the_debounce,

@@ -39,6 +39,9 @@ pub enum Backend {
     Memory(Arc<MemoryStore>),
     /// Redis.
     Redis(RedisServer),
+    /// A private Redis Cluster (three primaries, a replica each), reached
+    /// through every node as a seed.
+    Cluster(cluster::RedisCluster),
 }
 
 /// A store backend plus the settings every replica of a test uses.
@@ -66,11 +69,27 @@ impl Harness {
         }
     }
 
+    /// A private Redis Cluster backend.
+    pub fn cluster(ttl: Duration) -> Self {
+        Self {
+            backend: Backend::Cluster(cluster::RedisCluster::start()),
+            ttl,
+        }
+    }
+
+    /// The private cluster of a cluster harness.
+    pub fn cluster_mut(&mut self) -> &mut cluster::RedisCluster {
+        match &mut self.backend {
+            Backend::Cluster(c) => c,
+            _ => panic!("a cluster harness"),
+        }
+    }
+
     /// The private Redis of a Redis harness.
     pub fn redis_server(&self) -> &RedisServer {
         match &self.backend {
             Backend::Redis(r) => r,
-            Backend::Memory(_) => panic!("a Redis harness"),
+            _ => panic!("a Redis harness"),
         }
     }
 
@@ -78,7 +97,7 @@ impl Harness {
     pub fn redis_server_mut(&mut self) -> &mut RedisServer {
         match &mut self.backend {
             Backend::Redis(r) => r,
-            Backend::Memory(_) => panic!("a Redis harness"),
+            _ => panic!("a Redis harness"),
         }
     }
 
@@ -92,6 +111,13 @@ impl Harness {
                 c.key_prefix = "test".into();
                 Some(c)
             }
+            Backend::Cluster(cl) => {
+                let mut c = RedisConfig::new(cl.urls().join(","));
+                c.cluster = true;
+                c.default_ttl = self.ttl;
+                c.key_prefix = "test".into();
+                Some(c)
+            }
         }
     }
 
@@ -100,7 +126,9 @@ impl Harness {
     pub fn store(&self) -> Arc<dyn Store> {
         match &self.backend {
             Backend::Memory(m) => m.clone(),
-            Backend::Redis(_) => Arc::new(RedisStore::new(self.redis_config().expect("redis")).expect("redis store")),
+            Backend::Redis(_) | Backend::Cluster(_) => {
+                Arc::new(RedisStore::new(self.redis_config().expect("redis")).expect("redis store"))
+            }
         }
     }
 

@@ -54,9 +54,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use async_trait::async_trait;
-use redis::aio::ConnectionManager;
 use redis::Script;
 
+use super::conn::{Conn, Topology};
 use super::failure::within;
 use super::keys;
 use crate::error::{Error, Result};
@@ -87,8 +87,8 @@ static REPLAY: LazyLock<Script> = LazyLock::new(|| Script::new(include_str!("../
 /// Integration rules and queues in the Redis of a [`RedisStore`](super::RedisStore).
 #[derive(Clone)]
 pub struct RedisIntegrations {
-    client: redis::Client,
-    conn: ConnectionManager,
+    topology: Topology,
+    conn: Conn,
     prefix: String,
     timeout: Duration,
 }
@@ -103,9 +103,9 @@ impl std::fmt::Debug for RedisIntegrations {
 
 impl RedisIntegrations {
     /// On the store's connection, under its key prefix, with its timeout.
-    pub(super) fn new(client: redis::Client, conn: ConnectionManager, prefix: String, timeout: Duration) -> Self {
+    pub(super) fn new(topology: Topology, conn: Conn, prefix: String, timeout: Duration) -> Self {
         Self {
-            client,
+            topology,
             conn,
             prefix,
             timeout,
@@ -113,11 +113,12 @@ impl RedisIntegrations {
     }
 
     /// Follows the wake channel on a connection of its own (a subscribed
-    /// connection can do nothing else), connecting again after failures.
-    async fn follow_wakes(client: redis::Client, channel: String, queued: Arc<Notify>, cancel: CancellationToken) {
+    /// connection can do nothing else), connecting again after failures
+    /// (on a cluster, to the next seed node).
+    async fn follow_wakes(topology: Topology, channel: String, queued: Arc<Notify>, cancel: CancellationToken) {
         let mut backoff = WAKE_RETRY_MIN;
-        loop {
-            match client.get_async_pubsub().await {
+        for attempt in 0usize.. {
+            match topology.pubsub(attempt).await {
                 Ok(mut ps) => match ps.subscribe(&channel).await {
                     Ok(()) => {
                         backoff = WAKE_RETRY_MIN;
@@ -427,7 +428,7 @@ impl IntegrationStore for RedisIntegrations {
 
     fn watch(&self, queued: Arc<Notify>, cancel: CancellationToken) {
         tokio::spawn(Self::follow_wakes(
-            self.client.clone(),
+            self.topology.clone(),
             keys::int_wake(&self.prefix),
             queued,
             cancel,

@@ -145,6 +145,11 @@ pub struct ServeArgs {
     /// separated by commas.
     #[arg(long, env = "OCCUPANCY_REDIS_CLUSTER", requires = "redis_url")]
     pub redis_cluster: bool,
+    /// Replicas that must acknowledge a write before it is answered (Redis
+    /// WAIT), so that a failover loses no acknowledged write; default 1
+    /// with --redis-cluster, else 0.
+    #[arg(long, env = "OCCUPANCY_REDIS_REPLICA_ACKS", requires = "redis_url", value_parser = clap::value_parser!(u32).range(0..=16))]
+    pub redis_replica_acks: Option<u32>,
     /// PEM file of the CA certificate(s) to trust for a rediss:// URL
     /// instead of the system's roots (a private CA).
     #[arg(long, env = "OCCUPANCY_REDIS_CA_FILE")]
@@ -300,6 +305,11 @@ impl ServeArgs {
                     cluster: self.redis_cluster,
                     key_prefix: self.key_prefix.clone(),
                     hash_tag: None,
+                    replica_acks: self.redis_replica_acks.unwrap_or(if self.redis_cluster {
+                        defaults::CLUSTER_REPLICA_ACKS
+                    } else {
+                        0
+                    }),
                     timeout: self.redis_timeout,
                     default_ttl: self.session_ttl,
                     event_shards: self.event_shards,

@@ -19,6 +19,9 @@ pub const KEY_PREFIX: &str = "occupancy";
 pub const SESSION_TTL: Duration = Duration::from_secs(15);
 /// [`SESSION_TTL`] as a flag's text.
 pub const SESSION_TTL_ARG: &str = "15s";
+/// Replicas that acknowledge each write on a Redis Cluster (each primary
+/// has at least one in any cluster that fails over).
+pub const CLUSTER_REPLICA_ACKS: u32 = 1;
 /// Bound on every Redis call and connection attempt.
 pub const REDIS_TIMEOUT: Duration = Duration::from_secs(1);
 /// [`REDIS_TIMEOUT`] as a flag's text.

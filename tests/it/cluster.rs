@@ -1,16 +1,21 @@
-//! The local Redis Cluster that cluster tests run on (`support::cluster`),
-//! checked for what they rely on: three primaries with a replica each, a
-//! function library loaded on every primary through redis-rs's cluster
-//! client, keys under partition-style hash tags spread over every primary,
-//! a SIGKILLed primary replaced by its replica with the library and the
-//! acknowledged data, and live resharding followed by the same client;
-//! and the service's state under one hash tag served by one primary.
+//! Redis Cluster: the local cluster that cluster tests run on
+//! (`support::cluster`) checked for what they rely on (three primaries with
+//! a replica each, a function library loaded on every primary through
+//! redis-rs's cluster client, keys under partition-style hash tags spread
+//! over every primary, a SIGKILLed primary replaced by its replica with the
+//! library and the acknowledged data, live resharding followed by the same
+//! client); the service in cluster mode keeping every key in one slot; and
+//! the service under the model writers' load through a primary SIGKILLed
+//! and through a live reshard of its slot. The conformance, subscription
+//! and epoch suites run on a cluster too (`all_stores!`).
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
+
+use tonic_health::pb::health_check_response::ServingStatus;
 
 use crate::support::cluster::RedisCluster;
 
@@ -154,12 +159,19 @@ async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
     use crate::support::receiver::Receiver;
 
     let cluster = RedisCluster::start();
-    let tag = "p:0";
+    let tag = occupancy::store::redis::CLUSTER_HASH_TAG;
     let tag_slot = cluster.keyslot(&format!("{{{tag}}}"));
     let owner = cluster.primary_of(tag_slot);
     let url = format!("redis://127.0.0.1:{}/", owner.port);
-    let mut rc = RedisConfig::new(url.clone());
-    rc.hash_tag = Some(tag.into());
+    // cluster mode, seeded with one other node: the client finds the owner
+    let seed = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.id != owner.id)
+        .expect("another primary");
+    let mut rc = RedisConfig::new(format!(" redis://127.0.0.1:{}/ ,", seed.port));
+    rc.cluster = true;
+    rc.replica_acks = 1;
     let store: Arc<dyn Store> = Arc::new(RedisStore::new(rc.clone()).expect("store"));
     let mut config = Config::redis(rc);
     config.reap_interval = Duration::from_millis(50);
@@ -209,14 +221,20 @@ async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
     })
     .await;
 
-    let mut node = redis::Client::open(url.as_str())
-        .expect("client")
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connect");
-    let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
+    let keys_on = |port: u16| -> Vec<String> {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect");
+        redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS")
+    };
+    let keys = keys_on(owner.port);
     assert!(keys.len() >= 10, "state was written: {keys:?}");
     let outside: Vec<&String> = keys.iter().filter(|k| cluster.keyslot(k) != tag_slot).collect();
     assert!(outside.is_empty(), "keys outside the tag's slot: {outside:?}");
+    for other in cluster.primaries().iter().filter(|p| p.id != owner.id) {
+        assert_eq!(keys_on(other.port), Vec::<String>::new(), "no key on another primary");
+    }
 
     // the layout without a tag spans slots: the node refuses the write
     let untagged = RedisStore::new(RedisConfig::new(url)).expect("store");
@@ -230,4 +248,152 @@ async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
         matches!(&refused, Err(e) if e.to_string().contains("do not hash to the same slot")),
         "{refused:?}"
     );
+}
+
+/// Three in-process replicas on a cluster harness, each with a subscriber
+/// to the model writers' channels, and the model writers started on them.
+struct UnderLoad {
+    servers: Vec<crate::support::TestServer>,
+    urls: Vec<String>,
+    subs: Vec<crate::support::sub::Sub>,
+    model: std::sync::Arc<std::sync::Mutex<crate::model::Model>>,
+    load: tokio::task::JoinHandle<crate::model_check::Report>,
+    drive: crate::model_check::Drive,
+    _seed: crate::model_check::SeedGuard,
+}
+
+impl UnderLoad {
+    async fn start(h: &crate::support::Harness) -> Self {
+        use crate::model_check::{drive, seed, Drive, SeedGuard};
+        use occupancy::proto::v1 as pb;
+
+        let d = Drive {
+            seed: seed(),
+            writers: 3,
+            ops_per_writer: 300,
+            channels: 10,
+            expiries: false,
+        };
+        let guard = SeedGuard(d.seed);
+        let servers: Vec<crate::support::TestServer> = futures::future::join_all((0..3).map(|_| h.server())).await;
+        let urls: Vec<String> = servers.iter().map(crate::support::TestServer::url).collect();
+        let mut subs = Vec::new();
+        for s in &servers {
+            let mut sub = crate::support::sub::subscribe(
+                s,
+                pb::SubscribeOccupancyRequest {
+                    prefix: "ch:".into(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .expect("subscribe");
+            sub.quiet_for(Duration::from_millis(100)).await;
+            subs.push(sub);
+        }
+        let model = std::sync::Arc::new(std::sync::Mutex::new(crate::model::Model::default()));
+        let load = {
+            let (urls, d, model) = (urls.clone(), d.clone(), model.clone());
+            tokio::spawn(async move { drive(&urls, &d, model).await })
+        };
+        // the fault must hit a busy service: wait for a few channels
+        let fx = crate::fixture::Fx::new(&servers[0]).await;
+        let started = Instant::now();
+        while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Self {
+            servers,
+            urls,
+            subs,
+            model,
+            load,
+            drive: d,
+            _seed: guard,
+        }
+    }
+
+    /// Waits for the writers; then every replica's counts, listing and
+    /// totals, and every subscriber's latest events, against the model.
+    async fn finish(mut self, what: &str) -> crate::model_check::Report {
+        use crate::model_check::{check, check_subscribers, universe};
+        let report = self.load.await.expect("writers");
+        let model = self.model.lock().unwrap().clone();
+        let mismatches = check(&self.urls, &model, &universe(&self.drive)).await;
+        let sub_mismatches = check_subscribers(&mut self.subs, &model).await;
+        eprintln!("{what}: {report:?}, mismatches {mismatches}, subscriber mismatches {sub_mismatches}");
+        assert_eq!(report.status_mismatches, 0, "operation results disagree with the model");
+        assert_eq!(mismatches, 0, "acknowledged writes lost or applied twice");
+        assert_eq!(sub_mismatches, 0, "subscribers missed changes");
+        for s in &self.servers {
+            // every replica serves again without a restart
+            crate::support::eventually(Duration::from_secs(10), "SERVING", || async {
+                (crate::redis_store::health(s, "").await == ServingStatus::Serving as i32).then_some(())
+            })
+            .await;
+        }
+        report
+    }
+}
+
+/// The slot the service's state lives in on a cluster harness (key prefix
+/// `test`, the default partition tag).
+fn state_slot(cluster: &RedisCluster) -> u16 {
+    cluster.keyslot(&format!(
+        "test:{{{}}}:anchor",
+        occupancy::store::redis::CLUSTER_HASH_TAG
+    ))
+}
+
+/// The primary serving the state is SIGKILLed while three replicas take
+/// the model writers' load: its replica is promoted, calls fail meanwhile
+/// only as UNAVAILABLE (the writers retry on those and fail the test on
+/// anything else), the replicas recover without a restart, and every
+/// count, listing, total and subscriber's view equals the model. Every
+/// acknowledged write was acknowledged by the replica too
+/// (`--redis-replica-acks`), so none is lost in the failover.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_sigkilled_under_load_fails_over_and_every_count_stays_exact() {
+    let mut h = crate::support::Harness::cluster(Duration::from_secs(60));
+    let run = UnderLoad::start(&h).await;
+    let cluster = h.cluster_mut();
+    let slot = state_slot(cluster);
+    let victim = cluster.primary_of(slot);
+    cluster.kill(victim.port);
+    let report = run.finish("primary kill").await;
+    assert!(
+        report.retries > 0,
+        "no call met the failover: the fault was not exercised"
+    );
+    let now = h.cluster_mut().primary_of(slot);
+    assert_ne!(now.port, victim.port, "the replica took over");
+}
+
+/// The state's slot moves live to another primary (`redis-cli --cluster
+/// reshard`, as the README says) under the model writers' load: the
+/// cluster client follows the move, no epoch changes (nothing was lost,
+/// so no front end re-syncs), and every count, listing, total and
+/// subscriber's view equals the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
+    let h = crate::support::Harness::cluster(Duration::from_secs(60));
+    let run = UnderLoad::start(&h).await;
+    let crate::support::Backend::Cluster(cluster) = &h.backend else {
+        unreachable!()
+    };
+    let slot = state_slot(cluster);
+    let from = cluster.primary_of(slot);
+    let to = cluster
+        .primaries()
+        .into_iter()
+        .find(|p| p.id != from.id)
+        .expect("another primary");
+    tokio::task::block_in_place(|| cluster.reshard_slot(slot, &to));
+    assert!(
+        !run.load.is_finished(),
+        "the writers were still busy when the slot had moved"
+    );
+    assert_eq!(cluster.primary_of(slot).id, to.id, "the slot moved");
+    let report = run.finish("reshard").await;
+    assert_eq!(report.syncs, 0, "a slot move loses nothing: no epoch changed");
 }

@@ -15,7 +15,7 @@ use tonic_health::pb::HealthCheckRequest;
 use crate::fixture::Fx;
 use crate::support::{eventually, Harness, TestServer};
 
-async fn health(s: &TestServer, service: &str) -> i32 {
+pub(crate) async fn health(s: &TestServer, service: &str) -> i32 {
     HealthClient::new(s.channel().await)
         .check(HealthCheckRequest {
             service: service.into(),

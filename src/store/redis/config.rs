@@ -34,6 +34,13 @@ pub struct RedisConfig {
     /// keeps each channel's keys in a slot of their own. The store folds it
     /// into `key_prefix` ([`super::RedisStore::config`] shows it there).
     pub hash_tag: Option<String>,
+    /// Replicas that must acknowledge a write (and a CloseSession) before it
+    /// is answered as done (`WAIT`), so that a failover to one of them
+    /// loses no acknowledged write; 0 answers as soon as the primary ran
+    /// it. A write the replicas did not acknowledge within half of
+    /// `timeout` answers UNAVAILABLE (it may or may not survive a failover:
+    /// the front end retries or re-syncs, as after any failed write).
+    pub replica_acks: u32,
     /// Bound on connecting and on every call.
     pub timeout: Duration,
     /// Lease of a new session.
@@ -54,6 +61,7 @@ impl RedisConfig {
             tls_ca_file: None,
             key_prefix: crate::config::defaults::KEY_PREFIX.into(),
             hash_tag: None,
+            replica_acks: 0,
             timeout: crate::config::defaults::REDIS_TIMEOUT,
             default_ttl: crate::config::defaults::SESSION_TTL,
             event_shards: crate::config::defaults::EVENT_SHARDS,

@@ -28,14 +28,18 @@ use crate::error::Result;
 #[derive(Clone)]
 pub(crate) enum Topology {
     /// One server.
-    Single(redis::Client),
+    Single(Box<redis::Client>),
     /// A cluster, through its seed nodes.
-    Cluster {
-        /// The cluster client (it learns the slot map from a seed).
-        client: ClusterClient,
-        /// One plain client per seed, for Pub/Sub.
-        seeds: Vec<redis::Client>,
-    },
+    Cluster(Box<Seeds>),
+}
+
+/// How the store reaches a cluster.
+#[derive(Clone)]
+pub(crate) struct Seeds {
+    /// The cluster client (it learns the slot map from a seed).
+    client: ClusterClient,
+    /// One plain client per seed, for Pub/Sub.
+    seeds: Vec<redis::Client>,
 }
 
 /// A connection shared by the store's calls: multiplexed, reconnecting,
@@ -135,7 +139,7 @@ impl Topology {
     pub(crate) fn new(cfg: &RedisConfig) -> Result<Self> {
         let certs = certificates(cfg)?;
         if !cfg.cluster {
-            return Ok(Topology::Single(single_client(&cfg.url, certs)?));
+            return Ok(Topology::Single(Box::new(single_client(&cfg.url, certs)?)));
         }
         let urls = seed_urls(&cfg.url, true);
         if urls.is_empty() {
@@ -152,10 +156,10 @@ impl Topology {
         if let Some(certs) = certs {
             builder = builder.certs(certs);
         }
-        Ok(Topology::Cluster {
+        Ok(Topology::Cluster(Box::new(Seeds {
             client: builder.build().map_err(bad_url)?,
             seeds,
-        })
+        })))
     }
 
     /// The shared connection, connecting lazily.
@@ -172,14 +176,14 @@ impl Topology {
                     .set_number_of_retries(1)
                     .set_max_delay(defaults::REDIS_RECONNECT_MAX_DELAY);
                 Ok(Conn::Single(
-                    ConnectionManager::new_lazy_with_config(client.clone(), mgr_cfg).map_err(bad_url)?,
+                    ConnectionManager::new_lazy_with_config((**client).clone(), mgr_cfg).map_err(bad_url)?,
                 ))
             }
-            Topology::Cluster { client, .. } => {
+            Topology::Cluster(c) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(cfg.timeout)
                     .set_response_timeout(backstop(cfg));
-                Ok(Conn::Cluster(client.get_pending_async_connection_with_config(config)))
+                Ok(Conn::Cluster(c.client.get_pending_async_connection_with_config(config)))
             }
         }
     }
@@ -199,11 +203,11 @@ impl Topology {
                     client.get_multiplexed_async_connection_with_config(&conn_cfg).await?,
                 ))
             }
-            Topology::Cluster { client, .. } => {
+            Topology::Cluster(c) => {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
-                Ok(Conn::Cluster(client.get_async_connection_with_config(config).await?))
+                Ok(Conn::Cluster(c.client.get_async_connection_with_config(config).await?))
             }
         }
     }
@@ -216,7 +220,7 @@ impl Topology {
     pub(crate) async fn pubsub(&self, attempt: usize) -> RedisResult<PubSub> {
         let client = match self {
             Topology::Single(client) => client,
-            Topology::Cluster { seeds, .. } => &seeds[attempt % seeds.len()],
+            Topology::Cluster(c) => &c.seeds[attempt % c.seeds.len()],
         };
         client.get_async_pubsub().await
     }

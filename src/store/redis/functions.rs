@@ -179,22 +179,23 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 
 /// A call of `f` with the arguments every function starts with (see
 /// `begin` in `lua/call.lua`): key prefix, event shards, stream length;
-/// on a cluster, with the prefix as its one key. Add the
+/// on a cluster, with the anchor key (`keys::anchor`) as its one key. Add the
 /// function's own arguments, then run it with [`invoke`].
 pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
     cmd.arg(format!("{}_{}", LIBRARY.name, f.name()));
     if cfg.cluster {
-        // the prefix carries the state's hash tag: declared as the call's
-        // one key, it routes the call to the primary serving that slot
-        // (the functions read no KEYS; one Redis needs no routing)
-        cmd.arg(1).arg(&cfg.key_prefix);
+        // the anchor is in the state's slot: declared as the call's one
+        // key, it routes the call to the primary serving that slot, and,
+        // since it exists wherever the state is, to the node holding the
+        // state while the slot migrates (a key missing on the migrating
+        // node would send the call to the importing one, where the rest of
+        // the state is not yet); the functions read no KEYS
+        cmd.arg(1).arg(super::keys::anchor(&cfg.key_prefix));
     } else {
         cmd.arg(0);
     }
-    cmd.arg(&cfg.key_prefix)
-        .arg(cfg.event_shards)
-        .arg(cfg.stream_max_len);
+    cmd.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);
     cmd
 }
 
@@ -219,6 +220,33 @@ pub(crate) async fn invoke<T: FromRedisValue>(conn: &mut impl ConnectionLike, cm
                 }
                 r => r,
             }
+        }
+        r => r,
+    }
+}
+
+/// [`invoke`] followed, in the same round trip to the same node, by `WAIT
+/// replicas timeout`: the call's answer and how many replicas acknowledged
+/// every write of the connection so far (the call's included).
+pub(crate) async fn invoke_acked<T: FromRedisValue>(
+    conn: &mut impl ConnectionLike,
+    cmd: &Cmd,
+    replicas: u32,
+    timeout: std::time::Duration,
+) -> RedisResult<(T, u32)> {
+    let mut pipe = redis::pipe();
+    // the pipeline goes where its first command's key routes it, so the
+    // WAIT asks the node that ran the call
+    pipe.add_command(cmd.clone())
+        .cmd("WAIT")
+        .arg(replicas)
+        .arg(timeout.as_millis().max(1) as u64);
+    match pipe.query_async(conn).await {
+        Err(e) if missing(&e) => {
+            let _one_load = LOADING.lock().await;
+            // a call whose function was missing changed nothing
+            load(conn).await?;
+            pipe.query_async(conn).await
         }
         r => r,
     }

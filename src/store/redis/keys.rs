@@ -20,6 +20,7 @@
 //! | `P:totals` | hash | `c` → the sum of every channel's connections, `pm` → of its presence members; changed by every function call that changes a channel, in the same atomic call |
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
+//! | `P:anchor` | string | `1`, on a Redis Cluster only: the key every function call declares, so the call is routed to the node holding the state (see [`anchor`]) |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
 //! | `P:int:rules` | hash | integration rule id → the rule (JSON) |
 //! | `P:int:ver` | string | the rules' version: incremented by every put and delete of a rule (absent: 0) |
@@ -125,6 +126,14 @@ pub fn leases(prefix: &str) -> String {
 /// The event stream of one shard.
 pub fn events(prefix: &str, shard: u32) -> String {
     format!("{prefix}:{{ev:{shard}}}")
+}
+
+/// A key that exists while any other key of the state does, on a Redis
+/// Cluster: every function call declares it as its one key, so that while
+/// the state's slot migrates the call runs where the state is (see
+/// `RedisStore::ping`, which creates it).
+pub fn anchor(prefix: &str) -> String {
+    format!("{prefix}:anchor")
 }
 
 /// The number of event shards the replicas sharing this Redis use.

@@ -40,6 +40,7 @@ mod integrations;
 pub mod keys;
 mod reader;
 mod reads;
+mod replication;
 mod writer;
 
 pub use config::{read_ca_file, RedisConfig, CLUSTER_HASH_TAG};
@@ -51,6 +52,7 @@ use codec::Closed;
 use conn::{Conn, Topology};
 use failure::within;
 use functions::{invoke, Function};
+use replication::Replication;
 
 /// Attachments a reap round may remove in one script call (plus at most
 /// one connection's worth); bounds how long one call holds Redis.
@@ -72,6 +74,8 @@ pub struct RedisStore {
     reads: Arc<std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<reads::Read>>>,
     /// Integration rules and queues, on the same connection.
     integrations: Arc<RedisIntegrations>,
+    /// The replicas a write waits for.
+    replication: Replication,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -94,6 +98,7 @@ impl reads::Fetch for MgetFetch {
 struct ApplySender {
     conn: Conn,
     cfg: RedisConfig,
+    replication: Replication,
 }
 
 impl writer::Sender for ApplySender {
@@ -106,7 +111,7 @@ impl writer::Sender for ApplySender {
         // top of the timeout
         let limit = self.cfg.timeout + BATCH_ALLOWANCE_PER_OP * total as u32;
         crate::telemetry::store().group_commit(jobs.len(), total);
-        let raw: Vec<redis::Value> = within("apply", limit, invoke(&mut conn, &inv)).await?;
+        let raw: Vec<redis::Value> = self.replication.run("apply", limit, &mut conn, &inv).await?;
         codec::apply_results(jobs, &raw)
     }
 }
@@ -140,6 +145,7 @@ impl RedisStore {
             cfg.key_prefix.clone(),
             cfg.timeout,
         ));
+        let replication = Replication::new(cfg.replica_acks, cfg.timeout / 2);
         Ok(Self {
             topology,
             conn,
@@ -147,6 +153,7 @@ impl RedisStore {
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
+            replication,
         })
     }
 
@@ -234,6 +241,7 @@ impl Store for RedisStore {
             writer::start(ApplySender {
                 conn: self.conn.clone(),
                 cfg: self.cfg.clone(),
+                replication: self.replication.clone(),
             })
         });
         let (reply, answer) = tokio::sync::oneshot::channel();
@@ -264,7 +272,8 @@ impl Store for RedisStore {
         let mut inv = self.call(Function::Close);
         inv.arg(session.as_str()).arg(owner);
         let mut conn = self.conn.clone();
-        match codec::closed(self.bounded("close", invoke(&mut conn, &inv)).await?)? {
+        let raw = self.replication.run("close", self.cfg.timeout, &mut conn, &inv).await?;
+        match codec::closed(raw)? {
             Closed::NotOwner => Err(not_owner(owner, session, false)),
             Closed::Nothing => Ok(None),
             Closed::Retired { token, epoch } => {
@@ -408,10 +417,24 @@ impl Store for RedisStore {
     /// (`RedisStore::check_event_shards`). On a cluster it asks only the
     /// primary serving the state's slot (PING would go to every primary):
     /// a function call there loads the library on every primary if that one
-    /// lacks it (a primary that took the slot over by resharding).
+    /// lacks it (a primary that took the slot over by resharding). With
+    /// `replica_acks`, it also reads how many replicas that primary has
+    /// (`replication.rs`).
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
         if self.cfg.cluster {
+            // the anchor every call declares (`keys::anchor`); created
+            // before any other key of the state, by the first health check
+            let _created: Option<String> = self
+                .bounded(
+                    "health",
+                    redis::cmd("SET")
+                        .arg(keys::anchor(&self.cfg.key_prefix))
+                        .arg(1)
+                        .arg("NX")
+                        .query_async(&mut conn),
+                )
+                .await?;
             let mut inv = self.call(Function::StreamState);
             inv.arg(0);
             let _state: redis::Value = self.bounded("health", invoke(&mut conn, &inv)).await?;
@@ -423,6 +446,17 @@ impl Store for RedisStore {
                 return Err(Error::Internal(format!("unexpected PING reply {pong}")));
             }
             self.bounded("health", functions::ensure_loaded(&mut conn)).await?;
+        }
+        if self.replication.enabled() {
+            // ROLE of the node serving the state: the pipeline goes where
+            // its keyed first command routes it
+            let mut pipe = redis::pipe();
+            pipe.cmd("EXISTS")
+                .arg(keys::anchor(&self.cfg.key_prefix))
+                .ignore()
+                .cmd("ROLE");
+            let (role,): (redis::Value,) = self.bounded("health", pipe.query_async(&mut conn)).await?;
+            self.replication.observe(replication::connected_replicas(&role));
         }
         self.check_event_shards(&mut conn).await
     }

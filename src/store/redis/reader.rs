@@ -198,11 +198,7 @@ pub(super) async fn run(
 
 /// Whether shard `shard`'s stream exists, its last generated id and its
 /// largest deleted id.
-async fn stream_state(
-    conn: &mut Conn,
-    cfg: &RedisConfig,
-    shard: u32,
-) -> redis::RedisResult<StreamState> {
+async fn stream_state(conn: &mut Conn, cfg: &RedisConfig, shard: u32) -> redis::RedisResult<StreamState> {
     let mut inv = functions::call(cfg, Function::StreamState);
     inv.arg(shard);
     functions::invoke(conn, &inv).await

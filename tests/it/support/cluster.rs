@@ -105,6 +105,9 @@ impl RedisCluster {
         args.extend(["--cluster-replicas", "1", "--cluster-yes"].map(String::from));
         redis_cli(&args);
         cluster.wait_ok();
+        // a replica that never synced cannot be promoted: fault tests need
+        // every replica attached
+        cluster.wait_replicated();
         cluster
     }
 
@@ -208,6 +211,38 @@ impl RedisCluster {
             to.id.clone(),
             "--cluster-slots".to_string(),
             slots.to_string(),
+            "--cluster-yes".to_string(),
+        ];
+        redis_cli(&args);
+    }
+
+    /// Moves `slot` live to the primary `to` with `redis-cli --cluster
+    /// reshard`, the way the README tells operators to: it moves the
+    /// source's lowest slots, so every slot of the source up to `slot`
+    /// moves, and each slot's keys move in one MIGRATE (a pipeline larger
+    /// than any slot's key count), so that no call sees a slot's keys split
+    /// between two nodes.
+    pub fn reshard_slot(&self, slot: u16, to: &NodeInfo) {
+        let from = self.primary_of(slot);
+        assert_ne!(from.id, to.id, "slot {slot} is on {} already", to.port);
+        let below: usize = from
+            .slots
+            .iter()
+            .filter(|(a, _)| *a <= slot)
+            .map(|(a, b)| usize::from((*b).min(slot) - a) + 1)
+            .sum();
+        let args = [
+            "--cluster".to_string(),
+            "reshard".to_string(),
+            format!("127.0.0.1:{}", from.port),
+            "--cluster-from".to_string(),
+            from.id.clone(),
+            "--cluster-to".to_string(),
+            to.id.clone(),
+            "--cluster-slots".to_string(),
+            below.to_string(),
+            "--cluster-pipeline".to_string(),
+            "1000000".to_string(),
             "--cluster-yes".to_string(),
         ];
         redis_cli(&args);

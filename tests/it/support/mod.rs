@@ -114,6 +114,7 @@ impl Harness {
             Backend::Cluster(cl) => {
                 let mut c = RedisConfig::new(cl.urls().join(","));
                 c.cluster = true;
+                c.replica_acks = 1;
                 c.default_ttl = self.ttl;
                 c.key_prefix = "test".into();
                 Some(c)

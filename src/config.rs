@@ -422,6 +422,57 @@ mod tests {
         assert!(cli.serve.to_config().is_err());
     }
 
+    fn redis_of(args: &[&str]) -> Result<RedisConfig, String> {
+        let cli = Cli::try_parse_from(["occupancy"].iter().chain(args)).map_err(|e| e.to_string())?;
+        match cli.serve.to_config()?.store {
+            StoreConfig::Redis(r) => Ok(r),
+            StoreConfig::Memory => Err("memory".into()),
+        }
+    }
+
+    #[test]
+    fn a_cluster_takes_seed_nodes_and_waits_for_a_replica_by_default() {
+        let r = redis_of(&["--redis-url", "redis://a:7000, redis://b:7001", "--redis-cluster"]).unwrap();
+        assert!(r.cluster);
+        assert_eq!(r.replica_acks, defaults::CLUSTER_REPLICA_ACKS);
+        assert_eq!(
+            crate::store::redis::seed_urls(&r.url, r.cluster),
+            ["redis://a:7000", "redis://b:7001"]
+        );
+        let r = redis_of(&[
+            "--redis-url",
+            "redis://a:7000",
+            "--redis-cluster",
+            "--redis-replica-acks",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(r.replica_acks, 0);
+        let r = redis_of(&["--redis-url", "redis://a:7000"]).unwrap();
+        assert!(!r.cluster);
+        assert_eq!(r.replica_acks, 0, "one Redis: no replica to wait for unless asked");
+        let r = redis_of(&["--redis-url", "redis://a:7000", "--redis-replica-acks", "2"]).unwrap();
+        assert_eq!(r.replica_acks, 2);
+        // refusals name the option
+        assert!(redis_of(&["--redis-cluster"]).unwrap_err().contains("--redis-url"));
+        let e = redis_of(&["--redis-url", " , ", "--redis-cluster"]).unwrap_err();
+        assert!(e.contains("--redis-url") && e.contains("seed"), "{e}");
+        let e = redis_of(&["--redis-url", "redis://a:7000,nope://b", "--redis-cluster"]).unwrap_err();
+        assert!(e.contains("--redis-url") && e.contains("nope://b"), "{e}");
+        // one URL with a comma is not a list without --redis-cluster
+        assert!(redis_of(&["--redis-url", "redis://a:7000,redis://b:7001"]).is_err());
+        let e = redis_of(&[
+            "--redis-url",
+            "rediss://a:7000,redis://b:7001",
+            "--redis-cluster",
+            "--redis-ca-file",
+            "/nope",
+        ])
+        .unwrap_err();
+        assert!(e.contains("--redis-ca-file"), "{e}");
+        assert!(redis_of(&["--redis-url", "redis://a", "--redis-replica-acks", "17"]).is_err());
+    }
+
     #[test]
     fn non_loopback_without_keys_needs_allow_anonymous() {
         let cli = Cli::try_parse_from(["occupancy", "--listen", "0.0.0.0:50051"]).unwrap();

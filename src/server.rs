@@ -211,7 +211,13 @@ pub async fn run_with_http(
             tls = tls_on,
             auth = auth_on,
             store = %"redis",
-            redis = %redacted(&r.url),
+            redis = %crate::store::redis::seed_urls(&r.url, r.cluster)
+                .into_iter()
+                .map(redacted)
+                .collect::<Vec<_>>()
+                .join(","),
+            cluster = r.cluster,
+            replica_acks = r.replica_acks,
             key_prefix = %r.key_prefix,
             event_shards = store.shards(),
             stream_max_len = r.stream_max_len,

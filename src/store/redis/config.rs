@@ -37,8 +37,8 @@ pub struct RedisConfig {
     /// Replicas that must acknowledge a write (and a CloseSession) before it
     /// is answered as done (`WAIT`), so that a failover to one of them
     /// loses no acknowledged write; 0 answers as soon as the primary ran
-    /// it. A write the replicas did not acknowledge within half of
-    /// `timeout` answers UNAVAILABLE (it may or may not survive a failover:
+    /// it. A write the replicas did not acknowledge within its own time
+    /// bound (`timeout`, more for a large batch) answers UNAVAILABLE (it may or may not survive a failover:
     /// the front end retries or re-syncs, as after any failed write).
     pub replica_acks: u32,
     /// Bound on connecting and on every call.

@@ -46,14 +46,16 @@
 //! Redis loses its data.
 //!
 //! All keys of one channel share the hash tag `{ch:NAME}`. Scripts also
-//! touch the session and index keys, so one call spans several slots and
-//! the service targets one Redis primary. With a hash tag in the
-//! configuration ([`RedisConfig::hash_tag`](super::RedisConfig::hash_tag))
-//! the prefix becomes `P:{TAG}` ([`tagged`]): the first braces of a key
-//! decide its slot, so every key above, and every key a script builds from
-//! the prefix, lands in the tag's one slot (`tests/it/cluster.rs` runs the
-//! service on a Redis Cluster primary that way, where any other key would
-//! be refused).
+//! touch the session and index keys, so one call spans several slots: on
+//! one Redis that is allowed. On a Redis Cluster
+//! ([`RedisConfig::cluster`](super::RedisConfig::cluster)), or with a hash
+//! tag in the configuration
+//! ([`RedisConfig::hash_tag`](super::RedisConfig::hash_tag)), the prefix
+//! becomes `P:{TAG}` ([`tagged`]): the first braces of a key decide its
+//! slot, so every key above, and every key a script builds from the
+//! prefix, lands in the tag's one slot (`tests/it/cluster.rs` checks that
+//! no key of the service lands anywhere else), and `P:anchor` routes each
+//! function call there ([`anchor`]).
 
 /// Validates a key prefix: non-empty, no braces (they would change hash
 /// tags), no white space or control characters.

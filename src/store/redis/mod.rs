@@ -12,7 +12,9 @@
 //!
 //! Where to look: `codec.rs` turns a write into the apply function's
 //! arguments and reads every function's reply; `config.rs` holds
-//! [`RedisConfig`]; `failure.rs` says which Redis errors are UNAVAILABLE;
+//! [`RedisConfig`]; `conn.rs` reaches one Redis or a Redis Cluster;
+//! `replication.rs` makes writes wait for replicas; `failure.rs` says which
+//! Redis errors are UNAVAILABLE;
 //! `reader.rs` follows the event streams; `integrations/` keeps the
 //! integration rules and queues; this file is the [`Store`]
 //! implementation.
@@ -145,7 +147,7 @@ impl RedisStore {
             cfg.key_prefix.clone(),
             cfg.timeout,
         ));
-        let replication = Replication::new(cfg.replica_acks, cfg.timeout / 2);
+        let replication = Replication::new(cfg.replica_acks);
         Ok(Self {
             topology,
             conn,

@@ -34,19 +34,15 @@ pub(super) struct Replication {
     wanted: u32,
     /// Replicas the primary had connected at the last health check.
     connected: Arc<AtomicU32>,
-    /// How long a WAIT may block.
-    timeout: Duration,
 }
 
 impl Replication {
-    /// `wanted` acknowledgements, each WAIT blocking at most `timeout`;
-    /// until a health check says otherwise, the primary is taken to have
-    /// that many replicas.
-    pub(super) fn new(wanted: u32, timeout: Duration) -> Self {
+    /// `wanted` acknowledgements; until a health check says otherwise,
+    /// the primary is taken to have that many replicas.
+    pub(super) fn new(wanted: u32) -> Self {
         Self {
             wanted,
             connected: Arc::new(AtomicU32::new(wanted)),
-            timeout,
         }
     }
 
@@ -67,7 +63,8 @@ impl Replication {
     }
 
     /// Runs the function call `cmd` of kind `call` within `limit`, then
-    /// waits for the acknowledgements it needs.
+    /// waits for the acknowledgements it needs, as long again at most (a
+    /// large batch replicates as many commands as it ran).
     ///
     /// # Errors
     /// As the call; [`Error::Unavailable`] when too few replicas
@@ -83,19 +80,13 @@ impl Replication {
         if needed == 0 {
             return within(call, limit, invoke(conn, cmd)).await;
         }
-        let (reply, acked): (T, u32) = within(
-            call,
-            limit + self.timeout,
-            invoke_acked(conn, cmd, needed, self.timeout),
-        )
-        .await?;
+        let (reply, acked): (T, u32) = within(call, limit * 2, invoke_acked(conn, cmd, needed, limit)).await?;
         if acked >= needed {
             return Ok(reply);
         }
         Err(Error::Unavailable(format!(
             "the write ran on the Redis primary but {acked} of the {needed} replicas it needs acknowledged it \
-             within {:?} (--redis-replica-acks): a failover could lose it",
-            self.timeout
+             within {limit:?} (--redis-replica-acks): a failover could lose it"
         )))
     }
 }
@@ -148,14 +139,14 @@ mod tests {
 
     #[test]
     fn writes_need_the_wanted_count_capped_by_the_connected_replicas() {
-        let r = Replication::new(1, Duration::from_millis(500));
+        let r = Replication::new(1);
         assert!(r.enabled());
         assert_eq!(r.needed(), 1, "until a health check, the configured count");
         r.observe(0);
         assert_eq!(r.needed(), 0, "a primary without replicas: nothing to wait for");
         r.observe(3);
         assert_eq!(r.needed(), 1);
-        let off = Replication::new(0, Duration::from_millis(500));
+        let off = Replication::new(0);
         off.observe(3);
         assert!(!off.enabled());
         assert_eq!(off.needed(), 0);

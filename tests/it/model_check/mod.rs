@@ -187,6 +187,16 @@ impl Drop for SeedGuard {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_three_replicas_match_the_model() {
+    writers_match_the_model(Harness::redis(Duration::from_millis(1_500))).await;
+}
+
+/// The same on a Redis Cluster (three primaries, a replica each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_three_replicas_of_a_cluster_match_the_model() {
+    writers_match_the_model(Harness::cluster(Duration::from_millis(1_500))).await;
+}
+
+async fn writers_match_the_model(h: Harness) {
     let d = Drive {
         seed: seed(),
         writers: 4,
@@ -199,7 +209,6 @@ async fn concurrent_writers_on_three_replicas_match_the_model() {
         "model test seed {} ({} writers x {} steps)",
         d.seed, d.writers, d.ops_per_writer
     );
-    let h = Harness::redis(Duration::from_millis(1_500));
     let servers: Vec<TestServer> = futures::future::join_all((0..3).map(|_| h.server())).await;
     let urls: Vec<String> = servers.iter().map(TestServer::url).collect();
     let mut subs = Vec::new();

@@ -115,6 +115,10 @@ impl Harness {
                 let mut c = RedisConfig::new(cl.urls().join(","));
                 c.cluster = true;
                 c.replica_acks = 1;
+                // six redis-server processes per test on a shared 2-core
+                // machine, next to other tests: a call waits for its
+                // replica too
+                c.timeout = Duration::from_secs(3);
                 c.default_ttl = self.ttl;
                 c.key_prefix = "test".into();
                 Some(c)

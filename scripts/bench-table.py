@@ -2,6 +2,8 @@
 
 Usage: bench-table.py RESULTS [--quick]
 
+Rows numbered 7 come from scripts/bench --cluster (the *-cluster results).
+
 With --quick (a short run at a fraction of the full sizes: fewer
 channels, streams and attachments, one-second windows), the targets,
 which are set for the full-size run, do not apply: the "met" column says
@@ -44,7 +46,8 @@ def pair_row(name, key, bkey, target, unit):
         return
     v, bv = float(r["rate"]), float(b["rate"])
     lat = f"p50 {r['p50_ms']} ms, p99 {r['p99_ms']} ms" if "p50_ms" in r else f"mean {r['mean_ms']} ms"
-    row(name, f"{f(v)} {unit}, {lat}", f"{f(bv)} ({bkey})", f"{v / bv:.2f} x (target {target})", v / bv >= target, key, bkey)
+    goal = f"target {target}" if target else "reported"
+    row(name, f"{f(v)} {unit}, {lat}", f"{f(bv)} ({bkey})", f"{v / bv:.2f} x ({goal})", v / bv >= target, key, bkey)
 ratio_row("1. Apply, batches of 100", "apply", "evalsha_p16", 0.6, "ops/s")
 ratio_row("2. unary Attach/Detach, 64 in flight", "unary", "evalsha", 0.4, "ops/s")
 pair_row("2. unary Attach/Detach with a key (auth on / off)", "unary-auth", "unary", 0.95, "ops/s")
@@ -100,6 +103,16 @@ if "footprint" in res:
     r = res["footprint"]
     row("6. Redis bytes per attachment", r["bytes_per_attachment"], "-", "<= 200", float(r["bytes_per_attachment"]) <= 200, "footprint")
     row("6. Redis bytes per presence member", r["bytes_per_member"], "-", "<= 250", float(r["bytes_per_member"]) <= 250, "footprint")
+# Redis Cluster (scripts/bench --cluster): the state's one primary does
+# the work; on 2 cores the cluster cannot show more total throughput
+for name, key in (("Apply, batches of 100", "apply"), ("unary Attach/Detach", "unary"), ("GetOccupancy", "get")):
+    pair_row(f"7. cluster / one Redis: {name}", f"{key}-cluster", key, 0, "ops/s" if key != "get" else "req/s")
+pair_row("7. cluster Apply, other primaries loaded / idle", "apply-cluster-loaded", "apply-cluster", 0, "ops/s")
+for key in ("apply", "unary", "get"):
+    c, o = res.get(f"{key}-cluster"), res.get(key)
+    if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o and float(o["cpu_us_redis"]) > 0:
+        r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
+        row(f"7. Redis CPU per op, cluster primary / one Redis: {key}", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (target 1.2)", r <= 1.2, f"{key}-cluster", key)
 head = ("scenario", "result", "baseline", "ratio / target", "met", "host busy/steal %")
 w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
 def line(cells):
@@ -111,7 +124,7 @@ for r in rows:
 if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
-cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get") if k in res and "cpu_us_replica" in res[k]]
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-cluster-loaded") if k in res and "cpu_us_replica" in res[k]]
 if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
     r = res["webhooks"]
     for label, sfx in (("wh-none", "without"), (f"wh-{r['rules']}", "with")):
@@ -119,7 +132,7 @@ if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
 if cpu_rows:
     print()
     print("CPU per operation over the measured window (us; batch-get: per channel; the -auth rows on replica C; rest-get's load generator is h2load, not measured; wh-none and wh-N: the webhooks scenario's apply load without rules and with N, its replica column A, B and C together):")
-    print("| scenario   | Redis | replica | load generator |")
-    print("| ---------- | ----- | ------- | -------------- |")
+    print("| scenario             | Redis | replica | load generator |")
+    print("| -------------------- | ----- | ------- | -------------- |")
     for k, r in cpu_rows:
-        print(f"| {k:<10} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>7} | {r.get('cpu_us_gen', '-'):>14} |")
+        print(f"| {k:<20} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>7} | {r.get('cpu_us_gen', '-'):>14} |")

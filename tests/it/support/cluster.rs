@@ -201,19 +201,7 @@ impl RedisCluster {
     /// Moves `slots` slots from the primary on `from` to the one on `to`
     /// with `redis-cli --cluster reshard`, while clients keep running.
     pub fn reshard(&self, from: &NodeInfo, to: &NodeInfo, slots: u16) {
-        let args = [
-            "--cluster".to_string(),
-            "reshard".to_string(),
-            format!("127.0.0.1:{}", from.port),
-            "--cluster-from".to_string(),
-            from.id.clone(),
-            "--cluster-to".to_string(),
-            to.id.clone(),
-            "--cluster-slots".to_string(),
-            slots.to_string(),
-            "--cluster-yes".to_string(),
-        ];
-        redis_cli(&args);
+        reshard_with(from, to, usize::from(slots), &[]);
     }
 
     /// Moves `slot` live to the primary `to` with `redis-cli --cluster
@@ -231,39 +219,65 @@ impl RedisCluster {
             .filter(|(a, _)| *a <= slot)
             .map(|(a, b)| usize::from((*b).min(slot) - a) + 1)
             .sum();
-        let args = [
-            "--cluster".to_string(),
-            "reshard".to_string(),
-            format!("127.0.0.1:{}", from.port),
-            "--cluster-from".to_string(),
-            from.id.clone(),
-            "--cluster-to".to_string(),
-            to.id.clone(),
-            "--cluster-slots".to_string(),
-            below.to_string(),
-            "--cluster-pipeline".to_string(),
-            "1000000".to_string(),
-            "--cluster-yes".to_string(),
-        ];
-        redis_cli(&args);
+        reshard_with(&from, to, below, &["--cluster-pipeline", "1000000"]);
     }
 
-    /// Waits until every live primary's writes so far reached its replica
-    /// (`WAIT 1` on each primary, bounded).
+    /// Waits until every live primary's replica is online and has every
+    /// write the primary has (its offset in `INFO replication` reached the
+    /// primary's), bounded. (`WAIT` would not do: it counts only the writes
+    /// of the connection that sends it.)
     pub fn wait_replicated(&self) {
         let deadline = Instant::now() + SETTLE;
         for p in self.primaries() {
-            loop {
-                let acked: i64 = connect(p.port)
-                    .and_then(|mut c| redis::cmd("WAIT").arg(1).arg(1_000).query(&mut c))
-                    .unwrap_or(0);
-                if acked >= 1 {
-                    break;
-                }
+            while !caught_up(p.port) {
                 assert!(Instant::now() < deadline, "the replica of {} did not catch up", p.port);
+                std::thread::sleep(Duration::from_millis(20));
             }
         }
     }
+}
+
+/// Whether the primary on `port` has a replica online whose offset
+/// reached its own.
+fn caught_up(port: u16) -> bool {
+    let Ok(mut c) = connect(port) else { return false };
+    let Ok(info) = redis::cmd("INFO").arg("replication").query::<String>(&mut c) else {
+        return false;
+    };
+    let field = |line: &str, name: &str| -> Option<u64> {
+        line.split(',')
+            .find_map(|kv| kv.trim().strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let primary = info.lines().find_map(|l| field(l, "master_repl_offset:"));
+    let replicas: Vec<Option<u64>> = info
+        .lines()
+        .filter(|l| l.starts_with("slave") && l.contains("state=online"))
+        .map(|l| field(l.split_once(':').map_or("", |(_, v)| v), "offset="))
+        .collect();
+    match primary {
+        Some(offset) => !replicas.is_empty() && replicas.iter().all(|r| r.is_some_and(|o| o >= offset)),
+        None => false,
+    }
+}
+
+/// `redis-cli --cluster reshard` of `slots` slots from `from` to `to`,
+/// with `extra` options.
+fn reshard_with(from: &NodeInfo, to: &NodeInfo, slots: usize, extra: &[&str]) {
+    let mut args = vec![
+        "--cluster".to_string(),
+        "reshard".to_string(),
+        format!("127.0.0.1:{}", from.port),
+        "--cluster-from".to_string(),
+        from.id.clone(),
+        "--cluster-to".to_string(),
+        to.id.clone(),
+        "--cluster-slots".to_string(),
+        slots.to_string(),
+        "--cluster-yes".to_string(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_string()));
+    redis_cli(&args);
 }
 
 /// Runs `redis-cli` with `args`, failing the test with its output if it

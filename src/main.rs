@@ -4,6 +4,9 @@ use clap::Parser;
 use occupancy::config::{Cli, Command};
 use tracing_subscriber::EnvFilter;
 
+/// The log filter without `RUST_LOG`.
+const DEFAULT_LOG_FILTER: &str = "info,redis::cluster_handling=error";
+
 /// mimalloc instead of the system allocator: a gRPC call allocates and
 /// frees dozens of small buffers, and under load glibc malloc was a large
 /// share of the server's CPU time (the measurements are in BENCHMARKS.md).
@@ -32,7 +35,9 @@ async fn main() -> anyhow::Result<()> {
             std::process::exit(2);
         }
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // redis-rs's cluster client logs every failed reconnection and slot
+    // refresh (dozens of lines per failover); the store logs an outage once
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(DEFAULT_LOG_FILTER));
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     if args.log_format == "json" {
         tracing_subscriber::fmt().with_env_filter(filter).json().init();

@@ -264,7 +264,7 @@ struct UnderLoad {
 
 impl UnderLoad {
     async fn start(h: &crate::support::Harness) -> Self {
-        use crate::model_check::{drive, seed, Drive, SeedGuard};
+        use crate::model_check::{seed, Drive, SeedGuard};
         use occupancy::proto::v1 as pb;
 
         let d = Drive {
@@ -292,16 +292,9 @@ impl UnderLoad {
             subs.push(sub);
         }
         let model = std::sync::Arc::new(std::sync::Mutex::new(crate::model::Model::default()));
-        let load = {
-            let (urls, d, model) = (urls.clone(), d.clone(), model.clone());
-            tokio::spawn(async move { drive(&urls, &d, model).await })
-        };
-        // the fault must hit a busy service: wait for a few channels
-        let fx = crate::fixture::Fx::new(&servers[0]).await;
-        let started = Instant::now();
-        while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let load = crate::faults::start_load(&urls, &d, &model);
+        // the fault must hit a busy service
+        crate::faults::until_loaded(&crate::fixture::Fx::new(&servers[0]).await).await;
         Self {
             servers,
             urls,

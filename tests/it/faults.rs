@@ -46,14 +46,14 @@ fn three_replicas(redis: &RedisServer) -> (Vec<Proc>, Vec<String>) {
 }
 
 /// Starts the model writers of `d` on `urls`; what they did, once done.
-fn start_load(urls: &[String], d: &Drive, model: &Arc<Mutex<Model>>) -> tokio::task::JoinHandle<Report> {
+pub(crate) fn start_load(urls: &[String], d: &Drive, model: &Arc<Mutex<Model>>) -> tokio::task::JoinHandle<Report> {
     let (urls, d, model) = (urls.to_vec(), d.clone(), model.clone());
     tokio::spawn(async move { drive(&urls, &d, model).await })
 }
 
 /// Waits until the writers have made a few channels (at most 10 s: a
 /// fault injected after that still hits a busy service).
-async fn until_loaded(fx: &Fx) {
+pub(crate) async fn until_loaded(fx: &Fx) {
     let started = Instant::now();
     while fx.list_all("", 100).await.len() < 5 && started.elapsed() < Duration::from_secs(10) {
         tokio::time::sleep(Duration::from_millis(20)).await;

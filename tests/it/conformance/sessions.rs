@@ -10,7 +10,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::{eventually, Harness};
 
-all_stores!(
+both_stores!(
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
     keep_alive_and_close_session,

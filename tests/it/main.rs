@@ -34,7 +34,10 @@ macro_rules! all_stores {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $name() {
-                    super::$name(super::Harness::cluster(super::TTL)).await;
+                    super::$name(super::Harness::cluster(
+                        super::TTL.max($crate::support::CLUSTER_MIN_TTL),
+                    ))
+                    .await;
                 }
             )*
         }

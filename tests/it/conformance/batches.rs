@@ -155,6 +155,8 @@ async fn concurrent_writes_each_get_their_own_answer(h: Harness) {
             .await
         }
     };
+    // "seq" must outlive the burst: a lapsed lease would forget its sequence
+    fx.keep_alive("seq", LONG_TTL_MS).await;
     let first = apply("seq".into(), 5, vec![attach_op("s1", "g", &[Mode::Presence])]).await;
     assert!(!first.already_applied);
     let mut calls = Vec::new();

@@ -10,7 +10,7 @@ use super::{LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::{eventually, Harness};
 
-both_stores!(
+all_stores!(
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
     keep_alive_and_close_session,
@@ -47,7 +47,7 @@ async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
     }
     assert_eq!(fa.get("shared").await, [201, 1, 200, 201, 201, 0, 0, 0, 11]);
     // keep the keeper alive while the short leases run out
-    eventually(Duration::from_secs(10), "short sessions to expire", || async {
+    eventually(h.expiry_wait(), "short sessions to expire", || async {
         fb.keep_alive("keeper", LONG_TTL_MS).await;
         let n = fb.list_all("own-", 100).await.len();
         (n == 0 && fb.get("shared").await[0] == 1).then_some(())
@@ -86,7 +86,7 @@ async fn resume_moves_connection_to_new_session(h: Harness) {
     let m = fx.attach("fe-b", "c1", "x", &[Mode::Presence]).await;
     assert_eq!(m, [1, 0, 0, 1, 1, 0, 0, 0, 1], "resume changes no count");
     // A dies: its lease runs out and c2 goes
-    eventually(Duration::from_secs(10), "fe-a to expire", || async {
+    eventually(h.expiry_wait(), "fe-a to expire", || async {
         fx.keep_alive("fe-b", 0).await;
         (fx.get("marker").await[0] == 0).then_some(())
     })
@@ -105,7 +105,7 @@ async fn keep_alive_and_close_session(h: Harness) {
     let fx = Fx::new(&s).await;
     let r = fx.keep_alive("fe", 0).await;
     assert_eq!(r.status, pb::SessionStatus::Unknown as i32, "first keep-alive");
-    assert_eq!(r.ttl_ms, TTL.as_millis() as u32);
+    assert_eq!(r.ttl_ms, h.ttl.as_millis() as u32);
     let r = fx.keep_alive("fe", 5_000).await;
     assert_eq!((r.status, r.ttl_ms), (pb::SessionStatus::Active as i32, 5_000));
     let r = fx.keep_alive("fe", 0).await;
@@ -138,7 +138,7 @@ async fn keep_alive_and_close_session(h: Harness) {
     fx.attach("fe", "c1", "a", &[]).await;
     assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Active as i32);
     // an expired session says so, and its state is gone
-    eventually(Duration::from_secs(10), "fe to expire", || async {
+    eventually(h.expiry_wait(), "fe to expire", || async {
         (fx.get("a").await[0] == 0).then_some(())
     })
     .await;

@@ -193,7 +193,7 @@ async fn concurrent_writers_on_three_replicas_match_the_model() {
 /// The same on a Redis Cluster (three primaries, a replica each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_three_replicas_of_a_cluster_match_the_model() {
-    writers_match_the_model(Harness::cluster(Duration::from_millis(1_500))).await;
+    writers_match_the_model(Harness::cluster(Duration::from_secs(3))).await;
 }
 
 async fn writers_match_the_model(h: Harness) {

@@ -44,6 +44,13 @@ pub enum Backend {
     Cluster(cluster::RedisCluster),
 }
 
+/// The shortest lease the shared suites give sessions on the cluster. A
+/// cluster write waits for a replica's acknowledgement, and on a loaded
+/// machine two calls of one test can be seconds apart; a suite's short
+/// lease (chosen so that expiry tests are quick) would then run out in
+/// tests that never meant it to. Expiry tests wait [`Harness::expiry_wait`].
+pub const CLUSTER_MIN_TTL: Duration = Duration::from_secs(10);
+
 /// A store backend plus the settings every replica of a test uses.
 pub struct Harness {
     /// The backend.
@@ -75,6 +82,12 @@ impl Harness {
             backend: Backend::Cluster(cluster::RedisCluster::start()),
             ttl,
         }
+    }
+
+    /// How long a test waits for a lease of this harness to run out and be
+    /// reaped: a few leases, plus room for a loaded machine.
+    pub fn expiry_wait(&self) -> Duration {
+        self.ttl * 3 + Duration::from_secs(10)
     }
 
     /// The private cluster of a cluster harness.

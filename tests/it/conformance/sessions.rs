@@ -1,8 +1,6 @@
 //! Session leases: expiry with two replicas reaping, resume on another
 //! session, KeepAlive and CloseSession.
 
-use std::time::Duration;
-
 use occupancy::proto::v1 as pb;
 use pb::Mode;
 

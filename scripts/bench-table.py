@@ -2,7 +2,7 @@
 
 Usage: bench-table.py RESULTS [--quick]
 
-Rows numbered 7 come from scripts/bench --cluster (the *-cluster results).
+Rows numbered 7 come from scripts/bench --cluster (the *-cluster and\n*-replicated results).
 
 With --quick (a short run at a fraction of the full sizes: fewer
 channels, streams and attachments, one-second windows), the targets,
@@ -113,6 +113,13 @@ for key in ("apply", "unary", "get"):
     if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o and float(o["cpu_us_redis"]) > 0:
         r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
         row(f"7. Redis CPU per op, cluster primary / one Redis: {key}", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (target 1.2)", r <= 1.2, f"{key}-cluster", key)
+# the same Apply on one Redis whose replica acknowledges each write, as on
+# the cluster: the cluster's own cost apart from replication's
+pair_row("7. one replicated Redis / one Redis: Apply", "apply-replicated", "apply", 0, "ops/s")
+c, o = res.get("apply-cluster"), res.get("apply-replicated")
+if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o and float(o["cpu_us_redis"]) > 0:
+    r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
+    row("7. Redis CPU per op, cluster primary / replicated Redis: apply", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (reported)", True, "apply-cluster", "apply-replicated")
 head = ("scenario", "result", "baseline", "ratio / target", "met", "host busy/steal %")
 w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
 def line(cells):
@@ -124,7 +131,7 @@ for r in rows:
 if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
-cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-cluster-loaded") if k in res and "cpu_us_replica" in res[k]]
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-cluster-loaded", "apply-replicated") if k in res and "cpu_us_replica" in res[k]]
 if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
     r = res["webhooks"]
     for label, sfx in (("wh-none", "without"), (f"wh-{r['rules']}", "with")):

@@ -1,8 +1,6 @@
 //! App-wide totals (`/stats`) against the sums over a REST walk, and
 //! Prometheus metrics that move with the load.
 
-use std::time::Duration;
-
 use occupancy::http::json::StatsJson;
 use occupancy::proto::v1 as pb;
 use pb::Mode;
@@ -12,7 +10,7 @@ use super::{client, get, LONG_TTL_MS, TTL};
 use crate::fixture::*;
 use crate::support::{eventually, Harness, TestServer};
 
-both_stores!(
+all_stores!(
     stats_equal_the_sum_over_channels_after_load_and_expiries,
     metrics_parse_and_move_with_load,
 );
@@ -87,7 +85,7 @@ async fn stats_equal_the_sum_over_channels_after_load_and_expiries(h: Harness) {
     for sess in &sessions[..3] {
         fx.keep_alive(sess, 1000).await;
     }
-    let st = eventually(Duration::from_secs(10), "three leases to expire", || async {
+    let st = eventually(h.expiry_wait(), "three leases to expire", || async {
         let st = stats_now(&s).await;
         (st.sessions == 3).then_some(st)
     })
@@ -174,7 +172,7 @@ async fn metrics_parse_and_move_with_load(h: Harness) {
     assert_eq!(sample(&mid, "occupancy_channel_connections", &[]), 1.0);
     assert_eq!(sample(&mid, "occupancy_sessions", &[]), 1.0);
     assert_eq!(sample(&mid, "occupancy_health_serving", &[]), 1.0);
-    let after = eventually(Duration::from_secs(10), "the reaper to expire the session", || async {
+    let after = eventually(h.expiry_wait(), "the reaper to expire the session", || async {
         let sc = scrape(&metrics_text(&s).await);
         (sample(&sc, "occupancy_sessions_reaped_total", &[]) > reaped0).then_some(sc)
     })

@@ -147,4 +147,4 @@ async fn last_delivered_equals_get_occupancy(h: Harness) {
     assert!(rx.requests().iter().all(|r| r.valid));
 }
 
-both_stores!(last_delivered_equals_get_occupancy);
+all_stores!(last_delivered_equals_get_occupancy);

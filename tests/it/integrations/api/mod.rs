@@ -24,7 +24,7 @@ mod send;
 /// Session lease; no test here opens sessions.
 const TTL: Duration = Duration::from_secs(30);
 
-both_stores!(
+all_stores!(
     rules_round_trip,
     the_secret_is_shown_only_when_set,
     bad_fields_are_named_and_nothing_is_stored,

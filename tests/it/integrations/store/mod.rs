@@ -22,7 +22,7 @@ mod queue;
 
 const TTL: Duration = Duration::from_secs(15);
 
-both_stores!(
+all_stores!(
     rules_and_their_version,
     rule_limit,
     enqueue_once_per_change,

@@ -10,7 +10,7 @@ use occupancy::integrations::{DeadLetter, Entry, Staged};
 use super::{all, done, ev, ints, letter, metrics, rule, rule_ref, seen, TTL};
 use crate::support::{eventually, Harness};
 
-both_stores!(leases, lease_expiry, queue_steps, dead_letters_keep_the_newest);
+all_stores!(leases, lease_expiry, queue_steps, dead_letters_keep_the_newest);
 
 async fn leases(h: Harness) {
     let (s, other) = (ints(&h), ints(&h));

@@ -307,6 +307,10 @@ fn spawn(node: &mut Node, dir: &Path) {
     let child = super::redis::server_command(node.port, &own)
         .args(["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"])
         .args(["--cluster-node-timeout", &NODE_TIMEOUT_MS.to_string()])
+        // a replica's full sync starts at once: by default a primary waits
+        // 5 s for more replicas to share one transfer, and every cluster
+        // waits for its replicas before a test starts
+        .args(["--repl-diskless-sync", "yes", "--repl-diskless-sync-delay", "0"])
         .spawn()
         .expect("spawn redis-server");
     node.child = Some(child);

@@ -40,11 +40,15 @@ impl Sub {
             return i;
         }
         let i = self.chans.len();
+        let shard = shard_of(ch.as_str(), self.shards);
         self.chans.push(Chan {
             name: ch.clone(),
-            shard: shard_of(ch.as_str(), self.shards),
+            shard,
             latest_out: None,
-            known: Pos::ZERO,
+            // what the subscriber has seen of the shard's log covers this
+            // channel too: after a resume, a change up to the token that
+            // the hub delivers late is one the client already holds
+            known: self.seen.get(shard as usize).copied().unwrap_or_default(),
             held: None,
             held_since: None,
             window_until: None,

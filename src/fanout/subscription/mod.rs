@@ -358,6 +358,64 @@ mod tests {
         }
     }
 
+    /// Keeps every change a store publishes.
+    #[derive(Default)]
+    struct Recorder(std::sync::Mutex<Vec<crate::domain::ChangeEvent>>);
+
+    impl ChangeSink for Recorder {
+        fn publish(&self, event: crate::domain::ChangeEvent) {
+            self.0.lock().unwrap().push(event);
+        }
+        fn resync(&self) {}
+    }
+
+    /// A change the client already holds (it is before the resume token)
+    /// that reaches the hub only after the resumed stream is live, from a
+    /// log reader running behind, is not sent again: the next message is
+    /// the next change.
+    #[tokio::test]
+    async fn a_late_change_from_before_the_resume_point_is_not_sent_again() {
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(60)));
+        let changes = Arc::new(Recorder::default());
+        store.feed(changes.clone(), CancellationToken::new());
+        let session = SessionId::parse("s", "fe").unwrap();
+        let room = ChannelName::parse("ch", "room").unwrap();
+        let attach = |c: &str| Operation::Attach {
+            connection: ConnectionId::parse("c", c).unwrap(),
+            channel: room.clone(),
+            modes: ModeSet::EMPTY,
+        };
+        store.apply(&session, &[attach("c1")], false).await.unwrap();
+        let old = changes.0.lock().unwrap().pop().expect("the first attach's change");
+        let token = ResumeToken {
+            positions: store.snapshot(&[]).await.unwrap().positions,
+        };
+        // the hub is fed by hand: the first attach's change arrives late
+        let hub = Hub::new(store.shards());
+        let spec = Spec {
+            channels: vec![room.clone()],
+            prefix: None,
+            categories: vec![],
+            debounce: Duration::ZERO,
+            resume: Some(token),
+        };
+        let events = stream(store.clone(), hub.clone(), spec, Duration::from_secs(600));
+        futures::pin_mut!(events);
+        let first = events.next().await.expect("a message").expect("no error");
+        assert!(first.live.is_some(), "nothing changed since the token: {first:?}");
+        hub.publish(old);
+        store.apply(&session, &[attach("c2")], false).await.unwrap();
+        let new = changes.0.lock().unwrap().pop().expect("the second attach's change");
+        hub.publish(new);
+        let next = events.next().await.expect("a message").expect("no error");
+        let ev = next.into_event().unwrap().expect("an event");
+        assert_eq!(
+            ev.metrics.expect("metrics").connections,
+            2,
+            "the late change was sent again"
+        );
+    }
+
     /// A snapshot of every channel is read a page at a time, each page
     /// once the client has taken the previous one: a subscriber holds one
     /// page of events, however many channels are active.

@@ -70,6 +70,7 @@ pub const MAX_DEAD_LETTER_PAGE: usize = 1_000;
 pub const WORKER_WINDOW: usize = 10_000;
 /// Changes the source hands the store in one call.
 pub const ENQUEUE_BATCH: usize = 512;
-/// Changes a replica's source buffers while the store is unreachable;
-/// past it the oldest are dropped (another replica enqueues them too).
+/// Changes a replica's source queues while the store is behind; past it
+/// the source keeps only the latest change of each channel until the
+/// queue is empty.
 pub const SOURCE_BUFFER: usize = 100_000;

@@ -27,6 +27,7 @@ pub struct IntegrationMetrics {
     dead: Counter,
     delay: Histogram,
     gaps: Counter,
+    coalesced: Counter,
 }
 
 static METRICS: LazyLock<IntegrationMetrics> = LazyLock::new(|| {
@@ -43,6 +44,7 @@ static METRICS: LazyLock<IntegrationMetrics> = LazyLock::new(|| {
         // 1 ms to about 9 min
         delay: Histogram::new(exponential_buckets(0.001, 2.0, 20)),
         gaps: Counter::default(),
+        coalesced: Counter::default(),
     }
 });
 
@@ -80,6 +82,11 @@ impl IntegrationMetrics {
         self.gaps.inc();
     }
 
+    /// A change the source replaced by a later one of its channel.
+    pub fn coalesced(&self) {
+        self.coalesced.inc();
+    }
+
     /// Registers every metric in `registry` (the `occupancy_` namespace
     /// is the registry's).
     pub fn register(&self, registry: &mut Registry) {
@@ -110,8 +117,13 @@ impl IntegrationMetrics {
         );
         registry.register(
             "webhook_source_gaps",
-            "Times this replica's integration source dropped changes or its feed may have missed some",
+            "Times this replica's integration source may have missed changes (its event feed was lost or trimmed past it)",
             self.gaps.clone(),
+        );
+        registry.register(
+            "webhook_source_coalesced",
+            "Changes this replica's integration source replaced by a later change of the same channel while the store was behind",
+            self.coalesced.clone(),
         );
     }
 }

@@ -46,6 +46,7 @@ impl std::fmt::Debug for Integrations {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Integrations")
             .field("gaps", &self.source.gaps())
+            .field("coalesced", &self.source.coalesced())
             .finish()
     }
 }

@@ -13,10 +13,18 @@
 //! itself ([`limits::SOURCE_BUFFER`]); a task takes them in shard order and
 //! calls the store, in chunks that never split one log entry (the store
 //! compares whole entries' positions with its mark).
+//!
+//! When the store falls that far behind, later changes are coalesced
+//! instead: the source keeps the latest change of each channel (in
+//! arrival order) and hands them over once the channel is empty. Every
+//! change carries its channel's full metrics, so a skipped intermediate
+//! state costs one event and no correctness: each channel's last state,
+//! a vacated one included, still reaches every rule. Memory is then
+//! bounded by the number of channels that change, not by the rate.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::sync::{mpsc, oneshot, Notify};
@@ -26,7 +34,7 @@ use tracing::{debug, info, warn};
 use super::limits;
 use super::rule::Rule;
 use super::store::{Enqueued, IntegrationStore, RuleRef, SourceEvent};
-use crate::domain::ChangeEvent;
+use crate::domain::{ChangeEvent, ChannelName};
 use crate::fanout::Hub;
 use crate::store::ChangeSink;
 
@@ -40,6 +48,24 @@ pub struct Source {
     /// changes (and ask the feed to read).
     active: AtomicBool,
     gaps: AtomicUsize,
+    /// Whether changes go to `overflow` (read without the lock first, so
+    /// the common case takes no lock).
+    overflowing: AtomicBool,
+    overflow: Mutex<Overflow>,
+    /// Woken when the overflow starts (the task may be waiting on an
+    /// empty channel).
+    overflowed: Notify,
+    coalesced: AtomicUsize,
+}
+
+/// Changes that came while the channel held [`limits::SOURCE_BUFFER`]: the
+/// latest of each channel, numbered in arrival order (which is log order
+/// within a shard, the order the store needs).
+#[derive(Debug, Default)]
+struct Overflow {
+    on: bool,
+    next: u64,
+    latest: HashMap<ChannelName, (u64, ChangeEvent)>,
 }
 
 impl Source {
@@ -48,12 +74,24 @@ impl Source {
         if !self.active.load(Ordering::Relaxed) {
             return;
         }
-        if self.queued.load(Ordering::Relaxed) >= limits::SOURCE_BUFFER {
-            // the store has been unreachable for long; other replicas
-            // enqueue this change too
-            self.gaps.fetch_add(1, Ordering::Relaxed);
-            super::metrics::metrics().gap();
-            return;
+        if self.overflowing.load(Ordering::Relaxed) || self.queued.load(Ordering::Relaxed) >= limits::SOURCE_BUFFER {
+            let mut o = crate::sync::lock(&self.overflow);
+            // checked again under the lock: the task may have just taken
+            // the overflow, and then the channel is the place again
+            if o.on || self.queued.load(Ordering::Relaxed) >= limits::SOURCE_BUFFER {
+                if !o.on {
+                    o.on = true;
+                    self.overflowing.store(true, Ordering::Relaxed);
+                    self.overflowed.notify_one();
+                }
+                o.next += 1;
+                let n = o.next;
+                if o.latest.insert(e.channel.clone(), (n, e.clone())).is_some() {
+                    self.coalesced.fetch_add(1, Ordering::Relaxed);
+                    super::metrics::metrics().coalesced();
+                }
+                return;
+            }
         }
         self.queued.fetch_add(1, Ordering::Relaxed);
         // the receiver lives as long as the source's task; after shutdown
@@ -88,6 +126,25 @@ impl Source {
     pub fn gaps(&self) -> usize {
         self.gaps.load(Ordering::Relaxed)
     }
+
+    /// Changes replaced by a later change of their channel while the
+    /// store was behind.
+    pub fn coalesced(&self) -> usize {
+        self.coalesced.load(Ordering::Relaxed)
+    }
+
+    /// The overflow's changes in arrival order, ending the overflow; empty
+    /// when there is none.
+    fn take_overflow(&self) -> Vec<ChangeEvent> {
+        let mut o = crate::sync::lock(&self.overflow);
+        o.on = false;
+        o.next = 0;
+        self.overflowing.store(false, Ordering::Relaxed);
+        let mut events: Vec<(u64, ChangeEvent)> = o.latest.drain().map(|(_, v)| v).collect();
+        drop(o);
+        events.sort_unstable_by_key(|(n, _)| *n);
+        events.into_iter().map(|(_, e)| e).collect()
+    }
 }
 
 /// Starts the source: returns it (for the feed) and runs its task until
@@ -109,6 +166,10 @@ pub fn start(
         queued: AtomicUsize::new(0),
         active: AtomicBool::new(false),
         gaps: AtomicUsize::new(0),
+        overflowing: AtomicBool::new(false),
+        overflow: Mutex::new(Overflow::default()),
+        overflowed: Notify::new(),
+        coalesced: AtomicUsize::new(0),
     });
     let task = Task {
         store,
@@ -213,7 +274,9 @@ impl Task {
                     self.source.queued.fetch_sub(n, Ordering::Relaxed);
                     let events = std::mem::take(&mut buf);
                     self.handle(events, &cancel).await;
+                    self.handle_overflow(&rx, &cancel).await;
                 }
+                () = self.source.overflowed.notified() => self.handle_overflow(&rx, &cancel).await,
             }
         }
         self.listen(false);
@@ -326,6 +389,22 @@ impl Task {
         }
     }
 
+    /// Once the channel is empty, the changes that overflowed it: they are
+    /// newer than everything it held.
+    async fn handle_overflow(&mut self, rx: &mpsc::UnboundedReceiver<ChangeEvent>, cancel: &CancellationToken) {
+        if !rx.is_empty() || !self.source.overflowing.load(Ordering::Relaxed) {
+            return;
+        }
+        let events = self.source.take_overflow();
+        if !events.is_empty() {
+            debug!(
+                changes = events.len(),
+                "integration source: caught up on coalesced changes"
+            );
+            self.handle(events, cancel).await;
+        }
+    }
+
     async fn handle(&mut self, events: Vec<ChangeEvent>, cancel: &CancellationToken) {
         let mut by_shard: BTreeMap<u32, Vec<ChangeEvent>> = BTreeMap::new();
         for e in events {
@@ -432,5 +511,90 @@ impl Task {
                 true
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Metrics, Pos};
+    use crate::integrations::rule::RuleSpec;
+    use crate::integrations::store::MemoryIntegrations;
+
+    fn change(n: u64, channel: &str, connections: u32) -> ChangeEvent {
+        let pos = Pos { ms: 1, seq: n };
+        ChangeEvent {
+            shard: 0,
+            pos,
+            covers: pos,
+            channel: ChannelName::parse("channel", channel).unwrap(),
+            metrics: Metrics {
+                connections,
+                ..Metrics::default()
+            },
+            timestamp_ms: 1,
+        }
+    }
+
+    /// More changes than the source queues arrive while its task cannot
+    /// run (the store is behind): the changes past the queue are coalesced
+    /// per channel, so every channel's last state is enqueued, the one
+    /// that vacates a channel included, and nothing counts as a gap.
+    #[tokio::test]
+    async fn past_the_queue_each_channels_last_change_still_reaches_the_rules() {
+        let store = Arc::new(MemoryIntegrations::new());
+        let rule = Rule::create(
+            RuleSpec {
+                target: Some("http://127.0.0.1:9/hook".into()),
+                events: Some(vec!["channel.occupancy".into()]),
+                ..RuleSpec::default()
+            },
+            1,
+        )
+        .unwrap();
+        store.put_rule(&rule, true).await.unwrap();
+        let queued = Arc::new(Notify::new());
+        let cancel = CancellationToken::new();
+        let source = start(store.clone(), None, 1, queued.clone(), cancel.clone());
+        source.refresh().await;
+        // one stretch without an await: on this test's one thread the
+        // source's task cannot take anything meanwhile
+        let mut n = 0;
+        let mut next = |ch: &str, c: u32| {
+            n += 1;
+            change(n, ch, c)
+        };
+        source.publish(&next("gone", 1));
+        for i in 0..limits::SOURCE_BUFFER {
+            source.publish(&next(&format!("busy:{}", i % 50), 1 + (i % 7) as u32));
+        }
+        // past the queue: these must not be lost
+        for round in 1..=3u32 {
+            source.publish(&next("late", round));
+        }
+        source.publish(&next("gone", 0));
+        let want: BTreeMap<&str, u32> = [("gone", 0), ("late", 3)].into();
+        let mut last = BTreeMap::new();
+        for _ in 0..600 {
+            let woken = queued.notified();
+            last.clear();
+            for e in store.read(&rule.id, None, 1_000_000).await.unwrap() {
+                last.insert(e.channel.clone(), e.metrics.connections);
+            }
+            if want.iter().all(|(ch, c)| last.get(*ch) == Some(c)) {
+                break;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(100), woken).await;
+        }
+        for (ch, c) in &want {
+            assert_eq!(last.get(*ch), Some(c), "the last change of {ch} reached the queue");
+        }
+        assert_eq!(source.gaps(), 0, "nothing was lost");
+        assert_eq!(
+            source.coalesced(),
+            2,
+            "late's first two changes were replaced by its third"
+        );
+        cancel.cancel();
     }
 }

@@ -227,10 +227,11 @@ async fn with_rules(
     if let (Some(m0), Some(m)) = (&m0, &m_end) {
         let enqueued = m.enqueued - m0.enqueued;
         f.push_str(&format!(
-            " enqueued={enqueued} delivered_metric={} missing={} source_gaps={} dead_letters={}",
+            " enqueued={enqueued} delivered_metric={} missing={} source_gaps={} source_coalesced={} dead_letters={}",
             m.delivered - m0.delivered,
             enqueued.saturating_sub(at_end - before),
             m.gaps - m0.gaps,
+            m.coalesced - m0.coalesced,
             m.dead - m0.dead,
         ));
     }
@@ -288,6 +289,7 @@ struct Totals {
     enqueued: u64,
     delivered: u64,
     gaps: u64,
+    coalesced: u64,
     dead: u64,
 }
 
@@ -328,6 +330,7 @@ impl Replicas {
             t.enqueued += counter(&text, "occupancy_webhook_events_enqueued_total", url)?;
             t.delivered += counter(&text, "occupancy_webhook_events_delivered_total", url)?;
             t.gaps += counter(&text, "occupancy_webhook_source_gaps_total", url)?;
+            t.coalesced += counter(&text, "occupancy_webhook_source_coalesced_total", url)?;
             t.dead += counter(&text, "occupancy_webhook_dead_letters_total", url)?;
         }
         Ok(Some(t))

@@ -45,10 +45,10 @@ impl Sub {
             name: ch.clone(),
             shard,
             latest_out: None,
-            // what the subscriber has seen of the shard's log covers this
-            // channel too: after a resume, a change up to the token that
-            // the hub delivers late is one the client already holds
-            known: self.seen.get(shard as usize).copied().unwrap_or_default(),
+            // not `seen`: a snapshot that listed channels page by page may
+            // have missed one created meanwhile, whose change is then
+            // before `seen` and still needed
+            known: self.floor.get(shard as usize).copied().unwrap_or_default(),
             held: None,
             held_since: None,
             window_until: None,

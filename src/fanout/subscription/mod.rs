@@ -80,6 +80,11 @@ struct Sub {
     chans: Vec<Chan>,
     chan_index: HashMap<ChannelName, usize>,
     seen: Vec<Pos>,
+    /// Per shard, up to where the client holds every channel's state
+    /// without this stream having read it: a resume's token (empty
+    /// otherwise, and after a resync, whose log may number anew). A
+    /// change at or before it that the hub delivers late is not sent again.
+    floor: Vec<Pos>,
     /// Per shard, positions of changes not yet written (queued or held).
     unsent: Vec<BTreeMap<Pos, u32>>,
     /// Events to write, in order, each with its key in `unsent`.
@@ -172,6 +177,7 @@ impl Live {
             store,
             hub: hub.clone(),
             seen: vec![Pos::ZERO; shards as usize],
+            floor: Vec::new(),
             unsent: vec![BTreeMap::new(); shards as usize],
             shards,
             spec,
@@ -414,6 +420,49 @@ mod tests {
             2,
             "the late change was sent again"
         );
+    }
+
+    /// A channel created while a first snapshot under a prefix is read a
+    /// page at a time, sorting into a page already read, still reaches the
+    /// subscriber (its change is older than the last page's positions).
+    #[tokio::test]
+    async fn a_channel_created_during_a_paged_snapshot_is_sent() {
+        let store = Arc::new(MemoryStore::new(Duration::from_secs(60)));
+        let session = SessionId::parse("s", "fe").unwrap();
+        let attach = |i: &str| Operation::Attach {
+            connection: ConnectionId::parse("c", format!("c{i}")).unwrap(),
+            channel: ChannelName::parse("ch", format!("ch:{i}")).unwrap(),
+            modes: ModeSet::EMPTY,
+        };
+        let ops: Vec<Operation> = (0..1_500).map(|i| attach(&format!("{i:04}"))).collect();
+        store.apply(&session, &ops, false).await.unwrap();
+        let hub = Hub::new(store.shards());
+        store.feed(hub.clone(), CancellationToken::new());
+        let spec = Spec {
+            channels: vec![],
+            prefix: Some("ch:".into()),
+            categories: vec![],
+            debounce: Duration::ZERO,
+            resume: None,
+        };
+        let events = stream(store.clone(), hub, spec, Duration::from_secs(600));
+        futures::pin_mut!(events);
+        for _ in 0..SNAPSHOT_PAGE {
+            let r = events.next().await.expect("an event").expect("no error");
+            assert!(r.live.is_none());
+        }
+        // the second page is read at the next call
+        store.apply(&session, &[attach("0000a")], false).await.unwrap();
+        let mut sent = std::collections::BTreeSet::new();
+        for _ in 0..1_000 {
+            let r = events.next().await.expect("a message").expect("no error");
+            if r.live.is_some() {
+                break;
+            }
+            sent.insert(r.into_event().unwrap().expect("an event").channel);
+        }
+        assert!(sent.contains("ch:0000a"), "the new channel was not sent");
+        assert_eq!(sent.len(), 501);
     }
 
     /// A snapshot of every channel is read a page at a time, each page

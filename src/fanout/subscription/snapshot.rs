@@ -147,6 +147,7 @@ impl Sub {
     pub(super) async fn resync(&mut self, reg: &Registration, retrying: bool) -> Option<Instant> {
         // held changes are superseded by the snapshot; queued ones are
         // still written (they are older states, corrected right after)
+        self.floor.clear();
         for i in 0..self.chans.len() {
             if self.chans[i].held.is_some() {
                 self.drop_held(i);
@@ -199,6 +200,7 @@ impl Sub {
             debug!("resume point no longer in the event log, sending a full snapshot");
             return self.snapshot(reg, false).await;
         }
+        self.floor.clone_from(&token.positions);
         self.seen = token.positions;
         let names: Vec<ChannelName> = changed.into_iter().collect();
         let positions = self.snapshot_of(&names, false, true).await?;

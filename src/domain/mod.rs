@@ -9,6 +9,7 @@ pub mod list;
 pub mod metrics;
 pub mod mode;
 pub mod ops;
+pub mod partition;
 pub mod state;
 
 pub use events::{ChangeEvent, Pos, ResumeToken};

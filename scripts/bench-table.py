@@ -95,10 +95,12 @@ if "webhooks" in res:
     counts = f"{f(r['received'])} received"
     if "enqueued" in r:
         counts += f" of {f(r['enqueued'])} enqueued (missing {r['missing']}, dead letters {r['dead_letters']}, source gaps {r['source_gaps']}, coalesced {f(r['source_coalesced'])})"
+    if "stale_channels" in r:
+        counts += f"; last event of {f(r['compared_channels'])} (rule, channel) pairs = store: {'yes' if r['stale_channels'] == '0' else 'NO, ' + r['stale_channels'] + ' differ'}"
     if "cpu_us_replica_drain" in r:
         counts += f"; CPU per event in the drain: replicas {replicas(r, 'drain')} us, Redis {r.get('cpu_us_redis_drain', '-')} us"
     basis = "after the load" if r["delivered_basis"] == "drain" else "during the load (no backlog)"
-    row(f"webhook events delivered/s (batched, {r['max_events']}/request)", f"{f(r['delivered_per_s'])}/s {basis} (during the load {f(r['during_load_per_s'])}/s; drain {r['drain_s']} s, drained {r['drained']}); {counts}", "-", "no source gaps", r.get("source_gaps", "0") == "0", "webhooks")
+    row(f"webhook events delivered/s (batched, {r['max_events']}/request)", f"{f(r['delivered_per_s'])}/s {basis} (during the load {f(r['during_load_per_s'])}/s; drain {r['drain_s']} s, drained {r['drained']}); {counts}", "-", "no source gaps, last events = store", r.get("source_gaps", "0") == "0" and r.get("stale_channels", "0") == "0", "webhooks")
 if "footprint" in res:
     r = res["footprint"]
     row("6. Redis bytes per attachment", r["bytes_per_attachment"], "-", "<= 200", float(r["bytes_per_attachment"]) <= 200, "footprint")

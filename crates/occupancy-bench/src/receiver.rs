@@ -1,8 +1,10 @@
 //! The webhook target of the `webhooks` scenario: an HTTP server in the
-//! load generator's process that answers every POST with 200 and counts
-//! the events it carries, per rule. It runs on a thread and runtime of its
-//! own, so that reading bodies does not take turns with the Apply load on
-//! the generator's (often single) runtime thread.
+//! load generator's process that answers every POST with 200, counts the
+//! events it carries, per rule, and keeps each rule's last connection count
+//! per channel (a rule sends a channel's events one request at a time, in
+//! order). It runs on a thread and runtime of its own, so that reading
+//! bodies does not take turns with the Apply load on the generator's
+//! (often single) runtime thread.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -16,13 +18,12 @@ use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::routing::post;
 use axum::Router;
-use serde::de::IgnoredAny;
 use serde::Deserialize;
 use tokio::sync::oneshot;
 
-/// The parts of a body the receiver counts: a batch (`type: batch`) holds
-/// `items`; any other type is one event. The items are skipped, not
-/// parsed, to keep the receiver cheap.
+/// The parts of a body the receiver reads: a batch (`type: batch`) holds
+/// `items`; any other type is one event, the body itself. Other fields are
+/// skipped.
 #[derive(Deserialize)]
 struct Body {
     #[serde(rename = "type")]
@@ -30,7 +31,26 @@ struct Body {
     #[serde(rename = "ruleId")]
     rule_id: String,
     #[serde(default)]
-    items: Vec<IgnoredAny>,
+    items: Vec<Item>,
+    #[serde(flatten)]
+    single: Option<Item>,
+}
+
+/// One event's channel and connection count.
+#[derive(Deserialize)]
+struct Item {
+    channel: String,
+    data: ItemData,
+}
+
+#[derive(Deserialize)]
+struct ItemData {
+    metrics: ItemMetrics,
+}
+
+#[derive(Deserialize)]
+struct ItemMetrics {
+    connections: u32,
 }
 
 /// What the receiver has counted.
@@ -52,6 +72,8 @@ struct Counts {
 struct Seen {
     ids: HashSet<String>,
     per_rule: HashMap<String, u64>,
+    /// Per rule, per channel: the connection count of the last event.
+    connections: HashMap<String, HashMap<String, u32>>,
     last: Option<Instant>,
 }
 
@@ -142,6 +164,11 @@ impl Receiver {
         self.seen().last
     }
 
+    /// Per rule, per channel: the connection count of its last event.
+    pub(crate) fn last_connections(&self) -> HashMap<String, HashMap<String, u32>> {
+        self.seen().connections.clone()
+    }
+
     fn seen(&self) -> std::sync::MutexGuard<'_, Seen> {
         // a panic while counting leaves counts that are still counts
         self.counts.seen.lock().unwrap_or_else(|e| e.into_inner())
@@ -154,11 +181,12 @@ async fn receive(State(counts): State<Arc<Counts>>, headers: HeaderMap, body: By
         counts.bad.fetch_add(1, Ordering::Relaxed);
         return StatusCode::OK;
     };
-    let n = if parsed.kind == "batch" {
-        parsed.items.len() as u64
+    let items = if parsed.kind == "batch" {
+        parsed.items
     } else {
-        1
+        parsed.single.into_iter().collect()
     };
+    let n = items.len() as u64;
     let id = headers
         .get("webhook-id")
         .and_then(|v| v.to_str().ok())
@@ -168,6 +196,10 @@ async fn receive(State(counts): State<Arc<Counts>>, headers: HeaderMap, body: By
     if !id.is_empty() && !seen.ids.insert(id) {
         counts.repeats.fetch_add(1, Ordering::Relaxed);
         return StatusCode::OK;
+    }
+    let last = seen.connections.entry(parsed.rule_id.clone()).or_default();
+    for item in items {
+        last.insert(item.channel, item.data.metrics.connections);
     }
     *seen.per_rule.entry(parsed.rule_id).or_default() += n;
     seen.last = Some(Instant::now());

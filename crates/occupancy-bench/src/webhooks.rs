@@ -4,18 +4,23 @@
 //! One run: the `apply` scenario's load with no rules; then rules created
 //! straight in Redis (as a replica would store them), every one over every
 //! channel, batched, sending to a [`Receiver`] in this process; the same
-//! load again with the rules active; then the receiver counts until the
-//! queues are drained. The rules are deleted at the end, whatever
-//! happened, so later scenarios (and the footprint) see none.
+//! load again with the rules active, its sessions closed when it stops (so
+//! every channel it wrote ends empty); then the receiver counts until the
+//! queues are drained, and each rule's last event of each channel must
+//! match the store: a lost last change (a vacated channel never told) fails
+//! the scenario. The rules are deleted at the end, whatever happened, so
+//! later scenarios (and the footprint) see none.
 //!
 //! Rules are written to Redis rather than through a replica's API so the
 //! scenario needs nothing beyond the store's own protocol; replicas pick
 //! them up at their next rules poll, which is why the scenario first waits
 //! until every rule delivers.
 
+use std::collections::{BTreeSet, HashMap};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
+use occupancy::domain::ChannelName;
 use occupancy::integrations::{IntegrationStore, Rule, RuleSpec};
 use occupancy::proto::v1 as pb;
 use occupancy::store::{RedisConfig, RedisStore, Store};
@@ -24,7 +29,7 @@ use pb::connection_service_client::ConnectionServiceClient;
 use crate::load::{conn, Credential, Load};
 use crate::procfs;
 use crate::receiver::Receiver;
-use crate::writes::apply_load;
+use crate::writes::{apply_load, close_apply_sessions};
 
 /// The scenario's own options (the load's are [`Load`]).
 #[derive(clap::Args, Clone)]
@@ -70,6 +75,9 @@ const QUIET: Duration = Duration::from_secs(2);
 /// Longest wait for every rule's first delivery.
 const FLOWING_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// Longest wait, after the drain, for the last events to match the store.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// Runs the scenario (see the module docs) and prints its `RESULT` line.
 pub(crate) async fn webhooks(load: Load, opts: Webhooks) -> anyhow::Result<()> {
     let store = RedisStore::new(RedisConfig::new(opts.redis_url.clone()))?;
@@ -83,13 +91,16 @@ pub(crate) async fn webhooks(load: Load, opts: Webhooks) -> anyhow::Result<()> {
         existing.len()
     );
     let mut without = apply_load(&load, opts.batch, opts.channels, "-wh0").await?;
+    // empty before any rule exists: no lease of this load runs out later,
+    // in the measured part
+    close_apply_sessions(&load).await?;
     let receiver = Receiver::start()?;
     let mut ids = Vec::new();
     let measured = async {
         for i in 0..opts.rules {
             ids.push(create_rule(&*rules, &opts, &receiver, i).await?);
         }
-        with_rules(&load, &opts, &receiver, &ids).await
+        with_rules(&load, &opts, &receiver, &ids, &store).await
     }
     .await;
     // whatever happened, leave no rule behind
@@ -156,6 +167,7 @@ async fn with_rules(
     opts: &Webhooks,
     receiver: &Receiver,
     ids: &[String],
+    store: &dyn Store,
 ) -> anyhow::Result<(crate::load::Stats, String)> {
     let flowing = wait_flowing(&load.url, receiver, ids).await?;
     let replicas = Replicas::new(opts)?;
@@ -165,6 +177,9 @@ async fn with_rules(
     let stop = Instant::now();
     let at_stop = receiver.events();
     let m_stop = replicas.totals().await?;
+    // every channel the load wrote empties now; its events are part of
+    // the drain
+    close_apply_sessions(load).await?;
 
     // the drain: until nothing arrives for QUIET, with the CPU the watched
     // processes spend on it
@@ -235,12 +250,49 @@ async fn with_rules(
             m.dead - m0.dead,
         ));
     }
+    let (stale, compared) = stale_channels(store, receiver).await?;
+    f.push_str(&format!(" compared_channels={compared} stale_channels={stale}"));
+    anyhow::ensure!(
+        !drained || stale == 0,
+        "after the drain, {stale} of {compared} (rule, channel) pairs last delivered a connection count that is not the store's"
+    );
     // CPU of each watched process per event delivered in the drain
     let per_event: Vec<(String, Duration)> = cpu.into_iter().map(|(n, t)| (format!("{n}_drain"), t)).collect();
     if after > 0 {
         f.push_str(&procfs::per_op(&per_event, after));
     }
     Ok((with, f))
+}
+
+/// (rule, channel) pairs whose last delivered connection count is not the
+/// store's, once they settle (at most [`SETTLE_TIMEOUT`]); and how many
+/// pairs were compared.
+async fn stale_channels(store: &dyn Store, receiver: &Receiver) -> anyhow::Result<(usize, usize)> {
+    let start = Instant::now();
+    loop {
+        let last = receiver.last_connections();
+        let names: BTreeSet<&str> = last.values().flat_map(|m| m.keys().map(String::as_str)).collect();
+        let names = names
+            .into_iter()
+            .map(|n| ChannelName::parse("channel", n).map_err(|e| anyhow::anyhow!("{e}")))
+            .collect::<anyhow::Result<Vec<_>>>()?;
+        let mut now: HashMap<&str, u32> = HashMap::new();
+        for chunk in names.chunks(1_000) {
+            for (n, m) in chunk.iter().zip(store.get(chunk).await?) {
+                now.insert(n.as_str(), m.connections);
+            }
+        }
+        let compared = last.values().map(HashMap::len).sum();
+        let stale = last
+            .values()
+            .flat_map(|m| m.iter())
+            .filter(|(ch, c)| now.get(ch.as_str()) != Some(*c))
+            .count();
+        if stale == 0 || start.elapsed() >= SETTLE_TIMEOUT {
+            return Ok((stale, compared));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Changes a probe channel until every rule has delivered an event: the

@@ -79,12 +79,31 @@ pub(crate) async fn apply_load(load: &Load, batch: usize, channels: usize, tag: 
                 })
                 .collect();
             ConnectionServiceClient::new(ch)
-                .apply(apply_request(format!("bench-{run}-w{w}"), ops))
+                .apply(apply_request(apply_session(run, w), ops))
                 .await?;
             Ok(batch as u64)
         }
     })
     .await
+}
+
+/// The session of [`apply_load`]'s worker `w` in run `run`.
+fn apply_session(run: u32, w: usize) -> String {
+    format!("bench-{run}-w{w}")
+}
+
+/// Closes the sessions of [`apply_load`]'s workers: their channels empty
+/// now rather than when the leases run out.
+pub(crate) async fn close_apply_sessions(load: &Load) -> anyhow::Result<()> {
+    let run = std::process::id();
+    let mut c = ConnectionServiceClient::new(conn(&load.url, &load.credential()).await?);
+    for w in 0..load.in_flight {
+        c.close_session(pb::CloseSessionRequest {
+            session_id: apply_session(run, w),
+        })
+        .await?;
+    }
+    Ok(())
 }
 
 /// Front ends (sessions) the `unary` workers share, as a few front end

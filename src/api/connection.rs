@@ -145,6 +145,7 @@ impl pb::connection_service_server::ConnectionService for ConnectionApi {
             include_metrics: r.include_metrics,
             sequence: r.sequence,
             epoch: r.session_epoch,
+            open_epoch: 0,
             owner: who.owner(),
         };
         let (results, session_epoch) = match self.store.write(&session, batch).await? {

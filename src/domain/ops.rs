@@ -193,6 +193,11 @@ pub struct Batch<'a> {
     /// Who writes: the credential that owns the leases it opens, and may
     /// write only to its own ("" when access control is off).
     pub owner: &'a str,
+    /// The epoch a lease this write opens takes; 0: the store picks one.
+    /// Ignored when the session has a live lease. A caller that gives it
+    /// picks a value that never repeats (a random 64-bit number), so that
+    /// several stores can hold one lease under one epoch.
+    pub open_epoch: u64,
 }
 
 impl<'a> Batch<'a> {
@@ -204,6 +209,7 @@ impl<'a> Batch<'a> {
             sequence: 0,
             epoch: 0,
             owner: "",
+            open_epoch: 0,
         }
     }
 }

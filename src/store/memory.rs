@@ -134,9 +134,15 @@ impl Store for MemoryStore {
         self.with(|s, now, ch| s.apply(now, session, ttl, batch, ch))
     }
 
-    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+    async fn keep_alive_opening(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        ttl_ms: Option<u64>,
+        open_epoch: u64,
+    ) -> Result<KeepAliveOutcome> {
         let ttl = self.default_ttl_ms;
-        self.with(|s, now, ch| s.keep_alive_as(now, session, owner, ttl_ms, ttl, ch))
+        self.with(|s, now, ch| s.keep_alive_as(now, session, owner, ttl_ms, ttl, open_epoch, ch))
     }
 
     async fn close_session_as(&self, session: &SessionId, owner: &str) -> Result<Option<u64>> {

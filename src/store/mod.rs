@@ -170,7 +170,23 @@ pub trait Store: Send + Sync + 'static {
     ///
     /// # Errors
     /// As [`Store::write`].
-    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome>;
+    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+        self.keep_alive_opening(session, owner, ttl_ms, 0).await
+    }
+
+    /// [`Store::keep_alive_as`] where a lease it opens takes the epoch
+    /// `open_epoch` when that is not 0 (see [`Batch::open_epoch`]): how
+    /// several stores come to hold one lease under one epoch.
+    ///
+    /// # Errors
+    /// As [`Store::write`].
+    async fn keep_alive_opening(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        ttl_ms: Option<u64>,
+        open_epoch: u64,
+    ) -> Result<KeepAliveOutcome>;
 
     /// Removes everything of `session` now: the epoch of the lease closed,
     /// or `None` when it had no live lease.

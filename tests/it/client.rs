@@ -198,8 +198,14 @@ impl Store for GatedSyncs {
     async fn write(&self, session: &SessionId, batch: Batch<'_>) -> OResult<Applied> {
         self.inner.write(session, batch).await
     }
-    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> OResult<KeepAliveOutcome> {
-        self.inner.keep_alive_as(session, owner, ttl_ms).await
+    async fn keep_alive_opening(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        ttl_ms: Option<u64>,
+        open_epoch: u64,
+    ) -> OResult<KeepAliveOutcome> {
+        self.inner.keep_alive_opening(session, owner, ttl_ms, open_epoch).await
     }
     async fn close_session_as(&self, session: &SessionId, owner: &str) -> OResult<Option<u64>> {
         let r = self.inner.close_session_as(session, owner).await;

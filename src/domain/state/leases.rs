@@ -28,11 +28,13 @@ impl OccupancyState {
         default_ttl_ms: u64,
         changes: &mut Vec<Change>,
     ) -> KeepAliveOutcome {
-        self.keep_alive_as(now, session, "", ttl_ms, default_ttl_ms, changes)
+        self.keep_alive_as(now, session, "", ttl_ms, default_ttl_ms, 0, changes)
     }
 
     /// [`OccupancyState::keep_alive`] by `owner`: a live lease of another
-    /// owner is left alone.
+    /// owner is left alone. A lease it opens takes the epoch `open_epoch`
+    /// when that is not 0 (see [`Batch::open_epoch`](crate::domain::Batch::open_epoch)).
+    #[allow(clippy::too_many_arguments)]
     pub fn keep_alive_as(
         &mut self,
         now: u64,
@@ -40,13 +42,14 @@ impl OccupancyState {
         owner: &str,
         ttl_ms: Option<u64>,
         default_ttl_ms: u64,
+        open_epoch: u64,
         changes: &mut Vec<Change>,
     ) -> KeepAliveOutcome {
         self.expire(now, changes);
         if self.owner(session).is_some_and(|o| o != owner) {
             return KeepAliveOutcome::NotOwner;
         }
-        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms), owner);
+        let (token, fresh) = self.open(now, session, ttl_ms.unwrap_or(default_ttl_ms), owner, open_epoch);
         let lease = self.leases.get_mut(&token).expect("open returns a live lease");
         if let Some(ttl) = ttl_ms {
             lease.ttl_ms = ttl;
@@ -115,9 +118,17 @@ impl OccupancyState {
         n
     }
 
-    /// The session's live lease, extended, or a new one; and whether it is
+    /// The session's live lease, extended, or a new one (with the epoch
+    /// `open_epoch`, or one of its own when that is 0); and whether it is
     /// new.
-    pub(super) fn open(&mut self, now: u64, session: &SessionId, default_ttl_ms: u64, owner: &str) -> (u64, bool) {
+    pub(super) fn open(
+        &mut self,
+        now: u64,
+        session: &SessionId,
+        default_ttl_ms: u64,
+        owner: &str,
+        open_epoch: u64,
+    ) -> (u64, bool) {
         if let Some(&token) = self.sessions.get(session) {
             let lease = self.leases.get_mut(&token).expect("session maps to a lease");
             let old = lease.deadline;
@@ -137,7 +148,11 @@ impl OccupancyState {
                 ttl_ms: default_ttl_ms,
                 deadline: now + default_ttl_ms,
                 conns: HashSet::new(),
-                epoch: mix(self.epoch_seed.wrapping_add(token)).max(1),
+                epoch: if open_epoch != 0 {
+                    open_epoch
+                } else {
+                    mix(self.epoch_seed.wrapping_add(token)).max(1)
+                },
                 sequence: 0,
                 owner: owner.to_string(),
             },

@@ -194,7 +194,7 @@ impl OccupancyState {
         if batch.sequence > 0 && live.is_some_and(|l| batch.sequence <= l.sequence) {
             return Applied::Stale { epoch: current };
         }
-        let (token, fresh) = self.open(now, session, default_ttl_ms, batch.owner);
+        let (token, fresh) = self.open(now, session, default_ttl_ms, batch.owner, batch.open_epoch);
         let mut touched = Touched::default();
         let mut results = Vec::with_capacity(batch.ops.len());
         for op in batch.ops {

@@ -315,8 +315,14 @@ mod tests {
         async fn write(&self, s: &SessionId, batch: Batch<'_>) -> Result<Applied> {
             self.inner.write(s, batch).await
         }
-        async fn keep_alive_as(&self, s: &SessionId, owner: &str, ttl: Option<u64>) -> Result<KeepAliveOutcome> {
-            self.inner.keep_alive_as(s, owner, ttl).await
+        async fn keep_alive_opening(
+            &self,
+            s: &SessionId,
+            owner: &str,
+            ttl: Option<u64>,
+            open_epoch: u64,
+        ) -> Result<KeepAliveOutcome> {
+            self.inner.keep_alive_opening(s, owner, ttl, open_epoch).await
         }
         async fn close_session_as(&self, s: &SessionId, owner: &str) -> Result<Option<u64>> {
             self.inner.close_session_as(s, owner).await

@@ -150,11 +150,15 @@ fn parse_metrics_list(bytes: &[u8], n: usize, function: &str) -> Result<Vec<Metr
     Ok(bytes.chunks_exact(PACKED_METRICS_LEN).map(parse_metrics).collect())
 }
 
-/// A new lease token (and epoch) for a lease a call may open: a random
-/// non-zero 64-bit number, so tokens never repeat, even after Redis lost
-/// its data (see `live_token` in `lua/leases.lua`).
-fn new_token() -> u64 {
-    rand::random::<u64>().max(1)
+/// The token (and epoch) for a lease a call may open: the caller's when it
+/// gave one, else a random non-zero 64-bit number, so tokens never repeat,
+/// even after Redis lost its data (see `live_token` in `lua/leases.lua`).
+fn token_or_new(given: u64) -> u64 {
+    if given != 0 {
+        given
+    } else {
+        rand::random::<u64>().max(1)
+    }
 }
 
 /// A lease epoch from a token as Redis holds it (Lua's `false`, nil in
@@ -182,7 +186,7 @@ pub(super) fn apply_args(inv: &mut Cmd, default_ttl_ms: u64, shards: u32, jobs: 
             .arg(if job.include_metrics { "1" } else { "0" })
             .arg(job.sequence)
             .arg(job.epoch)
-            .arg(new_token())
+            .arg(token_or_new(job.open_epoch))
             .arg(job.owner.as_str())
             .arg(job.ops.len());
         total += job.ops.len();
@@ -258,11 +262,18 @@ fn write_results(job: &Job, raw: &Value, token: &Value) -> Result<Applied> {
 }
 
 /// Adds the keep-alive function's arguments (`lua/keep_alive.lua`).
-pub(super) fn keep_alive_args(inv: &mut Cmd, session: &str, ttl_ms: Option<u64>, default_ttl_ms: u64, owner: &str) {
+pub(super) fn keep_alive_args(
+    inv: &mut Cmd,
+    session: &str,
+    ttl_ms: Option<u64>,
+    default_ttl_ms: u64,
+    owner: &str,
+    open_epoch: u64,
+) {
     inv.arg(session)
         .arg(ttl_ms.unwrap_or(0))
         .arg(default_ttl_ms)
-        .arg(new_token())
+        .arg(token_or_new(open_epoch))
         .arg(owner);
 }
 

@@ -252,6 +252,7 @@ impl Store for RedisStore {
                 session: session.clone(),
                 sequence: batch.sequence,
                 epoch: batch.epoch,
+                open_epoch: batch.open_epoch,
                 owner: batch.owner.to_string(),
                 ops: batch.ops.to_vec(),
                 include_metrics: batch.include_metrics,
@@ -263,9 +264,15 @@ impl Store for RedisStore {
             .map_err(|_| Error::Internal("the write queue dropped a write".into()))?
     }
 
-    async fn keep_alive_as(&self, session: &SessionId, owner: &str, ttl_ms: Option<u64>) -> Result<KeepAliveOutcome> {
+    async fn keep_alive_opening(
+        &self,
+        session: &SessionId,
+        owner: &str,
+        ttl_ms: Option<u64>,
+        open_epoch: u64,
+    ) -> Result<KeepAliveOutcome> {
         let mut inv = self.call(Function::KeepAlive);
-        codec::keep_alive_args(&mut inv, session.as_str(), ttl_ms, self.ttl_ms(), owner);
+        codec::keep_alive_args(&mut inv, session.as_str(), ttl_ms, self.ttl_ms(), owner, open_epoch);
         let mut conn = self.conn.clone();
         codec::keep_alive_outcome(self.bounded("keep_alive", invoke(&mut conn, &inv)).await?)
     }

@@ -46,6 +46,8 @@ pub(super) struct Job {
     pub session: SessionId,
     pub sequence: u64,
     pub epoch: u64,
+    /// The token a lease this write opens takes; 0: a new random one.
+    pub open_epoch: u64,
     /// Who writes ("" with access control off).
     pub owner: String,
     pub ops: Vec<Operation>,
@@ -132,6 +134,7 @@ pub(super) mod tests {
             session: SessionId::parse("s", "fe").unwrap(),
             sequence: 0,
             epoch: 0,
+            open_epoch: 0,
             owner: String::new(),
             ops: vec![op; n],
             include_metrics: false,

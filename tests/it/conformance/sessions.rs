@@ -12,6 +12,7 @@ all_stores!(
     expiry_removes_everything_once_with_two_replicas,
     resume_moves_connection_to_new_session,
     keep_alive_and_close_session,
+    a_lease_opened_with_a_given_epoch_carries_it,
 );
 
 async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
@@ -141,4 +142,60 @@ async fn keep_alive_and_close_session(h: Harness) {
     })
     .await;
     assert_eq!(fx.keep_alive("fe", 0).await.status, pb::SessionStatus::Unknown as i32);
+}
+
+/// A write or KeepAlive that opens a lease may give its epoch (so that
+/// several stores can hold one lease under one epoch); a live lease keeps
+/// its own, and closing it frees the session for a new given one.
+async fn a_lease_opened_with_a_given_epoch_carries_it(h: Harness) {
+    use occupancy::domain::{
+        Applied, Batch, ChannelName, ConnectionId, KeepAliveOutcome, ModeSet, Operation, SessionId,
+    };
+    let store = h.store();
+    let session = SessionId::parse("session", "fe").unwrap();
+    let attach = Operation::Attach {
+        connection: ConnectionId::parse("connection", "c1").unwrap(),
+        channel: ChannelName::parse("channel", "room").unwrap(),
+        modes: ModeSet::EMPTY,
+    };
+    let ops = [attach];
+    let write = |open_epoch: u64| {
+        let mut b = Batch::new(&ops, false);
+        b.open_epoch = open_epoch;
+        b
+    };
+    let (a, b, c) = (
+        0x1234_5678_9abc_def1_u64,
+        0xfedc_ba98_7654_3211_u64,
+        0x0f0f_0f0f_0f0f_0f0f_u64,
+    );
+    let epoch = |applied: Applied| match applied {
+        Applied::Done { epoch, .. } => epoch,
+        other => panic!("the write applies: {other:?}"),
+    };
+    assert_eq!(
+        epoch(store.write(&session, write(a)).await.unwrap()),
+        a,
+        "a write opens the lease with the given epoch"
+    );
+    assert_eq!(
+        epoch(store.write(&session, write(b)).await.unwrap()),
+        a,
+        "a live lease keeps its epoch"
+    );
+    let alive = store.keep_alive_opening(&session, "", None, b).await.unwrap();
+    assert!(
+        matches!(alive, KeepAliveOutcome::Active { epoch, .. } if epoch == a),
+        "{alive:?}"
+    );
+    assert_eq!(store.close_session(&session).await.unwrap(), Some(a));
+    let opened = store.keep_alive_opening(&session, "", None, c).await.unwrap();
+    assert!(
+        matches!(opened, KeepAliveOutcome::Unknown { epoch, .. } if epoch == c),
+        "{opened:?}"
+    );
+    // with none given, the store picks one (never 0)
+    assert_eq!(store.close_session(&session).await.unwrap(), Some(c));
+    let picked = epoch(store.write(&session, write(0)).await.unwrap());
+    assert!(picked != 0 && picked != a && picked != c, "{picked}");
 }

@@ -11,7 +11,7 @@
 //!   from `src/store/redis/lua/`, every key built in `store::redis::keys`;
 //!   a write becomes the Lua functions' arguments, and their replies
 //!   domain values again, in `store::redis::codec`, file
-//!   `src/store/redis/codec.rs`; integration rules and queues as
+//!   `src/store/redis/codec/`; integration rules and queues as
 //!   standalone scripts under `src/store/redis/lua/integrations/`).
 //! - [`fanout`]: live occupancy. The store's feed hands every committed
 //!   change to the replica's [`fanout::Hub`], which drops it into the inbox

@@ -10,7 +10,7 @@
 //! Redis clock (`TIME`), so replicas with skewed clocks agree on when a
 //! session expires.
 //!
-//! Where to look: `codec.rs` turns a write into the apply function's
+//! Where to look: `codec/` turns a write into the apply function's
 //! arguments and reads every function's reply; `config.rs` holds
 //! [`RedisConfig`]; `conn.rs` reaches one Redis or a Redis Cluster;
 //! `replication.rs` makes writes wait for replicas; `failure.rs` says which

@@ -21,8 +21,9 @@
 //! Leases: a write opens a lease only when the session holds something
 //! after it (a refused or empty write leaves no lease behind). Each lease
 //! has an epoch that never repeats (a bijective mix of the lease's number
-//! and a seed chosen when the state is made), and its own batch sequence:
-//! a new lease accepts any sequence.
+//! and a seed chosen when the state is made, unless the write or KeepAlive
+//! that opens it gives one: `Batch::open_epoch`), and its own batch
+//! sequence: a new lease accepts any sequence.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 

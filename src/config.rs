@@ -9,7 +9,8 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 
 use crate::domain::limits::{
-    human, MAX_EVENT_SHARDS, MAX_INTERVAL, MAX_SESSION_TTL, MAX_SHUTDOWN_GRACE, MIN_SESSION_TTL, MIN_STREAM_MAX_LEN,
+    human, MAX_EVENT_SHARDS, MAX_INTERVAL, MAX_PARTITIONS, MAX_SESSION_TTL, MAX_SHUTDOWN_GRACE, MIN_SESSION_TTL,
+    MIN_STREAM_MAX_LEN,
 };
 use crate::store::RedisConfig;
 
@@ -173,7 +174,13 @@ pub struct ServeArgs {
     /// How long open calls may run after SIGTERM/SIGINT before they are cut.
     #[arg(long, env = "OCCUPANCY_SHUTDOWN_GRACE", default_value = defaults::SHUTDOWN_GRACE_ARG, value_parser = parse_grace)]
     pub shutdown_grace: Duration,
-    /// Number of Redis event stream shards.
+    /// Partitions the Redis state is split into, each under one hash tag
+    /// (so a Redis Cluster can place and move each whole); default 16 with
+    /// --redis-cluster, else 1. Fixed at first start: recorded in Redis.
+    #[arg(long, env = "OCCUPANCY_PARTITIONS", requires = "redis_url", value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_PARTITIONS)))]
+    pub partitions: Option<u32>,
+    /// Number of Redis event stream shards (with more than one partition,
+    /// each partition has one stream instead).
     #[arg(long, env = "OCCUPANCY_EVENT_SHARDS", default_value_t = defaults::EVENT_SHARDS, value_parser = clap::value_parser!(u32).range(1..=i64::from(MAX_EVENT_SHARDS)))]
     pub event_shards: u32,
     /// Changes each Redis event stream shard keeps, approximately.
@@ -313,6 +320,11 @@ impl ServeArgs {
                     timeout: self.redis_timeout,
                     default_ttl: self.session_ttl,
                     event_shards: self.event_shards,
+                    partitions: self.partitions.unwrap_or(if self.redis_cluster {
+                        defaults::CLUSTER_PARTITIONS
+                    } else {
+                        1
+                    }),
                     stream_max_len: self.stream_max_len,
                 })
             }

@@ -107,7 +107,7 @@ impl Error {
     /// that one; `None` for an operation that applied.
     pub fn refused(status: OpStatus) -> Option<Error> {
         match status {
-            OpStatus::Ok => None,
+            OpStatus::Ok | OpStatus::AlreadyApplied => None,
             OpStatus::NotPresenceAttached => Some(Error::FailedPrecondition(status.message())),
             OpStatus::TooManyChannels => Some(Error::ResourceExhausted(status.message())),
         }
@@ -161,6 +161,7 @@ pub fn code_name(code: tonic::Code) -> &'static str {
 /// that operation alone fails with ([`Error::refused`]).
 pub fn operation_status(status: OpStatus) -> pb::OperationStatus {
     match Error::refused(status).map(|e| e.codes().0) {
+        None if status == OpStatus::AlreadyApplied => pb::OperationStatus::AlreadyApplied,
         None => pb::OperationStatus::Ok,
         Some(tonic::Code::ResourceExhausted) => pb::OperationStatus::ResourceExhausted,
         Some(_) => pb::OperationStatus::FailedPrecondition,

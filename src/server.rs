@@ -19,7 +19,7 @@ use crate::config::{defaults, Config, StoreConfig};
 use crate::domain::limits::{MAX_REAP_ROUNDS_PER_TICK, MAX_REQUEST_BYTES};
 use crate::error::{Error, Result};
 use crate::proto::v1 as pb;
-use crate::store::{MemoryStore, RedisStore, Store};
+use crate::store::{MemoryStore, Store};
 use crate::telemetry::{GrpcMetricsLayer, Telemetry};
 
 /// Builds the configured store.
@@ -29,7 +29,7 @@ use crate::telemetry::{GrpcMetricsLayer, Telemetry};
 pub fn build_store(config: &Config) -> Result<Arc<dyn Store>> {
     Ok(match &config.store {
         StoreConfig::Memory => Arc::new(MemoryStore::new(config.session_ttl)),
-        StoreConfig::Redis(r) => Arc::new(RedisStore::new(r.clone())?),
+        StoreConfig::Redis(r) => crate::store::redis::open(r.clone())?,
     })
 }
 

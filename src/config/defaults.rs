@@ -19,6 +19,11 @@ pub const KEY_PREFIX: &str = "occupancy";
 pub const SESSION_TTL: Duration = Duration::from_secs(15);
 /// [`SESSION_TTL`] as a flag's text.
 pub const SESSION_TTL_ARG: &str = "15s";
+/// Partitions of the state on a Redis Cluster when `--partitions` is not
+/// given: several per primary of a small cluster, so resharding can
+/// spread them, and few enough that a KeepAlive (one call per partition)
+/// stays cheap.
+pub const CLUSTER_PARTITIONS: u32 = 16;
 /// Replicas that acknowledge each write on a Redis Cluster (each primary
 /// has at least one in any cluster that fails over).
 pub const CLUSTER_REPLICA_ACKS: u32 = 1;

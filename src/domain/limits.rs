@@ -63,6 +63,9 @@ pub const MAX_INTERVAL: Duration = Duration::from_secs(60);
 pub const MAX_SHUTDOWN_GRACE: Duration = Duration::from_secs(600);
 /// Most Redis event stream shards (event ids carry a position per shard).
 pub const MAX_EVENT_SHARDS: u32 = 256;
+/// Most partitions of the Redis state (each has its own write queue, event
+/// stream reader and event shard).
+pub const MAX_PARTITIONS: u32 = MAX_EVENT_SHARDS;
 /// Fewest changes a Redis event stream shard may be set to keep.
 pub const MIN_STREAM_MAX_LEN: u64 = 100;
 

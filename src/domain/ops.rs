@@ -78,6 +78,10 @@ pub enum OpStatus {
     /// Not applied: the connection is attached to
     /// [`MAX_CHANNELS_PER_CONNECTION`] channels already.
     TooManyChannels,
+    /// Applied by an earlier attempt of the batch, whose answer was lost
+    /// (the partition it is in had applied the batch before: see
+    /// [`crate::store::partitioned`]).
+    AlreadyApplied,
 }
 
 impl OpStatus {
@@ -85,6 +89,7 @@ impl OpStatus {
     pub fn message(self) -> String {
         match self {
             OpStatus::Ok => String::new(),
+            OpStatus::AlreadyApplied => "applied by an earlier attempt of this batch".into(),
             OpStatus::NotPresenceAttached => "connection is not attached to the channel with MODE_PRESENCE".into(),
             OpStatus::TooManyChannels => {
                 format!("connection is attached to {MAX_CHANNELS_PER_CONNECTION} channels already")

@@ -6,6 +6,7 @@
 
 use super::events::shard_of;
 use super::list::{busy_key, encode_cursor, ListOrder, ListPage, ListQuery, ListedChannel};
+use super::ops::{Applied, KeepAliveOutcome, OpResult, OpStatus};
 
 /// The partition of `channel` among `partitions`: the event-shard hash
 /// ([`shard_of`]), so that partitions and event shards can map one to one.
@@ -69,6 +70,156 @@ pub fn merge_pages(q: &ListQuery, pages: Vec<ListPage>) -> ListPage {
     ListPage {
         channels: items.into_iter().map(|(_, c)| c).collect(),
         next_cursor,
+    }
+}
+
+/// A fresh lease epoch for a lease opened on several partitions at once:
+/// a random non-zero 64-bit number, so it never repeats.
+pub fn fresh_epoch() -> u64 {
+    rand::random::<u64>().max(1)
+}
+
+/// One write's answers from the partitions it touched, made into the
+/// answer one store gives, and what the router must still do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MergedWrite {
+    /// The answer.
+    pub applied: Applied,
+    /// Indexes of operations whose partition had applied them already (a
+    /// retry after a partial failure): reported
+    /// [`OpStatus::AlreadyApplied`], their metrics to be read again when
+    /// the write asked for them.
+    pub reread: Vec<usize>,
+    /// When the write opened the session's lease (under `opened`) in some
+    /// partitions: the partitions that must open it too, so that every
+    /// partition holds the lease under one epoch.
+    pub spread: Vec<u32>,
+}
+
+/// Merges the answers of one write split by partition (`split` as
+/// [`split_by_partition`] gives it, `replies` in the same order, `opened`
+/// the epoch the write offered a lease it opens, 0 for none) into one
+/// answer:
+///
+/// - a refusal of any partition (another owner's session or connection,
+///   or a lease epoch that is not the session's) is the answer: the
+///   caller re-syncs or gives up, as with one store;
+/// - every partition stale: stale (the retry of a batch applied whole);
+/// - otherwise done, the stale partitions' operations reported as
+///   [`OpStatus::AlreadyApplied`]: the sequence is checked per partition,
+///   so a retry after a partial failure applies exactly what is missing.
+pub fn merge_writes(
+    ops: usize,
+    partitions: u32,
+    split: &[(u32, Vec<usize>)],
+    replies: Vec<Applied>,
+    opened: u64,
+) -> MergedWrite {
+    let refusal = replies
+        .iter()
+        .find(|a| matches!(a, Applied::NotOwner { .. }))
+        .or_else(|| replies.iter().find(|a| matches!(a, Applied::WrongEpoch { .. })));
+    if let Some(r) = refusal {
+        return MergedWrite {
+            applied: r.clone(),
+            reread: Vec::new(),
+            spread: Vec::new(),
+        };
+    }
+    let epochs: Vec<u64> = replies
+        .iter()
+        .filter_map(|a| match a {
+            Applied::Done { epoch, .. } | Applied::Stale { epoch } => Some(*epoch),
+            _ => None,
+        })
+        .filter(|e| *e != 0)
+        .collect();
+    // partitions disagree only when one lost or let expire its copy; the
+    // next KeepAlive finds that out and makes the front end re-sync
+    let epoch = epochs
+        .iter()
+        .copied()
+        .find(|e| *e != opened)
+        .or_else(|| epochs.first().copied())
+        .unwrap_or(0);
+    if replies.iter().all(|a| matches!(a, Applied::Stale { .. })) {
+        return MergedWrite {
+            applied: Applied::Stale { epoch },
+            reread: Vec::new(),
+            spread: Vec::new(),
+        };
+    }
+    let mut results = vec![
+        OpResult {
+            status: OpStatus::AlreadyApplied,
+            metrics: None,
+        };
+        ops
+    ];
+    let mut reread = Vec::new();
+    let mut holders = Vec::new();
+    for ((p, idx), reply) in split.iter().zip(replies) {
+        match reply {
+            Applied::Done { results: r, epoch: e } => {
+                for (i, res) in idx.iter().zip(r) {
+                    results[*i] = res;
+                }
+                if opened != 0 && e == opened {
+                    holders.push(*p);
+                }
+            }
+            _ => reread.extend(idx.iter().copied()),
+        }
+    }
+    let spread = if holders.is_empty() {
+        Vec::new()
+    } else {
+        (0..partitions).filter(|p| !holders.contains(p)).collect()
+    };
+    MergedWrite {
+        applied: Applied::Done { results, epoch },
+        reread,
+        spread,
+    }
+}
+
+/// What the partitions' answers to one KeepAlive (each offered `opened`
+/// for a lease it opens) mean.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MergedKeepAlive {
+    /// Every partition agrees: the answer.
+    Agreed(KeepAliveOutcome),
+    /// The session belongs to another owner: the answer is
+    /// [`KeepAliveOutcome::NotOwner`], once the leases this KeepAlive
+    /// opened (in these partitions) are closed again.
+    NotOwner(Vec<u32>),
+    /// The partitions disagree: some hold the session's lease and some do
+    /// not (one lost its data in a failover, or let its copy expire), or
+    /// they hold it under different epochs. Nobody can tell what the
+    /// session holds any more: the router closes it everywhere and opens
+    /// a fresh lease, answered as unknown, so the front end re-syncs.
+    Disagree,
+}
+
+/// Merges the answers of a KeepAlive sent to every partition.
+pub fn merge_keep_alives(replies: &[KeepAliveOutcome], opened: u64) -> MergedKeepAlive {
+    if replies.contains(&KeepAliveOutcome::NotOwner) {
+        let fresh = (0..replies.len() as u32)
+            .filter(|p| matches!(replies[*p as usize], KeepAliveOutcome::Unknown { epoch, .. } if epoch == opened))
+            .collect();
+        return MergedKeepAlive::NotOwner(fresh);
+    }
+    // the lease lengths agree too unless a KeepAlive that set one failed
+    // half-way; the next one sets it everywhere again
+    let same = |a: &KeepAliveOutcome, b: &KeepAliveOutcome| {
+        std::mem::discriminant(a) == std::mem::discriminant(b) && a.epoch() == b.epoch()
+    };
+    match replies.first() {
+        Some(first) if replies.iter().all(|r| same(r, first)) => match first {
+            KeepAliveOutcome::Unknown { epoch, .. } if *epoch != opened => MergedKeepAlive::Disagree,
+            _ => MergedKeepAlive::Agreed(*first),
+        },
+        _ => MergedKeepAlive::Disagree,
     }
 }
 

@@ -15,6 +15,7 @@ use crate::error::Result;
 
 pub mod memory;
 pub mod outage;
+pub mod partitioned;
 pub mod redis;
 pub use self::redis::{RedisConfig, RedisStore};
 
@@ -22,6 +23,7 @@ pub use self::redis::{RedisConfig, RedisStore};
 /// have always found it.
 pub use crate::fanout::Demand;
 pub use memory::MemoryStore;
+pub use partitioned::PartitionedStore;
 
 /// Progress of one round of lease expiry work.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -230,10 +230,17 @@ async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
     };
     let keys = keys_on(owner.port);
     assert!(keys.len() >= 10, "state was written: {keys:?}");
-    let outside: Vec<&String> = keys.iter().filter(|k| cluster.keyslot(k) != tag_slot).collect();
+    // the partition count's record is the one key outside: a plain SET of
+    // the health check, never declared by a function call
+    let record = occupancy::store::redis::keys::partitions("occupancy");
+    let outside: Vec<&String> = keys
+        .iter()
+        .filter(|k| cluster.keyslot(k) != tag_slot && **k != record)
+        .collect();
     assert!(outside.is_empty(), "keys outside the tag's slot: {outside:?}");
     for other in cluster.primaries().iter().filter(|p| p.id != owner.id) {
-        assert_eq!(keys_on(other.port), Vec::<String>::new(), "no key on another primary");
+        let keys: Vec<String> = keys_on(other.port).into_iter().filter(|k| *k != record).collect();
+        assert_eq!(keys, Vec::<String>::new(), "no key on another primary");
     }
 
     // the layout without a tag spans slots: the node refuses the write
@@ -291,7 +298,9 @@ impl UnderLoad {
             sub.quiet_for(Duration::from_millis(100)).await;
             subs.push(sub);
         }
-        let model = std::sync::Arc::new(std::sync::Mutex::new(crate::model::Model::default()));
+        let model = std::sync::Arc::new(std::sync::Mutex::new(crate::model::Model::with_partitions(
+            h.partitions(),
+        )));
         let load = crate::faults::start_load(&urls, &d, &model);
         // the fault must hit a busy service
         crate::faults::until_loaded(&crate::fixture::Fx::new(&servers[0]).await).await;
@@ -389,4 +398,64 @@ async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
     assert_eq!(cluster.primary_of(slot).id, to.id, "the slot moved");
     let report = run.finish("reshard").await;
     assert_eq!(report.syncs, 0, "a slot move loses nothing: no epoch changed");
+}
+
+/// The state split into partitions on a cluster: every key the service
+/// wrote (writes across partitions, presence, a closed session, lists,
+/// the reaper) is under one partition's tag, in that partition's slot, on
+/// the primary serving it, or is the partition count's record; and the
+/// partitions spread over more than one primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_keys_each_live_in_their_partitions_slot() {
+    use occupancy::domain::{ChannelName, ConnectionId, ListOrder, ListQuery, ModeSet, Operation, SessionId};
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = match &h.backend {
+        crate::support::Backend::Cluster(c) => c,
+        _ => unreachable!(),
+    };
+    let store = h.store();
+    store.ping().await.expect("ping");
+    let s = SessionId::parse("s", "fe").expect("id");
+    let ops: Vec<Operation> = (0..30)
+        .map(|i| Operation::Attach {
+            connection: ConnectionId::parse("c", format!("c{}", i % 4)).expect("id"),
+            channel: ChannelName::parse("ch", format!("room:{i}")).expect("name"),
+            modes: ModeSet::EMPTY,
+        })
+        .collect();
+    store.apply(&s, &ops, true).await.expect("apply");
+    let q = ListQuery::new(String::new(), 100, "", ListOrder::ConnectionsDesc, true).expect("query");
+    assert_eq!(store.list(&q).await.expect("list").channels.len(), 30);
+    store.reap().await.expect("reap");
+    let kept = SessionId::parse("s", "kept").expect("id");
+    store.apply(&kept, &ops[..5], false).await.expect("apply");
+    assert!(store.close_session(&s).await.expect("close").is_some());
+
+    let record = occupancy::store::redis::keys::partitions("test");
+    let n = h.partitions();
+    let slots: Vec<u16> = (0..n).map(|p| cluster.keyslot(&format!("{{p:{p}}}"))).collect();
+    let mut used = HashSet::new();
+    for primary in cluster.primaries() {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", primary.port))
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
+        for k in keys.iter().filter(|k| **k != record) {
+            let p = (0..n)
+                .find(|p| k.starts_with(&format!("test:{{p:{p}}}:")))
+                .unwrap_or_else(|| panic!("{k} is under no partition's tag"));
+            assert_eq!(cluster.keyslot(k), slots[p as usize], "{k}");
+            assert_eq!(
+                cluster.primary_of(slots[p as usize]).id,
+                primary.id,
+                "{k} on its slot's primary"
+            );
+            used.insert(primary.id.clone());
+        }
+    }
+    let distinct: HashSet<String> = slots.iter().map(|s| cluster.primary_of(*s).id).collect();
+    assert_eq!(used, distinct, "every partition's primary holds state");
+    assert!(distinct.len() > 1, "the partitions spread over several primaries");
 }

@@ -25,11 +25,20 @@ macro_rules! both_stores {
     };
 }
 
-/// [`both_stores!`] plus a third module, `cluster`, running each test on
-/// a private Redis Cluster (three primaries, a replica each).
+/// [`both_stores!`] plus two modules: `partitioned`, running each test on
+/// in-memory partitions behind the partition router, and `cluster`, on a
+/// private Redis Cluster (three primaries, a replica each).
 macro_rules! all_stores {
     ($($name:ident),* $(,)?) => {
         both_stores!($($name),*);
+        mod partitioned {
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $name() {
+                    super::$name(super::Harness::partitioned(super::TTL)).await;
+                }
+            )*
+        }
         mod cluster {
             $(
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -77,12 +77,39 @@ struct Conn {
 }
 
 /// The model.
+///
+/// With the state split into partitions, each partition keeps its own
+/// record of a connection (its attachments there), so a resume moves the
+/// connection only in the partition of the channel written, and a record
+/// is keyed by partition and connection. With one partition that is the
+/// one record of one store.
 #[derive(Debug, Default, Clone)]
 pub struct Model {
-    conns: BTreeMap<String, Conn>,
+    conns: BTreeMap<(u32, String), Conn>,
+    partitions: u32,
 }
 
 impl Model {
+    /// A model of state split into `partitions`.
+    pub fn with_partitions(partitions: u32) -> Self {
+        Self {
+            conns: BTreeMap::new(),
+            partitions,
+        }
+    }
+
+    /// The partitions it models (1: one store).
+    pub fn partitions(&self) -> u32 {
+        self.partitions.max(1)
+    }
+
+    fn key(&self, conn: &str, channel: &str) -> (u32, String) {
+        (
+            occupancy::domain::partition::partition_of(channel, self.partitions()),
+            conn.to_string(),
+        )
+    }
+
     /// Applies `op` written by `session`; false when it was refused
     /// (entering presence without presence mode).
     ///
@@ -90,10 +117,11 @@ impl Model {
     /// connection to the writer's session (a resume); a detach or leave of
     /// a connection another session owns changes nothing.
     pub fn apply(&mut self, session: &str, op: &Op) -> bool {
-        let foreign = |m: &Self, conn: &str| m.conns.get(conn).is_some_and(|c| c.session != session);
+        let foreign = |m: &Self, key: &(u32, String)| m.conns.get(key).is_some_and(|c| c.session != session);
         match op {
             Op::Attach { conn, channel, modes } => {
-                let c = self.conns.entry(conn.clone()).or_insert_with(|| Conn {
+                let key = self.key(conn, channel);
+                let c = self.conns.entry(key).or_insert_with(|| Conn {
                     session: session.to_string(),
                     channels: BTreeMap::new(),
                 });
@@ -106,18 +134,19 @@ impl Model {
                 true
             }
             Op::Detach { conn, channel } => {
-                if foreign(self, conn) {
+                let key = self.key(conn, channel);
+                if foreign(self, &key) {
                     return true;
                 }
-                if let Some(c) = self.conns.get_mut(conn) {
+                if let Some(c) = self.conns.get_mut(&key) {
                     c.channels.remove(channel);
                     if c.channels.is_empty() {
-                        self.conns.remove(conn);
+                        self.conns.remove(&key);
                     }
                 }
                 true
             }
-            Op::Enter { conn, channel, client } => match self.conns.get_mut(conn) {
+            Op::Enter { conn, channel, client } => match self.conns.get_mut(&self.key(conn, channel)) {
                 Some(c) => match c.channels.get_mut(channel) {
                     Some((modes, members)) if *modes & PRESENCE != 0 => {
                         members.insert(client.clone());
@@ -129,10 +158,11 @@ impl Model {
                 None => false,
             },
             Op::Leave { conn, channel, client } => {
-                if foreign(self, conn) {
+                let key = self.key(conn, channel);
+                if foreign(self, &key) {
                     return true;
                 }
-                if let Some((_, members)) = self.conns.get_mut(conn).and_then(|c| c.channels.get_mut(channel)) {
+                if let Some((_, members)) = self.conns.get_mut(&key).and_then(|c| c.channels.get_mut(channel)) {
                     members.remove(client);
                 }
                 true
@@ -148,13 +178,14 @@ impl Model {
     /// What `session` holds: (connection, channel, modes, members).
     pub fn holdings(&self, session: &str) -> Vec<(String, String, u8, Vec<String>)> {
         let mut out = Vec::new();
-        for (id, c) in &self.conns {
+        for ((_, id), c) in &self.conns {
             if c.session == session {
                 for (ch, (modes, members)) in &c.channels {
                     out.push((id.clone(), ch.clone(), *modes, members.iter().cloned().collect()));
                 }
             }
         }
+        out.sort();
         out
     }
 

@@ -78,10 +78,19 @@ impl Window {
     }
 }
 
-/// ` cpu_us_NAME=X` for each process: its CPU time per operation, in µs.
+/// ` cpu_us_NAME=X` for each name: the CPU time per operation, in µs, of
+/// the processes watched under it (summed: `--cpu-of redis=…` given once
+/// per cluster primary reports them together).
 pub(crate) fn per_op(cpu: &[(String, Duration)], ops: u64) -> String {
-    let mut out = String::new();
+    let mut names: Vec<(&str, Duration)> = Vec::new();
     for (name, t) in cpu {
+        match names.iter_mut().find(|(n, _)| n == name) {
+            Some((_, sum)) => *sum += *t,
+            None => names.push((name, *t)),
+        }
+    }
+    let mut out = String::new();
+    for (name, t) in names {
         let per_op = t.as_secs_f64() * 1e6 / ops.max(1) as f64;
         out.push_str(&format!(" cpu_us_{name}={per_op:.1}"));
     }

@@ -45,8 +45,14 @@ pub struct RedisConfig {
     pub timeout: Duration,
     /// Lease of a new session.
     pub default_ttl: Duration,
-    /// Number of event stream shards.
+    /// Number of event stream shards (of each partition when there are
+    /// several: then one).
     pub event_shards: u32,
+    /// The partitions the state is split into ([`crate::store::partitioned`]):
+    /// 1 keeps it whole. Recorded in Redis by the first replica; one with
+    /// another count refuses to serve. Each partition's keys carry the hash
+    /// tag `p:N`, which overrides `hash_tag`.
+    pub partitions: u32,
     /// Changes each event stream keeps, approximately (see `finish` in
     /// `lua/counters.lua`).
     pub stream_max_len: u64,
@@ -65,6 +71,7 @@ impl RedisConfig {
             timeout: crate::config::defaults::REDIS_TIMEOUT,
             default_ttl: crate::config::defaults::SESSION_TTL,
             event_shards: crate::config::defaults::EVENT_SHARDS,
+            partitions: 1,
             stream_max_len: crate::config::defaults::STREAM_MAX_LEN,
         }
     }

@@ -21,6 +21,7 @@
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //! | `P:anchor` | string | `1`, on a Redis Cluster only: the key every function call declares, so the call is routed to the node holding the state (see [`anchor`]) |
+//! | `P:partitions` | string | the number of partitions the state is split into, recorded by the first replica (never under a partition's hash tag) |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
 //! | `P:int:rules` | hash | integration rule id → the rule (JSON) |
 //! | `P:int:ver` | string | the rules' version: incremented by every put and delete of a rule (absent: 0) |
@@ -113,6 +114,12 @@ pub fn token_connections(prefix: &str, token: &str) -> String {
 /// A session's current token.
 pub fn session(prefix: &str, session: &str) -> String {
     format!("{prefix}:sess:{session}")
+}
+
+/// The partition count the state is laid out in (under the prefix
+/// without hash tag: one per deployment).
+pub fn partitions(prefix: &str) -> String {
+    format!("{prefix}:partitions")
 }
 
 /// App-wide sums of the channels' counters (`c`, `pm`).

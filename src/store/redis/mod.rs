@@ -78,6 +78,9 @@ pub struct RedisStore {
     integrations: Arc<RedisIntegrations>,
     /// The replicas a write waits for.
     replication: Replication,
+    /// The key recording the partition count, checked by this store's
+    /// health checks (one store of a deployment's partitions checks it).
+    partitions_record: Option<String>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -125,13 +128,48 @@ impl std::fmt::Debug for RedisStore {
 }
 
 impl RedisStore {
-    /// A store on the Redis at `cfg.url`. Connects lazily: the service can
-    /// start while Redis is down and reports NOT_SERVING until it answers.
+    /// A store on the Redis at `cfg.url`, holding the whole state (its
+    /// `partitions` is taken as 1: [`open`] splits it). Connects lazily:
+    /// the service can start while Redis is down and reports NOT_SERVING
+    /// until it answers.
     ///
     /// # Errors
     /// [`Error::InvalidInput`] for a malformed URL, key prefix or hash tag.
     pub fn new(mut cfg: RedisConfig) -> Result<Self> {
+        cfg.partitions = 1;
+        let record = Self::validated(&cfg)?;
+        let topology = Topology::new(&cfg)?;
+        let conn = topology.shared(&cfg)?;
+        Self::with(cfg, topology, conn, Some(record))
+    }
+
+    /// One store per partition (hash tag `p:N`, one event shard each) on
+    /// one shared connection; partition 0 records the partition count.
+    ///
+    /// # Errors
+    /// As [`RedisStore::new`].
+    pub fn partitions(cfg: RedisConfig) -> Result<Vec<Self>> {
+        let record = Self::validated(&cfg)?;
+        let topology = Topology::new(&cfg)?;
+        let conn = topology.shared(&cfg)?;
+        (0..cfg.partitions.max(1))
+            .map(|p| {
+                let mut part = cfg.clone();
+                part.hash_tag = Some(format!("p:{p}"));
+                part.event_shards = 1;
+                Self::with(part, topology.clone(), conn.clone(), (p == 0).then(|| record.clone()))
+            })
+            .collect()
+    }
+
+    /// Checks the prefix; the key recording the partition count (under the
+    /// prefix without any hash tag: one per deployment).
+    fn validated(cfg: &RedisConfig) -> Result<String> {
         keys::validate_prefix(&cfg.key_prefix).map_err(|e| crate::domain::InvalidInput::new("key_prefix", e))?;
+        Ok(keys::partitions(&cfg.key_prefix))
+    }
+
+    fn with(mut cfg: RedisConfig, topology: Topology, conn: Conn, record: Option<String>) -> Result<Self> {
         if cfg.cluster && cfg.hash_tag.is_none() {
             cfg.hash_tag = Some(config::CLUSTER_HASH_TAG.into());
         }
@@ -139,8 +177,6 @@ impl RedisStore {
             keys::validate_prefix(&tag).map_err(|e| crate::domain::InvalidInput::new("hash_tag", e))?;
             cfg.key_prefix = keys::tagged(&cfg.key_prefix, &tag);
         }
-        let topology = Topology::new(&cfg)?;
-        let conn = topology.shared(&cfg)?;
         let integrations = Arc::new(RedisIntegrations::new(
             topology.clone(),
             conn.clone(),
@@ -152,6 +188,7 @@ impl RedisStore {
             topology,
             conn,
             cfg,
+            partitions_record: record,
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -224,12 +261,56 @@ impl RedisStore {
         }
     }
 
+    /// Fails when the partition count recorded in Redis is not this
+    /// replica's: a channel's keys are where its partition puts them, so a
+    /// replica with another count would read and write channels where the
+    /// others do not. The first replica records it, for good: changing it
+    /// means starting from an empty state (another key prefix).
+    async fn check_partitions(&self, conn: &mut Conn, key: &str) -> Result<()> {
+        let mine = self.cfg.partitions.max(1);
+        let recorded: Option<u32> = self
+            .bounded(
+                "health",
+                redis::cmd("SET")
+                    .arg(key)
+                    .arg(mine)
+                    .arg("NX")
+                    .arg("GET")
+                    .query_async(conn),
+            )
+            .await?;
+        match recorded {
+            Some(n) if n != mine => Err(Error::FailedPrecondition(format!(
+                "this replica splits the state into {mine} partitions, but the state in this Redis was laid out in \
+                 {n} (recorded in `{key}`): every replica must use --partitions {n}; another count needs an empty \
+                 state (another --key-prefix)"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     async fn reap_with(&self, only_token: &str) -> Result<ReapReport> {
         let mut inv = self.call(Function::Reap);
         inv.arg(REAP_BUDGET).arg(only_token);
         let mut conn = self.conn.clone();
         Ok(codec::reap_report(self.bounded("reap", invoke(&mut conn, &inv)).await?))
     }
+}
+
+/// The store for `cfg`: one Redis store, or with more than one partition
+/// one per partition behind the [`PartitionedStore`](crate::store::PartitionedStore) router.
+///
+/// # Errors
+/// As [`RedisStore::new`].
+pub fn open(cfg: RedisConfig) -> Result<Arc<dyn Store>> {
+    if cfg.partitions <= 1 {
+        return Ok(Arc::new(RedisStore::new(cfg)?));
+    }
+    let parts = RedisStore::partitions(cfg)?
+        .into_iter()
+        .map(|p| Arc::new(p) as Arc<dyn Store>)
+        .collect();
+    Ok(Arc::new(crate::store::PartitionedStore::new(parts)?))
 }
 
 /// How long the event shard count recorded in Redis outlives the last
@@ -466,6 +547,9 @@ impl Store for RedisStore {
                 .cmd("ROLE");
             let (role,): (redis::Value,) = self.bounded("health", pipe.query_async(&mut conn)).await?;
             self.replication.observe(replication::connected_replicas(&role));
+        }
+        if let Some(key) = &self.partitions_record {
+            self.check_partitions(&mut conn, key).await?;
         }
         self.check_event_shards(&mut conn).await
     }

@@ -251,34 +251,44 @@ async fn concurrent_writes_of_few_sessions_keep_their_owners(h: Harness) {
     assert_eq!(fx.get("few-fc").await[4], 20);
 }
 
+/// The limit counts a connection's attachments in each partition (see
+/// `store::partitioned`): the channels here share one, so the limit is the
+/// one a single store applies, and with partitions a channel of another
+/// partition does not count.
 async fn a_connection_holds_at_most_1000_channels(h: Harness) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
+    let (names, elsewhere) = h.names_in_one_partition("c", 1_001);
     fx.keep_alive("fe", LONG_TTL_MS).await;
-    let ops: Vec<_> = (0..1_001)
-        .map(|i| attach_op("busy", &format!("c{i:04}"), &[]))
-        .collect();
+    let ops: Vec<_> = names.iter().map(|name| attach_op("busy", name, &[])).collect();
     let r = fx.apply("fe", ops).await;
     assert!(r[..1_000].iter().all(|r| r.status == pb::OperationStatus::Ok as i32));
     assert_eq!(r[1_000].status, pb::OperationStatus::ResourceExhausted as i32);
-    assert_eq!(fx.get("c1000").await, [0; 9]);
+    assert_eq!(fx.get(&names[1_000]).await, [0; 9]);
     // re-attaching one it holds is fine; a new one is refused on its own too
-    fx.attach("fe", "busy", "c0000", &[Mode::Publish]).await;
+    fx.attach("fe", "busy", &names[0], &[Mode::Publish]).await;
     let e =
         fx.w.clone()
             .attach(pb::AttachRequest {
                 session_id: "fe".into(),
                 connection_id: "busy".into(),
-                channel: "c1000".into(),
+                channel: names[1_000].clone(),
                 modes: vec![],
             })
             .await
             .unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted);
+    if let Some(other) = &elsewhere {
+        assert_eq!(
+            fx.attach("fe", "busy", other, &[]).await[0],
+            1,
+            "another partition counts its own"
+        );
+    }
     // after a detach there is room again
-    fx.detach("fe", "busy", "c0001").await;
-    assert_eq!(fx.attach("fe", "busy", "c1000", &[]).await[0], 1);
-    // closing removes all 1,000 at once
+    fx.detach("fe", "busy", &names[1]).await;
+    assert_eq!(fx.attach("fe", "busy", &names[1_000], &[]).await[0], 1);
+    // closing removes all of them at once
     assert!(fx.close("fe").await);
     assert!(fx.list_all("", 1_000).await.is_empty());
 }

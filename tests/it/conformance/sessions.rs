@@ -72,31 +72,43 @@ async fn expiry_removes_everything_once_with_two_replicas(h: Harness) {
     }
 }
 
+/// A connection attached anew by another session moves to it with all its
+/// attachments in the partitions the attach touches (with one partition:
+/// all of them); in other partitions its attachments stay with the old
+/// session and end with it (see `store::partitioned`).
 async fn resume_moves_connection_to_new_session(h: Harness) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
-    // front end A holds c1 on two channels, and c2 alone on "marker"
-    fx.attach("fe-a", "c1", "x", &[Mode::Presence]).await;
-    fx.attach("fe-a", "c1", "y", &[Mode::Subscribe]).await;
-    fx.enter("fe-a", "c1", "x", "alice").await;
-    fx.attach("fe-a", "c2", "marker", &[]).await;
+    let (names, elsewhere) = h.names_in_one_partition("ch", 3);
+    let (x, y, marker) = (&names[0], &names[1], &names[2]);
+    // front end A holds c1 on two channels, and c2 alone on the marker
+    fx.attach("fe-a", "c1", x, &[Mode::Presence]).await;
+    fx.attach("fe-a", "c1", y, &[Mode::Subscribe]).await;
+    fx.enter("fe-a", "c1", x, "alice").await;
+    fx.attach("fe-a", "c2", marker, &[]).await;
+    if let Some(z) = &elsewhere {
+        fx.attach("fe-a", "c1", z, &[]).await;
+    }
     // c1 resumes on front end B, which stays alive
     fx.keep_alive("fe-b", LONG_TTL_MS).await;
-    let m = fx.attach("fe-b", "c1", "x", &[Mode::Presence]).await;
+    let m = fx.attach("fe-b", "c1", x, &[Mode::Presence]).await;
     assert_eq!(m, [1, 0, 0, 1, 1, 0, 0, 0, 1], "resume changes no count");
     // A dies: its lease runs out and c2 goes
     eventually(h.expiry_wait(), "fe-a to expire", || async {
         fx.keep_alive("fe-b", 0).await;
-        (fx.get("marker").await[0] == 0).then_some(())
+        (fx.get(marker).await[0] == 0).then_some(())
     })
     .await;
-    // the whole of c1 moved to B and stays
-    assert_eq!(fx.get("x").await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
-    assert_eq!(fx.get("y").await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    // the whole of c1 in that partition moved to B and stays
+    assert_eq!(fx.get(x).await, [1, 0, 0, 1, 1, 0, 0, 0, 1]);
+    assert_eq!(fx.get(y).await, [1, 0, 1, 0, 0, 0, 0, 0, 0]);
+    if let Some(z) = &elsewhere {
+        assert_eq!(fx.get(z).await, [0; 9], "in another partition it went with A");
+    }
     // and goes with B
     assert!(fx.close("fe-b").await);
-    assert_eq!(fx.get("x").await, [0; 9]);
-    assert_eq!(fx.get("y").await, [0; 9]);
+    assert_eq!(fx.get(x).await, [0; 9]);
+    assert_eq!(fx.get(y).await, [0; 9]);
 }
 
 async fn keep_alive_and_close_session(h: Harness) {

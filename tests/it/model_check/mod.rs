@@ -190,6 +190,12 @@ async fn concurrent_writers_on_three_replicas_match_the_model() {
     writers_match_the_model(Harness::redis(Duration::from_millis(1_500))).await;
 }
 
+/// The same on in-memory partitions behind the partition router.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_on_three_replicas_of_partitions_match_the_model() {
+    writers_match_the_model(Harness::partitioned(Duration::from_millis(1_500))).await;
+}
+
 /// The same on a Redis Cluster (three primaries, a replica each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_on_three_replicas_of_a_cluster_match_the_model() {
@@ -226,7 +232,7 @@ async fn writers_match_the_model(h: Harness) {
         sub.quiet_for(Duration::from_millis(100)).await;
         subs.push(sub);
     }
-    let model = Arc::new(Mutex::new(Model::default()));
+    let model = Arc::new(Mutex::new(Model::with_partitions(h.partitions())));
     let report = drive(&urls, &d, model.clone()).await;
     let model = model.lock().unwrap().clone();
     let mismatches = check(&urls, &model, &universe(&d)).await;

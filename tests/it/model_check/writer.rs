@@ -308,7 +308,13 @@ impl Writer {
                 for (i, op) in ops.iter().enumerate() {
                     let accepted = m.apply(&session, op);
                     if let Some(r) = results.as_ref().and_then(|r| r.get(i)) {
-                        if accepted != (r.status == pb::OperationStatus::Ok as i32) {
+                        if r.status == pb::OperationStatus::AlreadyApplied as i32 {
+                            // its partition had applied it before the
+                            // replica answering the first send died; its
+                            // result went with that answer
+                            assert!(m.partitions() > 1, "only partitions answer ALREADY_APPLIED");
+                            self.report.already_applied += 1;
+                        } else if accepted != (r.status == pb::OperationStatus::Ok as i32) {
                             self.report.status_mismatches += 1;
                             // an answer the front end did not expect: its
                             // view and the service's differ, so it re-sends

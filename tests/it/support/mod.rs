@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use occupancy::config::Config;
 use occupancy::proto::v1 as pb;
-use occupancy::store::{MemoryStore, RedisConfig, RedisStore, Store};
+use occupancy::store::{MemoryStore, PartitionedStore, RedisConfig, Store};
 use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
@@ -37,10 +37,14 @@ pub type WriteClient = pb::connection_service_client::ConnectionServiceClient<Ch
 pub enum Backend {
     /// In-memory.
     Memory(Arc<MemoryStore>),
+    /// In-memory, split into [`PARTITIONS`] partitions behind the router
+    /// a partitioned Redis deployment uses.
+    Partitioned(Arc<PartitionedStore>),
     /// Redis.
     Redis(RedisServer),
     /// A private Redis Cluster (three primaries, a replica each), reached
-    /// through every node as a seed.
+    /// through every node as a seed, the state split into [`PARTITIONS`]
+    /// partitions.
     Cluster(cluster::RedisCluster),
 }
 
@@ -50,6 +54,9 @@ pub enum Backend {
 /// lease (chosen so that expiry tests are quick) would then run out in
 /// tests that never meant it to. Expiry tests wait [`Harness::expiry_wait`].
 pub const CLUSTER_MIN_TTL: Duration = Duration::from_secs(10);
+
+/// The partitions of a partitioned backend.
+pub const PARTITIONS: u32 = 3;
 
 /// A store backend plus the settings every replica of a test uses.
 pub struct Harness {
@@ -68,6 +75,23 @@ impl Harness {
         }
     }
 
+    /// In-memory partitions behind the router.
+    pub fn partitioned(ttl: Duration) -> Self {
+        let parts: Vec<Arc<dyn Store>> = (0..PARTITIONS)
+            .map(|_| {
+                Arc::new(MemoryStore::with_log(
+                    ttl,
+                    1,
+                    occupancy::config::defaults::STREAM_MAX_LEN as usize,
+                )) as Arc<dyn Store>
+            })
+            .collect();
+        Self {
+            backend: Backend::Partitioned(Arc::new(PartitionedStore::new(parts).expect("partitions"))),
+            ttl,
+        }
+    }
+
     /// A private redis-server backend.
     pub fn redis(ttl: Duration) -> Self {
         Self {
@@ -82,6 +106,39 @@ impl Harness {
             backend: Backend::Cluster(cluster::RedisCluster::start()),
             ttl,
         }
+    }
+
+    /// The partitions the state is split into (1: not split).
+    pub fn partitions(&self) -> u32 {
+        match &self.backend {
+            Backend::Partitioned(_) => PARTITIONS,
+            Backend::Cluster(_) => self.redis_config().map_or(1, |c| c.partitions),
+            Backend::Memory(_) | Backend::Redis(_) => 1,
+        }
+    }
+
+    /// `count` channel names `{stem}N` that all live in one partition, and
+    /// one that lives in another (`None` when the state is not split).
+    pub fn names_in_one_partition(&self, stem: &str, count: usize) -> (Vec<String>, Option<String>) {
+        let n = self.partitions();
+        let of = |name: &str| occupancy::domain::partition::partition_of(name, n);
+        let mut same = Vec::with_capacity(count);
+        let mut other = None;
+        for i in 0..(count * n as usize * 20 + 100) {
+            let name = format!("{stem}{i:05}");
+            if of(&name) == 0 {
+                if same.len() < count {
+                    same.push(name);
+                }
+            } else if other.is_none() {
+                other = Some(name);
+            }
+            if same.len() == count && (other.is_some() || n == 1) {
+                break;
+            }
+        }
+        assert_eq!(same.len(), count, "names in partition 0");
+        (same, other)
     }
 
     /// How long a test waits for a lease of this harness to run out and be
@@ -117,7 +174,7 @@ impl Harness {
     /// Redis configuration for this harness's server.
     pub fn redis_config(&self) -> Option<RedisConfig> {
         match &self.backend {
-            Backend::Memory(_) => None,
+            Backend::Memory(_) | Backend::Partitioned(_) => None,
             Backend::Redis(r) => {
                 let mut c = RedisConfig::new(r.url());
                 c.default_ttl = self.ttl;
@@ -127,6 +184,7 @@ impl Harness {
             Backend::Cluster(cl) => {
                 let mut c = RedisConfig::new(cl.urls().join(","));
                 c.cluster = true;
+                c.partitions = PARTITIONS;
                 c.replica_acks = 1;
                 // six redis-server processes per test on a shared 2-core
                 // machine, next to other tests: a call waits for its
@@ -144,8 +202,9 @@ impl Harness {
     pub fn store(&self) -> Arc<dyn Store> {
         match &self.backend {
             Backend::Memory(m) => m.clone(),
+            Backend::Partitioned(p) => p.clone(),
             Backend::Redis(_) | Backend::Cluster(_) => {
-                Arc::new(RedisStore::new(self.redis_config().expect("redis")).expect("redis store"))
+                occupancy::store::redis::open(self.redis_config().expect("redis")).expect("redis store")
             }
         }
     }

@@ -19,6 +19,9 @@ pub const KEY_PREFIX: &str = "occupancy";
 pub const SESSION_TTL: Duration = Duration::from_secs(15);
 /// [`SESSION_TTL`] as a flag's text.
 pub const SESSION_TTL_ARG: &str = "15s";
+/// The least time calls on a Redis Cluster go unanswered before the
+/// shared connection is replaced (three call timeouts, when longer).
+pub const REDIS_STUCK_FLOOR: Duration = Duration::from_secs(5);
 /// Partitions of the state on a Redis Cluster when `--partitions` is not
 /// given: several per primary of a small cluster, so resharding can
 /// spread them, and few enough that a KeepAlive (one call per partition)

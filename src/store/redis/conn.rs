@@ -48,8 +48,11 @@ pub(crate) struct Seeds {
 pub(crate) enum Conn {
     /// To one server.
     Single(ConnectionManager),
-    /// To every primary of a cluster.
-    Cluster(ClusterConnection),
+    /// To every primary of a cluster, replaced when it stops answering.
+    Cluster(Healing),
+    /// To every primary of a cluster, for one reader that reconnects by
+    /// itself.
+    ClusterPlain(ClusterConnection),
     /// To one server, not reconnecting by itself (its owner does).
     Plain(MultiplexedConnection),
 }
@@ -59,6 +62,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_command(cmd),
             Conn::Cluster(c) => c.req_packed_command(cmd),
+            Conn::ClusterPlain(c) => c.req_packed_command(cmd),
             Conn::Plain(c) => c.req_packed_command(cmd),
         }
     }
@@ -72,6 +76,7 @@ impl ConnectionLike for Conn {
         match self {
             Conn::Single(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Cluster(c) => c.req_packed_commands(cmd, offset, count),
+            Conn::ClusterPlain(c) => c.req_packed_commands(cmd, offset, count),
             Conn::Plain(c) => c.req_packed_commands(cmd, offset, count),
         }
     }
@@ -79,7 +84,8 @@ impl ConnectionLike for Conn {
     fn get_db(&self) -> i64 {
         match self {
             Conn::Single(c) => c.get_db(),
-            Conn::Cluster(c) => c.get_db(),
+            Conn::Cluster(c) => c.current.get_db(),
+            Conn::ClusterPlain(c) => c.get_db(),
             Conn::Plain(c) => c.get_db(),
         }
     }
@@ -183,7 +189,7 @@ impl Topology {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(cfg.timeout)
                     .set_response_timeout(backstop(cfg));
-                Ok(Conn::Cluster(c.client.get_pending_async_connection_with_config(config)))
+                Ok(Conn::Cluster(Healing::new(c.client.clone(), config, cfg.timeout)))
             }
         }
     }
@@ -207,7 +213,9 @@ impl Topology {
                 let config = ClusterConfig::new()
                     .set_connection_timeout(connect_timeout)
                     .set_response_timeout(response_timeout);
-                Ok(Conn::Cluster(c.client.get_async_connection_with_config(config).await?))
+                Ok(Conn::ClusterPlain(
+                    c.client.get_async_connection_with_config(config).await?,
+                ))
             }
         }
     }
@@ -223,5 +231,121 @@ impl Topology {
             Topology::Cluster(c) => &c.seeds[attempt % c.seeds.len()],
         };
         client.get_async_pubsub().await
+    }
+}
+
+/// The shared cluster connection, replaced by a new one when calls have
+/// gone unanswered for a while.
+///
+/// redis-rs's cluster client refreshes its slot map when a node fails, but
+/// after a primary is killed a connection can keep routing a slot to the
+/// dead node (every call times out) long after the cluster promoted its
+/// replica. A fresh connection learns the slot map anew. "Unanswered"
+/// counts calls that timed out, were cancelled by the caller's own bound,
+/// or failed as unavailable: a call Redis answered, even with an error,
+/// shows the connection works.
+#[derive(Clone)]
+pub(crate) struct Healing {
+    current: ClusterConnection,
+    generation: u64,
+    shared: std::sync::Arc<HealingShared>,
+}
+
+struct HealingShared {
+    client: ClusterClient,
+    config: ClusterConfig,
+    /// How long calls may go unanswered before the connection is replaced.
+    stuck_after: Duration,
+    state: std::sync::Mutex<HealingState>,
+}
+
+struct HealingState {
+    conn: ClusterConnection,
+    generation: u64,
+    /// When the oldest call not followed by an answered one started.
+    unanswered_since: Option<std::time::Instant>,
+}
+
+impl Healing {
+    fn new(client: ClusterClient, config: ClusterConfig, timeout: Duration) -> Self {
+        let conn = client.get_pending_async_connection_with_config(config.clone());
+        Self {
+            current: conn.clone(),
+            generation: 0,
+            shared: std::sync::Arc::new(HealingShared {
+                client,
+                config,
+                stuck_after: (timeout * 3).max(defaults::REDIS_STUCK_FLOOR),
+                state: std::sync::Mutex::new(HealingState {
+                    conn,
+                    generation: 0,
+                    unanswered_since: None,
+                }),
+            }),
+        }
+    }
+
+    /// Takes the newest connection, replacing it first when calls have gone
+    /// unanswered for `stuck_after`; notes that a call starts.
+    fn before_call(&mut self) {
+        let now = std::time::Instant::now();
+        let mut st = crate::sync::lock(&self.shared.state);
+        match st.unanswered_since {
+            Some(t) if now.duration_since(t) >= self.shared.stuck_after => {
+                tracing::warn!(
+                    unanswered_for = ?now.duration_since(t),
+                    "no Redis Cluster call answered for a while: connecting anew to learn the slot map"
+                );
+                st.conn = self
+                    .shared
+                    .client
+                    .get_pending_async_connection_with_config(self.shared.config.clone());
+                st.generation += 1;
+                st.unanswered_since = Some(now);
+            }
+            Some(_) => {}
+            None => st.unanswered_since = Some(now),
+        }
+        if st.generation != self.generation {
+            self.current = st.conn.clone();
+            self.generation = st.generation;
+        }
+    }
+
+    fn observe<T>(shared: &HealingShared, result: &RedisResult<T>) {
+        let answered = match result {
+            Ok(_) => true,
+            Err(e) => !super::failure::is_unavailable(e),
+        };
+        if answered {
+            crate::sync::lock(&shared.state).unanswered_since = None;
+        }
+    }
+
+    fn req_packed_command<'a>(&'a mut self, cmd: &'a Cmd) -> RedisFuture<'a, Value> {
+        self.before_call();
+        let shared = self.shared.clone();
+        let call = self.current.req_packed_command(cmd);
+        Box::pin(async move {
+            let result = call.await;
+            Self::observe(&shared, &result);
+            result
+        })
+    }
+
+    fn req_packed_commands<'a>(
+        &'a mut self,
+        cmd: &'a Pipeline,
+        offset: usize,
+        count: usize,
+    ) -> RedisFuture<'a, Vec<Value>> {
+        self.before_call();
+        let shared = self.shared.clone();
+        let call = self.current.req_packed_commands(cmd, offset, count);
+        Box::pin(async move {
+            let result = call.await;
+            Self::observe(&shared, &result);
+            result
+        })
     }
 }

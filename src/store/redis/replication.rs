@@ -10,7 +10,8 @@
 //! write.
 //!
 //! `n` is the configured count capped by the replicas the primary has
-//! connected, as the last health check saw them (`ROLE`): a primary with
+//! connected, as the last health check saw them (`ROLE`), or as the last
+//! write that found fewer did (until the next health check): a primary with
 //! no replica cannot be failed over to one (after a failover the promoted
 //! replica has none until another attaches), so waiting for one would
 //! only refuse every write. Losing such a primary loses its whole state,
@@ -84,6 +85,14 @@ impl Replication {
         if acked >= needed {
             return Ok(reply);
         }
+        // Fewer replicas answered than the last health check saw: most
+        // likely the primary lost them (a replica promoted after a
+        // failover has none). Every WAIT blocks its connection, shared by
+        // all calls to that node, for its whole timeout, so waiting on for
+        // replicas that are gone would stall every call behind it, health
+        // checks included; wait for those that answered until the next
+        // health check counts them again.
+        self.observe(acked);
         Err(Error::Unavailable(format!(
             "the write ran on the Redis primary but {acked} of the {needed} replicas it needs acknowledged it \
              within {limit:?} (--redis-replica-acks): a failover could lose it"

@@ -2,7 +2,7 @@
 //! that makes them answer as one store.
 //!
 //! A channel lives in the partition [`partition_of`] its name, with every
-//! key of that partition under one Redis Cluster hash tag (`p:N`), so each
+//! key of that partition under one Redis Cluster hash tag (`p:N.K`), so each
 //! function call touches one slot and the cluster can move a partition
 //! whole. What no single call can see, the router puts together:
 //!

@@ -270,14 +270,14 @@ struct UnderLoad {
 }
 
 impl UnderLoad {
-    async fn start(h: &crate::support::Harness) -> Self {
+    async fn start(h: &crate::support::Harness, ops_per_writer: usize) -> Self {
         use crate::model_check::{seed, Drive, SeedGuard};
         use occupancy::proto::v1 as pb;
 
         let d = Drive {
             seed: seed(),
             writers: 3,
-            ops_per_writer: 300,
+            ops_per_writer,
             channels: 10,
             expiries: false,
         };
@@ -338,16 +338,13 @@ impl UnderLoad {
     }
 }
 
-/// The slot the service's state lives in on a cluster harness (key prefix
-/// `test`, the default partition tag).
+/// The slot of partition 0 on a cluster harness.
 fn state_slot(cluster: &RedisCluster) -> u16 {
-    cluster.keyslot(&format!(
-        "test:{{{}}}:anchor",
-        occupancy::store::redis::CLUSTER_HASH_TAG
-    ))
+    let tag = occupancy::store::redis::keys::partition_tag(0, crate::support::PARTITIONS);
+    cluster.keyslot(&format!("test:{{{tag}}}:anchor"))
 }
 
-/// The primary serving the state is SIGKILLed while three replicas take
+/// The primary serving partition 0 is SIGKILLed while three replicas take
 /// the model writers' load: its replica is promoted, calls fail meanwhile
 /// only as UNAVAILABLE (the writers retry on those and fail the test on
 /// anything else), the replicas recover without a restart, and every
@@ -357,7 +354,7 @@ fn state_slot(cluster: &RedisCluster) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_primary_sigkilled_under_load_fails_over_and_every_count_stays_exact() {
     let mut h = crate::support::Harness::cluster(Duration::from_secs(60));
-    let run = UnderLoad::start(&h).await;
+    let run = UnderLoad::start(&h, 300).await;
     let cluster = h.cluster_mut();
     let slot = state_slot(cluster);
     let victim = cluster.primary_of(slot);
@@ -379,7 +376,8 @@ async fn a_primary_sigkilled_under_load_fails_over_and_every_count_stays_exact()
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
     let h = crate::support::Harness::cluster(Duration::from_secs(60));
-    let run = UnderLoad::start(&h).await;
+    // enough load to outlast the move
+    let run = UnderLoad::start(&h, 900).await;
     let crate::support::Backend::Cluster(cluster) = &h.backend else {
         unreachable!()
     };
@@ -404,7 +402,8 @@ async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
 /// wrote (writes across partitions, presence, a closed session, lists,
 /// the reaper) is under one partition's tag, in that partition's slot, on
 /// the primary serving it, or is the partition count's record; and the
-/// partitions spread over more than one primary.
+/// three partitions lie on the three primaries, one each, as their tags
+/// are chosen to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_keys_each_live_in_their_partitions_slot() {
     use occupancy::domain::{ChannelName, ConnectionId, ListOrder, ListQuery, ModeSet, Operation, SessionId};
@@ -434,7 +433,10 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
 
     let record = occupancy::store::redis::keys::partitions("test");
     let n = h.partitions();
-    let slots: Vec<u16> = (0..n).map(|p| cluster.keyslot(&format!("{{p:{p}}}"))).collect();
+    let tags: Vec<String> = (0..n)
+        .map(|p| occupancy::store::redis::keys::partition_tag(p, n))
+        .collect();
+    let slots: Vec<u16> = tags.iter().map(|t| cluster.keyslot(&format!("{{{t}}}"))).collect();
     let mut used = HashSet::new();
     for primary in cluster.primaries() {
         let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", primary.port))
@@ -444,7 +446,7 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
         for k in keys.iter().filter(|k| **k != record) {
             let p = (0..n)
-                .find(|p| k.starts_with(&format!("test:{{p:{p}}}:")))
+                .find(|p| k.starts_with(&format!("test:{{{}}}:", tags[*p as usize])))
                 .unwrap_or_else(|| panic!("{k} is under no partition's tag"));
             assert_eq!(cluster.keyslot(k), slots[p as usize], "{k}");
             assert_eq!(
@@ -457,5 +459,5 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
     }
     let distinct: HashSet<String> = slots.iter().map(|s| cluster.primary_of(*s).id).collect();
     assert_eq!(used, distinct, "every partition's primary holds state");
-    assert!(distinct.len() > 1, "the partitions spread over several primaries");
+    assert_eq!(distinct.len(), 3, "three partitions on three primaries, one each");
 }

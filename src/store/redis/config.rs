@@ -51,7 +51,7 @@ pub struct RedisConfig {
     /// The partitions the state is split into ([`crate::store::partitioned`]):
     /// 1 keeps it whole. Recorded in Redis by the first replica; one with
     /// another count refuses to serve. Each partition's keys carry the hash
-    /// tag `p:N`, which overrides `hash_tag`.
+    /// tag [`super::keys::partition_tag`], which overrides `hash_tag`.
     pub partitions: u32,
     /// Changes each event stream keeps, approximately (see `finish` in
     /// `lua/counters.lua`).

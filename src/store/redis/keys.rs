@@ -76,6 +76,42 @@ pub fn validate_prefix(prefix: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Slots of a Redis Cluster.
+pub const CLUSTER_SLOTS: u16 = 16_384;
+
+/// The Redis Cluster slot of a hash tag (CRC16/XMODEM of the tag modulo
+/// [`CLUSTER_SLOTS`], as the cluster computes it for `{TAG}`).
+pub fn tag_slot(tag: &str) -> u16 {
+    crc16::State::<crc16::XMODEM>::calculate(tag.as_bytes()) % CLUSTER_SLOTS
+}
+
+/// The slots partition `p` of `partitions` takes its tag from: the middle
+/// half of the `p`-th of `partitions` equal ranges of slots, so that a
+/// cluster whose primaries split the slots in equal ranges, rounded either
+/// way, serves it from the `p`-th primary's range.
+pub fn partition_slots(p: u32, partitions: u32) -> (u64, u64) {
+    let n = u64::from(partitions.max(1));
+    let lo = u64::from(p) * u64::from(CLUSTER_SLOTS) / n;
+    let hi = (u64::from(p) + 1) * u64::from(CLUSTER_SLOTS) / n;
+    let quarter = (hi - lo) / 4;
+    (lo + quarter, hi - quarter)
+}
+
+/// The hash tag of partition `p` of `partitions`: `p:P.K`, the first `K`
+/// whose slot lies in [`partition_slots`].
+/// `redis-cli --cluster create` gives each primary one contiguous range
+/// of equal size, so the partitions of a new cluster spread evenly over
+/// its primaries without resharding (plain `p:N` tags cluster by chance:
+/// 16 of them put 10 on one of three primaries).
+pub fn partition_tag(p: u32, partitions: u32) -> String {
+    let (lo, hi) = partition_slots(p, partitions);
+    // each try lands in the range with probability 1/(2n): a few n tries
+    (0u32..)
+        .map(|k| format!("p:{p}.{k}"))
+        .find(|tag| (lo..hi).contains(&u64::from(tag_slot(tag))))
+        .expect("an unbounded search over tags ends")
+}
+
 /// The prefix whose keys all hash to `tag`'s slot: `PREFIX:{TAG}`.
 pub fn tagged(prefix: &str, tag: &str) -> String {
     format!("{prefix}:{{{tag}}}")
@@ -211,6 +247,31 @@ pub fn prefix_upper_bound(prefix: &str) -> Vec<u8> {
         }
     }
     b"+".to_vec()
+}
+
+#[cfg(test)]
+mod partition_tag_tests {
+    use super::*;
+
+    /// Each partition's tag lies in its own equal share of the slots, and
+    /// tags are distinct.
+    #[test]
+    fn partition_tags_spread_evenly_over_the_slots() {
+        assert_eq!(tag_slot("p:0"), 1029, "CRC16/XMODEM as the cluster computes it");
+        for n in (1..=40).chain([255, 256]) {
+            let tags: Vec<String> = (0..n).map(|p| partition_tag(p, n)).collect();
+            for (p, tag) in tags.iter().enumerate() {
+                let (lo, hi) = partition_slots(p as u32, n);
+                let slot = u64::from(tag_slot(tag));
+                assert!(lo <= slot && slot < hi, "{tag} of {n}: {slot} not in {lo}..{hi}");
+                let equal = (p as u64 * 16_384 / u64::from(n), (p as u64 + 1) * 16_384 / u64::from(n));
+                assert!(equal.0 < lo, "inside its share, away from its edges");
+                assert!(hi <= equal.1);
+            }
+            let distinct: std::collections::HashSet<&String> = tags.iter().collect();
+            assert_eq!(distinct.len(), n as usize);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -143,8 +143,9 @@ impl RedisStore {
         Self::with(cfg, topology, conn, Some(record))
     }
 
-    /// One store per partition (hash tag `p:N`, one event shard each) on
-    /// one shared connection; partition 0 records the partition count.
+    /// One store per partition (hash tag [`keys::partition_tag`], one
+    /// event shard each) on one shared connection; partition 0 records the
+    /// partition count.
     ///
     /// # Errors
     /// As [`RedisStore::new`].
@@ -155,7 +156,7 @@ impl RedisStore {
         (0..cfg.partitions.max(1))
             .map(|p| {
                 let mut part = cfg.clone();
-                part.hash_tag = Some(format!("p:{p}"));
+                part.hash_tag = Some(keys::partition_tag(p, cfg.partitions));
                 part.event_shards = 1;
                 Self::with(part, topology.clone(), conn.clone(), (p == 0).then(|| record.clone()))
             })

@@ -247,6 +247,91 @@ mod tests {
         }
     }
 
+    fn done(status: OpStatus, n: usize, epoch: u64) -> Applied {
+        Applied::Done {
+            results: vec![OpResult { status, metrics: None }; n],
+            epoch,
+        }
+    }
+
+    /// A retry after a partial failure: the partition that had applied the
+    /// batch answers stale, the other applies it; the operations of the
+    /// first are answered as applied before, in request order.
+    #[test]
+    fn a_partly_applied_retry_answers_already_applied_where_it_was() {
+        let split = vec![(0, vec![0, 2]), (2, vec![1])];
+        let replies = vec![Applied::Stale { epoch: 7 }, done(OpStatus::Ok, 1, 7)];
+        let merged = merge_writes(3, 3, &split, replies, 99);
+        let Applied::Done { results, epoch } = &merged.applied else {
+            panic!("{merged:?}");
+        };
+        let statuses: Vec<OpStatus> = results.iter().map(|r| r.status).collect();
+        assert_eq!(
+            statuses,
+            [OpStatus::AlreadyApplied, OpStatus::Ok, OpStatus::AlreadyApplied]
+        );
+        assert_eq!((*epoch, merged.reread.as_slice()), (7, &[0, 2][..]));
+        assert!(merged.spread.is_empty(), "nothing opened");
+        let all_stale = merge_writes(3, 3, &split, vec![Applied::Stale { epoch: 7 }; 2], 99);
+        assert_eq!(all_stale.applied, Applied::Stale { epoch: 7 });
+    }
+
+    /// A refusal of any partition is the answer, another owner's first.
+    #[test]
+    fn a_refusal_anywhere_is_the_answer() {
+        let split = vec![(0, vec![0]), (1, vec![1]), (2, vec![2])];
+        let replies = vec![
+            done(OpStatus::Ok, 1, 7),
+            Applied::WrongEpoch { epoch: 7 },
+            Applied::NotOwner { connection: true },
+        ];
+        let merged = merge_writes(3, 3, &split, replies, 0);
+        assert_eq!(merged.applied, Applied::NotOwner { connection: true });
+        let replies = vec![
+            done(OpStatus::Ok, 1, 7),
+            Applied::WrongEpoch { epoch: 7 },
+            done(OpStatus::Ok, 1, 7),
+        ];
+        assert_eq!(
+            merge_writes(3, 3, &split, replies, 0).applied,
+            Applied::WrongEpoch { epoch: 7 }
+        );
+    }
+
+    /// A write that opened the lease (under the epoch it offered) in the
+    /// partitions it touched asks for it in all the others.
+    #[test]
+    fn a_lease_opened_by_a_write_spreads_to_the_other_partitions() {
+        let split = vec![(1, vec![0]), (3, vec![1])];
+        let replies = vec![done(OpStatus::Ok, 1, 42), done(OpStatus::Ok, 1, 0)];
+        let merged = merge_writes(2, 4, &split, replies, 42);
+        assert_eq!(merged.spread, [0, 2, 3]);
+        assert!(matches!(merged.applied, Applied::Done { epoch: 42, .. }));
+    }
+
+    /// KeepAlives agree when every partition says the same; a refusal
+    /// closes what this KeepAlive opened; anything else is repaired.
+    #[test]
+    fn keep_alives_agree_refuse_or_disagree() {
+        let active = |epoch| KeepAliveOutcome::Active { ttl_ms: 1_000, epoch };
+        let unknown = |epoch| KeepAliveOutcome::Unknown { ttl_ms: 1_000, epoch };
+        assert_eq!(
+            merge_keep_alives(&[active(5), active(5)], 9),
+            MergedKeepAlive::Agreed(active(5))
+        );
+        assert_eq!(
+            merge_keep_alives(&[unknown(9), unknown(9)], 9),
+            MergedKeepAlive::Agreed(unknown(9))
+        );
+        assert_eq!(
+            merge_keep_alives(&[unknown(9), KeepAliveOutcome::NotOwner, active(5)], 9),
+            MergedKeepAlive::NotOwner(vec![0])
+        );
+        for split in [[active(5), unknown(9)], [active(5), active(6)]] {
+            assert_eq!(merge_keep_alives(&split, 9), MergedKeepAlive::Disagree);
+        }
+    }
+
     /// Every item lands once, in its channel's partition, in request order.
     #[test]
     fn a_split_keeps_each_partitions_items_in_order() {

@@ -48,7 +48,10 @@
 //!
 //! All keys of one channel share the hash tag `{ch:NAME}`. Scripts also
 //! touch the session and index keys, so one call spans several slots: on
-//! one Redis that is allowed. On a Redis Cluster
+//! one Redis that is allowed. With the state split into partitions
+//! ([`crate::store::partitioned`]), each partition is one such layout
+//! under the prefix `P:{TAG}` with its own tag ([`partition_tag`]), and
+//! only `P:partitions` stays outside every partition. On a Redis Cluster
 //! ([`RedisConfig::cluster`](super::RedisConfig::cluster)), or with a hash
 //! tag in the configuration
 //! ([`RedisConfig::hash_tag`](super::RedisConfig::hash_tag)), the prefix

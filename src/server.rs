@@ -219,6 +219,7 @@ pub async fn run_with_http(
             cluster = r.cluster,
             replica_acks = r.replica_acks,
             key_prefix = %r.key_prefix,
+            partitions = r.partitions.max(1),
             event_shards = store.shards(),
             stream_max_len = r.stream_max_len,
             session_ttl = ?config.session_ttl,

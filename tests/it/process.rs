@@ -190,6 +190,7 @@ fn listen_resolves_names_and_the_start_up_line_says_what_runs() {
         "store=redis".to_string(),
         format!("redis={}", redis.url()),
         "key_prefix=firsthour".to_string(),
+        "partitions=1".to_string(),
         "event_shards=4".to_string(),
     ] {
         assert!(line.contains(&want), "{want} missing from {line}");

@@ -25,7 +25,7 @@ struct Node {
 pub struct RedisCluster {
     nodes: Vec<Node>,
     /// Holds the nodes' files until the cluster is dropped.
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
 }
 
 /// One node as `CLUSTER NODES` describes it.
@@ -86,19 +86,10 @@ impl RedisCluster {
     /// each) and waits until every node sees every slot served.
     pub fn start() -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
-        let mut nodes: Vec<Node> = Vec::new();
+        let mut cluster = RedisCluster { nodes: Vec::new(), dir };
         for _ in 0..6 {
-            let taken: Vec<u16> = nodes.iter().flat_map(|n| [n.port, n.port + 10_000]).collect();
-            let port = free_node_port(&taken);
-            let mut node = Node { port, child: None };
-            spawn(&mut node, dir.path());
-            nodes.push(node);
-        }
-        let cluster = RedisCluster { nodes, _dir: dir };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !cluster.nodes.iter().all(|n| ping(n.port)) {
-            assert!(Instant::now() < deadline, "cluster nodes did not answer PING");
-            std::thread::sleep(Duration::from_millis(20));
+            let node = start_node(&cluster.nodes, cluster.dir.path());
+            cluster.nodes.push(node);
         }
         let mut args = vec!["--cluster".to_string(), "create".to_string()];
         args.extend(cluster.nodes.iter().map(|n| format!("127.0.0.1:{}", n.port)));
@@ -314,6 +305,37 @@ fn spawn(node: &mut Node, dir: &Path) {
         .spawn()
         .expect("spawn redis-server");
     node.child = Some(child);
+}
+
+/// Starts one node on a free port pair and waits until it answers PING. A
+/// port found free can be taken by another test's server before this one
+/// binds it (tests run in parallel processes): a node that exits is started
+/// again on another pair.
+fn start_node(others: &[Node], dir: &Path) -> Node {
+    for _ in 0..5 {
+        let taken: Vec<u16> = others.iter().flat_map(|n| [n.port, n.port + 10_000]).collect();
+        let mut node = Node {
+            port: free_node_port(&taken),
+            child: None,
+        };
+        spawn(&mut node, dir);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(Ok(Some(_))) = node.child.as_mut().map(|c| c.try_wait()) {
+                node.child = None;
+                break;
+            }
+            if ping(node.port) {
+                return node;
+            }
+            if Instant::now() >= deadline {
+                stop(&mut node);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    panic!("could not start a cluster node after 5 attempts");
 }
 
 fn stop(node: &mut Node) {

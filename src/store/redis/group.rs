@@ -29,6 +29,18 @@ pub(super) struct Policy {
     pub max_size: usize,
 }
 
+/// The calls in flight each queue of a store split into `partitions` may
+/// have: its share of `total`, at least one. A partitioned deployment has
+/// one queue per partition, each seeing its partition's share of the load;
+/// with the whole `total` each, a call would leave for almost every request
+/// and Redis would pay a call's fixed cost (dispatch, lease, write-back,
+/// event entry, WAIT) per request instead of per group. With a share, the
+/// requests that arrive while a partition's call is out wait for the next
+/// one, as they do on one Redis.
+pub(super) fn share(total: usize, partitions: u32) -> usize {
+    (total / partitions.max(1) as usize).max(1)
+}
+
 /// Starts the queue's task: `size` tells a request's units, `call` carries
 /// out one group (in queue order) and answers each of its requests. The
 /// task ends when every sender of the returned queue is dropped.
@@ -130,5 +142,19 @@ where
                 None => open = false,
             },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::share;
+
+    #[test]
+    fn partitions_share_the_calls_in_flight() {
+        assert_eq!(share(4, 1), 4);
+        assert_eq!(share(4, 0), 4, "no partition count is one partition");
+        assert_eq!(share(4, 2), 2);
+        assert_eq!(share(4, 3), 1);
+        assert_eq!(share(4, 16), 1, "every partition keeps a call");
     }
 }

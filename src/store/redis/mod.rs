@@ -322,11 +322,14 @@ pub const EVENT_SHARDS_RECORD: Duration = Duration::from_secs(30);
 impl Store for RedisStore {
     async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied> {
         let writes = self.writes.get_or_init(|| {
-            writer::start(ApplySender {
-                conn: self.conn.clone(),
-                cfg: self.cfg.clone(),
-                replication: self.replication.clone(),
-            })
+            writer::start(
+                ApplySender {
+                    conn: self.conn.clone(),
+                    cfg: self.cfg.clone(),
+                    replication: self.replication.clone(),
+                },
+                self.cfg.partitions,
+            )
         });
         let (reply, answer) = tokio::sync::oneshot::channel();
         writes
@@ -394,7 +397,7 @@ impl Store for RedisStore {
             // make it wait for a slot
             reads::Fetch::mget(&fetch(), keys).await?
         } else {
-            let queue = self.reads.get_or_init(|| reads::start(fetch()));
+            let queue = self.reads.get_or_init(|| reads::start(fetch(), self.cfg.partitions));
             let (reply, answer) = tokio::sync::oneshot::channel();
             queue
                 .send(reads::Read { keys, reply })

@@ -42,12 +42,13 @@ pub(super) trait Fetch: Send + Sync + 'static {
     fn mget(&self, keys: Vec<String>) -> impl Future<Output = Result<Vec<Option<Vec<u8>>>>> + Send;
 }
 
-/// Starts the read queue's task; it ends when every sender of the returned
-/// queue is dropped.
-pub(super) fn start<F: Fetch>(fetch: F) -> mpsc::UnboundedSender<Read> {
+/// Starts the read queue's task of a store split into `partitions` (its
+/// share of [`IN_FLIGHT`], see [`group::share`]); it ends when every sender
+/// of the returned queue is dropped.
+pub(super) fn start<F: Fetch>(fetch: F, partitions: u32) -> mpsc::UnboundedSender<Read> {
     let fetch = Arc::new(fetch);
     let policy = Policy {
-        in_flight: IN_FLIGHT,
+        in_flight: group::share(IN_FLIGHT, partitions),
         min_size: 1,
         max_size: MAX_KEYS,
     };
@@ -142,7 +143,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn reads_waiting_for_a_free_slot_leave_as_one_mget_and_each_gets_its_values() {
         let (f, mut started) = fake(true, false);
-        let tx = start(f.clone());
+        let tx = start(f.clone(), 1);
         // reads arriving one at a time leave at once while a slot is free
         let mut first = Vec::new();
         for i in 0..IN_FLIGHT {
@@ -172,7 +173,7 @@ mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn an_mget_holds_at_most_max_keys_and_a_failure_reaches_every_read_of_it() {
         let (f, _started) = fake(false, false);
-        let tx = start(f.clone());
+        let tx = start(f.clone(), 1);
         let big: Vec<String> = (0..MAX_KEYS - 1).map(|i| format!("k{i}")).collect();
         let big: Vec<&str> = big.iter().map(String::as_str).collect();
         let r1 = read(&tx, &big);
@@ -183,7 +184,7 @@ mod tests {
         assert_eq!(sizes, [MAX_KEYS - 1, 2]);
 
         let (f, _started) = fake(false, true);
-        let tx = start(f.clone());
+        let tx = start(f.clone(), 1);
         let r1 = read(&tx, &["a"]);
         let r2 = read(&tx, &["b"]);
         assert!(matches!(r1.await.unwrap(), Err(Error::Unavailable(_))));

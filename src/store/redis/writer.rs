@@ -61,12 +61,13 @@ pub(super) trait Sender: Send + Sync + 'static {
     fn send(&self, jobs: &[Job]) -> impl std::future::Future<Output = Result<Vec<Applied>>> + Send;
 }
 
-/// Starts the group commit task; it ends when every sender of the returned
-/// queue is dropped.
-pub(super) fn start<S: Sender>(sender: S) -> mpsc::UnboundedSender<Job> {
+/// Starts the group commit task of a store split into `partitions` (its
+/// share of [`IN_FLIGHT`], see [`group::share`]); it ends when every sender
+/// of the returned queue is dropped.
+pub(super) fn start<S: Sender>(sender: S, partitions: u32) -> mpsc::UnboundedSender<Job> {
     let sender = Arc::new(sender);
     let policy = Policy {
-        in_flight: IN_FLIGHT,
+        in_flight: group::share(IN_FLIGHT, partitions),
         min_size: MIN_GROUP_OPS,
         max_size: MAX_GROUP_OPS,
     };
@@ -146,7 +147,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn waiting_writes_leave_as_one_call_and_each_gets_its_own_answer() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone());
+        let tx = start(fake.clone(), 1);
         let mut answers = Vec::new();
         for n in 1..=40 {
             let (j, rx) = job(n);
@@ -212,7 +213,7 @@ pub(super) mod tests {
             started: started_tx,
             release: Semaphore::new(0),
         });
-        let tx = start(held.clone());
+        let tx = start(held.clone(), 1);
         let send = |n: usize| {
             let (j, rx) = job(n);
             tx.send(j).map_err(|_| "queue closed").unwrap();
@@ -259,7 +260,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_call_holds_at_most_max_group_ops() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone());
+        let tx = start(fake.clone(), 1);
         let mut answers = Vec::new();
         for n in [6_000, 6_000, 10] {
             let (j, rx) = job(n);

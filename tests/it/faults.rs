@@ -104,7 +104,54 @@ async fn killing_a_replica_mid_load_loses_and_doubles_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_truth() {
-    let mut h = Harness::redis(Duration::from_secs(60));
+    let h = Harness::redis(Duration::from_secs(60));
+    loss_then_one_keepalive_round_and_sync(h, |h, channels| {
+        let redis = h.redis_server_mut();
+        redis.restart();
+        channels.iter().map(|c| c.to_string()).collect()
+    })
+    .await;
+}
+
+/// One partition of a cluster loses its data (its slot's keys gone, as a
+/// replica promoted before it had the last writes would lack them) while
+/// the others keep theirs: its channels read empty, the others' counts
+/// stay, and one KeepAlive round (UNKNOWN to every front end, whose lease
+/// that partition lost) and SyncSession restore the truth, subscribers
+/// following without reconnecting.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_one_cluster_partition_loses_its_data_one_keepalive_round_and_sync_restore_the_truth() {
+    let h = Harness::cluster(Duration::from_secs(60));
+    loss_then_one_keepalive_round_and_sync(h, |h, channels| {
+        let n = h.partitions();
+        let of = |name: &str| occupancy::domain::partition::partition_of(name, n);
+        let lost = of("lobby");
+        let tag = occupancy::store::redis::keys::partition_tag(lost, n);
+        let cluster = h.cluster_mut();
+        let slot = cluster.keyslot(&format!("{{{tag}}}"));
+        assert!(cluster.drop_slot(slot) > 0, "the partition held keys");
+        let gone: Vec<String> = channels
+            .iter()
+            .filter(|c| of(c) == lost)
+            .map(|c| c.to_string())
+            .collect();
+        assert!(
+            gone.len() < channels.len(),
+            "some channels are in other partitions: {gone:?}"
+        );
+        gone
+    })
+    .await;
+}
+
+/// Three front ends' state; then `lose` loses some of it and names the
+/// channels that lost their data; one KeepAlive round and SyncSession
+/// restore every count, and a subscriber ends on the truth without
+/// reconnecting.
+async fn loss_then_one_keepalive_round_and_sync(
+    mut h: Harness,
+    lose: impl FnOnce(&mut Harness, &[&str]) -> Vec<String>,
+) {
     let s = h.server().await;
     let fx = Fx::new(&s).await;
     let mut model = Model::default();
@@ -140,12 +187,14 @@ async fn after_redis_loses_its_data_one_keepalive_round_and_sync_restore_the_tru
         let e = sub.next().await;
         view.insert(e.channel.clone(), m(&e));
     }
-    // Redis restarts empty
-    let redis = h.redis_server_mut();
-    redis.restart();
+    let lost = lose(&mut h, &channels);
     redis_answers(&fx).await;
     for ch in channels {
-        assert_eq!(fx.get(ch).await, [0; 9], "data lost");
+        if lost.iter().any(|l| l == ch) {
+            assert_eq!(fx.get(ch).await, [0; 9], "{ch}: data lost");
+        } else {
+            assert_eq!(fx.get(ch).await, model.metrics(ch), "{ch}: data kept");
+        }
     }
     // one KeepAlive round: every front end learns its session is unknown
     // and re-sends its whole state

@@ -161,6 +161,24 @@ impl RedisCluster {
         stop(node);
     }
 
+    /// Deletes every key in `slot` on the primary serving it, as a
+    /// promoted replica that missed them would lack them (the function
+    /// library stays); returns how many there were.
+    pub fn drop_slot(&self, slot: u16) -> usize {
+        let primary = self.primary_of(slot);
+        let mut c = connect(primary.port).expect("connect to the slot's primary");
+        let keys: Vec<String> = redis::cmd("CLUSTER")
+            .arg("GETKEYSINSLOT")
+            .arg(slot)
+            .arg(1_000_000)
+            .query(&mut c)
+            .expect("CLUSTER GETKEYSINSLOT");
+        if !keys.is_empty() {
+            let _: usize = redis::cmd("DEL").arg(&keys).query(&mut c).expect("DEL");
+        }
+        keys.len()
+    }
+
     /// Waits until every live node reports `cluster_state:ok` with all
     /// slots served by primaries it does not see failing.
     pub fn wait_ok(&self) {

@@ -264,6 +264,10 @@ struct HealingState {
     generation: u64,
     /// When the oldest call not followed by an answered one started.
     unanswered_since: Option<std::time::Instant>,
+    /// Connections made anew since a call was last answered: the first
+    /// is logged as a warning, the others (every `stuck_after` while the
+    /// cluster stays away) at debug level, and the end once.
+    replaced: u32,
 }
 
 impl Healing {
@@ -280,6 +284,7 @@ impl Healing {
                     conn,
                     generation: 0,
                     unanswered_since: None,
+                    replaced: 0,
                 }),
             }),
         }
@@ -292,10 +297,18 @@ impl Healing {
         let mut st = crate::sync::lock(&self.shared.state);
         match st.unanswered_since {
             Some(t) if now.duration_since(t) >= self.shared.stuck_after => {
-                tracing::warn!(
-                    unanswered_for = ?now.duration_since(t),
-                    "no Redis Cluster call answered for a while: connecting anew to learn the slot map"
-                );
+                if st.replaced == 0 {
+                    tracing::warn!(
+                        unanswered_for = ?now.duration_since(t),
+                        "no Redis Cluster call answered for a while: connecting anew to learn the slot map"
+                    );
+                } else {
+                    tracing::debug!(
+                        replaced = st.replaced,
+                        "Redis Cluster still unanswered: connecting anew"
+                    );
+                }
+                st.replaced += 1;
                 st.conn = self
                     .shared
                     .client
@@ -318,7 +331,12 @@ impl Healing {
             Err(e) => !super::failure::is_unavailable(e),
         };
         if answered {
-            crate::sync::lock(&shared.state).unanswered_since = None;
+            let mut st = crate::sync::lock(&shared.state);
+            st.unanswered_since = None;
+            if st.replaced > 0 {
+                tracing::info!(connections = st.replaced, "Redis Cluster answers again");
+                st.replaced = 0;
+            }
         }
     }
 

@@ -176,6 +176,18 @@ pub(super) mod tests {
         release: Semaphore,
     }
 
+    /// A sender holding each call until released, and the sizes of the
+    /// calls as they start.
+    fn held() -> (Arc<Held>, mpsc::UnboundedReceiver<usize>) {
+        let (started, rx) = mpsc::unbounded_channel();
+        let held = Arc::new(Held {
+            calls: Mutex::new(Vec::new()),
+            started,
+            release: Semaphore::new(0),
+        });
+        (held, rx)
+    }
+
     impl Sender for Arc<Held> {
         async fn send(&self, jobs: &[Job]) -> Result<Vec<Applied>> {
             let ops = jobs.iter().map(|j| j.ops.len()).sum();
@@ -207,12 +219,7 @@ pub(super) mod tests {
 
     #[tokio::test(flavor = "current_thread")]
     async fn while_a_call_is_in_flight_small_writes_wait_and_large_ones_leave() {
-        let (started_tx, mut started) = mpsc::unbounded_channel();
-        let held = Arc::new(Held {
-            calls: Mutex::new(Vec::new()),
-            started: started_tx,
-            release: Semaphore::new(0),
-        });
+        let (held, mut started) = held();
         let tx = start(held.clone(), 1);
         let send = |n: usize| {
             let (j, rx) = job(n);
@@ -255,6 +262,41 @@ pub(super) mod tests {
             rx.await.unwrap().unwrap();
         }
         assert_eq!(*held.calls.lock().unwrap(), [1, MIN_GROUP_OPS, MIN_GROUP_OPS, 1]);
+    }
+
+    /// One queue of a store split into 16 partitions: its one call in
+    /// flight holds back every write, large ones too, which then leave
+    /// together as one call.
+    #[tokio::test(flavor = "current_thread")]
+    async fn a_partitions_queue_keeps_one_call_in_flight() {
+        let (held, mut started) = held();
+        let tx = start(held.clone(), 16);
+        let send = |n: usize| {
+            let (j, rx) = job(n);
+            tx.send(j).map_err(|_| "queue closed").unwrap();
+            rx
+        };
+        let first = send(1);
+        assert_eq!(started.recv().await, Some(1));
+        let waiting: Vec<_> = [MIN_GROUP_OPS, 1, MIN_GROUP_OPS].into_iter().map(send).collect();
+        settle().await;
+        assert_eq!(
+            *held.calls.lock().unwrap(),
+            [1],
+            "a write left beside the partition's call in flight"
+        );
+        held.release.add_permits(1);
+        first.await.unwrap().unwrap();
+        assert_eq!(
+            started.recv().await,
+            Some(2 * MIN_GROUP_OPS + 1),
+            "the waiting writes leave as one call"
+        );
+        held.release.add_permits(1);
+        for rx in waiting {
+            rx.await.unwrap().unwrap();
+        }
+        assert_eq!(*held.calls.lock().unwrap(), [1, 2 * MIN_GROUP_OPS + 1]);
     }
 
     #[tokio::test]

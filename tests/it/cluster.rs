@@ -398,6 +398,53 @@ async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
     assert_eq!(report.syncs, 0, "a slot move loses nothing: no epoch changed");
 }
 
+/// The primary serving partition 0 is drained live with `redis-cli
+/// --cluster rebalance` (weight 0: every one of its slots moves to the
+/// other primaries, as before taking a node out) under the model writers'
+/// load: partition 0's slot moves while they write, nothing is lost (no
+/// epoch changes), and every count, listing, total and subscriber's view
+/// equals the model.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_primary_drained_by_rebalance_under_load_keeps_every_count_exact() {
+    let h = crate::support::Harness::cluster(Duration::from_secs(60));
+    let run = UnderLoad::start(&h, 900).await;
+    let crate::support::Backend::Cluster(cluster) = &h.backend else {
+        unreachable!()
+    };
+    let slot = state_slot(cluster);
+    let from = cluster.primary_of(slot);
+    let busy_when_moved = tokio::task::block_in_place(|| {
+        std::thread::scope(|scope| {
+            let drain = scope.spawn(|| cluster.drain(&from));
+            // when partition 0's slot has moved, were the writers still busy?
+            let deadline = Instant::now() + Duration::from_secs(120);
+            let mut busy = None;
+            while busy.is_none() && Instant::now() < deadline {
+                let done = drain.is_finished();
+                if cluster.primary_of(slot).id != from.id {
+                    busy = Some(!run.load.is_finished());
+                } else if done {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drain.join().expect("rebalance");
+            busy
+        })
+    });
+    assert_eq!(
+        busy_when_moved,
+        Some(true),
+        "partition 0's slot moved while the writers were busy"
+    );
+    assert!(
+        cluster.primaries().iter().all(|p| p.id != from.id),
+        "the drained primary serves no slot"
+    );
+    let report = run.finish("rebalance").await;
+    assert_eq!(report.syncs, 0, "a slot move loses nothing: no epoch changed");
+}
+
 /// The state split into partitions on a cluster: every key the service
 /// wrote (writes across partitions, presence, a closed session, lists,
 /// the reaper) is under one partition's tag, in that partition's slot, on

@@ -231,6 +231,21 @@ impl RedisCluster {
         reshard_with(&from, to, below, &["--cluster-pipeline", "1000000"]);
     }
 
+    /// Moves every slot off the primary `node` live with `redis-cli
+    /// --cluster rebalance` (its weight 0), each slot's keys in one MIGRATE
+    /// as the README says, while clients keep running.
+    pub fn drain(&self, node: &NodeInfo) {
+        redis_cli(&[
+            "--cluster".to_string(),
+            "rebalance".to_string(),
+            format!("127.0.0.1:{}", node.port),
+            "--cluster-weight".to_string(),
+            format!("{}=0", node.id),
+            "--cluster-pipeline".to_string(),
+            "1000000".to_string(),
+        ]);
+    }
+
     /// Waits until every live primary's replica is online and has every
     /// write the primary has (its offset in `INFO replication` reached the
     /// primary's), bounded. (`WAIT` would not do: it counts only the writes

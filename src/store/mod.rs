@@ -48,6 +48,13 @@ pub trait ChangeSink: Send + Sync + 'static {
     fn demand(&self) -> Option<&Demand> {
         None
     }
+    /// The sink's number for the feed's shard `local`: the shard a feed
+    /// marks paused in [`Demand`] and names in its logs. The feed of one
+    /// store numbers its shards as the sink does (the default); a
+    /// partition's sink maps its partition's one shard to the partition.
+    fn shard_of(&self, local: u32) -> u32 {
+        local
+    }
 }
 
 /// Metrics of some channels together with the log positions they reflect,

@@ -163,6 +163,13 @@ impl ChangeSink for PartitionSink {
     fn demand(&self) -> Option<&super::Demand> {
         self.sink.demand()
     }
+
+    /// Every partition's reader reads its shard 0: as event shard `p` it
+    /// pauses and resumes shard `p`'s mark, or one mark would stand for all
+    /// partitions and only the reader holding it would pause.
+    fn shard_of(&self, _local: u32) -> u32 {
+        self.partition
+    }
 }
 
 #[async_trait]

@@ -31,6 +31,7 @@ use crate::domain::{
 };
 use crate::error::{Error, Result};
 use crate::store::not_owner;
+use crate::store::outage::OutageLog;
 
 mod codec;
 mod config;
@@ -81,6 +82,9 @@ pub struct RedisStore {
     /// The key recording the partition count, checked by this store's
     /// health checks (one store of a deployment's partitions checks it).
     partitions_record: Option<String>,
+    /// The event stream readers' outage log, shared by a deployment's
+    /// partitions: an outage is logged once, not once per partition.
+    feed_outage: Arc<OutageLog>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -140,7 +144,7 @@ impl RedisStore {
         let record = Self::validated(&cfg)?;
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
-        Self::with(cfg, topology, conn, Some(record))
+        Self::with(cfg, topology, conn, Some(record), feed_outage())
     }
 
     /// One store per partition (hash tag [`keys::partition_tag`], one
@@ -153,12 +157,14 @@ impl RedisStore {
         let record = Self::validated(&cfg)?;
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
+        let outage = feed_outage();
         (0..cfg.partitions.max(1))
             .map(|p| {
                 let mut part = cfg.clone();
                 part.hash_tag = Some(keys::partition_tag(p, cfg.partitions));
                 part.event_shards = 1;
-                Self::with(part, topology.clone(), conn.clone(), (p == 0).then(|| record.clone()))
+                let record = (p == 0).then(|| record.clone());
+                Self::with(part, topology.clone(), conn.clone(), record, outage.clone())
             })
             .collect()
     }
@@ -170,7 +176,13 @@ impl RedisStore {
         Ok(keys::partitions(&cfg.key_prefix))
     }
 
-    fn with(mut cfg: RedisConfig, topology: Topology, conn: Conn, record: Option<String>) -> Result<Self> {
+    fn with(
+        mut cfg: RedisConfig,
+        topology: Topology,
+        conn: Conn,
+        record: Option<String>,
+        feed_outage: Arc<OutageLog>,
+    ) -> Result<Self> {
         if cfg.cluster && cfg.hash_tag.is_none() {
             cfg.hash_tag = Some(config::CLUSTER_HASH_TAG.into());
         }
@@ -190,6 +202,7 @@ impl RedisStore {
             conn,
             cfg,
             partitions_record: record,
+            feed_outage,
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -312,6 +325,11 @@ pub fn open(cfg: RedisConfig) -> Result<Arc<dyn Store>> {
         .map(|p| Arc::new(p) as Arc<dyn Store>)
         .collect();
     Ok(Arc::new(crate::store::PartitionedStore::new(parts)?))
+}
+
+/// The event stream readers' outage log.
+fn feed_outage() -> Arc<OutageLog> {
+    Arc::new(OutageLog::new("event stream readers"))
 }
 
 /// How long the event shard count recorded in Redis outlives the last
@@ -491,7 +509,7 @@ impl Store for RedisStore {
     }
 
     fn feed(&self, sink: Arc<dyn ChangeSink>, cancel: CancellationToken) {
-        let outage = Arc::new(crate::store::outage::OutageLog::new("event stream readers"));
+        let outage = self.feed_outage.clone();
         for shard in 0..self.cfg.event_shards {
             tokio::spawn(reader::run(
                 self.topology.clone(),

@@ -47,6 +47,9 @@ pub(super) async fn run(
     outage: Arc<OutageLog>,
 ) {
     let key = keys::events(&cfg.key_prefix, shard);
+    // the shard as the sink numbers it (a partition's number): what the
+    // demand marks, the outage log, metrics and log lines name
+    let id = sink.shard_of(shard);
     let mut last: Option<Pos> = None;
     let mut backoff = Duration::from_millis(100);
     let mut failing = false;
@@ -60,11 +63,11 @@ pub(super) async fn run(
         {
             Ok(Ok(v)) => v,
             Ok(Err(e)) => {
-                failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), failing).await;
+                failing = backoff_wait(&cancel, &mut backoff, &outage, id, &e.to_string(), failing).await;
                 continue;
             }
             Err(_) => {
-                failing = backoff_wait(&cancel, &mut backoff, &outage, shard, "timed out", failing).await;
+                failing = backoff_wait(&cancel, &mut backoff, &outage, id, "timed out", failing).await;
                 continue;
             }
         };
@@ -78,7 +81,7 @@ pub(super) async fn run(
             Some(l) => match entry_exists(&mut conn, &key, l).await {
                 Ok(found) => !found,
                 Err(e) => {
-                    failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), failing).await;
+                    failing = backoff_wait(&cancel, &mut backoff, &outage, id, &e.to_string(), failing).await;
                     continue;
                 }
             },
@@ -89,8 +92,8 @@ pub(super) async fn run(
             (last.unwrap_or_default(), false)
         };
         if failing {
-            debug!(shard, "event stream reader reconnected");
-            outage.recovered(shard);
+            debug!(shard = id, "event stream reader reconnected");
+            outage.recovered(id);
         }
         backoff = Duration::from_millis(100);
         last = Some(start);
@@ -102,17 +105,17 @@ pub(super) async fn run(
         loop {
             // nobody on this replica listens: stop reading until someone
             // does, then go on from the log's end (see `Demand`)
-            if let Some(demand) = sink.demand().filter(|d| d.pause(shard)) {
-                debug!(shard, "no subscription, event stream reader paused");
+            if let Some(demand) = sink.demand().filter(|d| d.pause(id)) {
+                debug!(shard = id, "no subscription, event stream reader paused");
                 tokio::select! {
                     () = cancel.cancelled() => {
-                        demand.resume(shard);
+                        demand.resume(id);
                         return;
                     }
                     () = demand.wanted() => {}
                 }
                 let state = tokio::time::timeout(cfg.timeout * 2, stream_state(&mut conn, &cfg, shard)).await;
-                demand.resume(shard);
+                demand.resume(id);
                 match state {
                     Ok(Ok((exists, last_generated, _))) => {
                         pos = if exists == 1 {
@@ -122,7 +125,7 @@ pub(super) async fn run(
                         };
                         last = Some(pos);
                         verified = tokio::time::Instant::now();
-                        debug!(shard, "event stream reader resumed");
+                        debug!(shard = id, "event stream reader resumed");
                     }
                     failed => {
                         // the listeners went on: starting over from
@@ -132,7 +135,7 @@ pub(super) async fn run(
                             Ok(Err(e)) => e.to_string(),
                             _ => "timed out".to_string(),
                         };
-                        failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &cause, false).await;
+                        failing = backoff_wait(&cancel, &mut backoff, &outage, id, &cause, false).await;
                         break;
                     }
                 }
@@ -145,11 +148,11 @@ pub(super) async fn run(
                 match entry_exists(&mut conn, &key, pos).await {
                     Ok(true) => {}
                     Ok(false) => {
-                        warn!(shard, "event stream lost or trimmed past this reader, resyncing");
+                        warn!(shard = id, "event stream lost or trimmed past this reader, resyncing");
                         break;
                     }
                     Err(e) => {
-                        failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), false).await;
+                        failing = backoff_wait(&cancel, &mut backoff, &outage, id, &e.to_string(), false).await;
                         break;
                     }
                 }
@@ -177,8 +180,7 @@ pub(super) async fn run(
                             let Some(p) = Pos::parse(&entry.id) else { continue };
                             pos = p;
                             // the entry's id is the Redis clock at commit
-                            crate::telemetry::store()
-                                .event_lag(shard, Duration::from_millis(now_ms.saturating_sub(p.ms)));
+                            crate::telemetry::store().event_lag(id, Duration::from_millis(now_ms.saturating_sub(p.ms)));
                             for e in decode(shard, p, &entry.map) {
                                 sink.publish(e);
                             }
@@ -188,7 +190,7 @@ pub(super) async fn run(
                 }
                 Ok(None) => {}
                 Err(e) => {
-                    failing = backoff_wait(&cancel, &mut backoff, &outage, shard, &e.to_string(), false).await;
+                    failing = backoff_wait(&cancel, &mut backoff, &outage, id, &e.to_string(), false).await;
                     break;
                 }
             }

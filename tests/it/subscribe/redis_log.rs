@@ -1,5 +1,6 @@
 //! Redis only: a subscriber's stream across a Redis restart, and event
-//! readers that read the log only while their replica has subscribers.
+//! readers that read the log only while their replica has subscribers (on
+//! one Redis, and each partition's reader on a cluster).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -110,6 +111,65 @@ async fn a_replica_reads_the_log_only_while_it_has_subscriptions() {
     drop(on_b);
     eventually(wait, "b to stop reading", || async {
         (b.hub.paused_shards() == shards && blocked_clients(&h) == 0).then_some(())
+    })
+    .await;
+}
+
+/// On a cluster each partition's reader follows its own stream (partition
+/// `p` is event shard `p`): every one of them pauses while the replica has
+/// no subscription, so changes in any partition cost it no read, and all
+/// of them wake for a subscription, which then misses nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_partitions_reader_pauses_while_its_replica_has_no_subscription() {
+    let h = Harness::cluster(TTL);
+    let a = h.server().await;
+    let shards = a.hub.shards() as usize;
+    assert_eq!(shards, h.partitions() as usize, "one event shard a partition");
+    assert!(shards > 1, "a partitioned layout");
+    let fx = Fx::new(&a).await;
+    let wait = Duration::from_secs(10);
+    eventually(wait, "every partition's reader to pause", || async {
+        (a.hub.paused_shards() == shards).then_some(())
+    })
+    .await;
+    // a change in every partition, none of them read
+    let n = h.partitions();
+    let mut names: Vec<String> = Vec::new();
+    for i in 0..1_000 {
+        let name = format!("ch{i}");
+        if occupancy::domain::partition::partition_of(&name, n) as usize == names.len() {
+            names.push(name);
+            if names.len() == shards {
+                break;
+            }
+        }
+    }
+    assert_eq!(names.len(), shards, "a channel in each partition");
+    let published = a.hub.published();
+    for ch in &names {
+        fx.attach("fe", "c1", ch, &[]).await;
+    }
+    assert_eq!(a.hub.published(), published, "a paused reader read a change");
+    assert_eq!(a.hub.paused_shards(), shards);
+    // a subscription wakes them all and gets every partition's changes
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut sub = subscribe(&a, req(&refs)).await.unwrap();
+    for _ in &names {
+        assert_eq!(m(&sub.next().await)[0], 1, "the snapshot");
+    }
+    assert_eq!(
+        a.hub.paused_shards(),
+        0,
+        "a subscription wakes every partition's reader"
+    );
+    for ch in &names {
+        fx.attach("fe", "c2", ch, &[]).await;
+        let e = sub.next().await;
+        assert_eq!((e.channel.as_str(), m(&e)[0]), (ch.as_str(), 2), "a live change");
+    }
+    drop(sub);
+    eventually(wait, "every partition's reader to pause again", || async {
+        (a.hub.registrations() == 0 && a.hub.paused_shards() == shards).then_some(())
     })
     .await;
 }

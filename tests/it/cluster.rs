@@ -378,9 +378,7 @@ async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
     let h = crate::support::Harness::cluster(Duration::from_secs(60));
     // enough load to outlast the move
     let run = UnderLoad::start(&h, 900).await;
-    let crate::support::Backend::Cluster(cluster) = &h.backend else {
-        unreachable!()
-    };
+    let cluster = h.redis_cluster();
     let slot = state_slot(cluster);
     let from = cluster.primary_of(slot);
     let to = cluster
@@ -408,9 +406,7 @@ async fn the_state_resharded_live_under_load_keeps_every_count_exact() {
 async fn a_primary_drained_by_rebalance_under_load_keeps_every_count_exact() {
     let h = crate::support::Harness::cluster(Duration::from_secs(60));
     let run = UnderLoad::start(&h, 900).await;
-    let crate::support::Backend::Cluster(cluster) = &h.backend else {
-        unreachable!()
-    };
+    let cluster = h.redis_cluster();
     let slot = state_slot(cluster);
     let from = cluster.primary_of(slot);
     let busy_when_moved = tokio::task::block_in_place(|| {
@@ -456,10 +452,7 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
     use occupancy::domain::{ChannelName, ConnectionId, ListOrder, ListQuery, ModeSet, Operation, SessionId};
 
     let h = crate::support::Harness::cluster(Duration::from_secs(30));
-    let cluster = match &h.backend {
-        crate::support::Backend::Cluster(c) => c,
-        _ => unreachable!(),
-    };
+    let cluster = h.redis_cluster();
     let store = h.store();
     store.ping().await.expect("ping");
     let s = SessionId::parse("s", "fe").expect("id");

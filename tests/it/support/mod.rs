@@ -148,6 +148,14 @@ impl Harness {
     }
 
     /// The private cluster of a cluster harness.
+    pub fn redis_cluster(&self) -> &cluster::RedisCluster {
+        match &self.backend {
+            Backend::Cluster(c) => c,
+            _ => panic!("a cluster harness"),
+        }
+    }
+
+    /// The private cluster of a cluster harness, to change.
     pub fn cluster_mut(&mut self) -> &mut cluster::RedisCluster {
         match &mut self.backend {
             Backend::Cluster(c) => c,

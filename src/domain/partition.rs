@@ -104,6 +104,15 @@ pub struct MergedWrite {
 /// - a refusal of any partition (another owner's session or connection,
 ///   or a lease epoch that is not the session's) is the answer: the
 ///   caller re-syncs or gives up, as with one store;
+/// - a sequenced write (`sequenced`) that ran in a partition left holding
+///   no lease there while another partition holds the session's live lease
+///   (one this write did not open) is refused as [`Applied::WrongEpoch`]
+///   with that lease's epoch: the partition never got the lease (a spread
+///   cut short by a failure) or lost it, so it could not record the
+///   sequence, and a repeat of the batch would run its operations there
+///   again. The front end re-syncs, as the next KeepAlive would make it
+///   (operations of other partitions may have applied, as with a refusal
+///   of another owner's);
 /// - every partition stale: stale (the retry of a batch applied whole);
 /// - otherwise done, the stale partitions' operations reported as
 ///   [`OpStatus::AlreadyApplied`]: the sequence is checked per partition,
@@ -114,6 +123,7 @@ pub fn merge_writes(
     split: &[(u32, Vec<usize>)],
     replies: Vec<Applied>,
     opened: u64,
+    sequenced: bool,
 ) -> MergedWrite {
     let refusal = replies
         .iter()
@@ -142,6 +152,14 @@ pub fn merge_writes(
         .find(|e| *e != opened)
         .or_else(|| epochs.first().copied())
         .unwrap_or(0);
+    let leaseless = replies.iter().any(|a| matches!(a, Applied::Done { epoch: 0, .. }));
+    if sequenced && leaseless && epoch != 0 && epoch != opened {
+        return MergedWrite {
+            applied: Applied::WrongEpoch { epoch },
+            reread: Vec::new(),
+            spread: Vec::new(),
+        };
+    }
     if replies.iter().all(|a| matches!(a, Applied::Stale { .. })) {
         return MergedWrite {
             applied: Applied::Stale { epoch },
@@ -261,7 +279,7 @@ mod tests {
     fn a_partly_applied_retry_answers_already_applied_where_it_was() {
         let split = vec![(0, vec![0, 2]), (2, vec![1])];
         let replies = vec![Applied::Stale { epoch: 7 }, done(OpStatus::Ok, 1, 7)];
-        let merged = merge_writes(3, 3, &split, replies, 99);
+        let merged = merge_writes(3, 3, &split, replies, 99, true);
         let Applied::Done { results, epoch } = &merged.applied else {
             panic!("{merged:?}");
         };
@@ -272,7 +290,7 @@ mod tests {
         );
         assert_eq!((*epoch, merged.reread.as_slice()), (7, &[0, 2][..]));
         assert!(merged.spread.is_empty(), "nothing opened");
-        let all_stale = merge_writes(3, 3, &split, vec![Applied::Stale { epoch: 7 }; 2], 99);
+        let all_stale = merge_writes(3, 3, &split, vec![Applied::Stale { epoch: 7 }; 2], 99, true);
         assert_eq!(all_stale.applied, Applied::Stale { epoch: 7 });
     }
 
@@ -285,7 +303,7 @@ mod tests {
             Applied::WrongEpoch { epoch: 7 },
             Applied::NotOwner { connection: true },
         ];
-        let merged = merge_writes(3, 3, &split, replies, 0);
+        let merged = merge_writes(3, 3, &split, replies, 0, true);
         assert_eq!(merged.applied, Applied::NotOwner { connection: true });
         let replies = vec![
             done(OpStatus::Ok, 1, 7),
@@ -293,7 +311,7 @@ mod tests {
             done(OpStatus::Ok, 1, 7),
         ];
         assert_eq!(
-            merge_writes(3, 3, &split, replies, 0).applied,
+            merge_writes(3, 3, &split, replies, 0, true).applied,
             Applied::WrongEpoch { epoch: 7 }
         );
     }
@@ -304,9 +322,32 @@ mod tests {
     fn a_lease_opened_by_a_write_spreads_to_the_other_partitions() {
         let split = vec![(1, vec![0]), (3, vec![1])];
         let replies = vec![done(OpStatus::Ok, 1, 42), done(OpStatus::Ok, 1, 0)];
-        let merged = merge_writes(2, 4, &split, replies, 42);
+        let merged = merge_writes(2, 4, &split, replies, 42, true);
         assert_eq!(merged.spread, [0, 2, 3]);
         assert!(matches!(merged.applied, Applied::Done { epoch: 42, .. }));
+    }
+
+    /// A sequenced write that ran in a partition holding no lease while
+    /// another holds the session's (a spread cut short, or a lost copy) is
+    /// refused under that lease's epoch: that partition could not record the
+    /// sequence. Unsequenced writes, and a lease this write opened (which it
+    /// spreads), are answered as done.
+    #[test]
+    fn a_sequenced_write_in_a_partition_without_the_lease_is_refused() {
+        let split = vec![(0, vec![0]), (1, vec![1])];
+        let replies = || vec![Applied::Stale { epoch: 7 }, done(OpStatus::NotPresenceAttached, 1, 0)];
+        assert_eq!(
+            merge_writes(2, 3, &split, replies(), 99, true).applied,
+            Applied::WrongEpoch { epoch: 7 }
+        );
+        assert!(matches!(
+            merge_writes(2, 3, &split, replies(), 99, false).applied,
+            Applied::Done { epoch: 7, .. }
+        ));
+        let opened = vec![done(OpStatus::Ok, 1, 99), done(OpStatus::NotPresenceAttached, 1, 0)];
+        let merged = merge_writes(2, 3, &split, opened, 99, true);
+        assert!(matches!(merged.applied, Applied::Done { epoch: 99, .. }));
+        assert_eq!(merged.spread, [1, 2]);
     }
 
     /// KeepAlives agree when every partition says the same; a refusal

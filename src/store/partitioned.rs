@@ -38,6 +38,7 @@
 //! | a connection moved to another session by an attach | all of its attachments move | those in the partitions the write touches; the others stay with the old session until it ends or they are detached |
 //! | `MAX_CHANNELS_PER_CONNECTION` | per connection | per connection and partition: each partition counts the attachments it holds |
 //! | a write refused as another owner's | nothing changed | nothing of the other owner's changed; the batch's operations in other partitions may have applied |
+//! | a sequenced write in a partition without the session's lease while another holds it | cannot happen | refused as [`Applied::WrongEpoch`] (see [`merge_writes`]): the front end re-syncs |
 //! | totals | one atomic read | a sum of one atomic read per partition; `sessions` is the count of the partition holding the most leases |
 
 use std::sync::Arc;
@@ -206,7 +207,7 @@ impl Store for PartitionedStore {
         .await
         .into_iter()
         .collect::<Result<_>>()?;
-        let mut merged = merge_writes(batch.ops.len(), n, &split, replies, opened);
+        let mut merged = merge_writes(batch.ops.len(), n, &split, replies, opened, batch.sequence > 0);
         if !merged.spread.is_empty() {
             let split = &split;
             join_all(merged.spread.iter().map(|p| async move {
@@ -421,6 +422,49 @@ mod tests {
                     .expect("a name")
             })
             .collect()
+    }
+
+    /// A batch whose first attempt went through in one partition while
+    /// opening the lease elsewhere failed: its retry finds another
+    /// partition without the lease, which cannot record the sequence, so
+    /// the retry and any repeat are refused for a re-sync instead of
+    /// running that partition's operations again.
+    #[tokio::test]
+    async fn a_retry_into_a_partition_the_lease_never_reached_asks_for_a_resync() {
+        let (store, parts) = router();
+        let session = SessionId::parse("s", "fe").expect("id");
+        let names = one_per_partition();
+        let ops = [
+            attach("c1", &names[0]),
+            Operation::Enter {
+                connection: ConnectionId::parse("c", "c2").expect("id"),
+                channel: ChannelName::parse("ch", names[1].clone()).expect("name"),
+                client: crate::domain::ClientId::parse("cl", "alice").expect("id"),
+            },
+        ];
+        let batch = Batch {
+            sequence: 3,
+            ..Batch::new(&ops, false)
+        };
+        // the first attempt: partition 0's part applied, under lease 42,
+        // and nothing reached the others
+        let first = Batch {
+            ops: &ops[..1],
+            open_epoch: 42,
+            ..batch
+        };
+        parts[0].write(&session, first).await.expect("partition 0");
+        for _ in 0..2 {
+            assert_eq!(
+                store.write(&session, batch).await.expect("retry"),
+                Applied::WrongEpoch { epoch: 42 }
+            );
+        }
+        let out = store.keep_alive(&session, None).await.expect("keep alive");
+        assert!(
+            matches!(out, KeepAliveOutcome::Unknown { .. }),
+            "the next KeepAlive re-syncs too: {out:?}"
+        );
     }
 
     /// A write that opens the session's lease in one partition opens it in

@@ -8,13 +8,15 @@
 //! keys) wait, with at most [`Policy::in_flight`] calls outstanding; a call
 //! carries at most [`Policy::max_size`] units (a larger request goes
 //! alone). A request is carried out once queued, even if its caller goes
-//! away meanwhile.
+//! away meanwhile. The write queues of a replica's partitions also share a
+//! [`Budget`] of calls in flight.
 
 use std::collections::VecDeque;
 use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot, Notify, Semaphore};
+use tokio::sync::{mpsc, oneshot, AcquireError, Notify, OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{Error, Result};
 
@@ -41,19 +43,48 @@ pub(super) fn share(total: usize, partitions: u32) -> usize {
     (total / partitions.max(1) as usize).max(1)
 }
 
+/// Calls in flight shared by the queues of one kind (writes, reads) of all
+/// partitions of a replica: a partition's queue also takes one of these
+/// for each call. With only its share each, the partitions' queues would
+/// together keep as many calls out as they have partitions, and a call
+/// would carry that many times fewer requests than on one Redis (each
+/// call's fixed cost paid that many times more often); with the budget,
+/// the replica keeps as many calls out as on one Redis, and the requests
+/// of a partition that waits for one pile up into its next call. Waiting
+/// queues are served in the order they asked.
+#[derive(Debug, Clone)]
+pub(super) struct Budget(Arc<Semaphore>);
+
+impl Budget {
+    /// A budget of `calls` calls in flight.
+    pub(super) fn new(calls: usize) -> Self {
+        Self(Arc::new(Semaphore::new(calls.max(1))))
+    }
+}
+
 /// Starts the queue's task: `size` tells a request's units, `call` carries
-/// out one group (in queue order) and answers each of its requests. The
-/// task ends when every sender of the returned queue is dropped.
-pub(super) fn start<J, F, Fut>(policy: Policy, size: fn(&J) -> usize, call: F) -> mpsc::UnboundedSender<J>
+/// out one group (in queue order) and answers each of its requests; each
+/// call also takes one of `budget`'s, when given. The task ends when every
+/// sender of the returned queue is dropped.
+pub(super) fn start<J, F, Fut>(
+    policy: Policy,
+    budget: Option<Budget>,
+    size: fn(&J) -> usize,
+    call: F,
+) -> mpsc::UnboundedSender<J>
 where
     J: Send + 'static,
     F: Fn(Vec<J>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(run(policy, size, call, rx));
+    tokio::spawn(run(policy, budget, size, call, rx));
     tx
 }
+
+/// A request for one of a [`Budget`]'s calls, kept across the loop's turns
+/// so the queue keeps its place among those waiting.
+type Asking = Pin<Box<dyn Future<Output = std::result::Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
 
 /// Answers each request of a group, in order, from its call's answers: one
 /// answer each; when the call failed, or answered another number of them
@@ -85,8 +116,50 @@ pub(super) fn answer<A>(replies: Vec<oneshot::Sender<Result<A>>>, answers: Resul
     }
 }
 
-async fn run<J, F, Fut>(policy: Policy, size: fn(&J) -> usize, call: F, mut rx: mpsc::UnboundedReceiver<J>)
-where
+/// A queue task's state between its turns.
+struct Waiting<J> {
+    queue: VecDeque<J>,
+    /// Units in `queue`.
+    queued: usize,
+    /// Whether senders remain.
+    open: bool,
+    size: fn(&J) -> usize,
+    /// The budget's call taken for the next call.
+    pass: Option<OwnedSemaphorePermit>,
+    /// The request for one of the budget's calls.
+    asking: Option<Asking>,
+}
+
+impl<J> Waiting<J> {
+    fn push(&mut self, j: J) {
+        self.queued += (self.size)(&j);
+        self.queue.push_back(j);
+    }
+
+    /// Waits for a call to end, a request, or the budget's call asked for.
+    async fn wait(&mut self, ended: &Notify, rx: &mut mpsc::UnboundedReceiver<J>) {
+        tokio::select! {
+            () = ended.notified() => {}
+            j = rx.recv(), if self.open => match j {
+                Some(j) => self.push(j),
+                None => self.open = false,
+            },
+            p = async { self.asking.as_mut().expect("guarded").await }, if self.asking.is_some() => {
+                self.asking = None;
+                // the budget's semaphore is never closed
+                self.pass = p.ok();
+            }
+        }
+    }
+}
+
+async fn run<J, F, Fut>(
+    policy: Policy,
+    budget: Option<Budget>,
+    size: fn(&J) -> usize,
+    call: F,
+    mut rx: mpsc::UnboundedReceiver<J>,
+) where
     J: Send + 'static,
     F: Fn(Vec<J>) -> Fut + Send + 'static,
     Fut: Future<Output = ()> + Send + 'static,
@@ -94,60 +167,173 @@ where
     let slots = Arc::new(Semaphore::new(policy.in_flight));
     // a call ended: the loop may send what waits
     let ended = Arc::new(Notify::new());
-    let mut queue: VecDeque<J> = VecDeque::new();
-    let mut queued = 0usize;
-    let mut open = true;
+    let mut w = Waiting {
+        queue: VecDeque::new(),
+        queued: 0,
+        open: true,
+        size,
+        pass: None,
+        asking: None,
+    };
     loop {
         while let Ok(j) = rx.try_recv() {
-            queued += size(&j);
-            queue.push_back(j);
+            w.push(j);
         }
         let busy = policy.in_flight - slots.available_permits();
-        if queue.is_empty() {
-            if !open {
+        if w.queue.is_empty() {
+            if !w.open {
                 return;
             }
-        } else if busy == 0 || (busy < policy.in_flight && queued >= policy.min_size) {
-            // only this task takes permits, and one is free
-            let Ok(permit) = slots.clone().try_acquire_owned() else {
-                continue;
+        } else if busy == 0 || (busy < policy.in_flight && w.queued >= policy.min_size) {
+            if let Some(Budget(shared)) = &budget {
+                if w.pass.is_none() && w.asking.is_none() {
+                    match shared.clone().try_acquire_owned() {
+                        Ok(p) => w.pass = Some(p),
+                        Err(_) => w.asking = Some(Box::pin(shared.clone().acquire_owned())),
+                    }
+                }
+            }
+            // only this task takes slots, and one is free; with a budget,
+            // the call also needs the budget's
+            let permit = match slots.clone().try_acquire_owned() {
+                Ok(permit) if budget.is_none() || w.pass.is_some() => permit,
+                _ => {
+                    w.wait(&ended, &mut rx).await;
+                    continue;
+                }
             };
+            let shared = w.pass.take();
             let mut units = 0;
             let mut group = Vec::new();
-            while let Some(j) = queue.front() {
+            while let Some(j) = w.queue.front() {
                 let n = size(j);
                 if !group.is_empty() && units + n > policy.max_size {
                     break;
                 }
                 units += n;
-                group.extend(queue.pop_front());
+                group.extend(w.queue.pop_front());
             }
-            queued -= units;
+            w.queued -= units;
             let done = call(group);
             let ended = ended.clone();
             tokio::spawn(async move {
                 done.await;
                 drop(permit);
+                drop(shared);
                 ended.notify_one();
             });
             continue;
         }
-        tokio::select! {
-            () = ended.notified() => {}
-            j = rx.recv(), if open => match j {
-                Some(j) => {
-                    queued += size(&j);
-                    queue.push_back(j);
-                }
-                None => open = false,
-            },
-        }
+        w.wait(&ended, &mut rx).await;
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::share;
+    use super::*;
+
+    /// Lets the queues' tasks run until they wait (one runtime thread).
+    async fn settle() {
+        for _ in 0..50 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// A queue of one call in flight, named `name`, drawing on `budget`:
+    /// each call reports its name and its number of requests on `started`,
+    /// then ends when `release` gives it a permit.
+    fn queue(
+        name: char,
+        budget: &Budget,
+        started: &mpsc::UnboundedSender<(char, usize)>,
+        release: &Arc<Semaphore>,
+    ) -> mpsc::UnboundedSender<usize> {
+        let policy = Policy {
+            in_flight: 1,
+            min_size: 1,
+            max_size: 1_000,
+        };
+        let (started, release) = (started.clone(), release.clone());
+        start(
+            policy,
+            Some(budget.clone()),
+            |j: &usize| *j,
+            move |group: Vec<usize>| {
+                started.send((name, group.len())).expect("test alive");
+                let release = release.clone();
+                async move { release.acquire().await.expect("open").forget() }
+            },
+        )
+    }
+
+    #[tokio::test]
+    async fn partitions_sharing_a_budget_take_turns_and_pile_up_their_requests() {
+        let budget = Budget::new(1);
+        let release = Arc::new(Semaphore::new(0));
+        let (tx, mut started) = mpsc::unbounded_channel();
+        let a = queue('a', &budget, &tx, &release);
+        let b = queue('b', &budget, &tx, &release);
+        let c = queue('c', &budget, &tx, &release);
+        a.send(1).unwrap();
+        assert_eq!(started.recv().await, Some(('a', 1)));
+        // the budget's one call is out: b asks first, then c
+        b.send(1).unwrap();
+        settle().await;
+        c.send(1).unwrap();
+        settle().await;
+        b.send(1).unwrap();
+        b.send(1).unwrap();
+        settle().await;
+        assert!(
+            started.try_recv().is_err(),
+            "no call leaves while the budget's one is out"
+        );
+        release.add_permits(1);
+        assert_eq!(
+            started.recv().await,
+            Some(('b', 3)),
+            "the queue that asked first goes next, with every request it piled up"
+        );
+        settle().await;
+        assert!(started.try_recv().is_err(), "c waits for b's call");
+        release.add_permits(1);
+        assert_eq!(started.recv().await, Some(('c', 1)));
+        release.add_permits(1);
+        settle().await;
+        assert!(started.try_recv().is_err(), "nothing else was waiting");
+    }
+
+    #[tokio::test]
+    async fn without_a_budget_queues_do_not_wait_for_each_other() {
+        let release = Arc::new(Semaphore::new(0));
+        let (tx, mut started) = mpsc::unbounded_channel();
+        let policy = Policy {
+            in_flight: 1,
+            min_size: 1,
+            max_size: 1_000,
+        };
+        let queues: Vec<_> = ['a', 'b']
+            .into_iter()
+            .map(|name| {
+                let (started, release) = (tx.clone(), release.clone());
+                start(
+                    policy,
+                    None,
+                    |j: &usize| *j,
+                    move |group: Vec<usize>| {
+                        started.send((name, group.len())).expect("test alive");
+                        let release = release.clone();
+                        async move { release.acquire().await.expect("open").forget() }
+                    },
+                )
+            })
+            .collect();
+        queues[0].send(1).unwrap();
+        assert_eq!(started.recv().await, Some(('a', 1)));
+        queues[1].send(1).unwrap();
+        assert_eq!(started.recv().await, Some(('b', 1)), "b's call leaves while a's is out");
+        release.add_permits(2);
+    }
 
     #[test]
     fn partitions_share_the_calls_in_flight() {

@@ -85,6 +85,12 @@ pub struct RedisStore {
     /// The event stream readers' outage log, shared by a deployment's
     /// partitions: an outage is logged once, not once per partition.
     feed_outage: Arc<OutageLog>,
+    /// The write calls in flight the partitions of a replica share, as
+    /// many as a store holding the whole state keeps out (none for such a
+    /// store; see [`group::Budget`]). Reads have none: their merged MGETs
+    /// cost Redis little, and with a shared budget they cost more CPU per
+    /// key in `scripts/bench --cluster`, not less.
+    write_budget: Option<group::Budget>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -144,7 +150,7 @@ impl RedisStore {
         let record = Self::validated(&cfg)?;
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
-        Self::with(cfg, topology, conn, Some(record), feed_outage())
+        Self::with(cfg, topology, conn, Some(record), feed_outage(), None)
     }
 
     /// One store per partition (hash tag [`keys::partition_tag`], one
@@ -158,13 +164,21 @@ impl RedisStore {
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
         let outage = feed_outage();
+        let budget = group::Budget::new(writer::IN_FLIGHT);
         (0..cfg.partitions.max(1))
             .map(|p| {
                 let mut part = cfg.clone();
                 part.hash_tag = Some(keys::partition_tag(p, cfg.partitions));
                 part.event_shards = 1;
                 let record = (p == 0).then(|| record.clone());
-                Self::with(part, topology.clone(), conn.clone(), record, outage.clone())
+                Self::with(
+                    part,
+                    topology.clone(),
+                    conn.clone(),
+                    record,
+                    outage.clone(),
+                    Some(budget.clone()),
+                )
             })
             .collect()
     }
@@ -182,6 +196,7 @@ impl RedisStore {
         conn: Conn,
         record: Option<String>,
         feed_outage: Arc<OutageLog>,
+        write_budget: Option<group::Budget>,
     ) -> Result<Self> {
         if cfg.cluster && cfg.hash_tag.is_none() {
             cfg.hash_tag = Some(config::CLUSTER_HASH_TAG.into());
@@ -203,6 +218,7 @@ impl RedisStore {
             cfg,
             partitions_record: record,
             feed_outage,
+            write_budget,
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -347,6 +363,7 @@ impl Store for RedisStore {
                     replication: self.replication.clone(),
                 },
                 self.cfg.partitions,
+                self.write_budget.clone(),
             )
         });
         let (reply, answer) = tokio::sync::oneshot::channel();

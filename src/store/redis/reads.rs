@@ -54,6 +54,7 @@ pub(super) fn start<F: Fetch>(fetch: F, partitions: u32) -> mpsc::UnboundedSende
     };
     group::start(
         policy,
+        None,
         |r: &Read| r.keys.len(),
         move |mut reads: Vec<Read>| {
             let fetch = fetch.clone();

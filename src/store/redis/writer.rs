@@ -62,9 +62,14 @@ pub(super) trait Sender: Send + Sync + 'static {
 }
 
 /// Starts the group commit task of a store split into `partitions` (its
-/// share of [`IN_FLIGHT`], see [`group::share`]); it ends when every sender
-/// of the returned queue is dropped.
-pub(super) fn start<S: Sender>(sender: S, partitions: u32) -> mpsc::UnboundedSender<Job> {
+/// share of [`IN_FLIGHT`], see [`group::share`], and one of `budget`'s
+/// calls for each of its own, see [`group::Budget`]); it ends when every
+/// sender of the returned queue is dropped.
+pub(super) fn start<S: Sender>(
+    sender: S,
+    partitions: u32,
+    budget: Option<group::Budget>,
+) -> mpsc::UnboundedSender<Job> {
     let sender = Arc::new(sender);
     let policy = Policy {
         in_flight: group::share(IN_FLIGHT, partitions),
@@ -73,6 +78,7 @@ pub(super) fn start<S: Sender>(sender: S, partitions: u32) -> mpsc::UnboundedSen
     };
     group::start(
         policy,
+        budget,
         |j: &Job| j.ops.len(),
         move |jobs: Vec<Job>| {
             let sender = sender.clone();
@@ -147,7 +153,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn waiting_writes_leave_as_one_call_and_each_gets_its_own_answer() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone(), 1);
+        let tx = start(fake.clone(), 1, None);
         let mut answers = Vec::new();
         for n in 1..=40 {
             let (j, rx) = job(n);
@@ -220,7 +226,7 @@ pub(super) mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn while_a_call_is_in_flight_small_writes_wait_and_large_ones_leave() {
         let (held, mut started) = held();
-        let tx = start(held.clone(), 1);
+        let tx = start(held.clone(), 1, None);
         let send = |n: usize| {
             let (j, rx) = job(n);
             tx.send(j).map_err(|_| "queue closed").unwrap();
@@ -270,7 +276,7 @@ pub(super) mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn a_partitions_queue_keeps_one_call_in_flight() {
         let (held, mut started) = held();
-        let tx = start(held.clone(), 16);
+        let tx = start(held.clone(), 16, None);
         let send = |n: usize| {
             let (j, rx) = job(n);
             tx.send(j).map_err(|_| "queue closed").unwrap();
@@ -302,7 +308,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn a_call_holds_at_most_max_group_ops() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone(), 1);
+        let tx = start(fake.clone(), 1, None);
         let mut answers = Vec::new();
         for n in [6_000, 6_000, 10] {
             let (j, rx) = job(n);

@@ -51,7 +51,10 @@ pub(super) fn share(total: usize, partitions: u32) -> usize {
 /// call's fixed cost paid that many times more often); with the budget,
 /// the replica keeps as many calls out as on one Redis, and the requests
 /// of a partition that waits for one pile up into its next call. Waiting
-/// queues are served in the order they asked.
+/// queues are served in the order they asked. A group of
+/// [`Policy::min_size`] units leaves without the budget's call: it is
+/// worth a call of its own, and large batches keep every partition's
+/// calls in flight.
 #[derive(Debug, Clone)]
 pub(super) struct Budget(Arc<Semaphore>);
 
@@ -185,7 +188,11 @@ async fn run<J, F, Fut>(
                 return;
             }
         } else if busy == 0 || (busy < policy.in_flight && w.queued >= policy.min_size) {
-            if let Some(Budget(shared)) = &budget {
+            // [`Policy::min_size`] units are worth a call of their own: they
+            // leave without waiting for the budget (taking a call of it
+            // this queue holds)
+            let small = w.queued < policy.min_size;
+            if let (Some(Budget(shared)), true) = (&budget, small) {
                 if w.pass.is_none() && w.asking.is_none() {
                     match shared.clone().try_acquire_owned() {
                         Ok(p) => w.pass = Some(p),
@@ -194,15 +201,17 @@ async fn run<J, F, Fut>(
                 }
             }
             // only this task takes slots, and one is free; with a budget,
-            // the call also needs the budget's
+            // a small call also needs the budget's
             let permit = match slots.clone().try_acquire_owned() {
-                Ok(permit) if budget.is_none() || w.pass.is_some() => permit,
+                Ok(permit) if budget.is_none() || !small || w.pass.is_some() => permit,
                 _ => {
                     w.wait(&ended, &mut rx).await;
                     continue;
                 }
             };
             let shared = w.pass.take();
+            // what is left waits for a call of its own, asking anew if small
+            w.asking = None;
             let mut units = 0;
             let mut group = Vec::new();
             while let Some(j) = w.queue.front() {
@@ -232,6 +241,15 @@ async fn run<J, F, Fut>(
 mod tests {
     use super::*;
 
+    /// The next call started (name, size), failing the test when none
+    /// starts within 10 s.
+    async fn next(started: &mut mpsc::UnboundedReceiver<(char, usize)>) -> (char, usize) {
+        tokio::time::timeout(std::time::Duration::from_secs(10), started.recv())
+            .await
+            .expect("a call starts within 10 s")
+            .expect("the queues are alive")
+    }
+
     /// Lets the queues' tasks run until they wait (one runtime thread).
     async fn settle() {
         for _ in 0..50 {
@@ -239,9 +257,10 @@ mod tests {
         }
     }
 
-    /// A queue of one call in flight, named `name`, drawing on `budget`:
-    /// each call reports its name and its number of requests on `started`,
-    /// then ends when `release` gives it a permit.
+    /// A queue of one call in flight, named `name`, drawing on `budget`
+    /// for groups under 100 units: each call reports its name and its
+    /// number of requests on `started`, then ends when `release` gives it
+    /// a permit.
     fn queue(
         name: char,
         budget: &Budget,
@@ -250,7 +269,7 @@ mod tests {
     ) -> mpsc::UnboundedSender<usize> {
         let policy = Policy {
             in_flight: 1,
-            min_size: 1,
+            min_size: 100,
             max_size: 1_000,
         };
         let (started, release) = (started.clone(), release.clone());
@@ -275,7 +294,7 @@ mod tests {
         let b = queue('b', &budget, &tx, &release);
         let c = queue('c', &budget, &tx, &release);
         a.send(1).unwrap();
-        assert_eq!(started.recv().await, Some(('a', 1)));
+        assert_eq!(next(&mut started).await, ('a', 1));
         // the budget's one call is out: b asks first, then c
         b.send(1).unwrap();
         settle().await;
@@ -290,17 +309,61 @@ mod tests {
         );
         release.add_permits(1);
         assert_eq!(
-            started.recv().await,
-            Some(('b', 3)),
+            next(&mut started).await,
+            ('b', 3),
             "the queue that asked first goes next, with every request it piled up"
         );
         settle().await;
         assert!(started.try_recv().is_err(), "c waits for b's call");
         release.add_permits(1);
-        assert_eq!(started.recv().await, Some(('c', 1)));
+        assert_eq!(next(&mut started).await, ('c', 1));
         release.add_permits(1);
         settle().await;
         assert!(started.try_recv().is_err(), "nothing else was waiting");
+    }
+
+    #[tokio::test]
+    async fn a_group_worth_its_own_call_does_not_wait_for_the_budget() {
+        let budget = Budget::new(1);
+        let release = Arc::new(Semaphore::new(0));
+        let (tx, mut started) = mpsc::unbounded_channel();
+        let policy = Policy {
+            in_flight: 1,
+            min_size: 10,
+            max_size: 1_000,
+        };
+        let queue = |name: char| {
+            let (started, release) = (tx.clone(), release.clone());
+            start(
+                policy,
+                Some(budget.clone()),
+                |j: &usize| *j,
+                move |group: Vec<usize>| {
+                    started.send((name, group.iter().sum())).expect("test alive");
+                    let release = release.clone();
+                    async move { release.acquire().await.expect("open").forget() }
+                },
+            )
+        };
+        let (a, b) = (queue('a'), queue('b'));
+        a.send(1).unwrap();
+        assert_eq!(next(&mut started).await, ('a', 1));
+        b.send(3).unwrap();
+        settle().await;
+        assert!(started.try_recv().is_err(), "3 units wait for the budget");
+        b.send(7).unwrap();
+        assert_eq!(
+            next(&mut started).await,
+            ('b', 10),
+            "10 units leave while the budget's call is out"
+        );
+        release.add_permits(2);
+        settle().await;
+        // b's request for the budget was dropped with its call: a's next
+        // call takes the budget at once
+        a.send(1).unwrap();
+        assert_eq!(next(&mut started).await, ('a', 1));
+        release.add_permits(1);
     }
 
     #[tokio::test]
@@ -329,9 +392,9 @@ mod tests {
             })
             .collect();
         queues[0].send(1).unwrap();
-        assert_eq!(started.recv().await, Some(('a', 1)));
+        assert_eq!(next(&mut started).await, ('a', 1));
         queues[1].send(1).unwrap();
-        assert_eq!(started.recv().await, Some(('b', 1)), "b's call leaves while a's is out");
+        assert_eq!(next(&mut started).await, ('b', 1), "b's call leaves while a's is out");
         release.add_permits(2);
     }
 

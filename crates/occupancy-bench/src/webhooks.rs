@@ -169,10 +169,15 @@ async fn with_rules(
     ids: &[String],
     store: &dyn Store,
 ) -> anyhow::Result<(crate::load::Stats, String)> {
-    let flowing = wait_flowing(&load.url, receiver, ids).await?;
+    let (flowing, probe) = wait_flowing(&load.url, receiver, ids).await?;
     let replicas = Replicas::new(opts)?;
     let before = receiver.events();
     let m0 = replicas.totals().await?;
+    // closing the probe's session makes one event per rule: closed after
+    // both counts are taken, it is in both the enqueued and the received
+    // figures (closed before, it could be enqueued before the first and
+    // received after the second)
+    probe.await?;
     let with = apply_load(load, opts.batch, opts.channels, "-wh1").await?;
     let stop = Instant::now();
     let at_stop = receiver.events();
@@ -297,8 +302,13 @@ async fn stale_channels(store: &dyn Store, receiver: &Receiver) -> anyhow::Resul
 
 /// Changes a probe channel until every rule has delivered an event: the
 /// replicas read rules on a poll, and a change made before they did is
-/// not enqueued. Returns how long that took.
-async fn wait_flowing(url: &str, receiver: &Receiver, ids: &[String]) -> anyhow::Result<Duration> {
+/// not enqueued. Returns how long that took, and the close of the probe's
+/// session, for the caller to run.
+async fn wait_flowing(
+    url: &str,
+    receiver: &Receiver,
+    ids: &[String],
+) -> anyhow::Result<(Duration, impl std::future::Future<Output = anyhow::Result<()>>)> {
     let run = std::process::id();
     let mut c = ConnectionServiceClient::new(conn(url, &Credential::default()).await?);
     let (session_id, connection_id, channel) = (format!("wh-{run}"), format!("wh-{run}"), format!("webhooks:{run}"));
@@ -331,8 +341,11 @@ async fn wait_flowing(url: &str, receiver: &Receiver, ids: &[String]) -> anyhow:
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let took = start.elapsed();
-    c.close_session(pb::CloseSessionRequest { session_id }).await?;
-    Ok(took)
+    let close = async move {
+        c.close_session(pb::CloseSessionRequest { session_id }).await?;
+        Ok(())
+    };
+    Ok((took, close))
 }
 
 /// Integration counters summed over the replicas' `/metrics`.

@@ -257,28 +257,29 @@ mod tests {
         }
     }
 
-    /// A queue of one call in flight, named `name`, drawing on `budget`
-    /// for groups under 100 units: each call reports its name and its
-    /// number of requests on `started`, then ends when `release` gives it
-    /// a permit.
+    /// A queue of one call in flight, named `name`, whose groups of
+    /// `min_size` units or more are worth a call of their own, drawing on
+    /// `budget` when given: each call reports its name and its units on
+    /// `started`, then ends when `release` gives it a permit.
     fn queue(
         name: char,
-        budget: &Budget,
+        min_size: usize,
+        budget: Option<&Budget>,
         started: &mpsc::UnboundedSender<(char, usize)>,
         release: &Arc<Semaphore>,
     ) -> mpsc::UnboundedSender<usize> {
         let policy = Policy {
             in_flight: 1,
-            min_size: 100,
+            min_size,
             max_size: 1_000,
         };
         let (started, release) = (started.clone(), release.clone());
         start(
             policy,
-            Some(budget.clone()),
+            budget.cloned(),
             |j: &usize| *j,
             move |group: Vec<usize>| {
-                started.send((name, group.len())).expect("test alive");
+                started.send((name, group.iter().sum())).expect("test alive");
                 let release = release.clone();
                 async move { release.acquire().await.expect("open").forget() }
             },
@@ -290,9 +291,9 @@ mod tests {
         let budget = Budget::new(1);
         let release = Arc::new(Semaphore::new(0));
         let (tx, mut started) = mpsc::unbounded_channel();
-        let a = queue('a', &budget, &tx, &release);
-        let b = queue('b', &budget, &tx, &release);
-        let c = queue('c', &budget, &tx, &release);
+        let a = queue('a', 100, Some(&budget), &tx, &release);
+        let b = queue('b', 100, Some(&budget), &tx, &release);
+        let c = queue('c', 100, Some(&budget), &tx, &release);
         a.send(1).unwrap();
         assert_eq!(next(&mut started).await, ('a', 1));
         // the budget's one call is out: b asks first, then c
@@ -327,25 +328,8 @@ mod tests {
         let budget = Budget::new(1);
         let release = Arc::new(Semaphore::new(0));
         let (tx, mut started) = mpsc::unbounded_channel();
-        let policy = Policy {
-            in_flight: 1,
-            min_size: 10,
-            max_size: 1_000,
-        };
-        let queue = |name: char| {
-            let (started, release) = (tx.clone(), release.clone());
-            start(
-                policy,
-                Some(budget.clone()),
-                |j: &usize| *j,
-                move |group: Vec<usize>| {
-                    started.send((name, group.iter().sum())).expect("test alive");
-                    let release = release.clone();
-                    async move { release.acquire().await.expect("open").forget() }
-                },
-            )
-        };
-        let (a, b) = (queue('a'), queue('b'));
+        let a = queue('a', 10, Some(&budget), &tx, &release);
+        let b = queue('b', 10, Some(&budget), &tx, &release);
         a.send(1).unwrap();
         assert_eq!(next(&mut started).await, ('a', 1));
         b.send(3).unwrap();
@@ -370,27 +354,10 @@ mod tests {
     async fn without_a_budget_queues_do_not_wait_for_each_other() {
         let release = Arc::new(Semaphore::new(0));
         let (tx, mut started) = mpsc::unbounded_channel();
-        let policy = Policy {
-            in_flight: 1,
-            min_size: 1,
-            max_size: 1_000,
-        };
-        let queues: Vec<_> = ['a', 'b']
-            .into_iter()
-            .map(|name| {
-                let (started, release) = (tx.clone(), release.clone());
-                start(
-                    policy,
-                    None,
-                    |j: &usize| *j,
-                    move |group: Vec<usize>| {
-                        started.send((name, group.len())).expect("test alive");
-                        let release = release.clone();
-                        async move { release.acquire().await.expect("open").forget() }
-                    },
-                )
-            })
-            .collect();
+        let queues = [
+            queue('a', 100, None, &tx, &release),
+            queue('b', 100, None, &tx, &release),
+        ];
         queues[0].send(1).unwrap();
         assert_eq!(next(&mut started).await, ('a', 1));
         queues[1].send(1).unwrap();

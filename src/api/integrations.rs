@@ -1,7 +1,7 @@
 //! `IntegrationService`: operators manage integration rules, test them
 //! against their targets, and look at and replay their dead letters.
 //!
-//! Handlers convert the request into a [`RuleSpec`] (`convert`), let the
+//! Handlers convert the request into a [`RuleSpec`](crate::integrations::rule::RuleSpec) (`convert`), let the
 //! rule validate itself ([`Rule::create`], [`Rule::updated`]: nothing is
 //! stored when a field is bad), and store through the
 //! [`IntegrationStore`]. A change answers once this replica's integration

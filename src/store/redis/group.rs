@@ -241,13 +241,64 @@ async fn run<J, F, Fut>(
 mod tests {
     use super::*;
 
-    /// The next call started (name, size), failing the test when none
-    /// starts within 10 s.
-    async fn next(started: &mut mpsc::UnboundedReceiver<(char, usize)>) -> (char, usize) {
-        tokio::time::timeout(std::time::Duration::from_secs(10), started.recv())
-            .await
-            .expect("a call starts within 10 s")
-            .expect("the queues are alive")
+    /// Queues whose calls report their start and wait to be ended.
+    struct Calls {
+        tx: mpsc::UnboundedSender<(char, usize)>,
+        started: mpsc::UnboundedReceiver<(char, usize)>,
+        release: Arc<Semaphore>,
+    }
+
+    impl Calls {
+        fn new() -> Self {
+            let (tx, started) = mpsc::unbounded_channel();
+            Self {
+                tx,
+                started,
+                release: Arc::new(Semaphore::new(0)),
+            }
+        }
+
+        /// A queue of one call in flight, named `name`, whose groups of
+        /// `min_size` units or more are worth a call of their own, drawing
+        /// on `budget` when given: each call reports its name and its
+        /// units, then lasts until [`Calls::end`] ends it.
+        fn queue(&self, name: char, min_size: usize, budget: Option<&Budget>) -> mpsc::UnboundedSender<usize> {
+            let policy = Policy {
+                in_flight: 1,
+                min_size,
+                max_size: 1_000,
+            };
+            let (started, release) = (self.tx.clone(), self.release.clone());
+            start(
+                policy,
+                budget.cloned(),
+                |j: &usize| *j,
+                move |group: Vec<usize>| {
+                    started.send((name, group.iter().sum())).expect("test alive");
+                    let release = release.clone();
+                    async move { release.acquire().await.expect("open").forget() }
+                },
+            )
+        }
+
+        /// The next call started (name, units), failing the test when none
+        /// starts within 10 s.
+        async fn next(&mut self) -> (char, usize) {
+            tokio::time::timeout(std::time::Duration::from_secs(10), self.started.recv())
+                .await
+                .expect("a call starts within 10 s")
+                .expect("the queues are alive")
+        }
+
+        /// Whether no call started since the last one seen.
+        fn none_started(&mut self) -> bool {
+            self.started.try_recv().is_err()
+        }
+
+        /// Ends `n` calls in flight.
+        fn end(&self, n: usize) {
+            self.release.add_permits(n);
+        }
     }
 
     /// Lets the queues' tasks run until they wait (one runtime thread).
@@ -257,45 +308,15 @@ mod tests {
         }
     }
 
-    /// A queue of one call in flight, named `name`, whose groups of
-    /// `min_size` units or more are worth a call of their own, drawing on
-    /// `budget` when given: each call reports its name and its units on
-    /// `started`, then ends when `release` gives it a permit.
-    fn queue(
-        name: char,
-        min_size: usize,
-        budget: Option<&Budget>,
-        started: &mpsc::UnboundedSender<(char, usize)>,
-        release: &Arc<Semaphore>,
-    ) -> mpsc::UnboundedSender<usize> {
-        let policy = Policy {
-            in_flight: 1,
-            min_size,
-            max_size: 1_000,
-        };
-        let (started, release) = (started.clone(), release.clone());
-        start(
-            policy,
-            budget.cloned(),
-            |j: &usize| *j,
-            move |group: Vec<usize>| {
-                started.send((name, group.iter().sum())).expect("test alive");
-                let release = release.clone();
-                async move { release.acquire().await.expect("open").forget() }
-            },
-        )
-    }
-
     #[tokio::test]
     async fn partitions_sharing_a_budget_take_turns_and_pile_up_their_requests() {
         let budget = Budget::new(1);
-        let release = Arc::new(Semaphore::new(0));
-        let (tx, mut started) = mpsc::unbounded_channel();
-        let a = queue('a', 100, Some(&budget), &tx, &release);
-        let b = queue('b', 100, Some(&budget), &tx, &release);
-        let c = queue('c', 100, Some(&budget), &tx, &release);
+        let mut calls = Calls::new();
+        let a = calls.queue('a', 100, Some(&budget));
+        let b = calls.queue('b', 100, Some(&budget));
+        let c = calls.queue('c', 100, Some(&budget));
         a.send(1).unwrap();
-        assert_eq!(next(&mut started).await, ('a', 1));
+        assert_eq!(calls.next().await, ('a', 1));
         // the budget's one call is out: b asks first, then c
         b.send(1).unwrap();
         settle().await;
@@ -304,65 +325,57 @@ mod tests {
         b.send(1).unwrap();
         b.send(1).unwrap();
         settle().await;
-        assert!(
-            started.try_recv().is_err(),
-            "no call leaves while the budget's one is out"
-        );
-        release.add_permits(1);
+        assert!(calls.none_started(), "no call leaves while the budget's one is out");
+        calls.end(1);
         assert_eq!(
-            next(&mut started).await,
+            calls.next().await,
             ('b', 3),
             "the queue that asked first goes next, with every request it piled up"
         );
         settle().await;
-        assert!(started.try_recv().is_err(), "c waits for b's call");
-        release.add_permits(1);
-        assert_eq!(next(&mut started).await, ('c', 1));
-        release.add_permits(1);
+        assert!(calls.none_started(), "c waits for b's call");
+        calls.end(1);
+        assert_eq!(calls.next().await, ('c', 1));
+        calls.end(1);
         settle().await;
-        assert!(started.try_recv().is_err(), "nothing else was waiting");
+        assert!(calls.none_started(), "nothing else was waiting");
     }
 
     #[tokio::test]
     async fn a_group_worth_its_own_call_does_not_wait_for_the_budget() {
         let budget = Budget::new(1);
-        let release = Arc::new(Semaphore::new(0));
-        let (tx, mut started) = mpsc::unbounded_channel();
-        let a = queue('a', 10, Some(&budget), &tx, &release);
-        let b = queue('b', 10, Some(&budget), &tx, &release);
+        let mut calls = Calls::new();
+        let a = calls.queue('a', 10, Some(&budget));
+        let b = calls.queue('b', 10, Some(&budget));
         a.send(1).unwrap();
-        assert_eq!(next(&mut started).await, ('a', 1));
+        assert_eq!(calls.next().await, ('a', 1));
         b.send(3).unwrap();
         settle().await;
-        assert!(started.try_recv().is_err(), "3 units wait for the budget");
+        assert!(calls.none_started(), "3 units wait for the budget");
         b.send(7).unwrap();
         assert_eq!(
-            next(&mut started).await,
+            calls.next().await,
             ('b', 10),
             "10 units leave while the budget's call is out"
         );
-        release.add_permits(2);
+        calls.end(2);
         settle().await;
         // b's request for the budget was dropped with its call: a's next
         // call takes the budget at once
         a.send(1).unwrap();
-        assert_eq!(next(&mut started).await, ('a', 1));
-        release.add_permits(1);
+        assert_eq!(calls.next().await, ('a', 1));
+        calls.end(1);
     }
 
     #[tokio::test]
     async fn without_a_budget_queues_do_not_wait_for_each_other() {
-        let release = Arc::new(Semaphore::new(0));
-        let (tx, mut started) = mpsc::unbounded_channel();
-        let queues = [
-            queue('a', 100, None, &tx, &release),
-            queue('b', 100, None, &tx, &release),
-        ];
-        queues[0].send(1).unwrap();
-        assert_eq!(next(&mut started).await, ('a', 1));
-        queues[1].send(1).unwrap();
-        assert_eq!(next(&mut started).await, ('b', 1), "b's call leaves while a's is out");
-        release.add_permits(2);
+        let mut calls = Calls::new();
+        let (a, b) = (calls.queue('a', 100, None), calls.queue('b', 100, None));
+        a.send(1).unwrap();
+        assert_eq!(calls.next().await, ('a', 1));
+        b.send(1).unwrap();
+        assert_eq!(calls.next().await, ('b', 1), "b's call leaves while a's is out");
+        calls.end(2);
     }
 
     #[test]

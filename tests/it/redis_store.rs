@@ -243,7 +243,8 @@ async fn the_function_library_is_reloaded_when_redis_loses_it() {
     assert_eq!(listed.len(), 1, "one library: {listed:?}");
     let text = format!("{listed:?}");
     assert!(text.contains("occupancy_"), "{text}");
-    assert_eq!(text.matches("_apply").count(), 1, "{text}");
+    assert_eq!(text.matches("_apply\"").count(), 1, "{text}");
+    assert_eq!(text.matches("_apply_many\"").count(), 1, "{text}");
     let _: () = ::redis::cmd("FUNCTION").arg("FLUSH").query(&mut c).unwrap();
     assert!(libraries(&mut c).is_empty());
     // a write, a keep-alive and a list page each need the library back

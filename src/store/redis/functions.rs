@@ -36,6 +36,7 @@ use super::RedisConfig;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Function {
     Apply,
+    ApplyMany,
     KeepAlive,
     Close,
     Reap,
@@ -48,8 +49,9 @@ pub(crate) enum Function {
 
 impl Function {
     #[cfg(test)]
-    const ALL: [Function; 9] = [
+    const ALL: [Function; 10] = [
         Function::Apply,
+        Function::ApplyMany,
         Function::KeepAlive,
         Function::Close,
         Function::Reap,
@@ -65,6 +67,7 @@ impl Function {
     fn name(self) -> &'static str {
         match self {
             Function::Apply => "apply",
+            Function::ApplyMany => "apply_many",
             Function::KeepAlive => "keep_alive",
             Function::Close => "close",
             Function::Reap => "reap",
@@ -82,7 +85,7 @@ const ORDER: &str = include_str!("lua/ORDER");
 
 /// Every Lua file, by its name in [`ORDER`]: `include_str!` needs each path
 /// spelled out, and a test checks these are exactly the files it lists.
-const SOURCES: [(&str, &str); 17] = [
+const SOURCES: [(&str, &str); 18] = [
     ("util", include_str!("lua/util.lua")),
     ("keys", include_str!("lua/keys.lua")),
     ("counters", include_str!("lua/counters.lua")),
@@ -92,6 +95,7 @@ const SOURCES: [(&str, &str); 17] = [
     ("events", include_str!("lua/events.lua")),
     ("call", include_str!("lua/call.lua")),
     ("apply", include_str!("lua/apply.lua")),
+    ("apply_many", include_str!("lua/apply_many.lua")),
     ("keep_alive", include_str!("lua/keep_alive.lua")),
     ("close", include_str!("lua/close.lua")),
     ("reap", include_str!("lua/reap.lua")),
@@ -107,8 +111,21 @@ const SOURCES: [(&str, &str); 17] = [
 enum Part<'a> {
     /// A module, defined when the library loads.
     Module(&'a str),
-    /// A function, and whether it reads the Redis clock.
-    Function(&'a str, bool),
+    /// A function, and how it starts.
+    Function(&'a str, Start),
+}
+
+/// How a function of the library starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Start {
+    /// With `begin`, not reading the Redis clock.
+    Plain,
+    /// With `begin`, reading the Redis clock.
+    Clock,
+    /// Without `begin`: it runs other functions of the library, each for
+    /// one partition's slot, so it is registered with the
+    /// `allow-cross-slot-keys` flag (see `lua/apply_many.lua`).
+    CrossSlot,
 }
 
 /// The parts [`ORDER`] lists, in order.
@@ -119,8 +136,9 @@ fn parts() -> Result<Vec<Part<'static>>, String> {
         .filter(|l| !l.is_empty() && !l.starts_with('#'))
         .map(|line| match line.split_whitespace().collect::<Vec<_>>()[..] {
             ["module", name] => Ok(Part::Module(name)),
-            ["function", name] => Ok(Part::Function(name, false)),
-            ["function", name, "clock"] => Ok(Part::Function(name, true)),
+            ["function", name] => Ok(Part::Function(name, Start::Plain)),
+            ["function", name, "clock"] => Ok(Part::Function(name, Start::Clock)),
+            ["function", name, "cross-slot"] => Ok(Part::Function(name, Start::CrossSlot)),
             _ => Err(format!("lua/ORDER: malformed line {line:?}")),
         })
         .collect()
@@ -144,10 +162,20 @@ fn body(lib: &str) -> Result<String, String> {
                 body.push('\n');
                 body.push_str(source(name)?);
             }
-            Part::Function(name, clock) => body.push_str(&format!(
-                "\nredis.register_function('{lib}_{name}', function(KEYS, ARGV)\nbegin(ARGV, {clock})\n{}\nend)\n",
-                source(name)?
-            )),
+            // each function is also a local `f_NAME`, so that a function
+            // listed later can run it
+            Part::Function(name, start) => {
+                let code = source(name)?;
+                let (begin, flags) = match start {
+                    Start::Plain => ("begin(ARGV, false)\n", ""),
+                    Start::Clock => ("begin(ARGV, true)\n", ""),
+                    Start::CrossSlot => ("", "'allow-cross-slot-keys'"),
+                };
+                body.push_str(&format!(
+                    "\nlocal f_{name} = function(KEYS, ARGV)\n{begin}{code}\nend\n\
+                     redis.register_function{{function_name = '{lib}_{name}', callback = f_{name}, flags = {{{flags}}}}}\n"
+                ));
+            }
         }
     }
     Ok(body)
@@ -183,7 +211,7 @@ static LIBRARY: LazyLock<Library> = LazyLock::new(|| {
 /// function's own arguments, then run it with [`invoke`].
 pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     let mut cmd = redis::cmd("FCALL");
-    cmd.arg(format!("{}_{}", LIBRARY.name, f.name()));
+    cmd.arg(name(f));
     if cfg.cluster {
         // the anchor is in the state's slot: declared as the call's one
         // key, it routes the call to the primary serving that slot, and,
@@ -197,6 +225,20 @@ pub(crate) fn call(cfg: &RedisConfig, f: Function) -> Cmd {
     }
     cmd.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);
     cmd
+}
+
+/// The name `f` is called by (`<library>_<name>`).
+pub(crate) fn name(f: Function) -> String {
+    format!("{}_{}", LIBRARY.name, f.name())
+}
+
+/// The arguments every function starts with, as [`call`] adds them, in a
+/// command of their own: a section of an `apply_many` call
+/// (`nodes.rs`).
+pub(crate) fn call_args(cfg: &RedisConfig) -> Cmd {
+    let mut args = Cmd::new();
+    args.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);
+    args
 }
 
 /// Held while a call that found its function missing loads the library,

@@ -115,6 +115,20 @@ pub fn partition_tag(p: u32, partitions: u32) -> String {
         .expect("an unbounded search over tags ends")
 }
 
+/// The Redis Cluster slot of every key under `prefix`: its hash tag's
+/// (the text inside its first braces, when not empty), else the
+/// prefix's own.
+pub fn prefix_slot(prefix: &str) -> u16 {
+    let tag = prefix
+        .find('{')
+        .and_then(|open| {
+            let rest = &prefix[open + 1..];
+            rest.find('}').filter(|&close| close > 0).map(|close| &rest[..close])
+        })
+        .unwrap_or(prefix);
+    tag_slot(tag)
+}
+
 /// The prefix whose keys all hash to `tag`'s slot: `PREFIX:{TAG}`.
 pub fn tagged(prefix: &str, tag: &str) -> String {
     format!("{prefix}:{{{tag}}}")

@@ -41,6 +41,7 @@ mod functions;
 mod group;
 mod integrations;
 pub mod keys;
+mod nodes;
 mod reader;
 mod reads;
 mod replication;
@@ -91,6 +92,9 @@ pub struct RedisStore {
     /// cost Redis little, and with a shared budget they cost more CPU per
     /// key in `scripts/bench --cluster`, not less.
     write_budget: Option<group::Budget>,
+    /// With partitions: the node queues their writes go through, and this
+    /// store's partition (see `nodes.rs`).
+    node_writes: Option<(Arc<nodes::NodeWriter>, usize)>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -110,6 +114,7 @@ impl reads::Fetch for MgetFetch {
 }
 
 /// Sends merged writes as one call of the apply script.
+#[derive(Clone)]
 struct ApplySender {
     conn: Conn,
     cfg: RedisConfig,
@@ -165,7 +170,7 @@ impl RedisStore {
         let conn = topology.shared(&cfg)?;
         let outage = feed_outage();
         let budget = group::Budget::new(writer::IN_FLIGHT);
-        (0..cfg.partitions.max(1))
+        let mut stores = (0..cfg.partitions.max(1))
             .map(|p| {
                 let mut part = cfg.clone();
                 part.hash_tag = Some(keys::partition_tag(p, cfg.partitions));
@@ -180,7 +185,22 @@ impl RedisStore {
                     Some(budget.clone()),
                 )
             })
-            .collect()
+            .collect::<Result<Vec<_>>>()?;
+        let senders = stores.iter().map(RedisStore::apply_sender).collect();
+        let nodes = Arc::new(nodes::NodeWriter::new(senders, conn, cfg.cluster, budget));
+        for (p, store) in stores.iter_mut().enumerate() {
+            store.node_writes = Some((nodes.clone(), p));
+        }
+        Ok(stores)
+    }
+
+    /// The sender of this store's own apply calls.
+    fn apply_sender(&self) -> ApplySender {
+        ApplySender {
+            conn: self.conn.clone(),
+            cfg: self.cfg.clone(),
+            replication: self.replication.clone(),
+        }
     }
 
     /// Checks the prefix; the key recording the partition count (under the
@@ -219,6 +239,7 @@ impl RedisStore {
             partitions_record: record,
             feed_outage,
             write_budget,
+            node_writes: None,
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -355,30 +376,25 @@ pub const EVENT_SHARDS_RECORD: Duration = Duration::from_secs(30);
 #[async_trait]
 impl Store for RedisStore {
     async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied> {
-        let writes = self.writes.get_or_init(|| {
-            writer::start(
-                ApplySender {
-                    conn: self.conn.clone(),
-                    cfg: self.cfg.clone(),
-                    replication: self.replication.clone(),
-                },
-                self.cfg.partitions,
-                self.write_budget.clone(),
-            )
-        });
         let (reply, answer) = tokio::sync::oneshot::channel();
-        writes
-            .send(writer::Job {
-                session: session.clone(),
-                sequence: batch.sequence,
-                epoch: batch.epoch,
-                open_epoch: batch.open_epoch,
-                owner: batch.owner.to_string(),
-                ops: batch.ops.to_vec(),
-                include_metrics: batch.include_metrics,
-                reply,
-            })
-            .map_err(|_| Error::Internal("the write queue is closed".into()))?;
+        let job = writer::Job {
+            session: session.clone(),
+            sequence: batch.sequence,
+            epoch: batch.epoch,
+            open_epoch: batch.open_epoch,
+            owner: batch.owner.to_string(),
+            ops: batch.ops.to_vec(),
+            include_metrics: batch.include_metrics,
+            reply,
+        };
+        match &self.node_writes {
+            Some((nodes, p)) => nodes.send(*p, job)?,
+            None => self
+                .writes
+                .get_or_init(|| writer::start(self.apply_sender(), self.cfg.partitions, self.write_budget.clone()))
+                .send(job)
+                .map_err(|_| Error::Internal("the write queue is closed".into()))?,
+        }
         answer
             .await
             .map_err(|_| Error::Internal("the write queue dropped a write".into()))?

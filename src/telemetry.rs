@@ -93,6 +93,7 @@ pub struct StoreMetrics {
     group_writes: Histogram,
     group_operations: Histogram,
     merged_reads: Histogram,
+    partitions_elsewhere: Counter,
     event_lag: Family<ShardLabels, Histogram>,
 }
 
@@ -133,6 +134,7 @@ static STORE: LazyLock<StoreMetrics> = LazyLock::new(|| {
         group_writes: Histogram::new(exponential_buckets(1.0, 2.0, 12)),
         group_operations: Histogram::new(exponential_buckets(1.0, 2.0, 15)),
         merged_reads: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
+        partitions_elsewhere: Counter::default(),
         event_lag: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.000_1, 2.0, 16))),
     }
 });
@@ -160,6 +162,18 @@ impl StoreMetrics {
     pub fn group_commit(&self, writes: usize, operations: usize) {
         self.group_writes.observe(writes as f64);
         self.group_operations.observe(operations as f64);
+    }
+
+    /// Records `n` partitions of a Redis Cluster write call that were not
+    /// on the node the call reached, sent again on their own.
+    pub fn partitions_elsewhere(&self, n: u64) {
+        self.partitions_elsewhere.inc_by(n);
+    }
+
+    /// The partitions counted by [`StoreMetrics::partitions_elsewhere`] so
+    /// far.
+    pub fn partitions_elsewhere_total(&self) -> u64 {
+        self.partitions_elsewhere.get()
     }
 
     /// Records one merged read of `keys` keys.
@@ -201,6 +215,11 @@ impl StoreMetrics {
         ] {
             registry.register(name, help, metric.clone());
         }
+        registry.register(
+            "partitions_elsewhere",
+            "Partitions of a Redis Cluster write call not on the node the call reached (the placement read from CLUSTER SLOTS was stale), sent again on their own",
+            self.partitions_elsewhere.clone(),
+        );
         registry.register(
             "event_lag_seconds",
             "Time from a change's commit in Redis to its hand-over to this replica's subscriptions, per event shard (includes clock skew between Redis and the replica)",

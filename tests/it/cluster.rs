@@ -340,7 +340,7 @@ impl UnderLoad {
 
 /// The slot of partition 0 on a cluster harness.
 fn state_slot(cluster: &RedisCluster) -> u16 {
-    let tag = occupancy::store::redis::keys::partition_tag(0, crate::support::PARTITIONS);
+    let tag = occupancy::store::redis::keys::partition_tag(0, crate::support::CLUSTER_PARTITIONS);
     cluster.keyslot(&format!("test:{{{tag}}}:anchor"))
 }
 
@@ -445,8 +445,8 @@ async fn a_primary_drained_by_rebalance_under_load_keeps_every_count_exact() {
 /// wrote (writes across partitions, presence, a closed session, lists,
 /// the reaper) is under one partition's tag, in that partition's slot, on
 /// the primary serving it, or is the partition count's record; and the
-/// three partitions lie on the three primaries, one each, as their tags
-/// are chosen to.
+/// partitions spread over the three primaries, as their tags are chosen
+/// to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitioned_keys_each_live_in_their_partitions_slot() {
     use occupancy::domain::{ChannelName, ConnectionId, ListOrder, ListQuery, ModeSet, Operation, SessionId};
@@ -499,5 +499,71 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
     }
     let distinct: HashSet<String> = slots.iter().map(|s| cluster.primary_of(*s).id).collect();
     assert_eq!(used, distinct, "every partition's primary holds state");
-    assert_eq!(distinct.len(), 3, "three partitions on three primaries, one each");
+    assert_eq!(distinct.len(), 3, "the partitions spread over the three primaries");
+}
+
+/// Writes of the partitions one primary holds share that node's calls
+/// (`apply_many`). A new store has not read where the partitions are yet
+/// and sends a batch spanning all of them to one node's queue: that call
+/// runs the partitions on the node it reaches, and the others, counted in
+/// `partitions_elsewhere`, are sent again on their own, every result
+/// exact. Once the store has read the placement, a batch spanning every
+/// partition finds each where it was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_partitions_share_its_calls_and_a_stale_placement_costs_only_resends() {
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, OpStatus, Operation, SessionId};
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let store = h.store();
+    // the health check creates each partition's anchor key (a section
+    // runs where its anchor is)
+    store.ping().await.expect("ping");
+    let elsewhere = || occupancy::telemetry::store().partitions_elsewhere_total();
+    // 60 channels: every one of the 6 partitions, each on 2 connections
+    let batch = |round: usize| -> Vec<Operation> {
+        (0..120)
+            .map(|i| Operation::Attach {
+                connection: ConnectionId::parse("c", format!("r{round}c{}", i / 60)).expect("id"),
+                channel: ChannelName::parse("ch", format!("room:{}", i % 60)).expect("name"),
+                modes: ModeSet::EMPTY,
+            })
+            .collect()
+    };
+    let applied = |(results, _epoch): (Vec<occupancy::domain::OpResult>, u64)| results;
+    let before = elsewhere();
+    let s0 = SessionId::parse("s", "r0").expect("id");
+    let results = applied(store.apply(&s0, &batch(0), true).await.expect("apply"));
+    assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
+    assert!(
+        elsewhere() > before,
+        "the first batch went to one node's queue and found partitions elsewhere"
+    );
+
+    let mut settled = false;
+    let mut rounds = 1;
+    for round in 1..=50 {
+        rounds += 1;
+        let b = elsewhere();
+        let s = SessionId::parse("s", format!("r{round}")).expect("id");
+        let results = applied(store.apply(&s, &batch(round), false).await.expect("apply"));
+        assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
+        if elsewhere() == b {
+            settled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        settled,
+        "the placement was never learned: every batch found partitions elsewhere"
+    );
+    let channels: Vec<ChannelName> = (0..60)
+        .map(|i| ChannelName::parse("ch", format!("room:{i}")).expect("name"))
+        .collect();
+    let got = store.get(&channels).await.expect("get");
+    assert!(
+        got.iter().all(|m| m.connections == 2 * rounds),
+        "every channel holds two connections of each of the {rounds} rounds: {:?}",
+        got.iter().map(|m| m.connections).collect::<Vec<_>>()
+    );
 }

@@ -86,12 +86,6 @@ pub struct RedisStore {
     /// The event stream readers' outage log, shared by a deployment's
     /// partitions: an outage is logged once, not once per partition.
     feed_outage: Arc<OutageLog>,
-    /// The write calls in flight the partitions of a replica share, as
-    /// many as a store holding the whole state keeps out (none for such a
-    /// store; see [`group::Budget`]). Reads have none: their merged MGETs
-    /// cost Redis little, and with a shared budget they cost more CPU per
-    /// key in `scripts/bench --cluster`, not less.
-    write_budget: Option<group::Budget>,
     /// With partitions: the node queues their writes go through, and this
     /// store's partition (see `nodes.rs`).
     node_writes: Option<(Arc<nodes::NodeWriter>, usize)>,
@@ -155,7 +149,7 @@ impl RedisStore {
         let record = Self::validated(&cfg)?;
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
-        Self::with(cfg, topology, conn, Some(record), feed_outage(), None)
+        Self::with(cfg, topology, conn, Some(record), feed_outage())
     }
 
     /// One store per partition (hash tag [`keys::partition_tag`], one
@@ -169,25 +163,17 @@ impl RedisStore {
         let topology = Topology::new(&cfg)?;
         let conn = topology.shared(&cfg)?;
         let outage = feed_outage();
-        let budget = group::Budget::new(writer::IN_FLIGHT);
         let mut stores = (0..cfg.partitions.max(1))
             .map(|p| {
                 let mut part = cfg.clone();
                 part.hash_tag = Some(keys::partition_tag(p, cfg.partitions));
                 part.event_shards = 1;
                 let record = (p == 0).then(|| record.clone());
-                Self::with(
-                    part,
-                    topology.clone(),
-                    conn.clone(),
-                    record,
-                    outage.clone(),
-                    Some(budget.clone()),
-                )
+                Self::with(part, topology.clone(), conn.clone(), record, outage.clone())
             })
             .collect::<Result<Vec<_>>>()?;
         let senders = stores.iter().map(RedisStore::apply_sender).collect();
-        let nodes = Arc::new(nodes::NodeWriter::new(senders, conn, cfg.cluster, budget));
+        let nodes = Arc::new(nodes::NodeWriter::new(senders, conn, cfg.cluster));
         for (p, store) in stores.iter_mut().enumerate() {
             store.node_writes = Some((nodes.clone(), p));
         }
@@ -216,7 +202,6 @@ impl RedisStore {
         conn: Conn,
         record: Option<String>,
         feed_outage: Arc<OutageLog>,
-        write_budget: Option<group::Budget>,
     ) -> Result<Self> {
         if cfg.cluster && cfg.hash_tag.is_none() {
             cfg.hash_tag = Some(config::CLUSTER_HASH_TAG.into());
@@ -238,7 +223,6 @@ impl RedisStore {
             cfg,
             partitions_record: record,
             feed_outage,
-            write_budget,
             node_writes: None,
             writes: Arc::default(),
             reads: Arc::default(),
@@ -391,7 +375,7 @@ impl Store for RedisStore {
             Some((nodes, p)) => nodes.send(*p, job)?,
             None => self
                 .writes
-                .get_or_init(|| writer::start(self.apply_sender(), self.cfg.partitions, self.write_budget.clone()))
+                .get_or_init(|| writer::start(self.apply_sender()))
                 .send(job)
                 .map_err(|_| Error::Internal("the write queue is closed".into()))?,
         }

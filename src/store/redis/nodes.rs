@@ -5,9 +5,16 @@
 //! and answering it, waking the replica, `WAIT`), and a call per
 //! partition, each carrying only its partition's writes, paid that cost
 //! several times as often as one Redis holding the whole state
-//! (BENCHMARKS.md). Each node here has one queue (`group.rs`, sharing
-//! the replica's [`Budget`]) taking the writes of all the partitions
-//! that node holds, so a call carries as many writes as on one Redis.
+//! (BENCHMARKS.md). Each node here has one queue (`group.rs`) taking the
+//! writes of all the partitions that node holds.
+//!
+//! On a cluster a node's queue keeps [`NODE_IN_FLIGHT`] call out, and the
+//! small calls (below `MIN_GROUP_OPS` operations) of all the nodes share
+//! a [`Budget`] of [`CLUSTER_BUDGET`]: the primaries answer in parallel,
+//! so with as many calls out as one Redis gets per node, each call would
+//! carry fewer writes and Redis would pay its fixed cost more often. On
+//! one Redis (partitions without a cluster) the one node's queue has the
+//! policy of a store holding the whole state.
 //!
 //! Where each partition is comes from `CLUSTER SLOTS`, read when the first
 //! write comes, then every [`PLACEMENT_REFRESH`] and at once when a call
@@ -18,12 +25,17 @@
 //! others as absent; those are then sent on their own, each routed by its
 //! own key. On one Redis (no cluster) every partition is on the one node.
 //!
-//! A call is atomic, and within it each partition's writes are applied in
-//! the order they arrived, as on one Redis; writes of different
-//! partitions touch different state.
+//! A partition's writes are applied in the order they arrived, as with a
+//! queue per partition: a node's queue keeps one call out on a cluster
+//! (a second call could overtake the first while that one follows a
+//! MOVED), a section found elsewhere is sent again before the queue's
+//! next call, and a partition moves to another node's queue only once
+//! none of its writes wait in the old one. Within a call each partition's
+//! writes keep their order; writes of different partitions touch
+//! different state.
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Duration;
 
 use redis::Value;
@@ -37,6 +49,20 @@ use crate::error::{Error, Result};
 
 /// How often the placement of partitions is read again while writes come.
 pub(super) const PLACEMENT_REFRESH: Duration = Duration::from_secs(1);
+/// Calls a node's queue keeps out at once on a cluster.
+const NODE_IN_FLIGHT: usize = crate::config::defaults::REDIS_NODE_WRITES_IN_FLIGHT;
+/// Small calls out at once over all the nodes of a cluster.
+const CLUSTER_BUDGET: usize = crate::config::defaults::REDIS_CLUSTER_WRITE_BUDGET;
+
+/// Where a partition's writes go: the node index of its last placement
+/// read, and of the queue its waiting writes are in.
+#[derive(Debug, Clone, Copy, Default)]
+struct Route {
+    placed: usize,
+    node: usize,
+    /// Its writes queued or in a call, not yet answered.
+    pending: usize,
+}
 
 /// A write of one partition.
 pub(super) struct PartJob {
@@ -56,13 +82,14 @@ struct Inner {
     conn: Conn,
     /// Whether the state is on a cluster (else on one node).
     cluster: bool,
-    /// The node of each partition, as an index into `node_ids`.
-    placement: RwLock<Vec<usize>>,
+    /// Where each partition's writes go.
+    routes: Mutex<Vec<Route>>,
     /// Node ids seen, by index (never reused, so a queue keeps its node).
     node_ids: Mutex<HashMap<String, usize>>,
     /// One write queue per node index, started on first use.
     queues: Mutex<HashMap<usize, mpsc::UnboundedSender<PartJob>>>,
-    budget: Budget,
+    /// On a cluster, the small calls all nodes' queues share.
+    budget: Option<Budget>,
     /// Wakes the placement task early.
     stale: Notify,
     /// The placement task, started with the first write.
@@ -70,19 +97,19 @@ struct Inner {
 }
 
 impl NodeWriter {
-    /// The writer of `parts` (partition `p` at index `p`), each of whose
-    /// calls also takes one of `budget`'s.
-    pub(super) fn new(parts: Vec<ApplySender>, conn: Conn, cluster: bool, budget: Budget) -> Self {
+    /// The writer of `parts` (partition `p` at index `p`), on a cluster
+    /// or on one Redis.
+    pub(super) fn new(parts: Vec<ApplySender>, conn: Conn, cluster: bool) -> Self {
         let n = parts.len();
         Self {
             inner: Arc::new(Inner {
                 parts,
                 conn,
                 cluster,
-                placement: RwLock::new(vec![0; n]),
+                routes: Mutex::new(vec![Route::default(); n]),
                 node_ids: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
-                budget,
+                budget: cluster.then(|| Budget::new(CLUSTER_BUDGET)),
                 stale: Notify::new(),
                 started: OnceLock::new(),
             }),
@@ -97,7 +124,15 @@ impl NodeWriter {
                 tokio::spawn(follow_placement(Arc::downgrade(inner)));
             });
         }
-        let node = inner.placement.read().expect("placement lock")[partition];
+        let node = {
+            let mut routes = inner.routes.lock().expect("routes lock");
+            let route = &mut routes[partition];
+            if route.pending == 0 {
+                route.node = route.placed;
+            }
+            route.pending += 1;
+            route.node
+        };
         let queue = {
             let mut queues = inner.queues.lock().expect("queues lock");
             queues
@@ -105,22 +140,28 @@ impl NodeWriter {
                 .or_insert_with(|| start_queue(Arc::downgrade(inner), inner.budget.clone()))
                 .clone()
         };
-        queue
-            .send(PartJob { partition, job })
-            .map_err(|_| Error::Internal("the write queue is closed".into()))
+        queue.send(PartJob { partition, job }).map_err(|_| {
+            inner.routes.lock().expect("routes lock")[partition].pending -= 1;
+            Error::Internal("the write queue is closed".into())
+        })
     }
 }
 
-/// Starts one node's queue: the policy of a store holding the whole state.
-fn start_queue(inner: Weak<Inner>, budget: Budget) -> mpsc::UnboundedSender<PartJob> {
+/// Starts one node's queue; with a `budget` (a cluster), one call out at
+/// a time, else the policy of a store holding the whole state.
+fn start_queue(inner: Weak<Inner>, budget: Option<Budget>) -> mpsc::UnboundedSender<PartJob> {
     let policy = Policy {
-        in_flight: writer::IN_FLIGHT,
+        in_flight: if budget.is_some() {
+            NODE_IN_FLIGHT
+        } else {
+            writer::IN_FLIGHT
+        },
         min_size: writer::MIN_GROUP_OPS,
         max_size: writer::MAX_GROUP_OPS,
     };
     group::start(
         policy,
-        Some(budget),
+        budget,
         |j: &PartJob| j.job.ops.len(),
         move |jobs: Vec<PartJob>| {
             let inner = inner.upgrade();
@@ -150,24 +191,25 @@ impl Inner {
         if let [(p, jobs)] = &sections[..] {
             // one partition: its own call, as without node queues
             let answers = self.parts[*p].send(jobs).await;
-            return answer(sections, vec![Some(answers)]);
+            return self.answer(sections, vec![Some(answers)]);
         }
         let answers = match self.call(&sections).await {
             Ok(answers) => answers,
             Err(e) => sections.iter().map(|_| Some(Err(e.clone()))).collect(),
         };
         let mut answers: Vec<Option<Result<Vec<Applied>>>> = answers;
-        let mut moved = false;
+        let mut moved = 0;
         for ((p, jobs), a) in sections.iter().zip(answers.iter_mut()) {
             if a.is_none() {
-                moved = true;
+                moved += 1;
                 *a = Some(self.parts[*p].send(jobs).await);
             }
         }
-        if moved {
+        if moved > 0 {
+            crate::telemetry::store().partitions_elsewhere(moved);
             self.stale.notify_one();
         }
-        answer(sections, answers);
+        self.answer(sections, answers);
     }
 
     /// One `apply_many` call of `sections`: per section its answers, or
@@ -225,6 +267,16 @@ impl Inner {
             .collect())
     }
 
+    /// Answers each section's writes from its answers; its partition's
+    /// writes are no longer pending.
+    fn answer(&self, sections: Vec<(usize, Vec<Job>)>, answers: Vec<Option<Result<Vec<Applied>>>>) {
+        for ((p, jobs), a) in sections.into_iter().zip(answers) {
+            self.routes.lock().expect("routes lock")[p].pending -= jobs.len();
+            let a = a.unwrap_or_else(|| Err(Error::Internal("a section was not answered".into())));
+            group::answer(jobs.into_iter().map(|j| j.reply).collect(), a, "apply function");
+        }
+    }
+
     /// Reads where each partition is (`CLUSTER SLOTS`).
     async fn refresh(&self) -> Result<()> {
         let mut conn = self.conn.clone();
@@ -237,7 +289,7 @@ impl Inner {
         .await?;
         let ranges = slot_owners(&slots);
         let mut ids = self.node_ids.lock().expect("node ids lock");
-        let placement: Vec<usize> = self
+        let placed: Vec<usize> = self
             .parts
             .iter()
             .map(|part| {
@@ -250,16 +302,12 @@ impl Inner {
                 *ids.entry(owner.to_string()).or_insert(next)
             })
             .collect();
-        *self.placement.write().expect("placement lock") = placement;
+        drop(ids);
+        let mut routes = self.routes.lock().expect("routes lock");
+        for (route, node) in routes.iter_mut().zip(placed) {
+            route.placed = node;
+        }
         Ok(())
-    }
-}
-
-/// Answers each section's writes from its answers.
-fn answer(sections: Vec<(usize, Vec<Job>)>, answers: Vec<Option<Result<Vec<Applied>>>>) {
-    for ((_, jobs), a) in sections.into_iter().zip(answers) {
-        let a = a.unwrap_or_else(|| Err(Error::Internal("a section was not answered".into())));
-        group::answer(jobs.into_iter().map(|j| j.reply).collect(), a, "apply function");
     }
 }
 

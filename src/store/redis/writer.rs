@@ -61,24 +61,19 @@ pub(super) trait Sender: Send + Sync + 'static {
     fn send(&self, jobs: &[Job]) -> impl std::future::Future<Output = Result<Vec<Applied>>> + Send;
 }
 
-/// Starts the group commit task of a store split into `partitions` (its
-/// share of [`IN_FLIGHT`], see [`group::share`], and one of `budget`'s
-/// calls for each of its own, see [`group::Budget`]); it ends when every
+/// Starts the group commit task of a store holding the whole state (a
+/// partitioned store's writes go through `nodes.rs`); it ends when every
 /// sender of the returned queue is dropped.
-pub(super) fn start<S: Sender>(
-    sender: S,
-    partitions: u32,
-    budget: Option<group::Budget>,
-) -> mpsc::UnboundedSender<Job> {
+pub(super) fn start<S: Sender>(sender: S) -> mpsc::UnboundedSender<Job> {
     let sender = Arc::new(sender);
     let policy = Policy {
-        in_flight: group::share(IN_FLIGHT, partitions),
+        in_flight: IN_FLIGHT,
         min_size: MIN_GROUP_OPS,
         max_size: MAX_GROUP_OPS,
     };
     group::start(
         policy,
-        budget,
+        None,
         |j: &Job| j.ops.len(),
         move |jobs: Vec<Job>| {
             let sender = sender.clone();
@@ -153,7 +148,7 @@ pub(super) mod tests {
     #[tokio::test]
     async fn waiting_writes_leave_as_one_call_and_each_gets_its_own_answer() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone(), 1, None);
+        let tx = start(fake.clone());
         let mut answers = Vec::new();
         for n in 1..=40 {
             let (j, rx) = job(n);
@@ -226,7 +221,7 @@ pub(super) mod tests {
     #[tokio::test(flavor = "current_thread")]
     async fn while_a_call_is_in_flight_small_writes_wait_and_large_ones_leave() {
         let (held, mut started) = held();
-        let tx = start(held.clone(), 1, None);
+        let tx = start(held.clone());
         let send = |n: usize| {
             let (j, rx) = job(n);
             tx.send(j).map_err(|_| "queue closed").unwrap();
@@ -270,45 +265,10 @@ pub(super) mod tests {
         assert_eq!(*held.calls.lock().unwrap(), [1, MIN_GROUP_OPS, MIN_GROUP_OPS, 1]);
     }
 
-    /// One queue of a store split into 16 partitions: its one call in
-    /// flight holds back every write, large ones too, which then leave
-    /// together as one call.
-    #[tokio::test(flavor = "current_thread")]
-    async fn a_partitions_queue_keeps_one_call_in_flight() {
-        let (held, mut started) = held();
-        let tx = start(held.clone(), 16, None);
-        let send = |n: usize| {
-            let (j, rx) = job(n);
-            tx.send(j).map_err(|_| "queue closed").unwrap();
-            rx
-        };
-        let first = send(1);
-        assert_eq!(started.recv().await, Some(1));
-        let waiting: Vec<_> = [MIN_GROUP_OPS, 1, MIN_GROUP_OPS].into_iter().map(send).collect();
-        settle().await;
-        assert_eq!(
-            *held.calls.lock().unwrap(),
-            [1],
-            "a write left beside the partition's call in flight"
-        );
-        held.release.add_permits(1);
-        first.await.unwrap().unwrap();
-        assert_eq!(
-            started.recv().await,
-            Some(2 * MIN_GROUP_OPS + 1),
-            "the waiting writes leave as one call"
-        );
-        held.release.add_permits(1);
-        for rx in waiting {
-            rx.await.unwrap().unwrap();
-        }
-        assert_eq!(*held.calls.lock().unwrap(), [1, 2 * MIN_GROUP_OPS + 1]);
-    }
-
     #[tokio::test]
     async fn a_call_holds_at_most_max_group_ops() {
         let fake = Arc::new(Fake::default());
-        let tx = start(fake.clone(), 1, None);
+        let tx = start(fake.clone());
         let mut answers = Vec::new();
         for n in [6_000, 6_000, 10] {
             let (j, rx) = job(n);

@@ -43,8 +43,8 @@ pub enum Backend {
     /// Redis.
     Redis(RedisServer),
     /// A private Redis Cluster (three primaries, a replica each), reached
-    /// through every node as a seed, the state split into [`PARTITIONS`]
-    /// partitions.
+    /// through every node as a seed, the state split into
+    /// [`CLUSTER_PARTITIONS`] partitions.
     Cluster(cluster::RedisCluster),
 }
 
@@ -55,8 +55,13 @@ pub enum Backend {
 /// tests that never meant it to. Expiry tests wait [`Harness::expiry_wait`].
 pub const CLUSTER_MIN_TTL: Duration = Duration::from_secs(10);
 
-/// The partitions of a partitioned backend.
+/// The partitions of the in-memory partitioned backend.
 pub const PARTITIONS: u32 = 3;
+
+/// The partitions of the cluster backend: two on each of its three
+/// primaries, so that writes of several partitions share a node's calls
+/// (`apply_many`) in every suite run on it.
+pub const CLUSTER_PARTITIONS: u32 = 6;
 
 /// A store backend plus the settings every replica of a test uses.
 pub struct Harness {
@@ -192,7 +197,7 @@ impl Harness {
             Backend::Cluster(cl) => {
                 let mut c = RedisConfig::new(cl.urls().join(","));
                 c.cluster = true;
-                c.partitions = PARTITIONS;
+                c.partitions = CLUSTER_PARTITIONS;
                 c.replica_acks = 1;
                 // six redis-server processes per test on a shared 2-core
                 // machine, next to other tests: a call waits for its

@@ -503,24 +503,98 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
 }
 
 /// Writes of the partitions one primary holds share that node's calls
-/// (`apply_many`). A new store has not read where the partitions are yet
-/// and sends a batch spanning all of them to one node's queue: that call
-/// runs the partitions on the node it reaches, and the others, counted in
-/// `partitions_elsewhere`, are sent again on their own, every result
-/// exact. Once the store has read the placement, a batch spanning every
-/// partition finds each where it was sent.
+/// (`apply_many`), and a call runs only the partitions whose state is on
+/// the node it reached. Called directly on partition A's primary with a
+/// section for A and one for a partition B of another primary, it applies
+/// A's write and answers B's as absent, writing nothing of B (the store
+/// then sends B's writes on their own, counted in `partitions_elsewhere`).
+/// Through the store, once it has read where the partitions are, a batch
+/// spanning every partition finds each where it was sent, and every count
+/// is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_nodes_partitions_share_its_calls_and_a_stale_placement_costs_only_resends() {
+async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_untouched() {
     use occupancy::domain::{ChannelName, ConnectionId, ModeSet, OpStatus, Operation, SessionId};
+    use occupancy::store::redis::keys;
 
     let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = h.redis_cluster();
     let store = h.store();
-    // the health check creates each partition's anchor key (a section
-    // runs where its anchor is)
+    // the health check loads the library and creates each partition's
+    // anchor key (a section runs where its anchor is)
     store.ping().await.expect("ping");
+
+    let n = h.partitions();
+    let prefix = |p: u32| format!("test:{{{}}}", keys::partition_tag(p, n));
+    let node_of = |p: u32| cluster.primary_of(keys::prefix_slot(&prefix(p)));
+    let a = 0;
+    let b = (1..n)
+        .find(|&p| node_of(p).id != node_of(a).id)
+        .expect("a partition on another primary");
+    let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", node_of(a).port))
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut node).expect("list");
+    let text = format!("{listed:?}");
+    let function = text
+        .split(['\'', '"'])
+        .find(|w| w.starts_with("occupancy_") && w.ends_with("_apply_many"))
+        .unwrap_or_else(|| panic!("no apply_many in {text}"))
+        .to_string();
+    // one section: an attach of connection `c` to `channel` in partition p,
+    // as the store encodes it (codec::apply_args)
+    let section = |p: u32, channel: &str| -> Vec<String> {
+        [
+            prefix(p).as_str(),
+            "1",
+            "1000",
+            "30000",
+            "1",
+            "lua-session",
+            "0",
+            "0",
+            "0",
+            "4242",
+            "",
+            "1",
+            "A",
+            "lua-conn",
+            channel,
+            "0",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut call = redis::cmd("FCALL");
+    call.arg(&function).arg(1).arg(format!("{}:anchor", prefix(a))).arg("1");
+    // a channel of each partition, as the router places channels
+    let channel_in = |p: u32| {
+        (0..)
+            .map(|k| format!("lua-{k}"))
+            .find(|c| occupancy::domain::partition::partition_of(c, n) == p)
+            .expect("an unbounded search over names ends")
+    };
+    let (channel_a, channel_b) = (channel_in(a), channel_in(b));
+    for (p, channel) in [(a, &channel_a), (b, &channel_b)] {
+        let args = section(p, channel);
+        call.arg(args.len()).arg(args);
+    }
+    let answered: Vec<redis::Value> = call.query(&mut node).expect("apply_many");
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(
+        matches!(&answered[0], redis::Value::Array(v) if v.len() == 2),
+        "{answered:?}"
+    );
+    assert_eq!(answered[1], redis::Value::Nil, "B is not on this node: {answered:?}");
+    let on = |channel: &str| ChannelName::parse("ch", channel).expect("name");
+    let got = store.get(&[on(&channel_a), on(&channel_b)]).await.expect("get");
+    assert_eq!((got[0].connections, got[1].connections), (1, 0));
+
+    // through the store: once it knows where the partitions are, batches
+    // spanning every partition find each where they were sent
     let elsewhere = || occupancy::telemetry::store().partitions_elsewhere_total();
-    // 60 channels: every one of the 6 partitions, each on 2 connections
-    let batch = |round: usize| -> Vec<Operation> {
+    let batch = |round: u32| -> Vec<Operation> {
         (0..120)
             .map(|i| Operation::Attach {
                 connection: ConnectionId::parse("c", format!("r{round}c{}", i / 60)).expect("id"),
@@ -529,25 +603,15 @@ async fn a_nodes_partitions_share_its_calls_and_a_stale_placement_costs_only_res
             })
             .collect()
     };
-    let applied = |(results, _epoch): (Vec<occupancy::domain::OpResult>, u64)| results;
-    let before = elsewhere();
-    let s0 = SessionId::parse("s", "r0").expect("id");
-    let results = applied(store.apply(&s0, &batch(0), true).await.expect("apply"));
-    assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
-    assert!(
-        elsewhere() > before,
-        "the first batch went to one node's queue and found partitions elsewhere"
-    );
-
     let mut settled = false;
-    let mut rounds = 1;
-    for round in 1..=50 {
+    let mut rounds = 0;
+    for round in 0..50 {
         rounds += 1;
-        let b = elsewhere();
+        let before = elsewhere();
         let s = SessionId::parse("s", format!("r{round}")).expect("id");
-        let results = applied(store.apply(&s, &batch(round), false).await.expect("apply"));
+        let (results, _) = store.apply(&s, &batch(round), false).await.expect("apply");
         assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
-        if elsewhere() == b {
+        if round > 0 && elsewhere() == before {
             settled = true;
             break;
         }
@@ -557,9 +621,7 @@ async fn a_nodes_partitions_share_its_calls_and_a_stale_placement_costs_only_res
         settled,
         "the placement was never learned: every batch found partitions elsewhere"
     );
-    let channels: Vec<ChannelName> = (0..60)
-        .map(|i| ChannelName::parse("ch", format!("room:{i}")).expect("name"))
-        .collect();
+    let channels: Vec<ChannelName> = (0..60).map(|i| on(&format!("room:{i}"))).collect();
     let got = store.get(&channels).await.expect("get");
     assert!(
         got.iter().all(|m| m.connections == 2 * rounds),

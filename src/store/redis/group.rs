@@ -8,8 +8,8 @@
 //! keys) wait, with at most [`Policy::in_flight`] calls outstanding; a call
 //! carries at most [`Policy::max_size`] units (a larger request goes
 //! alone). A request is carried out once queued, even if its caller goes
-//! away meanwhile. The write queues of a replica's partitions also share a
-//! [`Budget`] of calls in flight.
+//! away meanwhile. On a Redis Cluster the write queues of a replica's
+//! nodes (`nodes.rs`) also share a [`Budget`] of calls in flight.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -43,18 +43,14 @@ pub(super) fn share(total: usize, partitions: u32) -> usize {
     (total / partitions.max(1) as usize).max(1)
 }
 
-/// Calls in flight shared by the queues of one kind (writes, reads) of all
-/// partitions of a replica: a partition's queue also takes one of these
-/// for each call. With only its share each, the partitions' queues would
-/// together keep as many calls out as they have partitions, and a call
-/// would carry that many times fewer requests than on one Redis (each
-/// call's fixed cost paid that many times more often); with the budget,
-/// the replica keeps as many calls out as on one Redis, and the requests
-/// of a partition that waits for one pile up into its next call. Waiting
-/// queues are served in the order they asked. A group of
-/// [`Policy::min_size`] units leaves without the budget's call: it is
-/// worth a call of its own, and large batches keep every partition's
-/// calls in flight.
+/// Calls in flight shared by several queues: each also takes one of
+/// these for each call. The write queues of a cluster's nodes share one
+/// (`nodes.rs`): the primaries answer in parallel, so with calls of their
+/// own each, a call would carry fewer requests than on one Redis (its
+/// fixed cost paid more often); with the budget, the requests of a queue
+/// that waits for one pile up into its next call. Waiting queues are
+/// served in the order they asked. A group of [`Policy::min_size`] units
+/// leaves without the budget's call: it is worth a call of its own.
 #[derive(Debug, Clone)]
 pub(super) struct Budget(Arc<Semaphore>);
 

@@ -4,7 +4,8 @@
 //! as one Redis function library: `functions.rs`), so a change is atomic
 //! and counts are maintained incrementally: reading a channel is one key
 //! whatever its size. Concurrent writes of a replica are merged into one
-//! call (`writer.rs`), concurrent small reads into one MGET (`reads.rs`),
+//! call (`writer.rs`; with partitions, one call per node: `nodes.rs`),
+//! concurrent small reads into one MGET (`reads.rs`),
 //! and a call reads and writes everything a batch touches with a few
 //! variadic commands (the layout is in [`keys`]). Lease deadlines use the
 //! Redis clock (`TIME`), so replicas with skewed clocks agree on when a
@@ -14,7 +15,8 @@
 //! arguments and reads every function's reply; `config.rs` holds
 //! [`RedisConfig`]; `conn.rs` reaches one Redis or a Redis Cluster;
 //! `replication.rs` makes writes wait for replicas; `failure.rs` says which
-//! Redis errors are UNAVAILABLE;
+//! Redis errors are UNAVAILABLE; `nodes.rs` merges the writes of a
+//! partitioned store per node;
 //! `reader.rs` follows the event streams; `integrations/` keeps the
 //! integration rules and queues; this file is the [`Store`]
 //! implementation.

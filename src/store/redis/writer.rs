@@ -5,7 +5,8 @@
 //! the lease, writing back counters, indexes and event entries: more than
 //! the work of a few operations), so one call per unary write cannot come
 //! near what Redis can do. A single task
-//! per store (`group.rs`) takes every write waiting, up to
+//! per store (`group.rs`; per node for a partitioned store, `nodes.rs`)
+//! takes every write waiting, up to
 //! [`MAX_GROUP_OPS`] operations, and sends them as one call. With no call in flight a write leaves at
 //! once (no timer, no added latency). While calls are in flight, writes
 //! queue, and another call leaves only once [`MIN_GROUP_OPS`] operations

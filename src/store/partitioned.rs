@@ -320,11 +320,23 @@ impl Store for PartitionedStore {
 
     async fn reap(&self) -> Result<ReapReport> {
         let all = self.everywhere(|s| s.reap()).await?;
-        Ok(all.into_iter().fold(ReapReport::default(), |t, r| ReapReport {
-            sessions_expired: t.sessions_expired.max(r.sessions_expired),
-            connections_removed: t.connections_removed + r.connections_removed,
-            more: t.more || r.more,
-        }))
+        // Every partition holds a copy of each lease (a write spreads it),
+        // and the copies' deadlines differ by the moments they were opened,
+        // so one session's copies may expire in different rounds: each
+        // session is counted once, when partition 0's copy expires (a
+        // session whose copy there was lost in a failover is not counted).
+        let sessions_expired = all.first().map_or(0, |r| r.sessions_expired);
+        Ok(all.into_iter().fold(
+            ReapReport {
+                sessions_expired,
+                ..ReapReport::default()
+            },
+            |t, r| ReapReport {
+                sessions_expired: t.sessions_expired,
+                connections_removed: t.connections_removed + r.connections_removed,
+                more: t.more || r.more,
+            },
+        ))
     }
 
     fn shards(&self) -> u32 {

@@ -591,8 +591,13 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
     let got = store.get(&[on(&channel_a), on(&channel_b)]).await.expect("get");
     assert_eq!((got[0].connections, got[1].connections), (1, 0));
 
-    // through the store: once it knows where the partitions are, batches
-    // spanning every partition find each where they were sent
+    // through a new store, which has not read where the partitions are,
+    // under continuous load from four writers: it learns the placement and
+    // moves each partition's writes to its node's queue while writes of it
+    // are always in flight (a partition moves once none waits in the old
+    // queue), after which no call finds a partition elsewhere
+    let store = h.store();
+    store.ping().await.expect("ping");
     let elsewhere = || occupancy::telemetry::store().partitions_elsewhere_total();
     let batch = |round: u32| -> Vec<Operation> {
         (0..120)
@@ -603,29 +608,49 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
             })
             .collect()
     };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop, next) = (store.clone(), stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut done = 0u32;
+                // bounded: at most 2,000 batches per writer
+                for _ in 0..2_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let round = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let s = SessionId::parse("s", format!("r{round}")).expect("id");
+                    let (results, _) = store.apply(&s, &batch(round), false).await.expect("apply");
+                    assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
     let mut settled = false;
-    let mut rounds = 0;
-    for round in 0..50 {
-        rounds += 1;
-        let before = elsewhere();
-        let s = SessionId::parse("s", format!("r{round}")).expect("id");
-        let (results, _) = store.apply(&s, &batch(round), false).await.expect("apply");
-        assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
-        if round > 0 && elsewhere() == before {
+    for _ in 0..40 {
+        let before = (elsewhere(), next.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let after = (elsewhere(), next.load(std::sync::atomic::Ordering::Relaxed));
+        if after.0 == before.0 && after.1 > before.1 {
             settled = true;
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(
-        settled,
-        "the placement was never learned: every batch found partitions elsewhere"
-    );
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for w in writers {
+        rounds += w.await.expect("writer");
+    }
+    assert!(settled, "under load, calls kept finding partitions elsewhere");
     let channels: Vec<ChannelName> = (0..60).map(|i| on(&format!("room:{i}"))).collect();
     let got = store.get(&channels).await.expect("get");
     assert!(
         got.iter().all(|m| m.connections == 2 * rounds),
-        "every channel holds two connections of each of the {rounds} rounds: {:?}",
+        "every channel holds two connections of each of the {rounds} batches: {:?}",
         got.iter().map(|m| m.connections).collect::<Vec<_>>()
     );
 }

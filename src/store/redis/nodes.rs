@@ -54,14 +54,19 @@ const NODE_IN_FLIGHT: usize = crate::config::defaults::REDIS_NODE_WRITES_IN_FLIG
 /// Small calls out at once over all the nodes of a cluster.
 const CLUSTER_BUDGET: usize = crate::config::defaults::REDIS_CLUSTER_WRITE_BUDGET;
 
-/// Where a partition's writes go: the node index of its last placement
-/// read, and of the queue its waiting writes are in.
-#[derive(Debug, Clone, Copy, Default)]
+/// Where a partition's writes go.
+#[derive(Default)]
 struct Route {
+    /// The node of its last placement read.
     placed: usize,
+    /// The node whose queue its pending writes are in.
     node: usize,
-    /// Its writes queued or in a call, not yet answered.
+    /// Its writes in that queue or in a call, not yet answered.
     pending: usize,
+    /// Its writes held back while it moves: they go to the `placed` node
+    /// once none is pending on the old one, so that none overtakes an
+    /// older write.
+    held: Vec<Job>,
 }
 
 /// A write of one partition.
@@ -106,7 +111,7 @@ impl NodeWriter {
                 parts,
                 conn,
                 cluster,
-                routes: Mutex::new(vec![Route::default(); n]),
+                routes: Mutex::new((0..n).map(|_| Route::default()).collect()),
                 node_ids: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
                 budget: cluster.then(|| Budget::new(CLUSTER_BUDGET)),
@@ -124,26 +129,7 @@ impl NodeWriter {
                 tokio::spawn(follow_placement(Arc::downgrade(inner)));
             });
         }
-        let node = {
-            let mut routes = inner.routes.lock().expect("routes lock");
-            let route = &mut routes[partition];
-            if route.pending == 0 {
-                route.node = route.placed;
-            }
-            route.pending += 1;
-            route.node
-        };
-        let queue = {
-            let mut queues = inner.queues.lock().expect("queues lock");
-            queues
-                .entry(node)
-                .or_insert_with(|| start_queue(Arc::downgrade(inner), inner.budget.clone()))
-                .clone()
-        };
-        queue.send(PartJob { partition, job }).map_err(|_| {
-            inner.routes.lock().expect("routes lock")[partition].pending -= 1;
-            Error::Internal("the write queue is closed".into())
-        })
+        inner.enqueue(partition, vec![job])
     }
 }
 
@@ -267,11 +253,58 @@ impl Inner {
             .collect())
     }
 
+    /// Queues writes of `partition` (in order) on the queue of its node,
+    /// or holds them while it moves to another node and writes of it are
+    /// still pending on the old one.
+    fn enqueue(self: &Arc<Self>, partition: usize, jobs: Vec<Job>) -> Result<()> {
+        let mut routes = self.routes.lock().expect("routes lock");
+        self.push(&mut routes[partition], partition, jobs)
+    }
+
+    /// [`Inner::enqueue`] with the routes locked: a write is in its
+    /// queue before another write of its partition is routed.
+    fn push(self: &Arc<Self>, route: &mut Route, partition: usize, jobs: Vec<Job>) -> Result<()> {
+        if route.pending == 0 {
+            route.node = route.placed;
+        }
+        if route.node != route.placed || !route.held.is_empty() {
+            route.held.extend(jobs);
+            return Ok(());
+        }
+        let queue = {
+            let mut queues = self.queues.lock().expect("queues lock");
+            queues
+                .entry(route.node)
+                .or_insert_with(|| start_queue(Arc::downgrade(self), self.budget.clone()))
+                .clone()
+        };
+        for job in jobs {
+            queue
+                .send(PartJob { partition, job })
+                .map_err(|_| Error::Internal("the write queue is closed".into()))?;
+            route.pending += 1;
+        }
+        Ok(())
+    }
+
     /// Answers each section's writes from its answers; its partition's
-    /// writes are no longer pending.
-    fn answer(&self, sections: Vec<(usize, Vec<Job>)>, answers: Vec<Option<Result<Vec<Applied>>>>) {
+    /// writes are no longer pending, and those held while it moved go to
+    /// its new node once none is.
+    fn answer(self: &Arc<Self>, sections: Vec<(usize, Vec<Job>)>, answers: Vec<Option<Result<Vec<Applied>>>>) {
         for ((p, jobs), a) in sections.into_iter().zip(answers) {
-            self.routes.lock().expect("routes lock")[p].pending -= jobs.len();
+            {
+                let mut routes = self.routes.lock().expect("routes lock");
+                let route = &mut routes[p];
+                route.pending -= jobs.len();
+                if route.pending == 0 && !route.held.is_empty() {
+                    route.node = route.placed;
+                    let held = std::mem::take(&mut route.held);
+                    if let Err(e) = self.push(route, p, held) {
+                        // only while the store is being dropped
+                        tracing::warn!(error = %e, "writes held while their partition moved could not be queued");
+                    }
+                }
+            }
             let a = a.unwrap_or_else(|| Err(Error::Internal("a section was not answered".into())));
             group::answer(jobs.into_iter().map(|j| j.reply).collect(), a, "apply function");
         }

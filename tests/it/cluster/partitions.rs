@@ -1,0 +1,220 @@
+//! The state split into partitions on the local Redis Cluster: where
+//! each partition's keys live, and the writes of the partitions one
+//! primary holds sharing that node's calls (`apply_many`).
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+/// The state split into partitions on a cluster: every key the service
+/// wrote (writes across partitions, presence, a closed session, lists,
+/// the reaper) is under one partition's tag, in that partition's slot, on
+/// the primary serving it, or is the partition count's record; and the
+/// partitions spread over the three primaries, as their tags are chosen
+/// to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitioned_keys_each_live_in_their_partitions_slot() {
+    use occupancy::domain::{ChannelName, ConnectionId, ListOrder, ListQuery, ModeSet, Operation, SessionId};
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = h.redis_cluster();
+    let store = h.store();
+    store.ping().await.expect("ping");
+    let s = SessionId::parse("s", "fe").expect("id");
+    let ops: Vec<Operation> = (0..30)
+        .map(|i| Operation::Attach {
+            connection: ConnectionId::parse("c", format!("c{}", i % 4)).expect("id"),
+            channel: ChannelName::parse("ch", format!("room:{i}")).expect("name"),
+            modes: ModeSet::EMPTY,
+        })
+        .collect();
+    store.apply(&s, &ops, true).await.expect("apply");
+    let q = ListQuery::new(String::new(), 100, "", ListOrder::ConnectionsDesc, true).expect("query");
+    assert_eq!(store.list(&q).await.expect("list").channels.len(), 30);
+    store.reap().await.expect("reap");
+    let kept = SessionId::parse("s", "kept").expect("id");
+    store.apply(&kept, &ops[..5], false).await.expect("apply");
+    assert!(store.close_session(&s).await.expect("close").is_some());
+
+    let record = occupancy::store::redis::keys::partitions("test");
+    let n = h.partitions();
+    let tags: Vec<String> = (0..n)
+        .map(|p| occupancy::store::redis::keys::partition_tag(p, n))
+        .collect();
+    let slots: Vec<u16> = tags.iter().map(|t| cluster.keyslot(&format!("{{{t}}}"))).collect();
+    let mut used = HashSet::new();
+    for primary in cluster.primaries() {
+        let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", primary.port))
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect");
+        let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
+        for k in keys.iter().filter(|k| **k != record) {
+            let p = (0..n)
+                .find(|p| k.starts_with(&format!("test:{{{}}}:", tags[*p as usize])))
+                .unwrap_or_else(|| panic!("{k} is under no partition's tag"));
+            assert_eq!(cluster.keyslot(k), slots[p as usize], "{k}");
+            assert_eq!(
+                cluster.primary_of(slots[p as usize]).id,
+                primary.id,
+                "{k} on its slot's primary"
+            );
+            used.insert(primary.id.clone());
+        }
+    }
+    let distinct: HashSet<String> = slots.iter().map(|s| cluster.primary_of(*s).id).collect();
+    assert_eq!(used, distinct, "every partition's primary holds state");
+    assert_eq!(distinct.len(), 3, "the partitions spread over the three primaries");
+}
+
+/// Writes of the partitions one primary holds share that node's calls
+/// (`apply_many`), and a call runs only the partitions whose state is on
+/// the node it reached. Called directly on partition A's primary with a
+/// section for A and one for a partition B of another primary, it applies
+/// A's write and answers B's as absent, writing nothing of B (the store
+/// then sends B's writes on their own, counted in `partitions_elsewhere`).
+/// Through the store, once it has read where the partitions are, a batch
+/// spanning every partition finds each where it was sent, and every count
+/// is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_untouched() {
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, OpStatus, Operation, SessionId};
+    use occupancy::store::redis::keys;
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = h.redis_cluster();
+    let store = h.store();
+    // the health check loads the library and creates each partition's
+    // anchor key (a section runs where its anchor is)
+    store.ping().await.expect("ping");
+
+    let n = h.partitions();
+    let prefix = |p: u32| format!("test:{{{}}}", keys::partition_tag(p, n));
+    let node_of = |p: u32| cluster.primary_of(keys::prefix_slot(&prefix(p)));
+    let a = 0;
+    let b = (1..n)
+        .find(|&p| node_of(p).id != node_of(a).id)
+        .expect("a partition on another primary");
+    let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", node_of(a).port))
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut node).expect("list");
+    let text = format!("{listed:?}");
+    let function = text
+        .split(['\'', '"'])
+        .find(|w| w.starts_with("occupancy_") && w.ends_with("_apply_many"))
+        .unwrap_or_else(|| panic!("no apply_many in {text}"))
+        .to_string();
+    // one section: an attach of connection `c` to `channel` in partition p,
+    // as the store encodes it (codec::apply_args)
+    let section = |p: u32, channel: &str| -> Vec<String> {
+        [
+            prefix(p).as_str(),
+            "1",
+            "1000",
+            "30000",
+            "1",
+            "lua-session",
+            "0",
+            "0",
+            "0",
+            "4242",
+            "",
+            "1",
+            "A",
+            "lua-conn",
+            channel,
+            "0",
+            "0",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let mut call = redis::cmd("FCALL");
+    call.arg(&function).arg(1).arg(format!("{}:anchor", prefix(a))).arg("1");
+    // a channel of each partition, as the router places channels
+    let channel_in = |p: u32| {
+        (0..)
+            .map(|k| format!("lua-{k}"))
+            .find(|c| occupancy::domain::partition::partition_of(c, n) == p)
+            .expect("an unbounded search over names ends")
+    };
+    let (channel_a, channel_b) = (channel_in(a), channel_in(b));
+    for (p, channel) in [(a, &channel_a), (b, &channel_b)] {
+        let args = section(p, channel);
+        call.arg(args.len()).arg(args);
+    }
+    let answered: Vec<redis::Value> = call.query(&mut node).expect("apply_many");
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    assert!(
+        matches!(&answered[0], redis::Value::Array(v) if v.len() == 2),
+        "{answered:?}"
+    );
+    assert_eq!(answered[1], redis::Value::Nil, "B is not on this node: {answered:?}");
+    let on = |channel: &str| ChannelName::parse("ch", channel).expect("name");
+    let got = store.get(&[on(&channel_a), on(&channel_b)]).await.expect("get");
+    assert_eq!((got[0].connections, got[1].connections), (1, 0));
+
+    // through a new store, which has not read where the partitions are,
+    // under continuous load from four writers: it learns the placement and
+    // moves each partition's writes to its node's queue while writes of it
+    // are always in flight (a partition moves once none waits in the old
+    // queue), after which no call finds a partition elsewhere
+    let store = h.store();
+    store.ping().await.expect("ping");
+    let elsewhere = || occupancy::telemetry::store().partitions_elsewhere_total();
+    let batch = |round: u32| -> Vec<Operation> {
+        (0..120)
+            .map(|i| Operation::Attach {
+                connection: ConnectionId::parse("c", format!("r{round}c{}", i / 60)).expect("id"),
+                channel: ChannelName::parse("ch", format!("room:{}", i % 60)).expect("name"),
+                modes: ModeSet::EMPTY,
+            })
+            .collect()
+    };
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let writers: Vec<_> = (0..4)
+        .map(|_| {
+            let (store, stop, next) = (store.clone(), stop.clone(), next.clone());
+            tokio::spawn(async move {
+                let mut done = 0u32;
+                // bounded: at most 2,000 batches per writer
+                for _ in 0..2_000 {
+                    if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        break;
+                    }
+                    let round = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    let s = SessionId::parse("s", format!("r{round}")).expect("id");
+                    let (results, _) = store.apply(&s, &batch(round), false).await.expect("apply");
+                    assert!(results.iter().all(|r| r.status == OpStatus::Ok), "{results:?}");
+                    done += 1;
+                }
+                done
+            })
+        })
+        .collect();
+    let mut settled = false;
+    for _ in 0..40 {
+        let before = (elsewhere(), next.load(std::sync::atomic::Ordering::Relaxed));
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let after = (elsewhere(), next.load(std::sync::atomic::Ordering::Relaxed));
+        if after.0 == before.0 && after.1 > before.1 {
+            settled = true;
+            break;
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut rounds = 0;
+    for w in writers {
+        rounds += w.await.expect("writer");
+    }
+    assert!(settled, "under load, calls kept finding partitions elsewhere");
+    let channels: Vec<ChannelName> = (0..60).map(|i| on(&format!("room:{i}"))).collect();
+    let got = store.get(&channels).await.expect("get");
+    assert!(
+        got.iter().all(|m| m.connections == 2 * rounds),
+        "every channel holds two connections of each of the {rounds} batches: {:?}",
+        got.iter().map(|m| m.connections).collect::<Vec<_>>()
+    );
+}

@@ -35,6 +35,14 @@ pub const MAX_SYNC_ATTACHMENTS: usize = 50_000;
 pub const MIN_SESSION_TTL: Duration = Duration::from_secs(1);
 /// Longest session lease.
 pub const MAX_SESSION_TTL: Duration = Duration::from_secs(600);
+/// A write extends its session's lease to the lease's full length; a store
+/// may skip an extension that would move the deadline by less than a tenth
+/// of the length or this much, whichever is less. The Redis store does: a
+/// session writing all the time then rewrites its deadline about this
+/// often instead of with every call. A lease so ends no earlier than nine
+/// tenths of its length after the session's last write; KeepAlive always
+/// extends it in full.
+pub const LEASE_EXTEND_SLACK: Duration = Duration::from_secs(1);
 
 // ---- reads ----
 

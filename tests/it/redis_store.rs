@@ -393,3 +393,75 @@ async fn replicas_with_different_event_shard_counts_are_not_both_healthy() {
     four.ping().await.expect("the new count is recorded");
     assert!(eight.ping().await.is_err(), "and an old replica is refused in turn");
 }
+
+/// A write extends its session's lease to the lease's full length, except
+/// when that would move the deadline by less than a tenth of the length or
+/// `LEASE_EXTEND_SLACK`, whichever is less: a session writing all the time
+/// then rewrites its deadline about once per slack, not with every call.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_extends_its_lease_unless_the_deadline_would_barely_move() {
+    use occupancy::domain::limits::LEASE_EXTEND_SLACK;
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, Operation, SessionId};
+
+    // a 15 s lease: the slack is LEASE_EXTEND_SLACK (1 s), below 1.5 s
+    let h = Harness::redis(Duration::from_secs(15));
+    let store = h.store();
+    let mut c = h.redis_server().connection();
+    let p = h.redis_config().expect("redis").key_prefix;
+    let s = SessionId::parse("s", "fe").expect("id");
+    let attach = |i: u32| {
+        vec![Operation::Attach {
+            connection: ConnectionId::parse("c", format!("c{i}")).expect("id"),
+            channel: ChannelName::parse("ch", "room").expect("name"),
+            modes: ModeSet::EMPTY,
+        }]
+    };
+    let deadline = |c: &mut ::redis::Connection| -> f64 {
+        let token: String = ::redis::cmd("GET").arg(keys::session(&p, "fe")).query(c).expect("GET");
+        let d: Option<f64> = ::redis::cmd("ZSCORE")
+            .arg(keys::leases(&p))
+            .arg(&token)
+            .query(c)
+            .expect("ZSCORE");
+        d.expect("a live lease")
+    };
+    let started = Instant::now();
+    store.apply(&s, &attach(0), false).await.expect("apply");
+    let opened = deadline(&mut c);
+    store.apply(&s, &attach(1), false).await.expect("apply");
+    let after = deadline(&mut c);
+    if started.elapsed() < LEASE_EXTEND_SLACK {
+        assert_eq!(
+            after, opened,
+            "a write right after the lease opened leaves its deadline"
+        );
+    } else {
+        // (a host so slow that the second write came a slack later)
+        assert!(after > opened, "{after} after {opened}");
+    }
+    // the deadline set back by twice the slack, as if that much time had
+    // passed: the next write extends the lease in full again
+    let token: String = ::redis::cmd("GET")
+        .arg(keys::session(&p, "fe"))
+        .query(&mut c)
+        .expect("GET");
+    let back = opened - 2.0 * LEASE_EXTEND_SLACK.as_millis() as f64;
+    let _: i64 = ::redis::cmd("ZADD")
+        .arg(keys::leases(&p))
+        .arg(back)
+        .arg(&token)
+        .query(&mut c)
+        .expect("ZADD");
+    store.apply(&s, &attach(2), false).await.expect("apply");
+    let extended = deadline(&mut c);
+    assert!(
+        extended >= opened,
+        "extended to its full length again: {extended} from {back}"
+    );
+    // and the lease is the same one throughout
+    let still: String = ::redis::cmd("GET")
+        .arg(keys::session(&p, "fe"))
+        .query(&mut c)
+        .expect("GET");
+    assert_eq!(still, token);
+}

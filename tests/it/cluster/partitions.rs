@@ -218,3 +218,96 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
         got.iter().map(|m| m.connections).collect::<Vec<_>>()
     );
 }
+
+/// Small reads of the partitions one primary holds share that node's
+/// calls (`get_many`), which read only the partitions served where they
+/// run. Called directly on partition A's primary with a section for A and
+/// one for a partition B of another primary, it answers A's values and B
+/// as absent (the store then reads B on its own, routed by its keys).
+/// Through the store, many concurrent Gets of channels of every partition
+/// each answer their own channel's counts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nodes_partitions_share_its_reads_and_a_partition_elsewhere_is_read_on_its_own() {
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, Operation, SessionId};
+    use occupancy::store::redis::keys;
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = h.redis_cluster();
+    let store = h.store();
+    store.ping().await.expect("ping");
+    let n = h.partitions();
+    let on = |channel: &str| ChannelName::parse("ch", channel).expect("name");
+    // channel room:i holds i % 5 + 1 connections, over every partition
+    let s = SessionId::parse("s", "fe").expect("id");
+    let ops: Vec<Operation> = (0..40u32)
+        .flat_map(|i| {
+            (0..=i % 5).map(move |c| Operation::Attach {
+                connection: ConnectionId::parse("c", format!("c{c}")).expect("id"),
+                channel: ChannelName::parse("ch", format!("room:{i}")).expect("name"),
+                modes: ModeSet::EMPTY,
+            })
+        })
+        .collect();
+    store.apply(&s, &ops, false).await.expect("apply");
+
+    let prefix = |p: u32| format!("test:{{{}}}", keys::partition_tag(p, n));
+    let node_of = |p: u32| cluster.primary_of(keys::prefix_slot(&prefix(p)));
+    let channel_in = |p: u32| {
+        (0..40)
+            .map(|i| format!("room:{i}"))
+            .find(|c| occupancy::domain::partition::partition_of(c, n) == p)
+            .unwrap_or_else(|| panic!("no channel of partition {p} among 40"))
+    };
+    let a = 0;
+    let b = (1..n)
+        .find(|&p| node_of(p).id != node_of(a).id)
+        .expect("a partition on another primary");
+    let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", node_of(a).port))
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect");
+    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut node).expect("list");
+    let text = format!("{listed:?}");
+    let function = text
+        .split(['\'', '"'])
+        .find(|w| w.starts_with("occupancy_") && w.ends_with("_get_many"))
+        .unwrap_or_else(|| panic!("no get_many in {text}"))
+        .to_string();
+    let (channel_a, channel_b) = (channel_in(a), channel_in(b));
+    let key_a = keys::channel_metrics(&prefix(a), &channel_a);
+    let key_b = keys::channel_metrics(&prefix(b), &channel_b);
+    let missing = keys::channel_metrics(&prefix(a), "never-written");
+    let answered: Vec<redis::Value> = redis::cmd("FCALL_RO")
+        .arg(&function)
+        .arg(1)
+        .arg(format!("{}:anchor", prefix(a)))
+        .arg(2)
+        .arg(&key_a)
+        .arg(&missing)
+        .arg(1)
+        .arg(&key_b)
+        .query(&mut node)
+        .expect("get_many");
+    assert_eq!(answered.len(), 2, "{answered:?}");
+    let stored: Option<Vec<u8>> = redis::cmd("GET").arg(&key_a).query(&mut node).expect("GET");
+    let stored = stored.expect("A's counters are stored");
+    assert_eq!(
+        answered[0],
+        redis::Value::Array(vec![redis::Value::BulkString(stored), redis::Value::Nil]),
+        "A's values, in order"
+    );
+    assert_eq!(answered[1], redis::Value::Nil, "B is not on this node: {answered:?}");
+
+    // through the store: 40 concurrent Gets, a channel each, twice over
+    let reads: Vec<_> = (0..80u32)
+        .map(|k| {
+            let store = store.clone();
+            let channel = on(&format!("room:{}", k % 40));
+            tokio::spawn(async move { store.get(std::slice::from_ref(&channel)).await })
+        })
+        .collect();
+    for (k, r) in reads.into_iter().enumerate() {
+        let got = r.await.expect("task").expect("get");
+        assert_eq!(got[0].connections, (k as u32 % 40) % 5 + 1, "room:{}", k % 40);
+    }
+}

@@ -18,7 +18,7 @@
 use redis::{Cmd, Value};
 
 use super::writer::Job;
-use crate::domain::limits::MAX_CHANNELS_PER_CONNECTION;
+use crate::domain::limits::{LEASE_EXTEND_SLACK, MAX_CHANNELS_PER_CONNECTION};
 use crate::domain::list::busy_key;
 use crate::domain::metrics::mode_category;
 use crate::domain::{Applied, Category, KeepAliveOutcome, Metrics, Mode, OpResult, OpStatus, Operation};
@@ -81,6 +81,7 @@ pub(super) fn lua_constants() -> String {
         ),
         format!("local MODE_SLOTS = {{ {} }}", mode_slots.join(", ")),
         format!("local PRESENCE = {}", Mode::Presence.bit()),
+        format!("local EXTEND_SLACK_MS = {}", LEASE_EXTEND_SLACK.as_millis()),
         format!("local PACKED_LEN = {PACKED_METRICS_LEN}"),
         format!("local PACK = '<{counters}'"),
         format!("local OP_PACK = '<B{counters}'"),

@@ -76,13 +76,15 @@ for w = 1, writes do
   list[#list + 1] = w
 end
 for _, session in ipairs(sessions) do
-  local tok = live_token(session)
-  -- the lease's length, and its last sequence as a number and as stored
+  local tok, deadline = live_token(session)
+  -- the lease's length, and its last sequence as a number and as stored;
+  -- its owner in the same read (owner_of() then finds it)
   local q, qs, lease_ms = 0, '0', nil
   if tok then
-    local v = rcall('HMGET', k_tok(tok), 'ttl', 'q')
-    lease_ms, qs = v[1], v[2] or '0'
+    local v = rcall('HMGET', k_tok(tok), 'ttl', 'q', 'o')
+    lease_ms, qs = tonum(v[1]), v[2] or '0'
     q = tonum(qs)
+    OWNERS[tok] = v[3] or ''
   end
   local q0 = q
   -- the lease's owner; for a lease this call may open, the owner of its
@@ -186,7 +188,16 @@ for _, session in ipairs(sessions) do
         tok = nil
       end
     else
-      rcall('ZADD', K_LEASES, NOW + tonum(lease_ms), tok)
+      -- The write extends the lease to its full length, unless that
+      -- moves the deadline by less than a tenth of it (at most
+      -- EXTEND_SLACK_MS): a session writing all the time then rewrites
+      -- its deadline (a command, replicated) about once per that slack in
+      -- each partition instead of once per call, and its lease still ends
+      -- no earlier than nine tenths of its length after its last write.
+      local until_ms = NOW + lease_ms
+      if until_ms - deadline >= mmin(lease_ms / 10, EXTEND_SLACK_MS) then
+        rcall('ZADD', K_LEASES, until_ms, tok)
+      end
       if q ~= q0 then rcall('HSET', k_tok(tok), 'q', qs) end
     end
   end

@@ -1,9 +1,11 @@
 -- Session leases: a session id maps to its current token, whose deadline
 -- (Redis clock, ms) is its score in K_LEASES.
 
+-- A live token's deadline (a number, so true as a condition), or false.
 local function lease_alive(tok)
   local d = rcall('ZSCORE', K_LEASES, tok)
-  return d and tonum(d) > NOW
+  d = d and tonum(d)
+  return d and d > NOW and d
 end
 
 -- Takes a session's token out of service: its lease ends and its remaining
@@ -18,8 +20,8 @@ local function retire(tok)
   end
 end
 
--- The session's live token, or nil; a token whose lease ran out is
--- retired on the way.
+-- The session's live token and its deadline, or nil; a token whose lease
+-- ran out is retired on the way.
 --
 -- A token is also the lease's epoch, reported to the front end: the
 -- caller picks a new one at random (a 64-bit number in decimal) for each
@@ -29,11 +31,12 @@ local function live_token(session)
   local tok = rcall('GET', k_sess(session))
   -- (a missing key reads as false)
   if not tok then return nil end
-  if not lease_alive(tok) then
+  local deadline = lease_alive(tok)
+  if not deadline then
     retire(tok)
     return nil
   end
-  return tok
+  return tok, deadline
 end
 
 -- Extends a live token's lease by its own length.

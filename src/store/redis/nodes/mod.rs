@@ -44,6 +44,8 @@ use tokio::sync::{mpsc, Notify};
 use super::group::{self, Budget, Policy};
 use super::writer::{self, Job, Sender as _};
 use super::{codec, functions, keys, ApplySender, Conn, Function, BATCH_ALLOWANCE_PER_OP};
+
+mod reads;
 use crate::domain::Applied;
 use crate::error::{Error, Result};
 
@@ -75,8 +77,9 @@ pub(super) struct PartJob {
     job: Job,
 }
 
-/// The node queues of a replica's partitions.
-pub(super) struct NodeWriter {
+/// The node queues of a replica's partitions: their writes here, their
+/// reads in `reads.rs`.
+pub(super) struct Nodes {
     inner: Arc<Inner>,
 }
 
@@ -93,15 +96,17 @@ struct Inner {
     node_ids: Mutex<HashMap<String, usize>>,
     /// One write queue per node index, started on first use.
     queues: Mutex<HashMap<usize, mpsc::UnboundedSender<PartJob>>>,
+    /// One read queue per node index, started on first use.
+    read_queues: Mutex<HashMap<usize, mpsc::UnboundedSender<reads::PartRead>>>,
     /// On a cluster, the small calls all nodes' queues share.
     budget: Option<Budget>,
     /// Wakes the placement task early.
     stale: Notify,
-    /// The placement task, started with the first write.
+    /// The placement task, started with the first write or read.
     started: OnceLock<()>,
 }
 
-impl NodeWriter {
+impl Nodes {
     /// The writer of `parts` (partition `p` at index `p`), on a cluster
     /// or on one Redis.
     pub(super) fn new(parts: Vec<ApplySender>, conn: Conn, cluster: bool) -> Self {
@@ -114,6 +119,7 @@ impl NodeWriter {
                 routes: Mutex::new((0..n).map(|_| Route::default()).collect()),
                 node_ids: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
+                read_queues: Mutex::new(HashMap::new()),
                 budget: cluster.then(|| Budget::new(CLUSTER_BUDGET)),
                 stale: Notify::new(),
                 started: OnceLock::new(),
@@ -124,11 +130,7 @@ impl NodeWriter {
     /// Queues a write of `partition` on its node's queue.
     pub(super) fn send(&self, partition: usize, job: Job) -> Result<()> {
         let inner = &self.inner;
-        if inner.cluster {
-            inner.started.get_or_init(|| {
-                tokio::spawn(follow_placement(Arc::downgrade(inner)));
-            });
-        }
+        inner.follow();
         inner.enqueue(partition, vec![job])
     }
 }
@@ -165,6 +167,16 @@ fn start_queue(inner: Weak<Inner>, budget: Option<Budget>) -> mpsc::UnboundedSen
 }
 
 impl Inner {
+    /// Starts following where the partitions are, on a cluster, unless
+    /// started already.
+    fn follow(self: &Arc<Self>) {
+        if self.cluster {
+            self.started.get_or_init(|| {
+                tokio::spawn(follow_placement(Arc::downgrade(self)));
+            });
+        }
+    }
+
     /// Runs one node's group: one `apply_many` call, then each partition
     /// it did not find on its own.
     async fn run(self: Arc<Self>, jobs: Vec<PartJob>) {

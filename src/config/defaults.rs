@@ -82,12 +82,10 @@ pub const REDIS_MAX_GROUP_OPS: usize = crate::domain::limits::MAX_BATCH;
 pub const REDIS_MIN_GROUP_OPS: usize = 32;
 /// On a Redis Cluster: small write calls (below `REDIS_MIN_GROUP_OPS`)
 /// outstanding at once over all of a replica's node queues; and calls
-/// outstanding at once per node (see `store/redis/nodes/mod.rs`).
+/// outstanding at once per node (see `store/redis/nodes.rs`).
 pub const REDIS_CLUSTER_WRITE_BUDGET: usize = 2;
 /// See [`REDIS_CLUSTER_WRITE_BUDGET`].
 pub const REDIS_NODE_WRITES_IN_FLIGHT: usize = 1;
-/// Read calls a node's queue keeps out at once on a cluster.
-pub const REDIS_NODE_READS_IN_FLIGHT: usize = 2;
 /// Merged reads outstanding at once.
 pub const REDIS_READS_IN_FLIGHT: usize = 4;
 /// Reads of this many keys or more go straight to Redis, unmerged.

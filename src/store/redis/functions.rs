@@ -37,7 +37,6 @@ use super::RedisConfig;
 pub(crate) enum Function {
     Apply,
     ApplyMany,
-    GetMany,
     KeepAlive,
     Close,
     Reap,
@@ -50,10 +49,9 @@ pub(crate) enum Function {
 
 impl Function {
     #[cfg(test)]
-    const ALL: [Function; 11] = [
+    const ALL: [Function; 10] = [
         Function::Apply,
         Function::ApplyMany,
-        Function::GetMany,
         Function::KeepAlive,
         Function::Close,
         Function::Reap,
@@ -70,7 +68,6 @@ impl Function {
         match self {
             Function::Apply => "apply",
             Function::ApplyMany => "apply_many",
-            Function::GetMany => "get_many",
             Function::KeepAlive => "keep_alive",
             Function::Close => "close",
             Function::Reap => "reap",
@@ -88,7 +85,7 @@ const ORDER: &str = include_str!("lua/ORDER");
 
 /// Every Lua file, by its name in [`ORDER`]: `include_str!` needs each path
 /// spelled out, and a test checks these are exactly the files it lists.
-const SOURCES: [(&str, &str); 19] = [
+const SOURCES: [(&str, &str); 18] = [
     ("util", include_str!("lua/util.lua")),
     ("keys", include_str!("lua/keys.lua")),
     ("counters", include_str!("lua/counters.lua")),
@@ -99,7 +96,6 @@ const SOURCES: [(&str, &str); 19] = [
     ("call", include_str!("lua/call.lua")),
     ("apply", include_str!("lua/apply.lua")),
     ("apply_many", include_str!("lua/apply_many.lua")),
-    ("get_many", include_str!("lua/get_many.lua")),
     ("keep_alive", include_str!("lua/keep_alive.lua")),
     ("close", include_str!("lua/close.lua")),
     ("reap", include_str!("lua/reap.lua")),
@@ -130,10 +126,6 @@ enum Start {
     /// one partition's slot, so it is registered with the
     /// `allow-cross-slot-keys` flag (see `lua/apply_many.lua`).
     CrossSlot,
-    /// Without `begin`: it reads keys of several partitions' slots and
-    /// writes nothing, so it is registered with the `no-writes` and
-    /// `allow-cross-slot-keys` flags (see `lua/get_many.lua`).
-    CrossSlotRead,
 }
 
 /// The parts [`ORDER`] lists, in order.
@@ -147,7 +139,6 @@ fn parts() -> Result<Vec<Part<'static>>, String> {
             ["function", name] => Ok(Part::Function(name, Start::Plain)),
             ["function", name, "clock"] => Ok(Part::Function(name, Start::Clock)),
             ["function", name, "cross-slot"] => Ok(Part::Function(name, Start::CrossSlot)),
-            ["function", name, "cross-slot-read"] => Ok(Part::Function(name, Start::CrossSlotRead)),
             _ => Err(format!("lua/ORDER: malformed line {line:?}")),
         })
         .collect()
@@ -179,7 +170,6 @@ fn body(lib: &str) -> Result<String, String> {
                     Start::Plain => ("begin(ARGV, false)\n", ""),
                     Start::Clock => ("begin(ARGV, true)\n", ""),
                     Start::CrossSlot => ("", "'allow-cross-slot-keys'"),
-                    Start::CrossSlotRead => ("", "'no-writes', 'allow-cross-slot-keys'"),
                 };
                 body.push_str(&format!(
                     "\nlocal f_{name} = function(KEYS, ARGV)\n{begin}{code}\nend\n\
@@ -244,7 +234,7 @@ pub(crate) fn name(f: Function) -> String {
 
 /// The arguments every function starts with, as [`call`] adds them, in a
 /// command of their own: a section of an `apply_many` call
-/// (`nodes/mod.rs`).
+/// (`nodes.rs`).
 pub(crate) fn call_args(cfg: &RedisConfig) -> Cmd {
     let mut args = Cmd::new();
     args.arg(&cfg.key_prefix).arg(cfg.event_shards).arg(cfg.stream_max_len);

@@ -9,7 +9,7 @@
 //! carries at most [`Policy::max_size`] units (a larger request goes
 //! alone). A request is carried out once queued, even if its caller goes
 //! away meanwhile. On a Redis Cluster the write queues of a replica's
-//! nodes (`nodes/mod.rs`) also share a [`Budget`] of calls in flight.
+//! nodes (`nodes.rs`) also share a [`Budget`] of calls in flight.
 
 use std::collections::VecDeque;
 use std::future::Future;
@@ -45,7 +45,7 @@ pub(super) fn share(total: usize, partitions: u32) -> usize {
 
 /// Calls in flight shared by several queues: each also takes one of
 /// these for each call. The write queues of a cluster's nodes share one
-/// (`nodes/mod.rs`): the primaries answer in parallel, so with calls of their
+/// (`nodes.rs`): the primaries answer in parallel, so with calls of their
 /// own each, a call would carry fewer requests than on one Redis (its
 /// fixed cost paid more often); with the budget, the requests of a queue
 /// that waits for one pile up into its next call. Waiting queues are

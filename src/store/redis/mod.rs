@@ -4,9 +4,8 @@
 //! as one Redis function library: `functions.rs`), so a change is atomic
 //! and counts are maintained incrementally: reading a channel is one key
 //! whatever its size. Concurrent writes of a replica are merged into one
-//! call (`writer.rs`; with partitions, one call per node: `nodes/mod.rs`),
-//! concurrent small reads into one MGET (`reads.rs`; with partitions, one
-//! call per node: `nodes/reads.rs`),
+//! call (`writer.rs`; with partitions, one call per node: `nodes.rs`),
+//! concurrent small reads into one MGET (`reads.rs`),
 //! and a call reads and writes everything a batch touches with a few
 //! variadic commands (the layout is in [`keys`]). Lease deadlines use the
 //! Redis clock (`TIME`), so replicas with skewed clocks agree on when a
@@ -16,7 +15,7 @@
 //! arguments and reads every function's reply; `config.rs` holds
 //! [`RedisConfig`]; `conn.rs` reaches one Redis or a Redis Cluster;
 //! `replication.rs` makes writes wait for replicas; `failure.rs` says which
-//! Redis errors are UNAVAILABLE; `nodes/` merges the writes and reads of a
+//! Redis errors are UNAVAILABLE; `nodes.rs` merges the writes of a
 //! partitioned store per node;
 //! `reader.rs` follows the event streams; `integrations/` keeps the
 //! integration rules and queues; this file is the [`Store`]
@@ -89,9 +88,9 @@ pub struct RedisStore {
     /// The event stream readers' outage log, shared by a deployment's
     /// partitions: an outage is logged once, not once per partition.
     feed_outage: Arc<OutageLog>,
-    /// With partitions: the node queues their writes and small reads go
-    /// through, and this store's partition (see `nodes/`).
-    nodes: Option<(Arc<nodes::Nodes>, usize)>,
+    /// With partitions: the node queues their writes go through, and this
+    /// store's partition (see `nodes.rs`).
+    node_writes: Option<(Arc<nodes::NodeWriter>, usize)>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -176,9 +175,9 @@ impl RedisStore {
             })
             .collect::<Result<Vec<_>>>()?;
         let senders = stores.iter().map(RedisStore::apply_sender).collect();
-        let nodes = Arc::new(nodes::Nodes::new(senders, conn, cfg.cluster));
+        let nodes = Arc::new(nodes::NodeWriter::new(senders, conn, cfg.cluster));
         for (p, store) in stores.iter_mut().enumerate() {
-            store.nodes = Some((nodes.clone(), p));
+            store.node_writes = Some((nodes.clone(), p));
         }
         Ok(stores)
     }
@@ -226,7 +225,7 @@ impl RedisStore {
             cfg,
             partitions_record: record,
             feed_outage,
-            nodes: None,
+            node_writes: None,
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -374,7 +373,7 @@ impl Store for RedisStore {
             include_metrics: batch.include_metrics,
             reply,
         };
-        match &self.nodes {
+        match &self.node_writes {
             Some((nodes, p)) => nodes.send(*p, job)?,
             None => self
                 .writes
@@ -434,8 +433,6 @@ impl Store for RedisStore {
             // a large read pays for its own command: merging would only
             // make it wait for a slot
             reads::Fetch::mget(&fetch(), keys).await?
-        } else if let Some((nodes, p)) = &self.nodes {
-            nodes.read(*p, keys).await?
         } else {
             let queue = self.reads.get_or_init(|| reads::start(fetch(), self.cfg.partitions));
             let (reply, answer) = tokio::sync::oneshot::channel();

@@ -20,7 +20,7 @@ use super::group::{self, Policy};
 use crate::error::{Error, Result};
 
 /// Reads outstanding at once.
-pub(super) const IN_FLIGHT: usize = crate::config::defaults::REDIS_READS_IN_FLIGHT;
+const IN_FLIGHT: usize = crate::config::defaults::REDIS_READS_IN_FLIGHT;
 /// Reads of this many keys or more (a BatchGetOccupancy of many channels)
 /// go straight to Redis: their command's fixed cost is already small
 /// against its keys, and merged they only waited for a slot (large batch

@@ -5,7 +5,7 @@
 //! the lease, writing back counters, indexes and event entries: more than
 //! the work of a few operations), so one call per unary write cannot come
 //! near what Redis can do. A single task
-//! per store (`group.rs`; per node for a partitioned store, `nodes/mod.rs`)
+//! per store (`group.rs`; per node for a partitioned store, `nodes.rs`)
 //! takes every write waiting, up to
 //! [`MAX_GROUP_OPS`] operations, and sends them as one call. With no call in flight a write leaves at
 //! once (no timer, no added latency). While calls are in flight, writes
@@ -63,7 +63,7 @@ pub(super) trait Sender: Send + Sync + 'static {
 }
 
 /// Starts the group commit task of a store holding the whole state (a
-/// partitioned store's writes go through `nodes/mod.rs`); it ends when every
+/// partitioned store's writes go through `nodes.rs`); it ends when every
 /// sender of the returned queue is dropped.
 pub(super) fn start<S: Sender>(sender: S) -> mpsc::UnboundedSender<Job> {
     let sender = Arc::new(sender);

@@ -1,6 +1,6 @@
 -- Runs the apply calls of several partitions in one call: on a Redis
 -- Cluster, those of the partitions one primary holds (see
--- src/store/redis/nodes/mod.rs). Each partition's state lies in a slot of its
+-- src/store/redis/nodes.rs). Each partition's state lies in a slot of its
 -- own, so the function is registered with allow-cross-slot-keys; each
 -- section is the apply function run for one partition, with everything it
 -- guarantees, and the call as a whole is atomic like any other.

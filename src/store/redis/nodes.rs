@@ -44,8 +44,6 @@ use tokio::sync::{mpsc, Notify};
 use super::group::{self, Budget, Policy};
 use super::writer::{self, Job, Sender as _};
 use super::{codec, functions, keys, ApplySender, Conn, Function, BATCH_ALLOWANCE_PER_OP};
-
-mod reads;
 use crate::domain::Applied;
 use crate::error::{Error, Result};
 
@@ -77,9 +75,8 @@ pub(super) struct PartJob {
     job: Job,
 }
 
-/// The node queues of a replica's partitions: their writes here, their
-/// reads in `reads.rs`.
-pub(super) struct Nodes {
+/// The node queues of a replica's partitions.
+pub(super) struct NodeWriter {
     inner: Arc<Inner>,
 }
 
@@ -96,17 +93,15 @@ struct Inner {
     node_ids: Mutex<HashMap<String, usize>>,
     /// One write queue per node index, started on first use.
     queues: Mutex<HashMap<usize, mpsc::UnboundedSender<PartJob>>>,
-    /// One read queue per node index, started on first use.
-    read_queues: Mutex<HashMap<usize, mpsc::UnboundedSender<reads::PartRead>>>,
     /// On a cluster, the small calls all nodes' queues share.
     budget: Option<Budget>,
     /// Wakes the placement task early.
     stale: Notify,
-    /// The placement task, started with the first write or read.
+    /// The placement task, started with the first write.
     started: OnceLock<()>,
 }
 
-impl Nodes {
+impl NodeWriter {
     /// The writer of `parts` (partition `p` at index `p`), on a cluster
     /// or on one Redis.
     pub(super) fn new(parts: Vec<ApplySender>, conn: Conn, cluster: bool) -> Self {
@@ -119,7 +114,6 @@ impl Nodes {
                 routes: Mutex::new((0..n).map(|_| Route::default()).collect()),
                 node_ids: Mutex::new(HashMap::new()),
                 queues: Mutex::new(HashMap::new()),
-                read_queues: Mutex::new(HashMap::new()),
                 budget: cluster.then(|| Budget::new(CLUSTER_BUDGET)),
                 stale: Notify::new(),
                 started: OnceLock::new(),
@@ -130,7 +124,11 @@ impl Nodes {
     /// Queues a write of `partition` on its node's queue.
     pub(super) fn send(&self, partition: usize, job: Job) -> Result<()> {
         let inner = &self.inner;
-        inner.follow();
+        if inner.cluster {
+            inner.started.get_or_init(|| {
+                tokio::spawn(follow_placement(Arc::downgrade(inner)));
+            });
+        }
         inner.enqueue(partition, vec![job])
     }
 }
@@ -167,16 +165,6 @@ fn start_queue(inner: Weak<Inner>, budget: Option<Budget>) -> mpsc::UnboundedSen
 }
 
 impl Inner {
-    /// Starts following where the partitions are, on a cluster, unless
-    /// started already.
-    fn follow(self: &Arc<Self>) {
-        if self.cluster {
-            self.started.get_or_init(|| {
-                tokio::spawn(follow_placement(Arc::downgrade(self)));
-            });
-        }
-    }
-
     /// Runs one node's group: one `apply_many` call, then each partition
     /// it did not find on its own.
     async fn run(self: Arc<Self>, jobs: Vec<PartJob>) {

@@ -128,6 +128,13 @@ enum Start {
     CrossSlot,
 }
 
+/// How a function without and with the Redis clock starts: `begin`
+/// answers an error reply instead when the call must not run (its state's
+/// slot migrating, see `lua/call.lua`).
+const BEGIN_PLAIN: &str = "local refused = begin(ARGV, false, KEYS)\nif refused then return refused end\n";
+/// See [`BEGIN_PLAIN`].
+const BEGIN_CLOCK: &str = "local refused = begin(ARGV, true, KEYS)\nif refused then return refused end\n";
+
 /// The parts [`ORDER`] lists, in order.
 fn parts() -> Result<Vec<Part<'static>>, String> {
     ORDER
@@ -167,8 +174,8 @@ fn body(lib: &str) -> Result<String, String> {
             Part::Function(name, start) => {
                 let code = source(name)?;
                 let (begin, flags) = match start {
-                    Start::Plain => ("begin(ARGV, false)\n", ""),
-                    Start::Clock => ("begin(ARGV, true)\n", ""),
+                    Start::Plain => (BEGIN_PLAIN, ""),
+                    Start::Clock => (BEGIN_CLOCK, ""),
                     Start::CrossSlot => ("", "'allow-cross-slot-keys'"),
                 };
                 body.push_str(&format!(

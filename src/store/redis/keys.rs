@@ -21,6 +21,7 @@
 //! | `P:reaping` | set | retired tokens whose connections are still being removed |
 //! | `P:{ev:N}` | stream | events of shard `N`: one entry per write, field the changed channel, value its counters |
 //! | `P:anchor` | string | `1`, on a Redis Cluster only: the key every function call declares, so the call is routed to the node holding the state (see [`anchor`]) |
+//! | `P:probe` | none | never written: on a Redis Cluster every function call checks it is missing, which fails while the state's slot migrates, and answers TRYAGAIN before changing anything (see [`probe`]) |
 //! | `P:partitions` | string | the number of partitions the state is split into, recorded by the first replica (never under a partition's hash tag) |
 //! | `P:event-shards` | string, expires | the number of event shards the replicas use, kept by their health checks |
 //! | `P:int:rules` | hash | integration rule id → the rule (JSON) |
@@ -188,6 +189,15 @@ pub fn leases(prefix: &str) -> String {
 /// The event stream of one shard.
 pub fn events(prefix: &str, shard: u32) -> String {
     format!("{prefix}:{{ev:{shard}}}")
+}
+
+/// A key that never exists, in the state's slot: on a Redis Cluster every
+/// function call checks it is missing before it changes anything, which
+/// fails exactly while the slot migrates away from the node (a missing key
+/// of a migrating slot is redirected), so that no call stops halfway on a
+/// key it would create (see `lua/call.lua`).
+pub fn probe(prefix: &str) -> String {
+    format!("{prefix}:probe")
 }
 
 /// A key that exists while any other key of the state does, on a Redis

@@ -218,3 +218,159 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
         got.iter().map(|m| m.connections).collect::<Vec<_>>()
     );
 }
+
+/// While a partition's slot is migrating away from its primary (between
+/// `CLUSTER SETSLOT … MIGRATING` and the `MIGRATE` of its keys), a write
+/// that would create a key there would stop halfway: Redis redirects a
+/// missing key of a migrating slot, and a script is not undone. Every call
+/// checks the slot first: called directly, `apply` answers TRYAGAIN and
+/// `apply_many` answers the section as absent, both changing nothing.
+/// Through the store, a write sent meanwhile completes once the slot is
+/// stable again, and every count is exact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_through_after() {
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, Operation, SessionId};
+    use occupancy::error::Error;
+    use occupancy::store::redis::keys;
+
+    let h = crate::support::Harness::cluster(Duration::from_secs(30));
+    let cluster = h.redis_cluster();
+    let store = h.store();
+    store.ping().await.expect("ping");
+    let n = h.partitions();
+    let p = 0;
+    let prefix = format!("test:{{{}}}", keys::partition_tag(p, n));
+    let slot = keys::prefix_slot(&prefix);
+    let src = cluster.primary_of(slot);
+    let dst = cluster
+        .primaries()
+        .into_iter()
+        .find(|x| x.id != src.id)
+        .expect("another primary");
+    let connect = |port: u16| {
+        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+            .expect("client")
+            .get_connection_with_timeout(Duration::from_secs(2))
+            .expect("connect")
+    };
+    let (mut on_src, mut on_dst) = (connect(src.port), connect(dst.port));
+    let channels: Vec<String> = (0..)
+        .map(|k| format!("mig-{k}"))
+        .filter(|c| occupancy::domain::partition::partition_of(c, n) == p)
+        .take(2)
+        .collect();
+    let on = |channel: &str| ChannelName::parse("ch", channel).expect("name");
+    let attach = |conn: &str, channel: &str| Operation::Attach {
+        connection: ConnectionId::parse("c", conn).expect("id"),
+        channel: on(channel),
+        modes: ModeSet::EMPTY,
+    };
+    let s = SessionId::parse("s", "fe").expect("id");
+    store
+        .apply(&s, &[attach("c0", &channels[0])], false)
+        .await
+        .expect("apply");
+
+    let setslot = |c: &mut redis::Connection, state: &str, node: Option<&str>| {
+        let mut cmd = redis::cmd("CLUSTER");
+        cmd.arg("SETSLOT").arg(slot).arg(state);
+        if let Some(node) = node {
+            cmd.arg(node);
+        }
+        let _: () = cmd.query(c).unwrap_or_else(|e| panic!("SETSLOT {state}: {e}"));
+    };
+    setslot(&mut on_dst, "IMPORTING", Some(&src.id));
+    setslot(&mut on_src, "MIGRATING", Some(&dst.id));
+
+    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut on_src).expect("list");
+    let text = format!("{listed:?}");
+    let function = |suffix: &str| {
+        text.split(['\'', '"'])
+            .find(|w| w.starts_with("occupancy_") && w.ends_with(suffix))
+            .unwrap_or_else(|| panic!("no {suffix} in {text}"))
+            .to_string()
+    };
+    // an attach of a new connection to a new channel, as the store encodes
+    // it (codec::apply_args): it would create keys in the slot
+    let args: Vec<String> = [
+        prefix.as_str(),
+        "1",
+        "1000",
+        "30000",
+        "1",
+        "mig-session",
+        "0",
+        "0",
+        "0",
+        "4242",
+        "",
+        "1",
+        "A",
+        "mig-conn",
+        channels[1].as_str(),
+        "0",
+        "0",
+    ]
+    .map(String::from)
+    .to_vec();
+    let anchor = keys::anchor(&prefix);
+    let direct: redis::RedisResult<redis::Value> = redis::cmd("FCALL")
+        .arg(function("_apply"))
+        .arg(1)
+        .arg(&anchor)
+        .arg(&args)
+        .query(&mut on_src);
+    let e = direct.expect_err("apply while the slot migrates");
+    assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
+    let many: Vec<redis::Value> = redis::cmd("FCALL")
+        .arg(function("_apply_many"))
+        .arg(1)
+        .arg(&anchor)
+        .arg("1")
+        .arg(args.len())
+        .arg(&args)
+        .query(&mut on_src)
+        .expect("apply_many");
+    assert_eq!(many, [redis::Value::Nil], "the section is answered as absent");
+    // (a missing key of the migrating slot is redirected: KEYS lists the
+    // node's keys without a redirect, and the connection records' hash
+    // exists)
+    let all: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut on_src).expect("KEYS");
+    let made: Vec<&String> = all
+        .iter()
+        .filter(|k| k.contains("mig-session") || k.contains(channels[1].as_str()))
+        .collect();
+    let record: Option<String> = redis::cmd("HGET")
+        .arg(keys::connections(&prefix))
+        .arg("mig-conn")
+        .query(&mut on_src)
+        .expect("HGET");
+    assert!(
+        made.is_empty() && record.is_none(),
+        "nothing of the write was applied: {made:?} {record:?}"
+    );
+
+    // through the store: a write sent while the slot migrates goes
+    // through (retried by the cluster client, or answered UNAVAILABLE and
+    // sent again, as a front end does) once the slot is stable again
+    let writer = {
+        let (store, s, ops) = (store.clone(), s.clone(), vec![attach("c1", &channels[1])]);
+        tokio::spawn(async move {
+            let mut last = None;
+            for _ in 0..200 {
+                match store.apply(&s, &ops, false).await {
+                    Ok(applied) => return applied,
+                    Err(e @ Error::Unavailable(_)) => last = Some(e),
+                    Err(e) => panic!("a write while the slot migrates: {e}"),
+                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            panic!("the write kept failing: {last:?}");
+        })
+    };
+    setslot(&mut on_src, "STABLE", None);
+    setslot(&mut on_dst, "STABLE", None);
+    writer.await.expect("writer");
+    let got = store.get(&[on(&channels[0]), on(&channels[1])]).await.expect("get");
+    assert_eq!((got[0].connections, got[1].connections), (1, 1));
+}

@@ -16,18 +16,18 @@
 -- slot that moved away, or that this node imports but does not serve yet,
 -- makes that read fail (redis.pcall answers the error), and resharding
 -- moves a slot's keys in one MIGRATE (README), so a partition whose
--- anchor is here has all its state here. It then reads the partition's
--- probe key, which never exists, as every call on a cluster does
--- (migrating() in call.lua): that read fails while the slot migrates
--- away, when a key the section would create could not be written here.
+-- anchor is here has all its state here. The same read takes the
+-- partition's probe key, which never exists (migrating() in call.lua):
+-- while the slot migrates away, a read of a missing key there fails, as
+-- a key the section would create could not be written here. (On a node
+-- importing the slot, a call sent with ASKING fails the two-key read too,
+-- and its sections are sent again on their own, each checked with its
+-- probe alone.)
 local A = ARGV
 local check = A[1] == '1'
--- (each section checked here: its own call must not check again, nor
+-- (each section is checked here: its own call must not check again, nor
 -- answer an error in the middle of this one)
 local NO_KEYS = {}
-local function migrating_at(prefix)
-  return type(redis.pcall('EXISTS', prefix .. ':probe')) == 'table'
-end
 local out, nout = {}, 0
 local i, n = 2, #A
 while i <= n do
@@ -36,7 +36,7 @@ while i <= n do
   for k = 1, len do argv[k] = A[i + k] end
   i = i + len + 1
   nout = nout + 1
-  if check and (redis.pcall('EXISTS', argv[1] .. ':anchor') ~= 1 or migrating_at(argv[1])) then
+  if check and redis.pcall('EXISTS', argv[1] .. ':anchor', argv[1] .. ':probe') ~= 1 then
     out[nout] = false
   else
     out[nout] = f_apply(NO_KEYS, argv)

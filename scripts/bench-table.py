@@ -131,6 +131,11 @@ c, o = res.get("unary-cluster-256"), res.get("unary-replicated-256")
 if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o:
     r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
     row("7. Redis CPU per op, cluster / replicated Redis: unary, 256 in flight", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (reported)", True, "unary-cluster-256", "unary-replicated-256")
+for key in ("apply", "unary"):
+    c, o = res.get(f"{key}-cluster-3"), res.get(f"{key}-replicated")
+    if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o:
+        r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
+        row(f"7. Redis CPU per op, cluster with 3 partitions / replicated Redis: {key}", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (reported)", True, f"{key}-cluster-3", f"{key}-replicated")
 pair_row("7. one replicated Redis / one Redis: Apply", "apply-replicated", "apply", 0, "ops/s")
 head = ("scenario", "result", "baseline", "ratio / target", "met", "host busy/steal %")
 w = [max(len(str(x[i])) for x in rows + [head]) for i in range(len(head))]
@@ -143,7 +148,7 @@ for r in rows:
 if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
-cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-primary", "apply-primary-loaded", "apply-replicated", "unary-replicated", "get-replicated", "unary-replicated-256", "unary-cluster-256") if k in res and "cpu_us_replica" in res[k]]
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-primary", "apply-primary-loaded", "apply-replicated", "unary-replicated", "get-replicated", "unary-replicated-256", "unary-cluster-256", "apply-cluster-3", "unary-cluster-3") if k in res and "cpu_us_replica" in res[k]]
 if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
     r = res["webhooks"]
     for label, sfx in (("wh-none", "without"), (f"wh-{r['rules']}", "with")):

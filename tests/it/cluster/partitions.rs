@@ -225,12 +225,11 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
 /// missing key of a migrating slot, and a script is not undone. Every call
 /// checks the slot first: called directly, `apply` answers TRYAGAIN and
 /// `apply_many` answers the section as absent, both changing nothing.
-/// Through the store, a write sent meanwhile completes once the slot is
-/// stable again, and every count is exact.
+/// Through the store, a write sent meanwhile is refused, sent again, and
+/// goes through once the slot is stable again, and every count is exact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_through_after() {
     use occupancy::domain::{ChannelName, ConnectionId, ModeSet, Operation, SessionId};
-    use occupancy::error::Error;
     use occupancy::store::redis::keys;
 
     let h = crate::support::Harness::cluster(Duration::from_secs(30));
@@ -350,27 +349,37 @@ async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_thro
         "nothing of the write was applied: {made:?} {record:?}"
     );
 
-    // through the store: a write sent while the slot migrates goes
-    // through (retried by the cluster client, or answered UNAVAILABLE and
-    // sent again, as a front end does) once the slot is stable again
+    // through the store: a write sent while the slot migrates is refused
+    // (Redis counts the TRYAGAIN), sent again by the store, and goes
+    // through once the slot is stable again, without an error
+    let refused = |c: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("errorstats").query(c).expect("INFO");
+        info.lines()
+            .find_map(|l| l.strip_prefix("errorstat_TRYAGAIN:count="))
+            .map_or(0, |n| n.trim().parse().expect("a count"))
+    };
+    let before = refused(&mut on_src);
     let writer = {
         let (store, s, ops) = (store.clone(), s.clone(), vec![attach("c1", &channels[1])]);
-        tokio::spawn(async move {
-            let mut last = None;
-            for _ in 0..200 {
-                match store.apply(&s, &ops, false).await {
-                    Ok(applied) => return applied,
-                    Err(e @ Error::Unavailable(_)) => last = Some(e),
-                    Err(e) => panic!("a write while the slot migrates: {e}"),
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            panic!("the write kept failing: {last:?}");
-        })
+        tokio::spawn(async move { store.apply(&s, &ops, false).await })
     };
+    let mut seen = false;
+    // bounded: 1,000 reads of the count, 2 ms apart
+    for _ in 0..1_000 {
+        if refused(&mut on_src) > before {
+            seen = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    assert!(seen, "the write reached the migrating slot and was refused");
     setslot(&mut on_src, "STABLE", None);
     setslot(&mut on_dst, "STABLE", None);
-    writer.await.expect("writer");
+    let applied = writer.await.expect("writer");
+    assert!(
+        applied.is_ok(),
+        "the write went through after the refusals: {applied:?}"
+    );
     let got = store.get(&[on(&channels[0]), on(&channels[1])]).await.expect("get");
     assert_eq!((got[0].connections, got[1].connections), (1, 1));
 }

@@ -5,6 +5,35 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
+/// A connection of its own to the node on `port`.
+fn node(port: u16) -> redis::Connection {
+    redis::Client::open(format!("redis://127.0.0.1:{port}/"))
+        .expect("client")
+        .get_connection_with_timeout(Duration::from_secs(2))
+        .expect("connect")
+}
+
+/// The full name of the library's function ending in `suffix` on a node.
+fn library_function(node: &mut redis::Connection, suffix: &str) -> String {
+    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(node).expect("list");
+    let text = format!("{listed:?}");
+    text.split(['\'', '"'])
+        .find(|w| w.starts_with("occupancy_") && w.ends_with(suffix))
+        .unwrap_or_else(|| panic!("no {suffix} in {text}"))
+        .to_string()
+}
+
+/// The arguments of an `apply` call (a section of `apply_many`) under
+/// `prefix`: `session` attaches `conn` to `channel`, as the store encodes
+/// it (codec::apply_args).
+fn attach_args(prefix: &str, session: &str, conn: &str, channel: &str) -> Vec<String> {
+    [
+        prefix, "1", "1000", "30000", "1", session, "0", "0", "0", "4242", "", "1", "A", conn, channel, "0", "0",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
 /// The state split into partitions on a cluster: every key the service
 /// wrote (writes across partitions, presence, a closed session, lists,
 /// the reaper) is under one partition's tag, in that partition's slot, on
@@ -43,10 +72,7 @@ async fn partitioned_keys_each_live_in_their_partitions_slot() {
     let slots: Vec<u16> = tags.iter().map(|t| cluster.keyslot(&format!("{{{t}}}"))).collect();
     let mut used = HashSet::new();
     for primary in cluster.primaries() {
-        let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", primary.port))
-            .expect("client")
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .expect("connect");
+        let mut node = node(primary.port);
         let keys: Vec<String> = redis::cmd("KEYS").arg("*").query(&mut node).expect("KEYS");
         for k in keys.iter().filter(|k| **k != record) {
             let p = (0..n)
@@ -94,42 +120,9 @@ async fn a_nodes_partitions_share_its_calls_and_a_partition_elsewhere_is_left_un
     let b = (1..n)
         .find(|&p| node_of(p).id != node_of(a).id)
         .expect("a partition on another primary");
-    let mut node = redis::Client::open(format!("redis://127.0.0.1:{}/", node_of(a).port))
-        .expect("client")
-        .get_connection_with_timeout(Duration::from_secs(2))
-        .expect("connect");
-    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut node).expect("list");
-    let text = format!("{listed:?}");
-    let function = text
-        .split(['\'', '"'])
-        .find(|w| w.starts_with("occupancy_") && w.ends_with("_apply_many"))
-        .unwrap_or_else(|| panic!("no apply_many in {text}"))
-        .to_string();
-    // one section: an attach of connection `c` to `channel` in partition p,
-    // as the store encodes it (codec::apply_args)
-    let section = |p: u32, channel: &str| -> Vec<String> {
-        [
-            prefix(p).as_str(),
-            "1",
-            "1000",
-            "30000",
-            "1",
-            "lua-session",
-            "0",
-            "0",
-            "0",
-            "4242",
-            "",
-            "1",
-            "A",
-            "lua-conn",
-            channel,
-            "0",
-            "0",
-        ]
-        .map(String::from)
-        .to_vec()
-    };
+    let mut node = node(node_of(a).port);
+    let function = library_function(&mut node, "_apply_many");
+    let section = |p: u32, channel: &str| attach_args(&prefix(p), "lua-session", "lua-conn", channel);
     let mut call = redis::cmd("FCALL");
     call.arg(&function).arg(1).arg(format!("{}:anchor", prefix(a))).arg("1");
     // a channel of each partition, as the router places channels
@@ -246,13 +239,7 @@ async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_thro
         .into_iter()
         .find(|x| x.id != src.id)
         .expect("another primary");
-    let connect = |port: u16| {
-        redis::Client::open(format!("redis://127.0.0.1:{port}/"))
-            .expect("client")
-            .get_connection_with_timeout(Duration::from_secs(2))
-            .expect("connect")
-    };
-    let (mut on_src, mut on_dst) = (connect(src.port), connect(dst.port));
+    let (mut on_src, mut on_dst) = (node(src.port), node(dst.port));
     let channels: Vec<String> = (0..)
         .map(|k| format!("mig-{k}"))
         .filter(|c| occupancy::domain::partition::partition_of(c, n) == p)
@@ -281,40 +268,12 @@ async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_thro
     setslot(&mut on_dst, "IMPORTING", Some(&src.id));
     setslot(&mut on_src, "MIGRATING", Some(&dst.id));
 
-    let listed: Vec<redis::Value> = redis::cmd("FUNCTION").arg("LIST").query(&mut on_src).expect("list");
-    let text = format!("{listed:?}");
-    let function = |suffix: &str| {
-        text.split(['\'', '"'])
-            .find(|w| w.starts_with("occupancy_") && w.ends_with(suffix))
-            .unwrap_or_else(|| panic!("no {suffix} in {text}"))
-            .to_string()
-    };
-    // an attach of a new connection to a new channel, as the store encodes
-    // it (codec::apply_args): it would create keys in the slot
-    let args: Vec<String> = [
-        prefix.as_str(),
-        "1",
-        "1000",
-        "30000",
-        "1",
-        "mig-session",
-        "0",
-        "0",
-        "0",
-        "4242",
-        "",
-        "1",
-        "A",
-        "mig-conn",
-        channels[1].as_str(),
-        "0",
-        "0",
-    ]
-    .map(String::from)
-    .to_vec();
+    // an attach of a new connection to a new channel: it would create
+    // keys in the slot
+    let args = attach_args(&prefix, "mig-session", "mig-conn", &channels[1]);
     let anchor = keys::anchor(&prefix);
     let direct: redis::RedisResult<redis::Value> = redis::cmd("FCALL")
-        .arg(function("_apply"))
+        .arg(library_function(&mut on_src, "_apply"))
         .arg(1)
         .arg(&anchor)
         .arg(&args)
@@ -322,7 +281,7 @@ async fn a_call_while_its_partitions_slot_migrates_changes_nothing_and_goes_thro
     let e = direct.expect_err("apply while the slot migrates");
     assert_eq!(e.code(), Some("TRYAGAIN"), "{e}");
     let many: Vec<redis::Value> = redis::cmd("FCALL")
-        .arg(function("_apply_many"))
+        .arg(library_function(&mut on_src, "_apply_many"))
         .arg(1)
         .arg(&anchor)
         .arg("1")

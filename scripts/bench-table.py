@@ -12,9 +12,11 @@ which are set for the full-size run, do not apply: the "met" column says
 import sys
 
 quick = "--quick" in sys.argv[2:]
-base, res, cpu = {}, {}, {}
+base, res, cpu, cmds = {}, {}, {}, {}
 for line in open(sys.argv[1]):
     p = line.split()
+    if p[0] == "CMDS" and len(p) == 4:
+        cmds[p[1]] = (int(p[2]), int(p[3]))
     if p[0] == "CPU" and len(p) == 5:
         total, idle, steal = (int(x) for x in p[2:])
         if total > 0:
@@ -127,10 +129,11 @@ for key in ("apply", "unary", "get"):
             row(f"7. Redis CPU per op, cluster / {which}: {key}", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x {target}", r <= 1.2 or not judged, f"{key}-cluster", base)
 # the same under four times the load (reported: the target is judged at
 # the scenario's usual load above)
-c, o = res.get("unary-cluster-256"), res.get("unary-replicated-256")
-if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o:
-    r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
-    row("7. Redis CPU per op, cluster / replicated Redis: unary, 256 in flight", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (reported)", True, "unary-cluster-256", "unary-replicated-256")
+for key in ("unary", "get"):
+    c, o = res.get(f"{key}-cluster-256"), res.get(f"{key}-replicated-256")
+    if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o and float(o["cpu_us_redis"]) > 0:
+        r = float(c["cpu_us_redis"]) / float(o["cpu_us_redis"])
+        row(f"7. Redis CPU per op, cluster / replicated Redis: {key}, 256 in flight", f"{c['cpu_us_redis']} vs {o['cpu_us_redis']} us", "-", f"{r:.2f} x (reported)", True, f"{key}-cluster-256", f"{key}-replicated-256")
 for key in ("apply", "unary"):
     c, o = res.get(f"{key}-cluster-3"), res.get(f"{key}-replicated")
     if c and o and "cpu_us_redis" in c and "cpu_us_redis" in o:
@@ -148,7 +151,7 @@ for r in rows:
 if quick:
     print()
     print("quick run: sizes and windows are a fraction of the full run's, so the targets (set for the full run) are not judged; run scripts/bench for them")
-cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-primary", "apply-primary-loaded", "apply-replicated", "unary-replicated", "get-replicated", "unary-replicated-256", "unary-cluster-256", "apply-cluster-3", "unary-cluster-3") if k in res and "cpu_us_replica" in res[k]]
+cpu_rows = [(k, res[k]) for k in ("apply", "unary", "unary-auth", "get", "get-auth", "rest-get", "batch-get", "apply-cluster", "unary-cluster", "get-cluster", "apply-primary", "apply-primary-loaded", "apply-replicated", "unary-replicated", "get-replicated", "unary-replicated-256", "get-replicated-256", "unary-cluster-256", "get-cluster-256", "apply-cluster-3", "unary-cluster-3") if k in res and "cpu_us_replica" in res[k]]
 if "webhooks" in res and "cpu_us_replica_with" in res["webhooks"]:
     r = res["webhooks"]
     for label, sfx in (("wh-none", "without"), (f"wh-{r['rules']}", "with")):
@@ -160,3 +163,14 @@ if cpu_rows:
     print("| -------------------- | ----- | ------- | -------------- |")
     for k, r in cpu_rows:
         print(f"| {k:<20} | {r.get('cpu_us_redis', '-'):>5} | {r.get('cpu_us_replica', '-'):>7} | {r.get('cpu_us_gen', '-'):>14} |")
+counted = [(k, res[k], cmds[k]) for k in cmds if k in res and "ops" in res[k] and int(res[k]["ops"]) > 0]
+if counted:
+    print()
+    print("Redis commands per operation (INFO commandstats of the nodes serving the state over the scenario, a function's own commands included; the cluster's primaries summed):")
+    print("| scenario             | commands per op | operations per function call | Redis CPU per op (us) |")
+    print("| -------------------- | --------------- | ---------------------------- | --------------------- |")
+    for k, r, (total, fcalls) in counted:
+        ops = int(r["ops"])
+        # reads call no function (a replica's background calls would show)
+        per_call = f"{ops / fcalls:.1f}" if fcalls and not k.startswith("get") else "-"
+        print(f"| {k:<20} | {total / ops:>15.2f} | {per_call:>28} | {r.get('cpu_us_redis', '-'):>21} |")

@@ -167,14 +167,15 @@ impl Stats {
         procfs::per_op(&named, self.ops)
     }
 
-    /// Prints the scenario's `RESULT` line: rate, p50, p99, `extra` (as
-    /// ` key=value` pairs) and the CPU per operation of each watched
-    /// process.
+    /// Prints the scenario's `RESULT` line: rate, p50, p99, the number of
+    /// operations, `extra` (as ` key=value` pairs) and the CPU per
+    /// operation of each watched process.
     pub(crate) fn print(&mut self, scenario: &str, extra: &str) {
         let rate = self.rate();
         let (p50, p99) = (self.p(0.5), self.p(0.99));
         println!(
-            "RESULT scenario={scenario} rate={rate:.0} p50_ms={p50:.3} p99_ms={p99:.3}{extra}{}",
+            "RESULT scenario={scenario} rate={rate:.0} p50_ms={p50:.3} p99_ms={p99:.3} ops={}{extra}{}",
+            self.ops,
             procfs::per_op(&self.cpu, self.ops)
         );
     }

@@ -11,6 +11,7 @@ use clap::Args;
 
 use super::capability::Capabilities;
 use super::keys::{check_id, secret_digest_hex};
+use crate::cli::output::{out, outln};
 
 /// `occupancy key`.
 #[derive(Debug, Clone, Args)]
@@ -88,7 +89,7 @@ pub fn key(args: &KeyArgs) -> i32 {
     };
     match run() {
         Ok(out) => {
-            print!("{out}");
+            out!("{out}");
             0
         }
         Err(e) => {
@@ -112,7 +113,7 @@ pub fn token(args: &TokenArgs) -> i32 {
     };
     match run() {
         Ok(t) => {
-            println!("{t}");
+            outln!("{t}");
             0
         }
         Err(e) => {

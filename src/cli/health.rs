@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::Args;
 
+use super::output::outln;
 use super::DEFAULT_ENDPOINT;
 
 /// `occupancy health`.
@@ -68,12 +69,12 @@ pub async fn health(args: HealthArgs) -> i32 {
     };
     match tokio::time::timeout(args.timeout, check).await {
         Ok(Ok(status)) if status == ServingStatus::Serving as i32 => {
-            println!("SERVING");
+            outln!("SERVING");
             0
         }
         Ok(Ok(status)) => {
             let name = ServingStatus::try_from(status).map_or("UNKNOWN", |s| s.as_str_name());
-            println!("{name}");
+            outln!("{name}");
             i32::from(!args.live)
         }
         Ok(Err(e)) => {

@@ -7,7 +7,9 @@
 //! service refused (INVALID_ARGUMENT), 3 the service could not be reached
 //! (no connection, or no answer in time), 4 the service answered but its
 //! store (Redis) is unavailable. `health` exits 0 when SERVING and 1
-//! otherwise, as container and Kubernetes probes expect.
+//! otherwise, as container and Kubernetes probes expect. Output goes
+//! through `output::write_out`: a reader that stops reading ends the
+//! command quietly with 0.
 //!
 //! One file per group: `read.rs` (`get`, `list`, `stats`), `watch.rs`,
 //! `health.rs`, `integrations.rs` (with what it prints), and the tables
@@ -21,7 +23,7 @@ use tonic::Code;
 
 mod health;
 mod integrations;
-mod output;
+pub(crate) mod output;
 mod read;
 mod watch;
 

@@ -1,8 +1,45 @@
 //! What the client subcommands print: tables for people, JSON objects
-//! (Ably's shapes, camelCase) for scripts.
+//! (Ably's shapes, camelCase) for scripts; and how they print it
+//! ([`out!`], [`outln!`]).
+
+use std::io::{ErrorKind, Write};
 
 use occupancy_client::proto;
 use serde_json::json;
+
+/// Writes to standard output for the subcommands. A reader that went away
+/// (`occupancy list | head`) ends the command at once with status 0, as
+/// Unix tools end, instead of the panic `print!` gives on a closed pipe;
+/// any other write error ends it with status 1 and says why.
+pub(crate) fn write_out(args: std::fmt::Arguments<'_>) {
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.flush()) {
+        if e.kind() == ErrorKind::BrokenPipe {
+            std::process::exit(0);
+        }
+        eprintln!("error: cannot write to standard output: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// `print!` through [`write_out`].
+macro_rules! out {
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!($($arg)*))
+    };
+}
+
+/// `println!` through [`write_out`].
+macro_rules! outln {
+    () => {
+        $crate::cli::output::write_out(format_args!("\n"))
+    };
+    ($($arg:tt)*) => {
+        $crate::cli::output::write_out(format_args!("{}\n", format_args!($($arg)*)))
+    };
+}
+
+pub(crate) use {out, outln};
 
 const COLUMNS: [&str; 9] = [
     "connections",

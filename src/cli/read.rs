@@ -4,7 +4,7 @@
 use clap::Args;
 use serde_json::json;
 
-use super::output::{details_json, details_table};
+use super::output::{details_json, details_table, out, outln};
 use super::{client, fail, Target};
 
 /// `occupancy get`.
@@ -49,7 +49,7 @@ pub async fn stats(args: StatsArgs) -> i32 {
     match client.stats().await {
         Ok(s) => {
             if args.target.json {
-                println!(
+                outln!(
                     "{}",
                     json!({
                         "activeChannels": s.active_channels,
@@ -59,10 +59,10 @@ pub async fn stats(args: StatsArgs) -> i32 {
                     })
                 );
             } else {
-                println!("active channels   {}", s.active_channels);
-                println!("connections       {}", s.connections);
-                println!("presence members  {}", s.presence_members);
-                println!("sessions          {}", s.sessions);
+                outln!("active channels   {}", s.active_channels);
+                outln!("connections       {}", s.connections);
+                outln!("presence members  {}", s.presence_members);
+                outln!("sessions          {}", s.sessions);
             }
             0
         }
@@ -80,10 +80,10 @@ pub async fn get(args: GetArgs) -> i32 {
         Ok(details) => {
             if args.target.json {
                 for d in &details {
-                    println!("{}", details_json(d));
+                    outln!("{}", details_json(d));
                 }
             } else {
-                print!("{}", details_table(&details));
+                out!("{}", details_table(&details));
             }
             0
         }
@@ -122,13 +122,13 @@ pub async fn list(args: ListArgs) -> i32 {
         Ok(channels) => {
             if args.target.json {
                 for d in &channels {
-                    println!("{}", details_json(d));
+                    outln!("{}", details_json(d));
                 }
             } else if by_value {
-                print!("{}", details_table(&channels));
+                out!("{}", details_table(&channels));
             } else {
                 for d in &channels {
-                    println!("{}", d.channel_id);
+                    outln!("{}", d.channel_id);
                 }
             }
             0

@@ -2,7 +2,6 @@
 //! (busiest first) or JSON lines.
 
 use std::collections::HashMap;
-use std::io::Write;
 use std::time::{Duration, Instant};
 
 use clap::Args;
@@ -11,7 +10,7 @@ use occupancy_client::{proto, Followed};
 use serde_json::json;
 use tonic::Code;
 
-use super::output::{clock, metrics_json, table};
+use super::output::{clock, metrics_json, out, outln, table};
 use super::{client, fail, Target, EXIT_USAGE};
 
 /// `occupancy watch`.
@@ -120,14 +119,13 @@ pub async fn watch(args: WatchArgs) -> i32 {
         let m = e.metrics.unwrap_or_default();
         let last = args.count > 0 && seen >= args.count;
         if args.target.json {
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "id": e.id, "name": e.name, "channel": e.channel,
                     "timestampMs": e.timestamp_ms, "metrics": metrics_json(&m)
                 })
             );
-            let _ = std::io::stdout().flush();
         } else {
             state.insert(e.channel.clone(), (m, e.timestamp_ms));
             if last {
@@ -172,6 +170,5 @@ fn draw(state: &HashMap<String, (proto::Metrics, i64)>, tty: bool) {
     if !tty {
         out.push('\n');
     }
-    print!("{out}");
-    let _ = std::io::stdout().flush();
+    out!("{out}");
 }

@@ -120,6 +120,42 @@ async fn list_walks_every_page() {
     assert_eq!(String::from_utf8_lossy(&out.stdout), "rooms:a\nrooms:b\n");
 }
 
+/// Runs `occupancy ARGS` with its standard output a pipe whose reader is
+/// already gone, as `occupancy list | head` leaves it once `head` exits.
+fn run_into_a_closed_pipe(args: &[&str]) -> Output {
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let child = Command::new(binary())
+        .args(args)
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run occupancy");
+    // bounded: the child writes once and exits, or the CLI's --timeout ends it
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(child.wait_with_output()));
+    rx.recv_timeout(Duration::from_secs(30))
+        .unwrap_or_else(|_| panic!("occupancy {args:?} did not exit within 30 s"))
+        .expect("output")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_that_goes_away_ends_the_command_quietly() {
+    let (p, _fx) = server_with_state().await;
+    let url = p.url();
+    for args in [
+        &["list", "--json", "--endpoint", &url][..],
+        &["get", "rooms:a", "--endpoint", &url][..],
+        &["stats", "--endpoint", &url][..],
+        &["key", "ops", "-c", "*=read"][..],
+    ] {
+        let out = run_into_a_closed_pipe(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {:?}, stderr: {err}", out.status);
+        assert!(err.is_empty(), "{args:?} said something: {err}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn watch_streams_events_and_draws_a_table() {
     let (p, fx) = server_with_state().await;

@@ -7,7 +7,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use occupancy_client::proto;
 use serde_json::{json, Value};
 
-use super::super::output::metrics_json;
+use super::super::output::{metrics_json, outln};
 
 fn batched(r: &proto::IntegrationRule) -> bool {
     r.mode == proto::DeliveryMode::Batched as i32
@@ -64,7 +64,7 @@ fn list_or(v: &[String], none: &str) -> String {
 /// One rule: JSON, or a block of `name  value` lines.
 pub(super) fn rule(r: &proto::IntegrationRule, json: bool) {
     if json {
-        println!("{}", rule_json(r));
+        outln!("{}", rule_json(r));
         return;
     }
     let mut headers: Vec<String> = r.headers.iter().map(|(k, v)| format!("{k}: {v}")).collect();
@@ -106,7 +106,7 @@ pub(super) fn rule(r: &proto::IntegrationRule, json: bool) {
         ));
     }
     for (k, v) in lines {
-        println!("{k:<15}{v}");
+        outln!("{k:<15}{v}");
     }
 }
 
@@ -114,7 +114,7 @@ pub(super) fn rule(r: &proto::IntegrationRule, json: bool) {
 pub(super) fn rules(rules: &[proto::IntegrationRule], json: bool) {
     if json {
         for r in rules {
-            println!("{}", rule_json(r));
+            outln!("{}", rule_json(r));
         }
         return;
     }
@@ -159,7 +159,7 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
                 out.push_str(&format!("{cell:<w$}  "));
             }
         }
-        println!("{}", out.trim_end());
+        outln!("{}", out.trim_end());
     };
     line(header.to_vec());
     for row in rows {
@@ -170,16 +170,16 @@ fn print_table<const N: usize>(header: [&str; N], rows: &[[String; N]]) {
 /// A deleted rule.
 pub(super) fn deleted(id: &str, json: bool) {
     if json {
-        println!("{}", json!({ "id": id, "deleted": true }));
+        outln!("{}", json!({ "id": id, "deleted": true }));
     } else {
-        println!("deleted {id}");
+        outln!("deleted {id}");
     }
 }
 
 /// What a test send did; whether it was delivered.
 pub(super) fn tested(t: &proto::TestRuleResponse, json: bool) -> bool {
     if json {
-        println!(
+        outln!(
             "{}",
             json!({
                 "delivered": t.delivered,
@@ -189,9 +189,9 @@ pub(super) fn tested(t: &proto::TestRuleResponse, json: bool) -> bool {
             })
         );
     } else if t.delivered {
-        println!("delivered: HTTP {} in {} ms", t.status_code, t.latency_ms);
+        outln!("delivered: HTTP {} in {} ms", t.status_code, t.latency_ms);
     } else {
-        println!("not delivered: {} (after {} ms)", t.error, t.latency_ms);
+        outln!("not delivered: {} (after {} ms)", t.error, t.latency_ms);
     }
     t.delivered
 }
@@ -213,7 +213,7 @@ pub(super) fn dead_letters(dead: &[proto::DeadLetter], json: bool) {
                     })
                 })
                 .collect();
-            println!(
+            outln!(
                 "{}",
                 json!({
                     "batchId": d.batch_id,
@@ -244,8 +244,8 @@ pub(super) fn dead_letters(dead: &[proto::DeadLetter], json: bool) {
 /// Events queued again.
 pub(super) fn replayed(events: u64, json: bool) {
     if json {
-        println!("{}", json!({ "events": events }));
+        outln!("{}", json!({ "events": events }));
     } else {
-        println!("{events} events queued again");
+        outln!("{events} events queued again");
     }
 }

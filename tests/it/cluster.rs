@@ -260,14 +260,81 @@ async fn the_state_under_one_hash_tag_runs_on_one_cluster_primary() {
     );
 }
 
+/// What the readers beside the model writers saw: calls made, those
+/// answered UNAVAILABLE, and every other failure.
+#[derive(Debug, Default)]
+struct ReadReport {
+    calls: usize,
+    unavailable: usize,
+    faults: Vec<String>,
+}
+
+/// Reads on every replica, round robin, until `stop` turns true (at most
+/// 100,000 rounds): GetStats (a transaction per partition), GetOccupancy
+/// and a ListChannels page, each of which may fail during a fault only as
+/// UNAVAILABLE.
+async fn start_readers(
+    servers: &[crate::support::TestServer],
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> tokio::task::JoinHandle<ReadReport> {
+    use occupancy::proto::v1 as pb;
+    let clients = futures::future::join_all(servers.iter().map(crate::support::TestServer::read)).await;
+    tokio::spawn(async move {
+        let mut report = ReadReport::default();
+        let mut note = |what: &str, r: Result<(), tonic::Status>| {
+            report.calls += 1;
+            match r {
+                Ok(()) => {}
+                Err(s) if s.code() == tonic::Code::Unavailable => report.unavailable += 1,
+                Err(s) => report.faults.push(format!("{what}: {:?} {}", s.code(), s.message())),
+            }
+        };
+        for round in 0..100_000usize {
+            if *stop.borrow() {
+                break;
+            }
+            let mut c = clients[round % clients.len()].clone();
+            let r = c.get_stats(pb::GetStatsRequest {}).await.map(drop);
+            note("GetStats", r);
+            let r = c
+                .get_occupancy(pb::GetOccupancyRequest {
+                    channel: format!("ch:{}", round % 10),
+                })
+                .await
+                .map(drop);
+            note("GetOccupancy", r);
+            let r = c
+                .list_channels(pb::ListChannelsRequest {
+                    prefix: "ch:".into(),
+                    limit: 5,
+                    ..Default::default()
+                })
+                .await
+                .map(drop);
+            note("ListChannels", r);
+            // a pause between rounds, or the writers' end
+            if tokio::time::timeout(Duration::from_millis(5), stop.changed())
+                .await
+                .is_ok()
+            {
+                break;
+            }
+        }
+        report
+    })
+}
+
 /// Three in-process replicas on a cluster harness, each with a subscriber
-/// to the model writers' channels, and the model writers started on them.
+/// to the model writers' channels, the model writers started on them, and
+/// readers beside them.
 struct UnderLoad {
     servers: Vec<crate::support::TestServer>,
     urls: Vec<String>,
     subs: Vec<crate::support::sub::Sub>,
     model: std::sync::Arc<std::sync::Mutex<crate::model::Model>>,
     load: tokio::task::JoinHandle<crate::model_check::Report>,
+    stop_readers: tokio::sync::watch::Sender<bool>,
+    readers: tokio::task::JoinHandle<ReadReport>,
     drive: crate::model_check::Drive,
     _seed: crate::model_check::SeedGuard,
 }
@@ -305,6 +372,8 @@ impl UnderLoad {
             h.partitions(),
         )));
         let load = crate::faults::start_load(&urls, &d, &model);
+        let (stop_readers, stop) = tokio::sync::watch::channel(false);
+        let readers = start_readers(&servers, stop).await;
         // the fault must hit a busy service
         crate::faults::until_loaded(&crate::fixture::Fx::new(&servers[0]).await).await;
         Self {
@@ -313,16 +382,28 @@ impl UnderLoad {
             subs,
             model,
             load,
+            stop_readers,
+            readers,
             drive: d,
             _seed: guard,
         }
     }
 
-    /// Waits for the writers; then every replica's counts, listing and
-    /// totals, and every subscriber's latest events, against the model.
+    /// Waits for the writers and stops the readers (which must have met
+    /// no failure but UNAVAILABLE); then every replica's counts, listing
+    /// and totals, and every subscriber's latest events, against the model.
     async fn finish(mut self, what: &str) -> crate::model_check::Report {
         use crate::model_check::{check, check_subscribers, universe};
         let report = self.load.await.expect("writers");
+        self.stop_readers.send(true).expect("readers listening");
+        let reads = self.readers.await.expect("readers");
+        eprintln!("{what}: reads {reads:?}");
+        assert!(reads.calls > 0, "the readers made no call");
+        assert!(
+            reads.faults.is_empty(),
+            "reads failed other than as UNAVAILABLE: {:?}",
+            reads.faults
+        );
         let model = self.model.lock().unwrap().clone();
         let mismatches = check(&self.urls, &model, &universe(&self.drive)).await;
         let sub_mismatches = check_subscribers(&mut self.subs, &model).await;

@@ -12,29 +12,36 @@ use crate::error::{Error, Result};
 /// fault: timeouts, refused or dropped connections, a Redis loading,
 /// failing over or read-only, a cluster slot that is moving or has no
 /// reachable primary (the cluster client follows MOVED and ASK itself; one
-/// that still reaches a caller means the slot map is settling), and a
-/// wrong ACL user or password (Redis
+/// that still reaches a caller means the slot map is settling), a
+/// transaction (MULTI) that Redis refused as a whole for one of those
+/// (EXECABORT: on a cluster, its slot moved or lost its primary while the
+/// transaction was queued), and a wrong ACL user or password (Redis
 /// cannot be used until the configuration or Redis is fixed; the log names
 /// the cause).
 pub fn is_unavailable(e: &RedisError) -> bool {
-    e.is_timeout()
-        || e.is_io_error()
-        || e.is_connection_refusal()
-        || e.is_connection_dropped()
-        || e.kind() == ErrorKind::AuthenticationFailed
-        || e.kind() == ErrorKind::ClusterConnectionNotFound
-        || matches!(
-            e.kind(),
-            ErrorKind::Server(
-                ServerErrorKind::BusyLoading
-                    | ServerErrorKind::TryAgain
-                    | ServerErrorKind::MasterDown
-                    | ServerErrorKind::ReadOnly
-                    | ServerErrorKind::ClusterDown
-                    | ServerErrorKind::Moved
-                    | ServerErrorKind::Ask
-            )
-        )
+    match e.kind() {
+        ErrorKind::Server(ServerErrorKind::ExecAbort) => e
+            .clone()
+            .into_server_errors()
+            .is_some_and(|errs| errs.iter().any(|(_, s)| s.kind().is_some_and(unavailable_kind))),
+        ErrorKind::Server(kind) => unavailable_kind(kind),
+        ErrorKind::AuthenticationFailed | ErrorKind::ClusterConnectionNotFound => true,
+        _ => e.is_timeout() || e.is_io_error() || e.is_connection_refusal() || e.is_connection_dropped(),
+    }
+}
+
+/// The error replies of Redis that mean it cannot be used now.
+fn unavailable_kind(kind: ServerErrorKind) -> bool {
+    matches!(
+        kind,
+        ServerErrorKind::BusyLoading
+            | ServerErrorKind::TryAgain
+            | ServerErrorKind::MasterDown
+            | ServerErrorKind::ReadOnly
+            | ServerErrorKind::ClusterDown
+            | ServerErrorKind::Moved
+            | ServerErrorKind::Ask
+    )
 }
 
 impl From<RedisError> for Error {

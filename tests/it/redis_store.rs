@@ -380,6 +380,13 @@ async fn replicas_with_different_event_shard_counts_are_not_both_healthy() {
         text.contains("--event-shards") && text.contains('8') && text.contains('4'),
         "{text}"
     );
+    // and its calls are refused for the same reason
+    let refused = four.stats().await.expect_err("a call of a replica with another count");
+    assert_eq!(refused.to_string(), text);
+    also_eight
+        .stats()
+        .await
+        .expect("a replica with the recorded count serves");
     // the record expires unless a matching replica keeps it
     let key = keys::event_shards(&h.redis_config().unwrap().key_prefix);
     let ttl: i64 = ::redis::cmd("PTTL").arg(&key).query(&mut c).unwrap();
@@ -464,4 +471,48 @@ async fn a_write_extends_its_lease_unless_the_deadline_would_barely_move() {
         .query(&mut c)
         .expect("GET");
     assert_eq!(still, token);
+}
+
+/// A replica whose partition count disagrees with the one recorded in
+/// Redis reports NOT_SERVING and refuses every call (FAILED_PRECONDITION,
+/// naming both counts) rather than acknowledging writes where no other
+/// replica reads them; the replicas with the recorded count go on, and
+/// their state holds none of the refused writes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replica_with_another_partition_count_refuses_every_call() {
+    use occupancy::domain::{ChannelName, ConnectionId, ModeSet, Operation, SessionId};
+    use occupancy::error::Error;
+
+    let (h, _c) = fresh_redis();
+    let with_partitions = |n: u32| {
+        let mut cfg = h.redis_config().unwrap();
+        cfg.partitions = n;
+        occupancy::store::redis::open(cfg).unwrap()
+    };
+    let (three, two) = (with_partitions(3), with_partitions(2));
+    three.ping().await.expect("the first replica records its count");
+    let s = SessionId::parse("s", "fe").expect("id");
+    let room = ChannelName::parse("ch", "room").expect("name");
+    let attach = |conn: &str| {
+        vec![Operation::Attach {
+            connection: ConnectionId::parse("c", conn).expect("id"),
+            channel: room.clone(),
+            modes: ModeSet::EMPTY,
+        }]
+    };
+    let refused = |r: occupancy::error::Result<()>, what: &str| match r {
+        Err(Error::FailedPrecondition(m)) => assert!(m.contains("--partitions 3") && m.contains('2'), "{what}: {m}"),
+        other => panic!("{what}: {other:?}"),
+    };
+    let e = two.ping().await.expect_err("a replica with another count");
+    refused(Err(e), "health");
+    refused(two.apply(&s, &attach("c1"), false).await.map(drop), "apply");
+    refused(two.get(std::slice::from_ref(&room)).await.map(drop), "get");
+    refused(two.stats().await.map(drop), "stats");
+    refused(two.keep_alive(&s, None).await.map(drop), "keep_alive");
+    refused(two.close_session(&s).await.map(drop), "close_session");
+    // the replica with the recorded count is not affected
+    three.apply(&s, &attach("c2"), false).await.expect("apply");
+    let totals = three.stats().await.expect("stats");
+    assert_eq!((totals.connections, totals.sessions), (1, 1), "{totals:?}");
 }

@@ -43,6 +43,7 @@ mod functions;
 mod group;
 mod integrations;
 pub mod keys;
+mod layout;
 mod nodes;
 mod reader;
 mod reads;
@@ -91,6 +92,9 @@ pub struct RedisStore {
     /// With partitions: the node queues their writes go through, and this
     /// store's partition (see `nodes.rs`).
     node_writes: Option<(Arc<nodes::NodeWriter>, usize)>,
+    /// Refuses calls while the layout disagrees with Redis's record
+    /// (`layout.rs`); shared by a replica's partitions.
+    gate: Arc<layout::Gate>,
 }
 
 /// Reads merged reads' keys with one MGET.
@@ -176,8 +180,10 @@ impl RedisStore {
             .collect::<Result<Vec<_>>>()?;
         let senders = stores.iter().map(RedisStore::apply_sender).collect();
         let nodes = Arc::new(nodes::NodeWriter::new(senders, conn, cfg.cluster));
+        let gate = Arc::new(layout::Gate::default());
         for (p, store) in stores.iter_mut().enumerate() {
             store.node_writes = Some((nodes.clone(), p));
+            store.gate = gate.clone();
         }
         Ok(stores)
     }
@@ -226,6 +232,7 @@ impl RedisStore {
             partitions_record: record,
             feed_outage,
             node_writes: None,
+            gate: Arc::default(),
             writes: Arc::default(),
             reads: Arc::default(),
             integrations,
@@ -362,6 +369,7 @@ pub const EVENT_SHARDS_RECORD: Duration = Duration::from_secs(30);
 #[async_trait]
 impl Store for RedisStore {
     async fn write(&self, session: &SessionId, batch: Batch<'_>) -> Result<Applied> {
+        self.gate.check()?;
         let (reply, answer) = tokio::sync::oneshot::channel();
         let job = writer::Job {
             session: session.clone(),
@@ -393,6 +401,7 @@ impl Store for RedisStore {
         ttl_ms: Option<u64>,
         open_epoch: u64,
     ) -> Result<KeepAliveOutcome> {
+        self.gate.check()?;
         let mut inv = self.call(Function::KeepAlive);
         codec::keep_alive_args(&mut inv, session.as_str(), ttl_ms, self.ttl_ms(), owner, open_epoch);
         let mut conn = self.conn.clone();
@@ -400,6 +409,7 @@ impl Store for RedisStore {
     }
 
     async fn close_session_as(&self, session: &SessionId, owner: &str) -> Result<Option<u64>> {
+        self.gate.check()?;
         let mut inv = self.call(Function::Close);
         inv.arg(session.as_str()).arg(owner);
         let mut conn = self.conn.clone();
@@ -418,6 +428,7 @@ impl Store for RedisStore {
     }
 
     async fn get(&self, channels: &[ChannelName]) -> Result<Vec<Metrics>> {
+        self.gate.check()?;
         if channels.is_empty() {
             return Ok(Vec::new());
         }
@@ -457,6 +468,7 @@ impl Store for RedisStore {
     }
 
     async fn list(&self, q: &ListQuery) -> Result<ListPage> {
+        self.gate.check()?;
         let mut inv = self.call(Function::List);
         codec::list_args(&mut inv, q);
         let mut conn = self.conn.clone();
@@ -467,6 +479,7 @@ impl Store for RedisStore {
     /// channels), the totals hash the functions keep (`keys::totals`), and
     /// the lease set's size (open sessions).
     async fn stats(&self) -> Result<Totals> {
+        self.gate.check()?;
         let p = &self.cfg.key_prefix;
         let mut pipe = redis::pipe();
         pipe.atomic()
@@ -492,6 +505,7 @@ impl Store for RedisStore {
     }
 
     async fn session_state(&self, session: &SessionId) -> Result<Vec<HeldAttachment>> {
+        self.gate.check()?;
         let mut inv = self.call(Function::SessionState);
         inv.arg(session.as_str());
         let mut conn = self.conn.clone();
@@ -507,6 +521,7 @@ impl Store for RedisStore {
     }
 
     async fn snapshot(&self, channels: &[ChannelName]) -> Result<Snapshot> {
+        self.gate.check()?;
         let mut inv = self.call(Function::Snapshot);
         for c in channels {
             inv.arg(c.as_str());
@@ -589,9 +604,16 @@ impl Store for RedisStore {
             let (role,): (redis::Value,) = self.bounded("health", pipe.query_async(&mut conn)).await?;
             self.replication.observe(replication::connected_replicas(&role));
         }
-        if let Some(key) = &self.partitions_record {
-            self.check_partitions(&mut conn, key).await?;
-        }
-        self.check_event_shards(&mut conn).await
+        let layout = match &self.partitions_record {
+            Some(key) => self.check_partitions(&mut conn, key).await,
+            None => Ok(()),
+        };
+        let layout = match layout {
+            Ok(()) => self.check_event_shards(&mut conn).await,
+            refused => refused,
+        };
+        let partition = self.node_writes.as_ref().map_or(0, |(_, p)| *p);
+        self.gate.observe(partition, &layout);
+        layout
     }
 }

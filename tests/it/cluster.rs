@@ -395,7 +395,8 @@ impl UnderLoad {
     async fn finish(mut self, what: &str) -> crate::model_check::Report {
         use crate::model_check::{check, check_subscribers, universe};
         let report = self.load.await.expect("writers");
-        self.stop_readers.send(true).expect("readers listening");
+        // (send_replace: the readers may have ended on their round limit)
+        self.stop_readers.send_replace(true);
         let reads = self.readers.await.expect("readers");
         eprintln!("{what}: reads {reads:?}");
         assert!(reads.calls > 0, "the readers made no call");
